@@ -31,6 +31,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.run import run_study
+
+    return run_study(args.study, args.set, n_trials=args.n_trials, storage=args.storage, address=args.address,
+                     say=_print)
+
+
+def _open(args: argparse.Namespace):  # noqa: ANN202
+    from search.config import load_study
+    from search.study import load_existing
+
+    cfg = load_study(args.study, storage=args.storage)
+    return cfg, load_existing(cfg)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from search.report import render_table, summary
+
+    cfg, study = _open(args)
+    info = summary(study, cfg, top=args.top)
+    _print(json.dumps(info, indent=2, default=str) if args.json else render_table(info))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.report import export_trial
+
+    cfg, study = _open(args)
+    trial = export_trial(study, cfg, Path(args.out), args.trial)
+    values = ", ".join(f"{m} {v:.4f}" for m, v in zip(cfg.metrics, trial.values or []))
+    _print(f"exported trial {trial.number} ({trial.state.name}{', ' + values if values else ''}) to {args.out}\n"
+           f"re-run it: sftune train {args.out}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from search.config import load_study
+    from search.study import open_storage
+
+    cfg = load_study(args.study, storage=args.storage)
+    storage = open_storage(cfg.storage, str(cfg.path))
+    import optuna_dashboard
+
+    _print(f"optuna-dashboard for {cfg.storage} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sftune",
@@ -45,6 +97,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="override a config key, e.g. --set train.learning_rate=1e-4 (repeatable)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run (or resume) a study: trials through Ray Tune, sampled and pruned by Optuna",
+                       description="Create or resume the study and run trials until it holds budget.n_trials "
+                                   "finished (complete or pruned) trials.")
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a study key (budget.n_trials=20) or a base config key (base.train.max_steps=100)")
+    p.add_argument("--n-trials", type=int, default=None, help="finished trials the study should hold in total")
+    p.add_argument("--storage", default=None, help="study database URL (default: the study file's storage)")
+    p.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto) instead of starting one")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="counts by state, the best trial and the top trials of a study")
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--storage", default=None)
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write a trial's complete train config (the best by default)")
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--out", required=True, help="where to write the train config, e.g. best.yaml")
+    p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
+    p.add_argument("--storage", default=None)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study's storage")
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--storage", default=None)
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 

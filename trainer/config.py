@@ -78,6 +78,8 @@ class TrainParams:
     max_grad_norm: float = 1.0
     max_length: int = 128
     seed: int = 0
+    threads: int | None = None
+    """CPU threads for this run; default all cores (a study trial: its resources.cpu)."""
 
 
 @dataclasses.dataclass
@@ -194,6 +196,7 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
     need(t.eval_every >= 1, "train.eval_every", f"must be >= 1, found {t.eval_every}")
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), found {t.warmup_ratio}")
     need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, found {t.weight_decay}")
+    need(t.threads is None or t.threads >= 1, "train.threads", f"must be >= 1, found {t.threads}")
     need(t.max_length >= 8, "train.max_length", f"must be >= 8, found {t.max_length}")
     need(p.r >= 1, "peft.r", f"must be >= 1, found {p.r}")
     need(p.alpha > 0, "peft.alpha", f"must be > 0, found {p.alpha}")

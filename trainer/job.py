@@ -105,6 +105,7 @@ def run_job(
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads = threads or cfg.train.threads
     if threads:
         torch.set_num_threads(threads)
     reporter = reporter or NeverStop()

@@ -1,0 +1,295 @@
+"""The one Ray adapter: Tune runs the trials, Optuna (in this driver) samples and prunes them.
+
+A Tune `Searcher` asks the Optuna study for each trial and tells it the exact final state; a Tune
+scheduler reports every evaluation to the Optuna trial and stops the trial when its pruner says so.
+Both share one map of Tune trial id to Optuna trial. The driver is the only writer to the study.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from search.config import StudyConfig
+from search.space import sample_params
+from trainer import METRICS
+from search.study import DRIVER_ATTR, HEARTBEAT_ATTR, driver_identity, finished
+
+ERROR_KEY = "sftune_error"
+DONE_KEY = "sftune_done"
+HEARTBEAT_EVERY_S = 20.0
+ALL_METRICS = {m for names in METRICS.values() for m in names}
+
+
+def outcome_state(*, pruned: bool, error: bool, result: dict[str, Any] | None) -> TrialState:
+    """Map how a Tune trial ended to the Optuna state it is stored with."""
+    if pruned:
+        return TrialState.PRUNED
+    if error or not result or ERROR_KEY in result or not result.get(DONE_KEY):
+        return TrialState.FAIL
+    return TrialState.COMPLETE
+
+
+@dataclass
+class RunState:
+    """What the searcher, scheduler and progress callback share in the driver."""
+
+    cfg: StudyConfig
+    study: optuna.Study
+    say: Callable[[str], None]
+    trials: dict[str, optuna.Trial] = field(default_factory=dict)
+    pruned: set[str] = field(default_factory=set)
+    errors: dict[str, str] = field(default_factory=dict)
+    last_step: dict[str, int] = field(default_factory=dict)
+    history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    done_before: int = 0
+    completed: int = 0
+    n_pruned: int = 0
+    failed: int = 0
+    stop_reason: str = ""
+    started: float = field(default_factory=time.time)
+    driver: dict[str, Any] = field(default_factory=driver_identity)
+
+    @property
+    def finished(self) -> int:
+        return self.done_before + self.completed + self.n_pruned
+
+    def best_line(self) -> str:
+        if self.cfg.multi_objective:
+            try:
+                n = len(self.study.best_trials)
+            except ValueError:
+                n = 0
+            return f"pareto front: {n} trial(s)" if n else "no complete trial yet"
+        try:
+            best = self.study.best_trial
+        except ValueError:
+            return "no complete trial yet"
+        params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in best.params.items())
+        return f"best {self.cfg.metrics[0]} {best.value:.4f} (trial {best.number}: {params})"
+
+    def status_line(self) -> str:
+        return (f"[{time.time() - self.started:6.0f}s] finished {self.finished}/{self.cfg.budget.n_trials} · "
+                f"running {len(self.trials)} · pruned {self.n_pruned} · failed {self.failed} · {self.best_line()}")
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _make_searcher(state: RunState) -> Any:
+    from ray.tune.search import Searcher
+
+    class OptunaAskTell(Searcher):
+        def __init__(self) -> None:
+            super().__init__()
+
+        def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
+            return True
+
+        def suggest(self, trial_id: str) -> dict | str | None:
+            if state.stop_reason:
+                return Searcher.FINISHED if not state.trials else None
+            if state.failed >= state.cfg.max_failures:
+                state.stop_reason = (f"{state.failed} trials failed in this run (budget.max_failures="
+                                     f"{state.cfg.max_failures}); see `sftune status` for their errors")
+                return Searcher.FINISHED if not state.trials else None
+            if state.finished + len(state.trials) >= state.cfg.budget.n_trials:
+                return Searcher.FINISHED if not state.trials else None
+            trial = state.study.ask()
+            storage = state.study._storage
+            storage.set_trial_system_attr(trial._trial_id, DRIVER_ATTR, state.driver)
+            storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
+            try:
+                sampled = sample_params(trial, state.cfg.space)
+                config = state.cfg.trial_config(sampled, trial.number)
+            except Exception as exc:  # noqa: BLE001 - a broken python: space fails this trial alone
+                self._fail(trial, f"sampling failed: {type(exc).__name__}: {exc}")
+                return None
+            config.setdefault("train", {})["threads"] = max(1, int(state.cfg.resources.cpu))
+            trial.set_user_attr("config", config)
+            state.trials[trial_id] = trial
+            state.say(f"trial {trial.number} started: "
+                      + ", ".join(f"{k}={_short(v)}" for k, v in sampled.items()))
+            return {"sftune": {"number": trial.number, "config": config, "metrics": state.cfg.metrics}}
+
+        def _fail(self, trial: optuna.Trial, message: str) -> None:
+            trial.set_user_attr("error", message)
+            state.study.tell(trial, state=TrialState.FAIL)
+            state.failed += 1
+            state.say(f"trial {trial.number} FAILED: {message}")
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            trial = state.trials.pop(trial_id, None)
+            if trial is None:
+                return
+            pruned = trial_id in state.pruned
+            outcome = outcome_state(pruned=pruned, error=error, result=result)
+            if outcome == TrialState.PRUNED:
+                state.study.tell(trial, state=TrialState.PRUNED)
+                state.n_pruned += 1
+                state.say(f"trial {trial.number} pruned at step {state.last_step.get(trial_id, 0)}")
+            elif outcome == TrialState.COMPLETE:
+                values = [float(result[m]) for m in state.cfg.metrics]
+                trial.set_user_attr("final_step", int(result.get("step", 0)))
+                trial.set_user_attr("seconds", result.get("seconds", {}))
+                state.study.tell(trial, values if len(values) > 1 else values[0])
+                state.completed += 1
+                state.say(f"trial {trial.number} complete: "
+                          + ", ".join(f"{m}={v:.4f}" for m, v in zip(state.cfg.metrics, values)))
+            else:
+                if result and ERROR_KEY in result:
+                    message = str(result[ERROR_KEY])
+                elif error:
+                    message = state.errors.pop(trial_id, "the trial's Ray worker failed")
+                else:
+                    message = state.stop_reason or "stopped before it finished"
+                self._fail(trial, message)
+            state.say(state.status_line())
+
+    return OptunaAskTell()
+
+
+def _make_scheduler(state: RunState) -> Any:
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class OptunaPrunerScheduler(FIFOScheduler):
+        def set_search_properties(self, metric: Any, mode: Any, **spec: Any) -> bool:
+            return True
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            otrial = state.trials.get(trial.trial_id)
+            if otrial is None or ERROR_KEY in result or result.get(DONE_KEY):
+                return TrialScheduler.CONTINUE
+            step = int(result.get("step", 0))
+            state.last_step[trial.trial_id] = step
+            values = {m: result[m] for m in state.cfg.metrics if m in result}
+            history = state.history.setdefault(trial.trial_id, [])
+            history.append({"step": step, **{k: float(v) for k, v in result.items() if k in ALL_METRICS}})
+            otrial.set_user_attr("history", history)
+            if state.cfg.multi_objective or not values:
+                return TrialScheduler.CONTINUE
+            otrial.report(float(values[state.cfg.metrics[0]]), step)
+            if otrial.should_prune():
+                state.pruned.add(trial.trial_id)
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
+
+        def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+            try:
+                err = trial.get_error()
+            except Exception:  # noqa: BLE001
+                err = None
+            if err is not None:
+                text = str(err).strip().splitlines()
+                state.errors[trial.trial_id] = f"Ray worker failed: {text[-1] if text else type(err).__name__}"
+
+    return OptunaPrunerScheduler()
+
+
+def _make_callback(state: RunState) -> Any:
+    from ray.tune import Callback
+
+    class Heartbeat(Callback):
+        last = 0.0
+
+        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+            now = time.time()
+            if now - self.last < HEARTBEAT_EVERY_S:
+                return
+            self.last = now
+            storage = state.study._storage
+            for trial in list(state.trials.values()):
+                try:
+                    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, now)
+                except Exception:  # noqa: BLE001 - the trial just finished
+                    pass
+
+    return Heartbeat()
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    """Runs in a Ray worker: one trial's fine-tuning job, each evaluation reported to Tune."""
+    from ray import tune
+
+    from trainer import config_from_dict, run_job
+
+    spec = config["sftune"]
+    try:
+        cfg = config_from_dict(spec["config"], source=f"trial {spec['number']}")
+
+        class TuneReporter:
+            def report(self, step: int, metrics: dict[str, float]) -> bool:
+                tune.report({**metrics, "step": step})
+                return False  # the scheduler in the driver stops a pruned trial
+
+        result = run_job(cfg, TuneReporter(), threads=cfg.train.threads)
+        tune.report({**result.metrics, "step": result.step, DONE_KEY: True, "seconds": result.seconds})
+    except Exception as exc:  # noqa: BLE001 - reported as the trial's error, kept in the database
+        if type(exc).__name__ in ("SessionTerminatedError", "StopIteration"):
+            raise
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        tune.report({ERROR_KEY: last, "traceback": traceback.format_exc()[-4000:]})
+
+
+def run_trials(cfg: StudyConfig, study: optuna.Study, *, address: str | None, say: Callable[[str], None]) -> RunState:
+    """Run the study's remaining trials through Ray Tune; returns what happened in this run."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(cfg.budget.concurrency))
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+    from ray import tune
+
+    state = RunState(cfg=cfg, study=study, say=say, done_before=finished(study))
+    started_ray = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+        else:
+            cpus = max(int(os.cpu_count() or 1), int(cfg.resources.cpu * cfg.budget.concurrency + 0.999))
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        started_ray = True
+    try:
+        trainable = tune.with_resources(_trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={},
+            tune_config=tune.TuneConfig(
+                search_alg=_make_searcher(state),
+                scheduler=_make_scheduler(state),
+                num_samples=-1,
+                max_concurrent_trials=cfg.budget.concurrency,
+                time_budget_s=cfg.budget.timeout,
+                reuse_actors=True,
+                trial_dirname_creator=lambda t: f"trial_{t.config['sftune']['number']:04d}",
+                trial_name_creator=lambda t: f"trial_{t.config['sftune']['number']:04d}",
+            ),
+            run_config=tune.RunConfig(
+                name="ray",
+                storage_path=str(cfg.output_dir),
+                verbose=0,
+                callbacks=[_make_callback(state)],
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+            ),
+        )
+        tuner.fit()
+    finally:
+        # Anything Tune left unreported (a timeout, Ctrl-C) must not stay RUNNING in the database.
+        for tune_id, trial in list(state.trials.items()):
+            trial.set_user_attr("error", state.stop_reason or "stopped when the run ended (budget.timeout or "
+                                "interrupt)")
+            study.tell(trial, state=TrialState.FAIL)
+            state.failed += 1
+            state.trials.pop(tune_id, None)
+        if started_ray:
+            ray.shutdown()
+    return state

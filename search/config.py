@@ -1,0 +1,298 @@
+"""The study file: one typed, validated StudyConfig, with every problem reported at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.space import Space, parse_space
+from trainer import DIRECTIONS, FIELDS, METRICS, ConfigError, Problem, TrainConfig, config_from_dict, read_yaml
+from trainer._schema import build, describe, did_you_mean, get_dotted, set_dotted
+from trainer.config import apply_overrides, parse_overrides
+
+SAMPLERS = {
+    "tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "cmaes": "CmaEsSampler",
+    "gp": "GPSampler", "qmc": "QMCSampler", "nsga2": "NSGAIISampler",
+}
+PRUNERS = {
+    "median": "MedianPruner", "percentile": "PercentilePruner", "successive-halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner", "wilcoxon": "WilcoxonPruner", "threshold": "ThresholdPruner",
+    "none": "NopPruner",
+}
+
+
+@dataclasses.dataclass
+class Objective:
+    metric: str
+    direction: str | None = None
+    """maximize | minimize; default: the metric's natural direction."""
+
+
+@dataclasses.dataclass
+class Budget:
+    n_trials: int = 12
+    """Finished trials (COMPLETE or PRUNED) the study should hold in total."""
+    timeout: float | None = None
+    """Seconds for this run; trials still running then are stopped."""
+    concurrency: int = 2
+    max_failures: int | None = None
+    """Failed trials tolerated in one run before it stops; default max(3, n_trials // 2)."""
+
+
+@dataclasses.dataclass
+class Resources:
+    cpu: float = 1
+    gpu: float = 0
+
+
+@dataclasses.dataclass
+class StudyFile:
+    name: str
+    base: dict | str
+    space: dict | str
+    storage: str | None = None
+    objective: Any = None
+    """{metric, direction}, or a list of them for a multi-objective study."""
+    sampler: dict = dataclasses.field(default_factory=lambda: {"name": "tpe"})
+    pruner: dict = dataclasses.field(default_factory=lambda: {"name": "median"})
+    budget: Budget = dataclasses.field(default_factory=Budget)
+    resources: Resources = dataclasses.field(default_factory=Resources)
+    output_dir: str | None = None
+    """Trial outputs and Ray's files; default runs/<name> where sftune runs."""
+
+
+@dataclasses.dataclass
+class StudyConfig:
+    """A checked study: everything `sftune run` needs before Ray starts."""
+
+    name: str
+    path: Path
+    storage: str
+    objectives: list[Objective]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    budget: Budget
+    resources: Resources
+    base: dict[str, Any]
+    """The base train config as a mapping (paths resolved), to which sampled values are applied."""
+    base_config: TrainConfig
+    space: Space
+    output_dir: Path
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction or "maximize" for o in self.objectives]
+
+    @property
+    def metrics(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def max_failures(self) -> int:
+        b = self.budget
+        return b.max_failures if b.max_failures is not None else max(3, b.n_trials // 2)
+
+    def trial_config(self, sampled: dict[str, Any], number: int) -> dict[str, Any]:
+        """The complete train config of one trial: base plus sampled values, its own output_dir."""
+        data = apply_overrides(self.base, sampled)
+        data["output_dir"] = str(self.output_dir / "trials" / f"{number:04d}")
+        return data
+
+
+def default_storage(path: Path, name: str) -> str:
+    return f"sqlite:///{(path.resolve().parent / f'{name}.db')}"
+
+
+STUDY_FIELDS = {f.name for f in dataclasses.fields(StudyFile)}
+STUDY_KEYS = {"name", "storage", "output_dir", "sampler", "pruner", "base", "space", "objective",
+              "objective.metric", "objective.direction", "budget.n_trials", "budget.timeout",
+              "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu"}
+
+
+def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
+             problems: list[Problem]) -> dict[str, Any] | None:
+    """Check `{name: x, **options}` against the Optuna class's constructor."""
+    import optuna
+
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        problems.append(Problem(source, key, f"expected {{name: ..., options...}}, found {describe(spec)}"))
+        return None
+    name = spec["name"]
+    if name not in table:
+        problems.append(Problem(source, f"{key}.name", f"unknown {kind} {name!r}{did_you_mean(str(name), table)}"
+                                f" (known: {', '.join(table)})"))
+        return None
+    cls = getattr(optuna.samplers if kind == "sampler" else optuna.pruners, table[name])
+    params = inspect.signature(cls.__init__).parameters
+    allowed = [p for p in params if p != "self" and params[p].kind not in (inspect.Parameter.VAR_KEYWORD,
+                                                                          inspect.Parameter.VAR_POSITIONAL)]
+    allowed = [p for p in allowed if not (kind == "sampler" and name == "grid" and p == "search_space")]
+    ok = True
+    for option in spec:
+        if option != "name" and option not in allowed:
+            problems.append(Problem(source, f"{key}.{option}", f"unknown option for {kind} {name!r}"
+                                    f"{did_you_mean(str(option), allowed)} (options: {', '.join(allowed) or 'none'})"))
+            ok = False
+    return dict(spec) if ok else None
+
+
+def _objectives(raw: Any, task: str, source: str, problems: list[Problem]) -> list[Objective]:
+    if raw is None:
+        raw = {"metric": "accuracy" if task == "classification" else "eval_loss"}
+    items = raw if isinstance(raw, list) else [raw]
+    out: list[Objective] = []
+    for i, item in enumerate(items):
+        key = f"objective[{i}]" if isinstance(raw, list) else "objective"
+        if isinstance(item, str):
+            item = {"metric": item}
+        sub: list[Problem] = []
+        obj = build(Objective, item, source=source, prefix=key, problems=sub) if isinstance(item, dict) else None
+        if obj is None or sub:
+            problems.extend(sub or [Problem(source, key, f"expected {{metric, direction}}, found {describe(item)}")])
+            continue
+        if obj.metric not in METRICS[task]:
+            problems.append(Problem(source, f"{key}.metric", f"task {task} reports {', '.join(METRICS[task])}; "
+                                    f"found {obj.metric!r}{did_you_mean(obj.metric, METRICS[task])}"))
+            continue
+        if obj.direction is None:
+            obj.direction = DIRECTIONS[obj.metric]
+        elif obj.direction not in ("maximize", "minimize"):
+            problems.append(Problem(source, f"{key}.direction", f"expected maximize or minimize, found "
+                                    f"{obj.direction!r}{did_you_mean(obj.direction, ['maximize', 'minimize'])}"))
+            continue
+        out.append(obj)
+    if not items:
+        problems.append(Problem(source, "objective", "expected at least one objective"))
+    metrics = [o.metric for o in out]
+    if len(set(metrics)) != len(metrics):
+        problems.append(Problem(source, "objective", f"a metric appears twice: {metrics}"))
+    return out
+
+
+def _check_space_values(space: Space, base: dict[str, Any], base_dir: Path, problems: list[Problem]) -> None:
+    """Each choice and bound must be a valid value of its train-config field."""
+    for param in space.params:
+        values = param.choices if param.type == "categorical" else [param.low, param.high]
+        for value in values:
+            if value is None and param.type != "categorical":
+                continue
+            sub: list[Problem] = []
+            data = apply_overrides(base, {param.name: value})
+            config_from_dict(data, source="", base_dir=base_dir, problems=sub)
+            mine = [p for p in sub if p.key == param.name or p.key.startswith(param.name + ".")]
+            if mine:
+                problems.append(Problem(space.source, param.name, f"value {value!r}: {mine[0].message}"))
+                break
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials: int | None = None,
+               storage: str | None = None) -> StudyConfig:
+    """Read and check a study file, its base config and its space; raise ConfigError listing every problem."""
+    path = Path(path)
+    source = str(path)
+    problems: list[Problem] = []
+    known = {**{k: None for k in STUDY_KEYS}, **{f"base.{k}": v for k, v in FIELDS.items()}}
+    parsed = parse_overrides(overrides, known, problems)
+    raw = read_yaml(path, "study")
+    raw = apply_overrides(raw, {k: v for k, v in parsed.items() if not k.startswith("base.")})
+    if n_trials is not None:
+        set_dotted(raw, "budget.n_trials", n_trials)
+    if storage is not None:
+        raw["storage"] = storage
+    study = build(StudyFile, raw, source=source, problems=problems)
+    if study is None:
+        raise ConfigError(problems)
+    base_dir = path.resolve().parent
+
+    # The base train config: inline, or a path to a train config file.
+    base_source, base_root = source, base_dir
+    base_raw: dict[str, Any] = {}
+    if isinstance(study.base, str):
+        base_path = (base_dir / study.base) if not Path(study.base).is_absolute() else Path(study.base)
+        try:
+            base_raw = read_yaml(base_path, "base train config")
+            base_source, base_root = str(base_path), base_path.resolve().parent
+        except ConfigError as exc:
+            problems.extend(Problem(source, "base", p.message) for p in exc.problems)
+    elif isinstance(study.base, dict):
+        base_raw = study.base
+        base_source = f"{source} (base)"
+    base_raw = apply_overrides(base_raw, {k[5:]: v for k, v in parsed.items() if k.startswith("base.")})
+    base_cfg = None
+    if base_raw:
+        base_cfg = config_from_dict(base_raw, source=base_source, base_dir=base_root, problems=problems)
+    base = base_cfg.to_dict() if base_cfg is not None else {}
+
+    # The space: inline, or a path to a space file.
+    space_source, space_dir, space_raw = source, base_dir, study.space
+    if isinstance(study.space, str):
+        space_path = (base_dir / study.space) if not Path(study.space).is_absolute() else Path(study.space)
+        try:
+            space_raw = read_yaml(space_path, "space")
+            space_source, space_dir = str(space_path), space_path.resolve().parent
+        except ConfigError as exc:
+            problems.extend(Problem(source, "space", p.message) for p in exc.problems)
+            space_raw = None
+    space = parse_space(space_raw, source=space_source, base_dir=space_dir, problems=problems,
+                        prefix="" if space_source != source else "space.") if space_raw is not None else Space([])
+    if base and space.params and not problems:
+        _check_space_values(space, base, base_root, problems)
+
+    task = base_cfg.task if base_cfg is not None else "classification"
+    objectives = _objectives(study.objective, task, source, problems)
+    sampler = _options("sampler", study.sampler, SAMPLERS, "sampler", source, problems)
+    pruner = _options("pruner", study.pruner, PRUNERS, "pruner", source, problems)
+    if sampler and sampler["name"] == "grid":
+        for p in space.params:
+            if p.grid_values() is None:
+                problems.append(Problem(source, "sampler.name", f"grid needs a finite space, but {p.name} is a "
+                                        "continuous float; give it a `step` or use categorical choices"))
+    if sampler and sampler["name"] in ("cmaes", "gp", "qmc") and len(objectives) > 1 and sampler["name"] != "gp":
+        problems.append(Problem(source, "sampler.name", f"{sampler['name']} handles one objective; use tpe, "
+                                "nsga2, gp or random for a multi-objective study"))
+    b = study.budget
+    if b.n_trials < 1:
+        problems.append(Problem(source, "budget.n_trials", f"must be >= 1, found {b.n_trials}"))
+    if b.concurrency < 1:
+        problems.append(Problem(source, "budget.concurrency", f"must be >= 1, found {b.concurrency}"))
+    if b.timeout is not None and b.timeout <= 0:
+        problems.append(Problem(source, "budget.timeout", f"must be > 0 seconds, found {b.timeout}"))
+    if b.max_failures is not None and b.max_failures < 0:
+        problems.append(Problem(source, "budget.max_failures", f"must be >= 0, found {b.max_failures}"))
+    r = study.resources
+    if r.cpu <= 0:
+        problems.append(Problem(source, "resources.cpu", f"must be > 0, found {r.cpu}"))
+    if r.gpu < 0:
+        problems.append(Problem(source, "resources.gpu", f"must be >= 0, found {r.gpu}"))
+    if not study.name or not isinstance(study.name, str):
+        problems.append(Problem(source, "name", "expected a non-empty study name"))
+    if problems:
+        raise ConfigError(problems)
+    return StudyConfig(
+        name=study.name,
+        path=path,
+        storage=study.storage or default_storage(path, study.name),
+        objectives=objectives,
+        sampler=sampler or {"name": "tpe"},
+        pruner=pruner or {"name": "none"},
+        budget=study.budget,
+        resources=study.resources,
+        base=base,
+        base_config=base_cfg,
+        space=space,
+        output_dir=Path(study.output_dir or f"runs/{study.name}").resolve(),
+    )
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,138 @@
+"""What a study holds, for people and scripts: counts, best and top trials, and export of a trial."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from search.config import StudyConfig
+from trainer import ConfigError, Problem
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+def _count_states(study: optuna.Study) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    storage = study._storage
+    try:  # one grouped query instead of loading every trial: fast on big studies
+        from optuna.storages._rdb import models
+
+        with storage.scoped_session() as session:  # type: ignore[attr-defined]
+            study_id = study._study_id
+            rows = session.execute(
+                select(models.TrialModel.state, func.count()).where(models.TrialModel.study_id == study_id)
+                .group_by(models.TrialModel.state)
+            ).all()
+        out = {s: 0 for s in STATES}
+        for state, n in rows:
+            out[state.name] = n
+        return out
+    except Exception:  # noqa: BLE001 - another storage: count the slow way
+        out = {s: 0 for s in STATES}
+        for t in study.get_trials(deepcopy=False):
+            out[t.state.name] += 1
+        return out
+
+
+def ranked(study: optuna.Study, cfg: StudyConfig) -> list[FrozenTrial]:
+    """COMPLETE trials, best first (multi-objective: the Pareto front first, then by the first metric)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    sign = [1 if d == "maximize" else -1 for d in cfg.directions]
+    done.sort(key=lambda t: tuple(-s * v for s, v in zip(sign, t.values)))
+    if cfg.multi_objective:
+        front = {t.number for t in study.best_trials}
+        done.sort(key=lambda t: t.number not in front)
+    return done
+
+
+def summary(study: optuna.Study, cfg: StudyConfig, top: int = 5) -> dict[str, Any]:
+    counts = _count_states(study)
+    best = ranked(study, cfg)
+    rows = [_trial_row(t, cfg) for t in best[:top]]
+    return {
+        "study": cfg.name,
+        "storage": cfg.storage,
+        "objectives": [{"metric": m, "direction": d} for m, d in zip(cfg.metrics, cfg.directions)],
+        "n_trials_target": cfg.budget.n_trials,
+        "counts": counts,
+        "finished": counts["COMPLETE"] + counts["PRUNED"],
+        "best": rows[0] if rows else None,
+        "pareto_front": [t.number for t in study.best_trials] if cfg.multi_objective and rows else None,
+        "top": rows,
+    }
+
+
+def _trial_row(t: FrozenTrial, cfg: StudyConfig) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "values": dict(zip(cfg.metrics, t.values or [])),
+        "params": t.params,
+        "duration_s": t.duration.total_seconds() if t.duration else None,
+    }
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if not math.isnan(v) else "nan"
+    return str(v)
+
+
+def render_table(info: dict[str, Any]) -> str:
+    c = info["counts"]
+    lines = [
+        f"study {info['study']} · {info['storage']}",
+        f"trials: {info['finished']}/{info['n_trials_target']} finished · complete {c['COMPLETE']} · "
+        f"pruned {c['PRUNED']} · failed {c['FAIL']} · running {c['RUNNING']}",
+    ]
+    if not info["top"]:
+        lines.append("no complete trial yet")
+        return "\n".join(lines)
+    metrics = [o["metric"] for o in info["objectives"]]
+    params = sorted({k for row in info["top"] for k in row["params"]})
+    header = ["trial", *metrics, *params, "time"]
+    body = [[str(r["number"]), *[_fmt(r["values"].get(m)) for m in metrics],
+             *[_fmt(r["params"].get(p, "-")) for p in params],
+             f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"] for r in info["top"]]
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
+    title = "pareto front and best trials" if info.get("pareto_front") else f"top {len(body)} trials"
+    lines.append(title + ":")
+    lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in body]
+    return "\n".join(lines)
+
+
+def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int | None) -> FrozenTrial:
+    """Write the complete train config of a trial (the best by default) as a file `sftune train` runs."""
+    if number is None:
+        best = ranked(study, cfg)
+        if not best:
+            raise ConfigError(Problem(str(cfg.path), "", f"study {cfg.name!r} has no complete trial to export yet"))
+        trial = best[0]
+    else:
+        trials = study.get_trials(deepcopy=False)
+        match = [t for t in trials if t.number == number]
+        if not match:
+            raise ConfigError(Problem("--trial", str(number), f"no trial {number} in study {cfg.name!r} "
+                                      f"(trials 0..{len(trials) - 1})"))
+        trial = match[0]
+    config = trial.user_attrs.get("config")
+    if not config:
+        raise ConfigError(Problem("--trial", str(trial.number), "this trial stored no config (it failed before "
+                                  "sampling finished)"))
+    config = dict(config)
+    config["output_dir"] = str(Path("runs") / f"{cfg.name}-trial-{trial.number}")
+    header = [f"# Exported from study {cfg.name!r} ({cfg.storage}), trial {trial.number}, state {trial.state.name}."]
+    if trial.values:
+        header.append("# Its final " + ", ".join(f"{m} = {v:.6g}" for m, v in zip(cfg.metrics, trial.values))
+                      + ". Re-run: sftune train " + str(out))
+    header.append("# Sampled: " + json.dumps(trial.params, default=str))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False))
+    return trial

@@ -1,0 +1,205 @@
+"""Search spaces: dotted train-config keys with Optuna distributions, sampled define-by-run."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from trainer import FIELDS, Problem
+from trainer._schema import describe, did_you_mean
+
+TYPES = ("float", "int", "categorical")
+SPEC_KEYS = {
+    "float": {"type", "low", "high", "log", "step", "when"},
+    "int": {"type", "low", "high", "log", "step", "when"},
+    "categorical": {"type", "choices", "when"},
+}
+LEAF_FIELDS = {k for k, tp in FIELDS.items() if not dataclasses.is_dataclass(tp)}
+
+
+@dataclasses.dataclass
+class Param:
+    """One searched key: `train.learning_rate: {type: float, low: 1e-5, high: 1e-3, log: true}`."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] = dataclasses.field(default_factory=list)
+    when: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+
+    def active(self, sampled: dict[str, Any]) -> bool:
+        return all(key in sampled and sampled[key] in values for key, values in self.when.items())
+
+    def sample(self, trial: Any) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step or 1))
+        return trial.suggest_categorical(self.name, self.choices)
+
+    def grid_values(self) -> list[Any] | None:
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.step is None and self.type == "float":
+            return None
+        step = self.step or 1
+        n = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        values = [self.low + i * step for i in range(n)]
+        return [int(v) for v in values] if self.type == "int" else values
+
+
+@dataclasses.dataclass
+class Space:
+    params: list[Param]
+    python: str | None = None
+    """`module:function`, a `(trial) -> {dotted key: value}` function for anything else."""
+    source: str = ""
+    base_dir: Path | None = None
+
+    def keys(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def python_function(self) -> Callable[[Any], dict[str, Any]] | None:
+        if not self.python:
+            return None
+        return _import_function(self.python, self.base_dir)
+
+
+def _import_function(ref: str, base_dir: Path | None) -> Callable[[Any], dict[str, Any]]:
+    module_name, _, func_name = ref.partition(":")
+    if base_dir is not None and str(base_dir) not in sys.path:
+        sys.path.insert(0, str(base_dir))
+    module = importlib.import_module(module_name)
+    func = getattr(module, func_name)
+    if not callable(func):
+        raise TypeError(f"{ref} is not callable")
+    return func
+
+
+def sample_params(trial: Any, space: Space) -> dict[str, Any]:
+    """Sample every active parameter on an Optuna trial, in file order; returns {dotted key: value}."""
+    sampled: dict[str, Any] = {}
+    for param in space.params:
+        if param.active(sampled):
+            sampled[param.name] = param.sample(trial)
+    func = space.python_function()
+    if func is not None:
+        extra = func(trial)
+        if not isinstance(extra, dict):
+            raise TypeError(f"{space.python} must return a mapping of config keys to values, found {describe(extra)}")
+        sampled.update(extra)
+    return sampled
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list[Problem],
+                prefix: str = "") -> Space:
+    """Read and check a space mapping; every problem goes to `problems` with its key."""
+    def bad(key: str, message: str) -> None:
+        problems.append(Problem(source, f"{prefix}{key}", message))
+
+    space = Space(params=[], source=source, base_dir=base_dir)
+    if not isinstance(data, dict):
+        bad("", f"expected a mapping of config keys to parameter specs, found {describe(data)}")
+        return space
+    for key, spec in data.items():
+        key = str(key)
+        if key == "python":
+            if not isinstance(spec, str) or ":" not in spec:
+                bad(key, f"expected 'module:function', found {describe(spec)}")
+                continue
+            try:
+                _import_function(spec, base_dir)
+            except Exception as exc:  # noqa: BLE001
+                bad(key, f"cannot import {spec!r}: {type(exc).__name__}: {exc}")
+                continue
+            space.python = spec
+            continue
+        if key not in LEAF_FIELDS:
+            bad(key, f"not a train-config field{did_you_mean(key, LEAF_FIELDS)}")
+            continue
+        if not isinstance(spec, dict):
+            bad(key, f"expected a parameter spec such as {{type: float, low: 1e-5, high: 1e-3}}, "
+                     f"found {describe(spec)}")
+            continue
+        kind = spec.get("type")
+        if kind is None and "choices" in spec:
+            kind = "categorical"
+        if kind not in TYPES:
+            bad(f"{key}.type", f"expected one of {', '.join(TYPES)}, found {describe(kind)}"
+                + (did_you_mean(kind, TYPES) if isinstance(kind, str) else ""))
+            continue
+        for extra in set(spec) - SPEC_KEYS[kind]:
+            bad(f"{key}.{extra}", f"unknown option for a {kind} parameter{did_you_mean(str(extra), SPEC_KEYS[kind])}")
+        param = Param(name=key, type=kind)
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                bad(f"{key}.choices", f"expected a non-empty list, found {describe(choices)}")
+            elif not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+                bad(f"{key}.choices", "choices must be null, booleans, numbers or strings")
+            else:
+                param.choices = choices
+        else:
+            low, high = spec.get("low"), spec.get("high")
+            ok = True
+            for name, v in (("low", low), ("high", high)):
+                if isinstance(v, str):
+                    try:
+                        v = float(v)
+                    except ValueError:
+                        pass
+                if not _number(v):
+                    bad(f"{key}.{name}", f"expected a number, found {describe(v)}")
+                    ok = False
+                elif kind == "int" and not float(v).is_integer():
+                    bad(f"{key}.{name}", f"expected an integer for an int parameter, found {v!r}")
+                    ok = False
+                else:
+                    setattr(param, name, float(v) if kind == "float" else int(v))
+            log = spec.get("log", False)
+            if not isinstance(log, bool):
+                bad(f"{key}.log", f"expected true/false, found {describe(log)}")
+                ok = False
+            param.log = bool(log)
+            step = spec.get("step")
+            if step is not None and (not _number(step) or step <= 0):
+                bad(f"{key}.step", f"expected a number > 0, found {describe(step)}")
+                ok = False
+            param.step = step
+            if ok:
+                if param.low > param.high:
+                    bad(key, f"`low <= high` must hold, but got (low={param.low}, high={param.high})")
+                if param.log and param.low <= 0:
+                    bad(key, f"log scale needs low > 0, but got low={param.low}")
+                if param.log and step is not None:
+                    bad(key, "`step` and `log: true` cannot be used together")
+        when = spec.get("when")
+        if when is not None:
+            if not isinstance(when, dict) or not when:
+                bad(f"{key}.when", f"expected a mapping {{parameter: value or [values]}}, found {describe(when)}")
+            else:
+                param.when = {str(k): (v if isinstance(v, list) else [v]) for k, v in when.items()}
+        space.params.append(param)
+    names = [p.name for p in space.params]
+    for i, param in enumerate(space.params):
+        for cond in param.when:
+            if cond not in names:
+                bad(f"{param.name}.when", f"names unknown parameter '{cond}'{did_you_mean(cond, names)}"
+                    f" (parameters: {', '.join(names)})")
+            elif names.index(cond) >= i:
+                bad(f"{param.name}.when", f"parameter '{cond}' must come before '{param.name}' in the space")
+    if not space.params and not space.python:
+        bad("", "the space has no parameters")
+    return space

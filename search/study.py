@@ -1,0 +1,154 @@
+"""The Optuna study behind a study file: storage, sampler, pruner, directions, resume and recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search.config import PRUNERS, SAMPLERS, StudyConfig
+from trainer import ConfigError, Problem
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+HEARTBEAT_ATTR = "sftune_heartbeat"
+DRIVER_ATTR = "sftune_driver"
+STALE_AFTER_S = 120.0
+"""A RUNNING trial of another machine's driver is stale when its heartbeat is older than this."""
+
+
+def open_storage(url: str, source: str = "") -> optuna.storages.BaseStorage:
+    """Open (and create if needed) the study database; a URL that cannot be opened is a ConfigError."""
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the user's URL
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(Problem(source, "storage", f"cannot open study storage {url!r}: {msg}")) from None
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}
+
+
+def build_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    options = {k: v for k, v in cfg.sampler.items() if k != "name"}
+    cls = getattr(optuna.samplers, SAMPLERS[cfg.sampler["name"]])
+    if cfg.sampler["name"] == "grid":
+        options["search_space"] = {p.name: p.grid_values() for p in cfg.space.params}
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(Problem(str(cfg.path), "sampler", f"{cfg.sampler['name']}: {exc}")) from None
+
+
+def build_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    if cfg.multi_objective:
+        return optuna.pruners.NopPruner()
+    options = {k: v for k, v in cfg.pruner.items() if k != "name"}
+    cls = getattr(optuna.pruners, PRUNERS[cfg.pruner["name"]])
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(Problem(str(cfg.path), "pruner", f"{cfg.pruner['name']}: {exc}")) from None
+
+
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    return any(s.study_name == name for s in storage.get_all_studies())
+
+
+def open_study(cfg: StudyConfig, *, create: bool = True) -> optuna.Study:
+    """Create the study or load it to resume; the directions of an existing study must match."""
+    storage = open_storage(cfg.storage, str(cfg.path))
+    sampler, pruner = build_sampler(cfg), build_pruner(cfg)
+    if study_exists(storage, cfg.name):
+        study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner)
+        existing = [d.name.lower() for d in study.directions]
+        if existing != cfg.directions:
+            raise ConfigError(Problem(str(cfg.path), "objective", f"study {cfg.name!r} in {cfg.storage} was created "
+                                      f"with direction(s) {existing}, but this file asks for {cfg.directions}; "
+                                      "use another study name to start afresh"))
+        stored = study.user_attrs.get("objective_metrics")
+        if stored and stored != cfg.metrics:
+            raise ConfigError(Problem(str(cfg.path), "objective.metric", f"study {cfg.name!r} optimizes "
+                                      f"{stored}, but this file asks for {cfg.metrics}"))
+        return study
+    if not create:
+        raise ConfigError(Problem(str(cfg.path), "name", f"no study named {cfg.name!r} in {cfg.storage} yet; "
+                                  "run `sftune run` first"))
+    study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner,
+                                directions=cfg.directions)
+    study.set_user_attr("objective_metrics", cfg.metrics)
+    return study
+
+
+def load_existing(cfg: StudyConfig) -> optuna.Study:
+    storage = open_storage(cfg.storage, str(cfg.path))
+    if not study_exists(storage, cfg.name):
+        raise ConfigError(Problem(str(cfg.path), "name", f"no study named {cfg.name!r} in {cfg.storage} yet; "
+                                  "run `sftune run` first"))
+    return optuna.load_study(study_name=cfg.name, storage=storage)
+
+
+def driver_identity() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Mark RUNNING trials left by a dead driver FAIL and queue their params to be tried again."""
+    recovered = []
+    host = socket.gethostname()
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        if trial.state == TrialState.WAITING:
+            continue
+        driver = trial.system_attrs.get(DRIVER_ATTR) or {}
+        beat = trial.system_attrs.get(HEARTBEAT_ATTR, 0.0)
+        if driver.get("host") == host:
+            stale = not _pid_alive(int(driver.get("pid", -1))) or driver.get("pid") == os.getpid()
+        else:
+            stale = now - float(beat or 0.0) > STALE_AFTER_S
+        if not stale:
+            continue
+        storage = study._storage
+        storage.set_trial_system_attr(trial._trial_id, "fail_reason", "driver died while the trial was running")
+        storage.set_trial_user_attr(trial._trial_id, "error", "the driver running this trial died; its params "
+                                    "were queued to run again")
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        recovered.append(trial)
+    return recovered
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    out = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
+                               TrialState.WAITING)}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def finished(study: optuna.Study) -> int:
+    c = counts(study)
+    return c["COMPLETE"] + c["PRUNED"]
+
+
+def params_json(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
