@@ -83,6 +83,26 @@ def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def tell(state: RunState, trial: optuna.Trial, values: Any = None, trial_state: TrialState | None = None) -> None:
+    """study.tell, inside the optimize-loop flag so a sampler may stop the study (GridSampler does)."""
+    study = state.study
+    local = study._thread_local
+    previous = getattr(local, "in_optimize_loop", False)
+    local.in_optimize_loop = True
+    try:
+        study.tell(trial, values, state=trial_state)
+    except Exception as exc:  # noqa: BLE001 - never leave a finished trial RUNNING in the database
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state == TrialState.RUNNING:
+            study._storage.set_trial_user_attr(trial._trial_id, "error", f"could not record the result: {exc}")
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        state.say(f"trial {trial.number}: could not record the result ({type(exc).__name__}: {exc})")
+    finally:
+        local.in_optimize_loop = previous
+    if study._stop_flag and not state.stop_reason:
+        state.stop_reason = f"the {state.cfg.sampler['name']} sampler has tried its whole space"
+
+
 def _make_searcher(state: RunState) -> Any:
     from ray.tune.search import Searcher
 
@@ -121,7 +141,7 @@ def _make_searcher(state: RunState) -> Any:
 
         def _fail(self, trial: optuna.Trial, message: str) -> None:
             trial.set_user_attr("error", message)
-            state.study.tell(trial, state=TrialState.FAIL)
+            tell(state, trial, trial_state=TrialState.FAIL)
             state.failed += 1
             state.say(f"trial {trial.number} FAILED: {message}")
 
@@ -132,14 +152,14 @@ def _make_searcher(state: RunState) -> Any:
             pruned = trial_id in state.pruned
             outcome = outcome_state(pruned=pruned, error=error, result=result)
             if outcome == TrialState.PRUNED:
-                state.study.tell(trial, state=TrialState.PRUNED)
+                tell(state, trial, trial_state=TrialState.PRUNED)
                 state.n_pruned += 1
                 state.say(f"trial {trial.number} pruned at step {state.last_step.get(trial_id, 0)}")
             elif outcome == TrialState.COMPLETE:
                 values = [float(result[m]) for m in state.cfg.metrics]
                 trial.set_user_attr("final_step", int(result.get("step", 0)))
                 trial.set_user_attr("seconds", result.get("seconds", {}))
-                state.study.tell(trial, values if len(values) > 1 else values[0])
+                tell(state, trial, values if len(values) > 1 else values[0])
                 state.completed += 1
                 state.say(f"trial {trial.number} complete: "
                           + ", ".join(f"{m}={v:.4f}" for m, v in zip(state.cfg.metrics, values)))
@@ -173,6 +193,8 @@ def _make_scheduler(state: RunState) -> Any:
             history = state.history.setdefault(trial.trial_id, [])
             history.append({"step": step, **{k: float(v) for k, v in result.items() if k in ALL_METRICS}})
             otrial.set_user_attr("history", history)
+            state.say(f"trial {otrial.number} step {step}: "
+                      + "  ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "step"))
             if state.cfg.multi_objective or not values:
                 return TrialScheduler.CONTINUE
             otrial.report(float(values[state.cfg.metrics[0]]), step)
@@ -287,7 +309,7 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, address: str | None, sa
         for tune_id, trial in list(state.trials.items()):
             trial.set_user_attr("error", state.stop_reason or "stopped when the run ended (budget.timeout or "
                                 "interrupt)")
-            study.tell(trial, state=TrialState.FAIL)
+            tell(state, trial, trial_state=TrialState.FAIL)
             state.failed += 1
             state.trials.pop(tune_id, None)
         if started_ray:

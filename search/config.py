@@ -179,7 +179,8 @@ def _objectives(raw: Any, task: str, source: str, problems: list[Problem]) -> li
     return out
 
 
-def _check_space_values(space: Space, base: dict[str, Any], base_dir: Path, problems: list[Problem]) -> None:
+def _check_space_values(space: Space, base: dict[str, Any], base_dir: Path, prefix: str,
+                        problems: list[Problem]) -> None:
     """Each choice and bound must be a valid value of its train-config field."""
     for param in space.params:
         values = param.choices if param.type == "categorical" else [param.low, param.high]
@@ -191,7 +192,7 @@ def _check_space_values(space: Space, base: dict[str, Any], base_dir: Path, prob
             config_from_dict(data, source="", base_dir=base_dir, problems=sub)
             mine = [p for p in sub if p.key == param.name or p.key.startswith(param.name + ".")]
             if mine:
-                problems.append(Problem(space.source, param.name, f"value {value!r}: {mine[0].message}"))
+                problems.append(Problem(space.source, prefix + param.name, f"value {value!r}: {mine[0].message}"))
                 break
 
 
@@ -202,6 +203,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     source = str(path)
     problems: list[Problem] = []
     known = {**{k: None for k in STUDY_KEYS}, **{f"base.{k}": v for k, v in FIELDS.items()}}
+    # Sampler and pruner options and space entries are free-form here; they are checked below.
+    known.update({item.split("=", 1)[0].strip(): None for item in overrides or []
+                  if item.startswith(("sampler.", "pruner.", "space."))})
     parsed = parse_overrides(overrides, known, problems)
     raw = read_yaml(path, "study")
     raw = apply_overrides(raw, {k: v for k, v in parsed.items() if not k.startswith("base.")})
@@ -243,10 +247,11 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         except ConfigError as exc:
             problems.extend(Problem(source, "space", p.message) for p in exc.problems)
             space_raw = None
+    prefix = "" if space_source != source else "space."
     space = parse_space(space_raw, source=space_source, base_dir=space_dir, problems=problems,
-                        prefix="" if space_source != source else "space.") if space_raw is not None else Space([])
+                        prefix=prefix) if space_raw is not None else Space([])
     if base and space.params and not problems:
-        _check_space_values(space, base, base_root, problems)
+        _check_space_values(space, base, base_root, prefix, problems)
 
     task = base_cfg.task if base_cfg is not None else "classification"
     objectives = _objectives(study.objective, task, source, problems)

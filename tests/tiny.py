@@ -117,3 +117,24 @@ def sft_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
                   "max_length": 32, "seed": 0, **train},
         "output_dir": str(tmp / "out"),
     }
+
+
+def study_file(tmp: Path, model_dir: Path, *, name: str = "s", n_trials: int = 4, pruner: Any = None,
+               space: Any = None, concurrency: int = 2, max_steps: int = 30, **extra: Any) -> Path:
+    """A study over the tiny classification config; returns the study file path."""
+    base = classification_config(tmp, model_dir, max_steps=max_steps, eval_every=10)
+    base["peft"] = {"method": "lora", "r": 4}
+    data = {
+        "name": name,
+        "objective": {"metric": "accuracy", "direction": "maximize"},
+        "sampler": {"name": "tpe", "seed": 0},
+        "pruner": pruner or {"name": "none"},
+        "budget": {"n_trials": n_trials, "concurrency": concurrency},
+        "resources": {"cpu": 1},
+        "base": base,
+        "space": space or {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                           "peft.r": {"type": "int", "low": 2, "high": 8}},
+        "output_dir": str(tmp / "runs"),
+        **extra,
+    }
+    return write_config(tmp / f"{name}.yaml", data)
