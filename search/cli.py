@@ -70,6 +70,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.plots import write_plots
+
+    cfg, study = _open(args)
+    out = Path(args.out or cfg.output_dir / "plots")
+    written = write_plots(study, cfg, out)
+    for path in written:
+        _print(f"wrote {path}")
+    if not written:
+        _print("nothing to plot yet: the study has no finished trials")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from search.config import load_study
     from search.study import open_storage
@@ -122,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
     p.add_argument("--storage", default=None)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plot", help="save PNG pictures: optimization history, learning curves, importances")
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: <output_dir>/plots)")
+    p.add_argument("--storage", default=None)
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study's storage")
     p.add_argument("study", help="study YAML")

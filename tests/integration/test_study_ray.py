@@ -115,6 +115,9 @@ def test_export_then_train_reproduces_the_trial(tmp_path: Path, bert_dir: Path, 
     assert metrics["metrics"]["accuracy"] == best.value
     assert metrics["history"][-1]["accuracy"] == best.intermediate_values[30]
     assert main(["status", str(path), "--json"]) == 0
+    assert main(["plot", str(path), "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "history.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "learning_curves.png").exists()
 
 
 def test_sigkilled_driver_resumes_to_n_trials(tmp_path: Path, bert_dir: Path) -> None:
@@ -160,3 +163,24 @@ def _group_alive(pgid: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_multi_objective_study(tmp_path: Path, bert_dir: Path, ray_cluster: None,
+                               capsys: pytest.CaptureFixture) -> None:
+    space = {"train.learning_rate": {"type": "categorical", "choices": [1e-3, 3e-3, 1e-2]},
+             "train.batch_size": {"type": "categorical", "choices": [8, 16]}}
+    path = tiny.study_file(tmp_path, bert_dir, name="multi", n_trials=3, space=space,
+                           pruner={"name": "median"}, sampler={"name": "nsga2", "seed": 0},
+                           objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}])
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Optuna prunes single-objective studies only" in out
+    study = _study(tmp_path, "multi")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        last = t.user_attrs["history"][-1]
+        assert t.values == [last["accuracy"], last["eval_loss"]]
+    assert main(["export", str(path), "--out", str(tmp_path / "front.yaml")]) == 0
+    assert (tmp_path / "front.yaml").exists()
