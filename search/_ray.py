@@ -169,7 +169,12 @@ def _make_searcher(state: RunState) -> Any:
                 elif error:
                     message = state.errors.pop(trial_id, "the trial's Ray worker failed")
                 else:
-                    message = state.stop_reason or "stopped before it finished"
+                    timeout = state.cfg.budget.timeout
+                    if timeout and time.time() - state.started >= timeout:
+                        message = f"stopped by budget.timeout ({timeout:g} s); its params are queued for the next run"
+                        state.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                    else:
+                        message = state.stop_reason or "stopped before it finished"
                 self._fail(trial, message)
             state.say(state.status_line())
 
@@ -307,9 +312,10 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, address: str | None, sa
     finally:
         # Anything Tune left unreported (a timeout, Ctrl-C) must not stay RUNNING in the database.
         for tune_id, trial in list(state.trials.items()):
-            trial.set_user_attr("error", state.stop_reason or "stopped when the run ended (budget.timeout or "
-                                "interrupt)")
+            trial.set_user_attr("error", "stopped when the run ended (budget.timeout or interrupt); its params "
+                                "are queued for the next run")
             tell(state, trial, trial_state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             state.failed += 1
             state.trials.pop(tune_id, None)
         if started_ray:

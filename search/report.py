@@ -133,6 +133,9 @@ def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int |
         header.append("# Its final " + ", ".join(f"{m} = {v:.6g}" for m, v in zip(cfg.metrics, trial.values))
                       + ". Re-run: sftune train " + str(out))
     header.append("# Sampled: " + json.dumps(trial.params, default=str))
+    threads = config.get("train", {}).get("threads")
+    if threads:
+        header.append(f"# train.threads: {threads} as in the trial, so the numbers match; raise it to train faster.")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False))
     return trial

@@ -184,3 +184,17 @@ def test_multi_objective_study(tmp_path: Path, bert_dir: Path, ray_cluster: None
         assert t.values == [last["accuracy"], last["eval_loss"]]
     assert main(["export", str(path), "--out", str(tmp_path / "front.yaml")]) == 0
     assert (tmp_path / "front.yaml").exists()
+
+
+def test_timeout_leaves_nothing_running_and_queues_the_unfinished(tmp_path: Path, bert_dir: Path,
+                                                                   ray_cluster: None) -> None:
+    path = tiny.study_file(tmp_path, bert_dir, name="timeout", max_steps=5000,
+                           budget={"n_trials": 4, "concurrency": 2, "timeout": 6})
+    assert main(["run", str(path)]) == 0
+    trials = _study(tmp_path, "timeout").trials
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all("budget.timeout" in t.user_attrs["error"] for t in failed)
+    waiting = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.WAITING]
+    assert sorted(map(str, waiting)) == sorted(str(t.params) for t in failed)
