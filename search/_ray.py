@@ -137,7 +137,8 @@ def _make_searcher(state: RunState) -> Any:
             state.trials[trial_id] = trial
             state.say(f"trial {trial.number} started: "
                       + ", ".join(f"{k}={_short(v)}" for k, v in sampled.items()))
-            return {"sftune": {"number": trial.number, "config": config, "metrics": state.cfg.metrics}}
+            return {"sftune": {"number": trial.number, "config": config, "metrics": state.cfg.metrics,
+                               "cache_dir": str(state.cfg.cache_dir)}}
 
         def _fail(self, trial: optuna.Trial, message: str) -> None:
             trial.set_user_attr("error", message)
@@ -196,10 +197,13 @@ def _make_scheduler(state: RunState) -> Any:
             state.last_step[trial.trial_id] = step
             values = {m: result[m] for m in state.cfg.metrics if m in result}
             history = state.history.setdefault(trial.trial_id, [])
-            history.append({"step": step, **{k: float(v) for k, v in result.items() if k in ALL_METRICS}})
+            history.append({"step": step, **{k: float(v) for k, v in result.items() if k in ALL_METRICS},
+                            "at": time.time()})
             otrial.set_user_attr("history", history)
+            if "seconds" in result:
+                otrial.set_user_attr("seconds", result["seconds"])
             state.say(f"trial {otrial.number} step {step}: "
-                      + "  ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "step"))
+                      + "  ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k in ALL_METRICS))
             if state.cfg.multi_objective or not values:
                 return TrialScheduler.CONTINUE
             otrial.report(float(values[state.cfg.metrics[0]]), step)
@@ -251,12 +255,15 @@ def _trainable(config: dict[str, Any]) -> None:
     try:
         cfg = config_from_dict(spec["config"], source=f"trial {spec['number']}")
 
+        timing: dict[str, float] = {}
+
         class TuneReporter:
             def report(self, step: int, metrics: dict[str, float]) -> bool:
-                tune.report({**metrics, "step": step})
+                tune.report({**metrics, "step": step, "seconds": dict(timing)})
                 return False  # the scheduler in the driver stops a pruned trial
 
-        result = run_job(cfg, TuneReporter(), threads=cfg.train.threads)
+        result = run_job(cfg, TuneReporter(), threads=cfg.train.threads, cache_dir=spec.get("cache_dir"),
+                         timing=timing)
         tune.report({**result.metrics, "step": result.step, DONE_KEY: True, "seconds": result.seconds})
     except Exception as exc:  # noqa: BLE001 - reported as the trial's error, kept in the database
         if type(exc).__name__ in ("SessionTerminatedError", "StopIteration"):

@@ -96,6 +96,11 @@ class StudyConfig:
         return len(self.objectives) > 1
 
     @property
+    def cache_dir(self) -> Path:
+        """Tokenized data shared by all trials, keyed by a fingerprint of data, tokenizer and max_length."""
+        return self.output_dir / "cache"
+
+    @property
     def max_failures(self) -> int:
         b = self.budget
         return b.max_failures if b.max_failures is not None else max(3, b.n_trials // 2)

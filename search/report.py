@@ -12,37 +12,40 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
+from search.study import count_states, rdb_storage
 from trainer import ConfigError, Problem
 
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
-def _count_states(study: optuna.Study) -> dict[str, int]:
-    from sqlalchemy import func, select
+def _top_by_sql(study: optuna.Study, cfg: StudyConfig, limit: int) -> list[FrozenTrial] | None:
+    """The best `limit` COMPLETE trials of a single-objective study in one ordered query (None: not RDB)."""
+    from sqlalchemy import select
 
-    storage = study._storage
-    try:  # one grouped query instead of loading every trial: fast on big studies
+    try:
         from optuna.storages._rdb import models
 
-        with storage.scoped_session() as session:  # type: ignore[attr-defined]
-            study_id = study._study_id
-            rows = session.execute(
-                select(models.TrialModel.state, func.count()).where(models.TrialModel.study_id == study_id)
-                .group_by(models.TrialModel.state)
-            ).all()
-        out = {s: 0 for s in STATES}
-        for state, n in rows:
-            out[state.name] = n
-        return out
-    except Exception:  # noqa: BLE001 - another storage: count the slow way
-        out = {s: 0 for s in STATES}
-        for t in study.get_trials(deepcopy=False):
-            out[t.state.name] += 1
-        return out
+        storage = rdb_storage(study)
+        with storage.scoped_session() as session:
+            value = models.TrialValueModel.value
+            order = value.desc() if cfg.directions[0] == "maximize" else value.asc()
+            ids = session.execute(
+                select(models.TrialModel.trial_id)
+                .join(models.TrialValueModel, models.TrialValueModel.trial_id == models.TrialModel.trial_id)
+                .where(models.TrialModel.study_id == study._study_id,
+                       models.TrialModel.state == TrialState.COMPLETE, models.TrialValueModel.objective == 0)
+                .order_by(order, models.TrialModel.number).limit(limit)
+            ).scalars().all()
+        return [storage.get_trial(i) for i in ids]
+    except Exception:  # noqa: BLE001 - not an RDB storage: rank in Python
+        return None
 
 
-def ranked(study: optuna.Study, cfg: StudyConfig) -> list[FrozenTrial]:
+def ranked(study: optuna.Study, cfg: StudyConfig, limit: int | None = None) -> list[FrozenTrial]:
     """COMPLETE trials, best first (multi-objective: the Pareto front first, then by the first metric)."""
+    if limit is not None and not cfg.multi_objective:
+        top = _top_by_sql(study, cfg, limit)
+        if top is not None:
+            return top
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     sign = [1 if d == "maximize" else -1 for d in cfg.directions]
     done.sort(key=lambda t: tuple(-s * v for s, v in zip(sign, t.values)))
@@ -53,8 +56,8 @@ def ranked(study: optuna.Study, cfg: StudyConfig) -> list[FrozenTrial]:
 
 
 def summary(study: optuna.Study, cfg: StudyConfig, top: int = 5) -> dict[str, Any]:
-    counts = _count_states(study)
-    best = ranked(study, cfg)
+    counts = count_states(study)
+    best = ranked(study, cfg, limit=top)
     rows = [_trial_row(t, cfg) for t in best[:top]]
     return {
         "study": cfg.name,
@@ -111,17 +114,18 @@ def render_table(info: dict[str, Any]) -> str:
 def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int | None) -> FrozenTrial:
     """Write the complete train config of a trial (the best by default) as a file `sftune train` runs."""
     if number is None:
-        best = ranked(study, cfg)
+        best = ranked(study, cfg, limit=1)
         if not best:
             raise ConfigError(Problem(str(cfg.path), "", f"study {cfg.name!r} has no complete trial to export yet"))
         trial = best[0]
     else:
-        trials = study.get_trials(deepcopy=False)
-        match = [t for t in trials if t.number == number]
-        if not match:
+        try:
+            trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
+                study._study_id, number))
+        except KeyError:
+            total = sum(count_states(study).values())
             raise ConfigError(Problem("--trial", str(number), f"no trial {number} in study {cfg.name!r} "
-                                      f"(trials 0..{len(trials) - 1})"))
-        trial = match[0]
+                                      f"(trials 0..{total - 1})")) from None
     config = trial.user_attrs.get("config")
     if not config:
         raise ConfigError(Problem("--trial", str(trial.number), "this trial stored no config (it failed before "

@@ -13,7 +13,8 @@ from trainer import prepare
 def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage: str | None,
               address: str | None, say: Callable[[str], None]) -> int:
     cfg: StudyConfig = load_study(path, overrides, n_trials=n_trials, storage=storage)
-    prepared = prepare(cfg.base_config, source=str(cfg.path))  # data and model checked before Ray starts
+    # Data and model are checked before Ray starts; the tokenized data is cached for every trial.
+    prepared = prepare(cfg.base_config, source=str(cfg.path), cache_dir=cfg.cache_dir)
     study = open_study(cfg)
     if cfg.multi_objective and cfg.pruner.get("name") != "none":
         say(f"note: pruner {cfg.pruner['name']!r} is not used: Optuna prunes single-objective studies only")

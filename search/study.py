@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -16,6 +15,7 @@ from trainer import ConfigError, Problem
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 HEARTBEAT_ATTR = "sftune_heartbeat"
 DRIVER_ATTR = "sftune_driver"
 STALE_AFTER_S = 120.0
@@ -137,18 +137,38 @@ def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return recovered
 
 
-def counts(study: optuna.Study) -> dict[str, int]:
-    out = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
-                               TrialState.WAITING)}
-    for t in study.get_trials(deepcopy=False):
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
+def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage:
+    """The RDB storage under Optuna's cache wrapper; raises TypeError for other storages."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        raise TypeError("not an RDB storage")
+    return storage
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    try:  # one grouped query instead of loading every trial: fast on big studies
+        from optuna.storages._rdb import models
+
+        with rdb_storage(study).scoped_session() as session:  # type: ignore[attr-defined]
+            study_id = study._study_id
+            rows = session.execute(
+                select(models.TrialModel.state, func.count()).where(models.TrialModel.study_id == study_id)
+                .group_by(models.TrialModel.state)
+            ).all()
+        out = {s: 0 for s in STATES}
+        for state, n in rows:
+            out[state.name] = n
+        return out
+    except Exception:  # noqa: BLE001 - another storage: count the slow way
+        out = {s: 0 for s in STATES}
+        for t in study.get_trials(deepcopy=False):
+            out[t.state.name] += 1
+        return out
 
 
 def finished(study: optuna.Study) -> int:
-    c = counts(study)
+    c = count_states(study)
     return c["COMPLETE"] + c["PRUNED"]
 
-
-def params_json(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import pickle
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -60,13 +62,64 @@ class JobResult:
         return asdict(self)
 
 
-def prepare(cfg: TrainConfig, source: str = "") -> Prepared:
-    """Check the data and the model of `cfg` and tokenize; raises ConfigError before any training."""
-    examples = load_examples(cfg, source)
+_PREPARED: dict[str, Prepared] = {}
+"""Prepared data by fingerprint, kept for the life of the process (a reused Ray worker runs many trials)."""
+
+
+def fingerprint(cfg: TrainConfig, location: str) -> str:
+    """What the tokenized data depends on: the data files, the data settings, the tokenizer, max_length."""
+    h = hashlib.sha256()
+    for path in (cfg.data.train, cfg.data.validation):
+        if path:
+            p = Path(path)
+            files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+            for f in files:
+                st = f.stat()
+                h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    loc = Path(location)
+    if loc.is_dir():
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                     "tokenizer.model", "merges.txt", "vocab.json", "chat_template.jinja"):
+            f = loc / name
+            if f.exists():
+                h.update(f"{name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    data = cfg.data
+    h.update(json.dumps([location, cfg.task, cfg.train.max_length, cfg.train.seed, asdict(data)],
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()[:20]
+
+
+def prepare(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = None) -> Prepared:
+    """Check the data and the model of `cfg` and tokenize; raises ConfigError before any training.
+
+    With `cache_dir`, the result is cached on disk by `fingerprint` (and in memory for this process),
+    so a study tokenizes once and every trial, in any worker, reads the same token ids.
+    """
     location = model_location(cfg, source)
+    key = fingerprint(cfg, location) if cache_dir is not None else ""
+    if key and key in _PREPARED:
+        return _PREPARED[key]
+    cached = Path(cache_dir) / f"prepared-{key}.pkl" if key else None
+    if cached is not None and cached.exists():
+        try:
+            with cached.open("rb") as fh:
+                prep = pickle.load(fh)
+            _PREPARED[key] = prep
+            return prep
+        except Exception:  # noqa: BLE001 - a torn or stale cache file is rebuilt
+            pass
+    examples = load_examples(cfg, source)
     tokenizer = load_tokenizer(location, source)
     train, validation = tokenize(examples, tokenizer, cfg.train.max_length, source)
-    return Prepared(location, tokenizer, examples, train, validation)
+    prep = Prepared(location, tokenizer, examples, train, validation)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(prep, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, cached)
+        _PREPARED[key] = prep
+    return prep
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
@@ -93,9 +146,17 @@ def run_job(
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
     prepared: Prepared | None = None,
+    cache_dir: str | Path | None = None,
+    timing: dict[str, float] | None = None,
 ) -> JobResult:
-    """Train and evaluate `cfg`; every evaluation goes to `reporter`, which may stop the run."""
+    """Train and evaluate `cfg`; every evaluation goes to `reporter`, which may stop the run.
+
+    `timing`, when given, is updated in place as the run goes (seconds of setup, train steps and
+    evaluation; `started_at` and `first_step_at` as Unix times), so a caller can report it mid-run.
+    """
     started = time.perf_counter()
+    timing = timing if timing is not None else {}
+    timing.update({"setup": 0.0, "train": 0.0, "eval": 0.0, "started_at": time.time()})
     import torch
     import transformers
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -110,7 +171,7 @@ def run_job(
         torch.set_num_threads(threads)
     reporter = reporter or NeverStop()
     say = progress or (lambda _msg: None)
-    prep = prepared or prepare(cfg, source)
+    prep = prepared or prepare(cfg, source, cache_dir=cache_dir)
     t = cfg.train
     max_steps = total_steps(cfg, len(prep.train))
     transformers.set_seed(t.seed)
@@ -120,12 +181,14 @@ def run_job(
     out.mkdir(parents=True, exist_ok=True)
 
     history: list[dict[str, float]] = []
-    timing = {"setup": 0.0, "train": 0.0, "eval": 0.0}
     state_box: dict[str, Any] = {"stopped": False, "step_start": None, "eval_start": None}
 
     class _Report(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
             state_box["step_start"] = time.perf_counter()
+            if "first_step_at" not in timing:
+                timing["first_step_at"] = time.time()
+                timing["setup"] = time.perf_counter() - started
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
             timing["train"] += time.perf_counter() - state_box["step_start"]
@@ -191,7 +254,6 @@ def run_job(
         callbacks=[_Report()],
     )
     trainer.remove_callback(PrinterCallback)
-    timing["setup"] = time.perf_counter() - started
     trainer.train()
     step = trainer.state.global_step
     if not history or history[-1]["step"] != step:

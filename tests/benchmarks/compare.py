@@ -1,0 +1,476 @@
+"""Side-by-side HPO benchmark: sftune vs Trainer.hyperparameter_search (optuna) vs (ray + OptunaSearch + ASHA).
+
+Runs one task through the three, one after another, each in its own child process, and prints one
+table: best validation metric, wall time, optimizer steps trained, time to 99% of the best metric any
+of them found, mean per-trial overhead (trial wall time minus time inside training and evaluation
+steps), time from command start to the first training step, and mean CPU utilisation.
+
+    python tests/benchmarks/compare.py                 # MiniLM + LoRA on SST-2, 12 trials, 2 at a time
+    python tests/benchmarks/compare.py --quick         # tiny random model, smoke run (about 2 minutes)
+    python tests/benchmarks/compare.py --dataset trec6 --n-trials 8 --only sftune
+
+Same space (a sftune space file), same sampler (TPE, same seed and startup trials), same pruning rule
+(successive halving on the same evaluation steps; ASHA for stock Ray Tune), same data, model, steps
+and evaluation schedule, and an explicit objective for the Hugging Face runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("SFTUNE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SYSTEMS = ("sftune", "hf-optuna", "hf-ray")
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+# ---------------------------------------------------------------------------------------------- task
+
+
+def make_task(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Write the data subset and the base train config; returns the task description."""
+    import random
+
+    data_dir = out / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        import tiny
+
+        model = str(tiny.make_model(out / "tiny-model", "bert"))
+        tiny.write_jsonl(data_dir / "train.jsonl", tiny.sentiment_rows(400, seed=1))
+        tiny.write_jsonl(data_dir / "validation.jsonl", tiny.sentiment_rows(100, seed=2))
+    else:
+        model = args.model
+        src = SHARED / args.dataset
+        train_rows = (src / "train.jsonl").read_text().splitlines()
+        val_file = src / "validation.jsonl" if (src / "validation.jsonl").exists() else src / "test.jsonl"
+        val_rows = val_file.read_text().splitlines()
+        rng = random.Random(args.seed)
+        (data_dir / "train.jsonl").write_text("\n".join(rng.sample(train_rows, min(args.train_samples,
+                                                                              len(train_rows)))) + "\n")
+        (data_dir / "validation.jsonl").write_text("\n".join(rng.sample(val_rows, min(args.eval_samples,
+                                                                                len(val_rows)))) + "\n")
+    base = {
+        "model": model,
+        "task": "classification",
+        "data": {"train": str(data_dir / "train.jsonl"), "validation": str(data_dir / "validation.jsonl")},
+        "peft": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05},
+        "train": {"learning_rate": 3e-4, "batch_size": 16, "max_steps": args.max_steps,
+                  "eval_every": args.eval_every, "max_length": args.max_length, "seed": args.seed},
+        "output_dir": str(out / "unused"),
+    }
+    return {
+        "base": base,
+        "space": str(Path(args.space).resolve()),
+        "n_trials": args.n_trials,
+        "concurrency": args.concurrency,
+        "seed": args.seed,
+        "startup": args.startup,
+        "metric": "accuracy",
+        "max_steps": args.max_steps,
+        "eval_every": args.eval_every,
+        "cpus": os.cpu_count() or 1,
+    }
+
+
+# ------------------------------------------------------------------------------------------- workers
+
+
+def run_sftune(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
+    import optuna
+    import yaml
+
+    study = {
+        "name": "bench", "storage": f"sqlite:///{out / 'sftune.db'}",
+        "objective": {"metric": task["metric"], "direction": "maximize"},
+        "sampler": {"name": "tpe", "seed": task["seed"], "n_startup_trials": task["startup"]},
+        "pruner": {"name": "successive-halving", "min_resource": task["eval_every"], "reduction_factor": 3},
+        "budget": {"n_trials": task["n_trials"], "concurrency": task["concurrency"]},
+        "resources": {"cpu": max(1, task["cpus"] // task["concurrency"])},
+        "base": task["base"], "space": task["space"], "output_dir": str(out / "sftune-runs"),
+    }
+    path = out / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    cmd = [sys.executable, "-m", "search", "run", str(path)]
+    with (out / "sftune.log").open("w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    s = optuna.load_study(study_name="bench", storage=study["storage"])
+    trials, evals, first = [], [], None
+    for t in s.trials:
+        sec = t.user_attrs.get("seconds", {})
+        if sec.get("first_step_at"):
+            first = min(first or 1e18, sec["first_step_at"])
+        for h in t.user_attrs.get("history", []):
+            if "at" in h:
+                evals.append((h["at"] - t0, h[task["metric"]]))
+        if t.datetime_start and t.datetime_complete:
+            trials.append({
+                "state": t.state.name, "value": t.value if t.state.name == "COMPLETE" else None,
+                "wall": (t.datetime_complete - t.datetime_start).total_seconds(),
+                "busy": sec.get("train", 0.0) + sec.get("eval", 0.0),
+                "steps": max(t.intermediate_values) if t.intermediate_values else 0,
+            })
+    return {"trials": trials, "evals": evals, "first_step_at": first}
+
+
+class _Probe:
+    """A TrainerCallback measuring time inside training steps and evaluation, and each evaluation."""
+
+    def __init__(self, metric: str) -> None:
+        from transformers import TrainerCallback
+
+        probe = self
+
+        class CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+                probe.train = probe.eval = 0.0
+
+            def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+                probe.step_start = time.time()
+                probe.first = probe.first or probe.step_start
+
+            def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+                probe.train += time.time() - probe.step_start
+                probe.eval_start = time.time()
+
+            def on_evaluate(self, args, state, control, metrics=None, **kw):  # noqa: ANN001
+                probe.eval += time.time() - probe.eval_start
+                if metrics is not None:  # reaches Ray's report through the Trainer
+                    metrics.update({"probe_train": probe.train, "probe_eval": probe.eval,
+                                    "probe_first": probe.first, "probe_step": state.global_step,
+                                    "probe_at": time.time()})
+                    probe.events.append((time.time(), metrics.get(f"eval_{metric}")))
+
+        self.callback = CB()
+        self.train = self.eval = 0.0
+        self.first = None
+        self.step_start = self.eval_start = time.time()
+        self.events: list[tuple[float, float]] = []
+
+
+def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[str, str]) -> Any:
+    import numpy as np
+    from transformers import Trainer, TrainingArguments
+
+    from trainer import config_from_dict, prepare
+    from trainer._metrics import classification_metrics
+    from trainer._model import build_model
+    from trainer._tokenize import PadCollator
+    from trainer._schema import set_dotted
+
+    base = config_from_dict(task["base"])
+    prep = prepare(base)
+    t = base.train
+
+    def model_init(trial: Any) -> Any:
+        params = trial.params if hasattr(trial, "params") else (trial or {})
+        data = base.to_dict()
+        for dotted, hf in hp_names.items():
+            if dotted.startswith("peft.") and hf in params:
+                set_dotted(data, dotted, params[hf])
+        return build_model(config_from_dict(data), prep.location, prep.tokenizer, prep.examples.num_labels,
+                           prep.examples.labels)
+
+    args = TrainingArguments(
+        output_dir=str(out / "hf-trainer"), per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=max(t.batch_size, 32), learning_rate=t.learning_rate, max_steps=t.max_steps,
+        eval_strategy="steps", eval_steps=t.eval_every, logging_steps=t.eval_every, save_strategy="no",
+        report_to="none", seed=t.seed, data_seed=t.seed, use_cpu=True, disable_tqdm=True,
+        remove_unused_columns=False, label_names=["labels"],
+    )
+    del np
+    return Trainer(model_init=model_init, args=args, train_dataset=prep.train, eval_dataset=prep.validation,
+                   data_collator=PadCollator(prep.tokenizer.pad_token_id or 0),
+                   compute_metrics=classification_metrics, callbacks=[probe.callback])
+
+
+def _hf_names(space_path: str) -> tuple[list[Any], dict[str, str]]:
+    from search.space import parse_space
+    from trainer import read_yaml
+
+    problems: list = []
+    space = parse_space(read_yaml(space_path), source=space_path, base_dir=Path(space_path).parent,
+                        problems=problems)
+    arg = {"train.learning_rate": "learning_rate", "train.batch_size": "per_device_train_batch_size",
+           "train.warmup_ratio": "warmup_steps", "train.weight_decay": "weight_decay",
+           "train.lr_scheduler": "lr_scheduler_type", "train.gradient_accumulation": "gradient_accumulation_steps"}
+    names = {p.name: arg.get(p.name, p.name.replace(".", "_")) for p in space.params}
+    return space.params, names
+
+
+def _define_by_run(params: list[Any], names: dict[str, str]) -> Any:
+    import copy
+
+    renamed = []
+    for p in params:
+        q = copy.copy(p)
+        q.name = names[p.name]
+        q.when = {names[k]: v for k, v in p.when.items()}
+        renamed.append(q)
+
+    def space(trial: Any) -> dict[str, Any]:
+        sampled: dict[str, Any] = {}
+        for q in renamed:
+            if q.active(sampled):
+                sampled[q.name] = q.sample(trial)
+        return sampled
+
+    return space
+
+
+def run_hf_optuna(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
+    import optuna
+
+    params, names = _hf_names(task["space"])
+    probe = _Probe(task["metric"])
+    per_trial: dict[int, dict[str, float]] = {}
+    trainer = _hf_trainer(task, out, probe, names)
+    storage = f"sqlite:///{out / 'hf-optuna.db'}"
+    space = _define_by_run(params, names)
+
+    def hp_space(trial: Any) -> dict[str, Any]:
+        values = space(trial)
+        return {k: v for k, v in values.items() if not k.startswith("peft_")}
+
+    class Record:
+        def __call__(self, study: Any, trial: Any) -> None:
+            per_trial[trial.number] = {"train": probe.train, "eval": probe.eval}
+
+    # Trainer.hyperparameter_search has no callbacks argument for optuna; wrap optimize to record.
+    original = optuna.Study.optimize
+
+    def optimize(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003
+        kw.setdefault("callbacks", []).append(Record())
+        return original(self, *a, **kw)
+
+    optuna.Study.optimize = optimize
+    trainer.hyperparameter_search(
+        hp_space=hp_space, backend="optuna", n_trials=task["n_trials"], direction="maximize",
+        compute_objective=lambda m: m[f"eval_{task['metric']}"],
+        study_name="bench", storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=task["seed"], n_startup_trials=task["startup"]),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=task["eval_every"], reduction_factor=3),
+    )
+    s = optuna.load_study(study_name="bench", storage=storage)
+    trials = []
+    for t in s.trials:
+        if t.datetime_start and t.datetime_complete:
+            busy = per_trial.get(t.number, {})
+            trials.append({
+                "state": t.state.name, "value": t.value if t.state.name == "COMPLETE" else None,
+                "wall": (t.datetime_complete - t.datetime_start).total_seconds(),
+                "busy": busy.get("train", 0.0) + busy.get("eval", 0.0),
+                "steps": max(t.intermediate_values) if t.intermediate_values else 0,
+            })
+    return {"trials": trials, "evals": [(at - t0, v) for at, v in probe.events if v is not None],
+            "first_step_at": probe.first}
+
+
+def run_hf_ray(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    params, names = _hf_names(task["space"])
+    probe = _Probe(task["metric"])
+    trainer = _hf_trainer(task, out, probe, names)
+    n_evals = task["max_steps"] // task["eval_every"]
+    starts: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    results: dict[str, dict[str, Any]] = {}
+    evals: list[tuple[float, float]] = []
+
+    class Times(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+            starts[trial.trial_id] = time.time()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            results[trial.trial_id] = result
+            if f"eval_{task['metric']}" in result:
+                evals.append((time.time() - t0, result[f"eval_{task['metric']}"]))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            ends[trial.trial_id] = time.time()
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            ends[trial.trial_id] = time.time()
+
+    ray.init(num_cpus=task["cpus"], include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        trainer.hyperparameter_search(
+            hp_space=lambda trial: {}, backend="ray", n_trials=task["n_trials"], direction="maximize",
+            compute_objective=lambda m: m[f"eval_{task['metric']}"],
+            search_alg=OptunaSearch(space=_define_by_run(params, names), metric="objective", mode="max",
+                                    sampler=optuna.samplers.TPESampler(seed=task["seed"],
+                                                                       n_startup_trials=task["startup"])),
+            scheduler=ASHAScheduler(metric="objective", mode="max", time_attr="training_iteration",
+                                    max_t=n_evals, grace_period=1, reduction_factor=3),
+            resources_per_trial={"cpu": max(1, task["cpus"] // task["concurrency"])},
+            max_concurrent_trials=task["concurrency"], storage_path=str(out / "hf-ray-results"),
+            callbacks=[Times()], verbose=0,
+        )
+    finally:
+        ray.shutdown()
+    trials, first = [], None
+    for tid, result in results.items():
+        if tid not in starts or tid not in ends:
+            continue
+        first = min(first or 1e18, result.get("probe_first") or 1e18)
+        steps = int(result.get("probe_step", 0))
+        trials.append({
+            "state": "COMPLETE" if steps >= task["max_steps"] else "PRUNED",
+            "value": result.get("objective") if steps >= task["max_steps"] else None,
+            "wall": ends[tid] - starts[tid], "busy": result.get("probe_train", 0) + result.get("probe_eval", 0),
+            "steps": steps,
+        })
+    return {"trials": trials, "evals": evals, "first_step_at": first}
+
+
+RUNNERS = {"sftune": run_sftune, "hf-optuna": run_hf_optuna, "hf-ray": run_hf_ray}
+
+
+# ----------------------------------------------------------------------------------------- the table
+
+
+class CpuSampler(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[float] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        psutil.cpu_percent(None)
+        while not self.stop_event.wait(1.0):
+            self.samples.append(psutil.cpu_percent(None))
+
+    def stop(self) -> float:
+        self.stop_event.set()
+        self.join()
+        return statistics.fmean(self.samples) if self.samples else 0.0
+
+
+def summarize(name: str, raw: dict[str, Any], wall: float, cpu: float, t0: float) -> dict[str, Any]:
+    trials = raw["trials"]
+    complete = [t["value"] for t in trials if t["value"] is not None]
+    overheads = [t["wall"] - t["busy"] for t in trials if t["busy"] > 0]
+    walls = [t["wall"] for t in trials if t["busy"] > 0]
+    return {
+        "system": name,
+        "best": max(complete) if complete else float("nan"),
+        "wall": wall,
+        "steps": sum(t["steps"] for t in trials),
+        "trials": f"{len(complete)}c/{sum(t['state'] == 'PRUNED' for t in trials)}p",
+        "evals": raw["evals"],
+        "overhead": statistics.fmean(overheads) if overheads else float("nan"),
+        "overhead_pct": 100 * sum(overheads) / sum(walls) if walls else float("nan"),
+        "first_step": (raw["first_step_at"] - t0) if raw.get("first_step_at") else float("nan"),
+        "cpu": cpu,
+    }
+
+
+def time_to(evals: list[tuple[float, float]], target: float) -> float:
+    hits = [at for at, v in sorted(evals) if v is not None and v >= target]
+    return hits[0] if hits else float("nan")
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> str:
+    best_any = max((r["best"] for r in rows if r["best"] == r["best"]), default=float("nan"))
+    target = 0.99 * best_any
+    header = ["system", "best acc", "wall s", "opt steps", "trials", "t->99% s", "overhead s/trial",
+              "overhead %", "first step s", "cpu %"]
+    body = []
+    for r in rows:
+        body.append([r["system"], f"{r['best']:.4f}", f"{r['wall']:.0f}", str(r["steps"]), r["trials"],
+                     f"{time_to(r['evals'], target):.0f}", f"{r['overhead']:.2f}", f"{r['overhead_pct']:.1f}",
+                     f"{r['first_step']:.1f}", f"{r['cpu']:.0f}"])
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    lines = [title, f"99% of the best accuracy any system found ({best_any:.4f}) = {target:.4f}",
+             "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(b, widths)) + " |" for b in body]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke run)")
+    p.add_argument("--dataset", default="sst2", help="a folder of ../shared/data with train/validation jsonl")
+    p.add_argument("--model", default="minilm-l6")
+    p.add_argument("--space", default=str(REPO / "spaces" / "lora-classification.yaml"))
+    p.add_argument("--n-trials", type=int, default=12)
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--startup", type=int, default=4, help="TPE startup (random) trials")
+    p.add_argument("--train-samples", type=int, default=2000)
+    p.add_argument("--eval-samples", type=int, default=500)
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated subset of " + ", ".join(SYSTEMS))
+    p.add_argument("--out", default=None, help="work folder (default: a new one under /tmp)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:  # a child: run one system, write its raw figures
+        out = Path(args.out)
+        task = json.loads((out / "task.json").read_text())
+        t0 = float(os.environ["BENCH_T0"])
+        raw = RUNNERS[args.worker](task, out / args.worker, t0)
+        (out / args.worker / "raw.json").write_text(json.dumps(raw))
+        return 0
+
+    if args.quick:
+        args.n_trials, args.max_steps, args.eval_every = min(args.n_trials, 6), 40, 10
+    import tempfile
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="sftune-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    task = make_task(args, out)
+    (out / "task.json").write_text(json.dumps(task, indent=2))
+    rows = []
+    for name in [s.strip() for s in args.only.split(",") if s.strip()]:
+        (out / name).mkdir(exist_ok=True)
+        print(f"running {name} ...", flush=True)
+        cpu = CpuSampler()
+        cpu.start()
+        t0 = time.time()
+        env = {**os.environ, "BENCH_T0": str(t0), "PYTHONPATH": str(REPO)}
+        with (out / name / "worker.log").open("w") as log:
+            proc = subprocess.run([sys.executable, __file__, "--worker", name, "--out", str(out)], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        wall = time.time() - t0
+        usage = cpu.stop()
+        if proc.returncode != 0:
+            print(f"  {name} failed (exit {proc.returncode}); see {out / name / 'worker.log'}", flush=True)
+            continue
+        raw = json.loads((out / name / "raw.json").read_text())
+        rows.append(summarize(name, raw, wall, usage, t0))
+        print(f"  {name}: best {rows[-1]['best']:.4f} in {wall:.0f}s", flush=True)
+    desc = ("quick: tiny random BERT, synthetic data" if args.quick else
+            f"{args.model} + LoRA on {args.dataset} ({args.train_samples} train / {args.eval_samples} validation)")
+    title = (f"{desc}; {task['n_trials']} trials, {args.concurrency} at a time, {task['max_steps']} steps, eval every "
+             f"{task['eval_every']}; {task['cpus']} CPUs")
+    text = print_table(rows, title)
+    (out / "table.md").write_text(text + "\n")
+    print(f"(work folder: {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
