@@ -27,6 +27,14 @@ HEARTBEAT_EVERY_S = 20.0
 ALL_METRICS = {m for names in METRICS.values() for m in names}
 
 
+def seconds_of(result: dict[str, Any]) -> dict[str, float]:
+    """The job's timing from a Tune result (Tune may flatten the nested dict to `seconds/train` keys)."""
+    nested = result.get("seconds")
+    if isinstance(nested, dict):
+        return dict(nested)
+    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("seconds/")}
+
+
 def outcome_state(*, pruned: bool, error: bool, result: dict[str, Any] | None) -> TrialState:
     """Map how a Tune trial ended to the Optuna state it is stored with."""
     if pruned:
@@ -159,7 +167,7 @@ def _make_searcher(state: RunState) -> Any:
             elif outcome == TrialState.COMPLETE:
                 values = [float(result[m]) for m in state.cfg.metrics]
                 trial.set_user_attr("final_step", int(result.get("step", 0)))
-                trial.set_user_attr("seconds", result.get("seconds", {}))
+                trial.set_user_attr("seconds", seconds_of(result))
                 tell(state, trial, values if len(values) > 1 else values[0])
                 state.completed += 1
                 state.say(f"trial {trial.number} complete: "
@@ -200,8 +208,8 @@ def _make_scheduler(state: RunState) -> Any:
             history.append({"step": step, **{k: float(v) for k, v in result.items() if k in ALL_METRICS},
                             "at": time.time()})
             otrial.set_user_attr("history", history)
-            if "seconds" in result:
-                otrial.set_user_attr("seconds", result["seconds"])
+            if seconds_of(result):
+                otrial.set_user_attr("seconds", seconds_of(result))
             state.say(f"trial {otrial.number} step {step}: "
                       + "  ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k in ALL_METRICS))
             if state.cfg.multi_objective or not values:
@@ -278,6 +286,7 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, address: str | None, sa
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(cfg.budget.concurrency))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report, nothing sent anywhere
     import ray
     from ray import tune
 

@@ -203,6 +203,9 @@ def run_job(
         def on_evaluate(self, args, state, control, metrics=None, **kw):  # noqa: ANN001
             m = clean(metrics or {}, cfg.task)
             history.append({"step": state.global_step, **m})
+            if state_box["eval_start"] is not None:  # the report below carries this evaluation's time too
+                timing["eval"] += time.perf_counter() - state_box["eval_start"]
+                state_box["eval_start"] = time.perf_counter()
             say(f"eval step {state.global_step}/{state.max_steps}  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
             if reporter.report(state.global_step, m) and state.global_step < state.max_steps:
@@ -211,11 +214,12 @@ def run_job(
 
     class _TimedTrainer(Trainer):
         def evaluate(self, *args, **kwargs):  # noqa: ANN002, ANN003
-            t0 = time.perf_counter()
+            state_box["eval_start"] = time.perf_counter()
             try:
                 return super().evaluate(*args, **kwargs)
             finally:
-                timing["eval"] += time.perf_counter() - t0
+                timing["eval"] += time.perf_counter() - state_box["eval_start"]
+                state_box["eval_start"] = None
 
     args = TrainingArguments(
         output_dir=str(out / "_trainer"),

@@ -208,24 +208,25 @@ def _hf_names(space_path: str) -> tuple[list[Any], dict[str, str]]:
     return space.params, names
 
 
-def _define_by_run(params: list[Any], names: dict[str, str]) -> Any:
-    import copy
+class _DefineByRun:
+    """The sftune space under Hugging Face argument names, as an Optuna define-by-run function (picklable)."""
 
-    renamed = []
-    for p in params:
-        q = copy.copy(p)
-        q.name = names[p.name]
-        q.when = {names[k]: v for k, v in p.when.items()}
-        renamed.append(q)
+    def __init__(self, params: list[Any], names: dict[str, str]) -> None:
+        import copy
 
-    def space(trial: Any) -> dict[str, Any]:
+        self.params = []
+        for p in params:
+            q = copy.copy(p)
+            q.name = names[p.name]
+            q.when = {names[k]: v for k, v in p.when.items()}
+            self.params.append(q)
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
         sampled: dict[str, Any] = {}
-        for q in renamed:
+        for q in self.params:
             if q.active(sampled):
                 sampled[q.name] = q.sample(trial)
         return sampled
-
-    return space
 
 
 def run_hf_optuna(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
@@ -236,7 +237,7 @@ def run_hf_optuna(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
     per_trial: dict[int, dict[str, float]] = {}
     trainer = _hf_trainer(task, out, probe, names)
     storage = f"sqlite:///{out / 'hf-optuna.db'}"
-    space = _define_by_run(params, names)
+    space = _DefineByRun(params, names)
 
     def hp_space(trial: Any) -> dict[str, Any]:
         values = space(trial)
@@ -312,7 +313,7 @@ def run_hf_ray(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
         trainer.hyperparameter_search(
             hp_space=lambda trial: {}, backend="ray", n_trials=task["n_trials"], direction="maximize",
             compute_objective=lambda m: m[f"eval_{task['metric']}"],
-            search_alg=OptunaSearch(space=_define_by_run(params, names), metric="objective", mode="max",
+            search_alg=OptunaSearch(space=_DefineByRun(params, names), metric="objective", mode="max",
                                     sampler=optuna.samplers.TPESampler(seed=task["seed"],
                                                                        n_startup_trials=task["startup"])),
             scheduler=ASHAScheduler(metric="objective", mode="max", time_attr="training_iteration",
