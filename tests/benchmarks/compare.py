@@ -168,8 +168,12 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
     from trainer._tokenize import PadCollator
     from trainer._schema import set_dotted
 
+    from trainer._tokenize import tokenize_classification
+
     base = config_from_dict(task["base"])
     prep = prepare(base)
+    # What a user of these tools has: the validation set in file order (sftune sorts it by length).
+    validation = tokenize_classification(prep.examples.validation, prep.tokenizer, base.train.max_length)
     t = base.train
 
     def model_init(trial: Any) -> Any:
@@ -189,7 +193,7 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
         remove_unused_columns=False, label_names=["labels"],
     )
     del np
-    return Trainer(model_init=model_init, args=args, train_dataset=prep.train, eval_dataset=prep.validation,
+    return Trainer(model_init=model_init, args=args, train_dataset=prep.train, eval_dataset=validation,
                    data_collator=PadCollator(prep.tokenizer.pad_token_id or 0),
                    compute_metrics=classification_metrics, callbacks=[probe.callback])
 

@@ -117,3 +117,35 @@ def test_cli_train_saves_adapter(tmp_path: Path, bert_dir: Path, capsys: pytest.
     assert "accuracy" in out and "final metrics (step 12/12" in out
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
     assert (tmp_path / "out" / "config.yaml").exists()
+
+
+def test_tokenized_data_is_cached_by_fingerprint(tmp_path: Path, bert_dir: Path) -> None:
+    from trainer import job
+
+    data = tiny.classification_config(tmp_path, bert_dir)
+    cfg = _cfg(data, tmp_path)
+    first = prepare(cfg, cache_dir=tmp_path / "cache")
+    files = list((tmp_path / "cache").glob("prepared-*.pkl"))
+    assert len(files) == 1
+    job._PREPARED.clear()  # a new worker process: read back from disk, no tokenizing
+    again = prepare(cfg, cache_dir=tmp_path / "cache")
+    assert again.train == first.train and again is not first
+    data["train"]["max_length"] = 8  # another max_length is another fingerprint
+    shorter = prepare(_cfg(data, tmp_path), cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("prepared-*.pkl"))) == 2
+    assert max(len(r["input_ids"]) for r in shorter.train) <= 8
+
+
+def test_timing_is_reported_while_running(tmp_path: Path, bert_dir: Path) -> None:
+    seen: list[dict] = []
+    timing: dict = {}
+
+    class Watch:
+        def report(self, step: int, metrics: dict) -> bool:
+            seen.append(dict(timing))
+            return False
+
+    run_job(_cfg(tiny.classification_config(tmp_path, bert_dir, max_steps=20), tmp_path), Watch(), timing=timing)
+    assert seen[0]["first_step_at"] >= seen[0]["started_at"]
+    assert seen[0]["train"] > 0 and seen[0]["eval"] > 0  # this evaluation's own time included
+    assert seen[1]["train"] > seen[0]["train"]
