@@ -300,6 +300,9 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, address: str | None, sa
             cpus = max(int(os.cpu_count() or 1), int(cfg.resources.cpu * cfg.budget.concurrency + 0.999))
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         started_ray = True
+        say(f"ray: {'joined ' + address if address else 'started a local cluster'} in "
+            f"{time.time() - state.started:.1f}s ({ray.cluster_resources().get('CPU', 0):g} CPUs, "
+            f"{ray.cluster_resources().get('GPU', 0):g} GPUs)")
     try:
         trainable = tune.with_resources(_trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         tuner = tune.Tuner(

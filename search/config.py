@@ -201,6 +201,19 @@ def _check_space_values(space: Space, base: dict[str, Any], base_dir: Path, pref
                 break
 
 
+def _inline_or_file(value: Any, key: str, what: str, base_dir: Path, source: str,
+                    problems: list[Problem]) -> tuple[Any, str, Path]:
+    """A mapping given inline, or read from the file a string names (relative to the study file)."""
+    if not isinstance(value, str):
+        return value, source, base_dir
+    path = Path(value) if Path(value).is_absolute() else base_dir / value
+    try:
+        return read_yaml(path, what), str(path), path.resolve().parent
+    except ConfigError as exc:
+        problems.extend(Problem(source, key, p.message) for p in exc.problems)
+        return None, source, base_dir
+
+
 def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials: int | None = None,
                storage: str | None = None) -> StudyConfig:
     """Read and check a study file, its base config and its space; raise ConfigError listing every problem."""
@@ -223,35 +236,18 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         raise ConfigError(problems)
     base_dir = path.resolve().parent
 
-    # The base train config: inline, or a path to a train config file.
-    base_source, base_root = source, base_dir
-    base_raw: dict[str, Any] = {}
-    if isinstance(study.base, str):
-        base_path = (base_dir / study.base) if not Path(study.base).is_absolute() else Path(study.base)
-        try:
-            base_raw = read_yaml(base_path, "base train config")
-            base_source, base_root = str(base_path), base_path.resolve().parent
-        except ConfigError as exc:
-            problems.extend(Problem(source, "base", p.message) for p in exc.problems)
-    elif isinstance(study.base, dict):
-        base_raw = study.base
+    # The base train config and the space: each inline, or a path to its own file.
+    base_raw, base_source, base_root = _inline_or_file(study.base, "base", "base train config", base_dir, source,
+                                                       problems)
+    if isinstance(study.base, dict):
         base_source = f"{source} (base)"
-    base_raw = apply_overrides(base_raw, {k[5:]: v for k, v in parsed.items() if k.startswith("base.")})
+    base_raw = apply_overrides(base_raw or {}, {k[5:]: v for k, v in parsed.items() if k.startswith("base.")})
     base_cfg = None
     if base_raw:
         base_cfg = config_from_dict(base_raw, source=base_source, base_dir=base_root, problems=problems)
     base = base_cfg.to_dict() if base_cfg is not None else {}
 
-    # The space: inline, or a path to a space file.
-    space_source, space_dir, space_raw = source, base_dir, study.space
-    if isinstance(study.space, str):
-        space_path = (base_dir / study.space) if not Path(study.space).is_absolute() else Path(study.space)
-        try:
-            space_raw = read_yaml(space_path, "space")
-            space_source, space_dir = str(space_path), space_path.resolve().parent
-        except ConfigError as exc:
-            problems.extend(Problem(source, "space", p.message) for p in exc.problems)
-            space_raw = None
+    space_raw, space_source, space_dir = _inline_or_file(study.space, "space", "space", base_dir, source, problems)
     prefix = "" if space_source != source else "space."
     space = parse_space(space_raw, source=space_source, base_dir=space_dir, problems=problems,
                         prefix=prefix) if space_raw is not None else Space([])
