@@ -11,7 +11,7 @@ import yaml
 
 from search.space import Space, parse_space
 from trainer import DIRECTIONS, FIELDS, METRICS, ConfigError, Problem, TrainConfig, config_from_dict, read_yaml
-from trainer._schema import build, describe, did_you_mean, get_dotted, set_dotted
+from trainer._schema import build, describe, did_you_mean, set_dotted
 from trainer.config import apply_overrides, parse_overrides
 
 SAMPLERS = {

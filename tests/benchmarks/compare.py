@@ -159,7 +159,6 @@ class _Probe:
 
 
 def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[str, str]) -> Any:
-    import numpy as np
     from transformers import Trainer, TrainingArguments
 
     from trainer import config_from_dict, prepare
@@ -192,7 +191,6 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
         report_to="none", seed=t.seed, data_seed=t.seed, use_cpu=True, disable_tqdm=True,
         remove_unused_columns=False, label_names=["labels"],
     )
-    del np
     return Trainer(model_init=model_init, args=args, train_dataset=prep.train, eval_dataset=validation,
                    data_collator=PadCollator(prep.tokenizer.pad_token_id or 0),
                    compute_metrics=classification_metrics, callbacks=[probe.callback])
