@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 
 from search.config import StudyConfig
 from search.space import sample_params
+from search.study import DRIVER_ATTR, HEARTBEAT_ATTR, driver_identity, finished, requeue
 from trainer import METRICS
-from search.study import DRIVER_ATTR, HEARTBEAT_ATTR, driver_identity, finished
 
 ERROR_KEY = "sftune_error"
 DONE_KEY = "sftune_done"
@@ -61,6 +61,8 @@ class RunState:
     n_pruned: int = 0
     failed: int = 0
     stop_reason: str = ""
+    gave_up: bool = False
+    """True when the run stopped because budget.max_failures trials failed."""
     started: float = field(default_factory=time.time)
     driver: dict[str, Any] = field(default_factory=driver_identity)
 
@@ -125,6 +127,7 @@ def _make_searcher(state: RunState) -> Any:
             if state.stop_reason:
                 return Searcher.FINISHED if not state.trials else None
             if state.failed >= state.cfg.max_failures:
+                state.gave_up = True
                 state.stop_reason = (f"{state.failed} trials failed in this run (budget.max_failures="
                                      f"{state.cfg.max_failures}); see `sftune status` for their errors")
                 return Searcher.FINISHED if not state.trials else None
@@ -181,7 +184,7 @@ def _make_searcher(state: RunState) -> Any:
                     timeout = state.cfg.budget.timeout
                     if timeout and time.time() - state.started >= timeout:
                         message = f"stopped by budget.timeout ({timeout:g} s); its params are queued for the next run"
-                        state.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                        requeue(state.study, trial)
                     else:
                         message = state.stop_reason or "stopped before it finished"
                 self._fail(trial, message)
@@ -208,8 +211,9 @@ def _make_scheduler(state: RunState) -> Any:
             history.append({"step": step, **{k: float(v) for k, v in result.items() if k in ALL_METRICS},
                             "at": time.time()})
             otrial.set_user_attr("history", history)
-            if seconds_of(result):
-                otrial.set_user_attr("seconds", seconds_of(result))
+            seconds = seconds_of(result)
+            if seconds:
+                otrial.set_user_attr("seconds", seconds)
             state.say(f"trial {otrial.number} step {step}: "
                       + "  ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k in ALL_METRICS))
             if state.cfg.multi_objective or not values:
@@ -334,7 +338,7 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, address: str | None, sa
             trial.set_user_attr("error", "stopped when the run ended (budget.timeout or interrupt); its params "
                                 "are queued for the next run")
             tell(state, trial, trial_state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            requeue(study, trial)
             state.failed += 1
             state.trials.pop(tune_id, None)
         if started_ray:

@@ -16,7 +16,6 @@ from search.study import count_states, rdb_storage
 from trainer import ConfigError, Problem
 
 
-
 def _top_by_sql(study: optuna.Study, cfg: StudyConfig, limit: int) -> list[FrozenTrial] | None:
     """The best `limit` COMPLETE trials of a single-objective study in one ordered query (None: not RDB)."""
     from sqlalchemy import select

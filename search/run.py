@@ -35,12 +35,12 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
         state = run_trials(cfg, study, address=address, say=say)
         if state.stop_reason:
             say(f"stopped: {state.stop_reason}")
-        failed_out = state.failed >= cfg.max_failures
+        gave_up = state.gave_up
     else:
-        failed_out = False
+        gave_up = False
         say("nothing to run: the study already has its n_trials finished trials (raise budget.n_trials or "
             "pass --n-trials to add more)")
     say("")
     say(render_table(summary(study, cfg)))
     say(f"\nnext: sftune status {path} · sftune dashboard {path} · sftune export {path} --out best.yaml")
-    return 1 if failed_out else 0
+    return 1 if gave_up else 0

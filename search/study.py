@@ -131,10 +131,15 @@ def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         storage.set_trial_user_attr(trial._trial_id, "error", "the driver running this trial died; its params "
                                     "were queued to run again")
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        requeue(study, trial)
         recovered.append(trial)
     return recovered
+
+
+def requeue(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
+    """Queue a trial's params to be tried again by the next ask (a trial that could not finish)."""
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
 
 
 def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage:
