@@ -7,11 +7,14 @@ Both share one map of Tune trial id to Optuna trial. The driver is the only writ
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
-import traceback
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import TrialState
@@ -19,10 +22,9 @@ from optuna.trial import TrialState
 from search.config import StudyConfig
 from search.space import sample_params
 from search.study import DRIVER_ATTR, HEARTBEAT_ATTR, driver_identity, finished, requeue
+from search._ray_worker import DONE_KEY, ERROR_KEY, READY_KEY, post, trainable
 from trainer import METRICS
 
-ERROR_KEY = "sftune_error"
-DONE_KEY = "sftune_done"
 HEARTBEAT_EVERY_S = 20.0
 ALL_METRICS = {m for names in METRICS.values() for m in names}
 
@@ -52,6 +54,11 @@ class RunState:
     study: optuna.Study
     say: Callable[[str], None]
     trials: dict[str, optuna.Trial] = field(default_factory=dict)
+    waiting: set[str] = field(default_factory=set)
+    """Tune trials whose worker is starting up: their Optuna trial is asked when the worker is ready."""
+    warm: dict[str, Any] = field(default_factory=dict)
+    """What a starting worker imports before it says it is ready (model location and task)."""
+    mailbox: str = field(default_factory=lambda: f"sftune/{uuid.uuid4().hex}")
     pruned: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
     last_step: dict[str, int] = field(default_factory=dict)
@@ -84,9 +91,14 @@ class RunState:
         params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in best.params.items())
         return f"best {self.cfg.metrics[0]} {best.value:.4f} (trial {best.number}: {params})"
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.trials or self.waiting)
+
     def status_line(self) -> str:
         return (f"[{time.time() - self.started:6.0f}s] finished {self.finished}/{self.cfg.budget.n_trials} · "
-                f"running {len(self.trials)} · pruned {self.n_pruned} · failed {self.failed} · {self.best_line()}")
+                f"running {len(self.trials)}" + (f" (+{len(self.waiting)} starting)" if self.waiting else "")
+                + f" · pruned {self.n_pruned} · failed {self.failed} · {self.best_line()}")
 
 
 def _short(v: Any) -> str:
@@ -113,10 +125,49 @@ def tell(state: RunState, trial: optuna.Trial, values: Any = None, trial_state: 
         state.stop_reason = f"the {state.cfg.sampler['name']} sampler has tried its whole space"
 
 
+def start_trial(state: RunState, tune_id: str, *, preloaded: bool = False) -> bool:
+    """A worker is ready for trial `tune_id`: ask Optuna for it now and post its config to the worker.
+
+    Asking this late (not when Tune creates the trial) means a trial's time in the study is its own
+    work, not a worker's start-up, and the sampler sees every result that came in meanwhile.
+    Returns False when the trial should not run (the study stopped, or sampling failed).
+    `preloaded`: the worker had the training stack imported before this trial (kept on the trial).
+    """
+    state.waiting.discard(tune_id)
+    if state.stop_reason or state.failed >= state.cfg.max_failures:
+        return False
+    trial = state.study.ask()
+    storage = state.study._storage
+    storage.set_trial_system_attr(trial._trial_id, DRIVER_ATTR, state.driver)
+    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
+    try:
+        sampled = sample_params(trial, state.cfg.space)
+        config = state.cfg.trial_config(sampled, trial.number)
+    except Exception as exc:  # noqa: BLE001 - a broken python: space fails this trial alone
+        fail_trial(state, trial, f"sampling failed: {type(exc).__name__}: {exc}")
+        return False
+    config.setdefault("train", {})["threads"] = max(1, int(state.cfg.resources.cpu))
+    trial.set_user_attr("config", config)
+    trial.set_user_attr("worker_preloaded", preloaded)
+    state.trials[tune_id] = trial
+    post(f"{state.mailbox}/{tune_id}", {"number": trial.number, "config": config})
+    state.say(f"trial {trial.number} started: " + ", ".join(f"{k}={_short(v)}" for k, v in sampled.items()))
+    return True
+
+
+def fail_trial(state: RunState, trial: optuna.Trial, message: str) -> None:
+    trial.set_user_attr("error", message)
+    tell(state, trial, trial_state=TrialState.FAIL)
+    state.failed += 1
+    state.say(f"trial {trial.number} FAILED: {message}")
+
+
 def _make_searcher(state: RunState) -> Any:
     from ray.tune.search import Searcher
 
     class OptunaAskTell(Searcher):
+        """Lets Tune create a trial whenever the budget has room; the Optuna ask waits for the worker."""
+
         def __init__(self) -> None:
             super().__init__()
 
@@ -125,39 +176,26 @@ def _make_searcher(state: RunState) -> Any:
 
         def suggest(self, trial_id: str) -> dict | str | None:
             if state.stop_reason:
-                return Searcher.FINISHED if not state.trials else None
+                return Searcher.FINISHED if not state.busy else None
             if state.failed >= state.cfg.max_failures:
                 state.gave_up = True
                 state.stop_reason = (f"{state.failed} trials failed in this run (budget.max_failures="
                                      f"{state.cfg.max_failures}); see `sftune status` for their errors")
-                return Searcher.FINISHED if not state.trials else None
-            if state.finished + len(state.trials) >= state.cfg.budget.n_trials:
-                return Searcher.FINISHED if not state.trials else None
-            trial = state.study.ask()
-            storage = state.study._storage
-            storage.set_trial_system_attr(trial._trial_id, DRIVER_ATTR, state.driver)
-            storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
-            try:
-                sampled = sample_params(trial, state.cfg.space)
-                config = state.cfg.trial_config(sampled, trial.number)
-            except Exception as exc:  # noqa: BLE001 - a broken python: space fails this trial alone
-                self._fail(trial, f"sampling failed: {type(exc).__name__}: {exc}")
-                return None
-            config.setdefault("train", {})["threads"] = max(1, int(state.cfg.resources.cpu))
-            trial.set_user_attr("config", config)
-            state.trials[trial_id] = trial
-            state.say(f"trial {trial.number} started: "
-                      + ", ".join(f"{k}={_short(v)}" for k, v in sampled.items()))
-            return {"sftune": {"number": trial.number, "config": config, "metrics": state.cfg.metrics,
-                               "cache_dir": str(state.cfg.cache_dir)}}
-
-        def _fail(self, trial: optuna.Trial, message: str) -> None:
-            trial.set_user_attr("error", message)
-            tell(state, trial, trial_state=TrialState.FAIL)
-            state.failed += 1
-            state.say(f"trial {trial.number} FAILED: {message}")
+                return Searcher.FINISHED if not state.busy else None
+            if state.finished + len(state.trials) + len(state.waiting) >= state.cfg.budget.n_trials:
+                return Searcher.FINISHED if not state.busy else None
+            state.waiting.add(trial_id)
+            return {"sftune": {"mailbox": f"{state.mailbox}/{trial_id}", "warm": state.warm,
+                               "metrics": state.cfg.metrics, "cache_dir": str(state.cfg.cache_dir)}}
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in state.waiting:  # the worker never became ready
+                state.waiting.discard(trial_id)
+                if error:
+                    message = state.errors.pop(trial_id, "the trial's Ray worker failed")
+                    trial = state.study.ask()
+                    fail_trial(state, trial, f"before the trial started: {message}")
+                return
             trial = state.trials.pop(trial_id, None)
             if trial is None:
                 return
@@ -187,7 +225,7 @@ def _make_searcher(state: RunState) -> Any:
                         requeue(state.study, trial)
                     else:
                         message = state.stop_reason or "stopped before it finished"
-                self._fail(trial, message)
+                fail_trial(state, trial, message)
             state.say(state.status_line())
 
     return OptunaAskTell()
@@ -201,6 +239,9 @@ def _make_scheduler(state: RunState) -> Any:
             return True
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            if result.get(READY_KEY):
+                ok = start_trial(state, trial.trial_id, preloaded=bool(result.get("preloaded")))
+                return TrialScheduler.CONTINUE if ok else TrialScheduler.STOP
             otrial = state.trials.get(trial.trial_id)
             if otrial is None or ERROR_KEY in result or result.get(DONE_KEY):
                 return TrialScheduler.CONTINUE
@@ -257,60 +298,79 @@ def _make_callback(state: RunState) -> Any:
     return Heartbeat()
 
 
-def _trainable(config: dict[str, Any]) -> None:
-    """Runs in a Ray worker: one trial's fine-tuning job, each evaluation reported to Tune."""
-    from ray import tune
+@contextmanager
+def ray_cluster(cfg: StudyConfig, *, address: str | None, say: Callable[[str], None],
+                warm: dict[str, Any] | None = None) -> Iterator[None]:
+    """Join `address`, or start a local cluster sized for the study's trials; shut down what it started.
 
-    from trainer import config_from_dict, run_job
-
-    spec = config["sftune"]
-    try:
-        cfg = config_from_dict(spec["config"], source=f"trial {spec['number']}")
-
-        timing: dict[str, float] = {}
-
-        class TuneReporter:
-            def report(self, step: int, metrics: dict[str, float]) -> bool:
-                tune.report({**metrics, "step": step, "seconds": dict(timing)})
-                return False  # the scheduler in the driver stops a pruned trial
-
-        result = run_job(cfg, TuneReporter(), threads=cfg.train.threads, cache_dir=spec.get("cache_dir"),
-                         timing=timing)
-        tune.report({**result.metrics, "step": result.step, DONE_KEY: True, "seconds": result.seconds})
-    except Exception as exc:  # noqa: BLE001 - reported as the trial's error, kept in the database
-        if type(exc).__name__ in ("SessionTerminatedError", "StopIteration"):
-            raise
-        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        tune.report({ERROR_KEY: last, "traceback": traceback.format_exc()[-4000:]})
-
-
-def run_trials(cfg: StudyConfig, study: optuna.Study, *, address: str | None, say: Callable[[str], None]) -> RunState:
-    """Run the study's remaining trials through Ray Tune; returns what happened in this run."""
+    A local cluster's idle workers import the training stack as they start (`search._ray_preload`,
+    told the model and task by `warm`), and Tune's trial actors are placed on those workers.
+    """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(cfg.budget.concurrency))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report, nothing sent anywhere
     import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    started = time.time()
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    else:
+        system: dict[str, Any] = {}
+        if warm:
+            os.environ["SFTUNE_WARM"] = json.dumps(warm)
+            system["preload_python_modules"] = ["search._ray_preload"]
+            _actors_on_idle_workers()
+        # What the trials ask for, and no more: Ray starts (and so warms) one idle worker per CPU.
+        cpus = max(1, math.ceil(cfg.resources.cpu * cfg.budget.concurrency - 1e-9))
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _system_config=system)
+    resources = ray.cluster_resources()
+    say(f"ray: {'joined ' + address if address else 'started a local cluster'} in {time.time() - started:.1f}s "
+        f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        os.environ.pop("SFTUNE_WARM", None)
+
+
+def _actors_on_idle_workers() -> None:
+    """Let Tune's trial actors use the cluster's started (and warmed) idle workers.
+
+    Tune gives every trial actor a runtime_env of environment variables (PL_DISABLE_FORK=1 for
+    PyTorch Lightning), and Ray never places an actor with a runtime_env on an idle worker started
+    without one: each trial's first actor would start a fresh Python process and import everything
+    again. The variable is set in this process instead, before the cluster starts, so the workers
+    inherit it; Tune's actors then carry no variables of their own. (Variables Tune passes on from
+    this process's environment, such as AWS credentials, still go through the runtime_env.)
+    """
+    os.environ.setdefault("PL_DISABLE_FORK", "1")
+    try:
+        from ray.tune.execution import class_cache
+
+        class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
+    except (ImportError, AttributeError):  # another Ray layout: trials start fresh workers, as before
+        pass
+
+
+def run_trials(cfg: StudyConfig, study: optuna.Study, *, say: Callable[[str], None],
+               warm: dict[str, Any] | None = None) -> RunState:
+    """Run the study's remaining trials through Ray Tune (inside `ray_cluster`); returns what happened.
+
+    `warm` (model location and task) is what each new worker imports before its first trial.
+    """
     from ray import tune
 
-    state = RunState(cfg=cfg, study=study, say=say, done_before=finished(study))
-    started_ray = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
-        else:
-            cpus = max(int(os.cpu_count() or 1), int(cfg.resources.cpu * cfg.budget.concurrency + 0.999))
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        started_ray = True
-        say(f"ray: {'joined ' + address if address else 'started a local cluster'} in "
-            f"{time.time() - state.started:.1f}s ({ray.cluster_resources().get('CPU', 0):g} CPUs, "
-            f"{ray.cluster_resources().get('GPU', 0):g} GPUs)")
+    state = RunState(cfg=cfg, study=study, say=say, done_before=finished(study), warm=dict(warm or {}))
     try:
-        trainable = tune.with_resources(_trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        resourced = tune.with_resources(trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         tuner = tune.Tuner(
-            trainable,
+            resourced,
             param_space={},
             tune_config=tune.TuneConfig(
                 search_alg=_make_searcher(state),
@@ -319,8 +379,8 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, address: str | None, sa
                 max_concurrent_trials=cfg.budget.concurrency,
                 time_budget_s=cfg.budget.timeout,
                 reuse_actors=True,
-                trial_dirname_creator=lambda t: f"trial_{t.config['sftune']['number']:04d}",
-                trial_name_creator=lambda t: f"trial_{t.config['sftune']['number']:04d}",
+                trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+                trial_name_creator=lambda t: f"trial_{t.trial_id}",
             ),
             run_config=tune.RunConfig(
                 name="ray",
@@ -341,6 +401,4 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, address: str | None, sa
             requeue(study, trial)
             state.failed += 1
             state.trials.pop(tune_id, None)
-        if started_ray:
-            ray.shutdown()
     return state

@@ -2,45 +2,76 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
+
+import optuna
 
 from search.config import StudyConfig, load_study
 from search.report import render_table, summary
 from search.study import finished, open_study, recover_stale_trials
-from trainer import prepare
+from trainer import prepare_soon
 
 
 def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage: str | None,
               address: str | None, say: Callable[[str], None]) -> int:
     cfg: StudyConfig = load_study(path, overrides, n_trials=n_trials, storage=storage)
-    # Data and model are checked before Ray starts; the tokenized data is cached for every trial.
-    prepared = prepare(cfg.base_config, source=str(cfg.path), cache_dir=cfg.cache_dir)
+    # Model and data are checked now, before Ray starts. Then three things overlap: tokenizing
+    # (cached for every trial), opening the study, and starting Ray, whose workers import the
+    # training stack as they start. A bad input still ends the run before any trial.
+    base = cfg.base_config
+    pending = prepare_soon(base, source=str(cfg.path), cache_dir=cfg.cache_dir)
+    new_study = _is_new_sqlite(cfg.storage)
+    with ThreadPoolExecutor(1, thread_name_prefix="sftune-open") as pool:
+        opening: Future = pool.submit(_open, cfg, say)
+        # An existing study may have nothing left to run: know that before starting Ray.
+        if not new_study and cfg.budget.n_trials - opening.result()[1] <= 0:
+            pending.result()
+            say(f"study {cfg.name} · {cfg.storage}: nothing to run: the study already has its n_trials "
+                "finished trials (raise budget.n_trials or pass --n-trials to add more)")
+            gave_up = False
+            study = opening.result()[0]
+        else:
+            from search._ray import ray_cluster, run_trials
+
+            warm = {"location": pending.location, "task": base.task}
+            with ray_cluster(cfg, address=address, say=say, warm=warm):
+                study, done = opening.result()
+                say(f"study {cfg.name} · {cfg.storage}\n"
+                    f"  {base.task} · model {base.model} · objective "
+                    + ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions))
+                    + f"\n  sampler {cfg.sampler['name']} · pruner {cfg.pruner['name']} · {done} of "
+                    f"{cfg.budget.n_trials} trials already finished · {cfg.budget.concurrency} at a time, "
+                    f"{cfg.resources.cpu:g} cpu" + (f" {cfg.resources.gpu:g} gpu" if cfg.resources.gpu else "")
+                    + " each")
+                prepared = pending.result()  # a tokenizing error ends the run here, before any trial
+                say(f"  data: {len(prepared.train)} train / {len(prepared.validation)} validation examples, "
+                    "tokenized once for all trials")
+                state = run_trials(cfg, study, say=say, warm=warm)
+            if state.stop_reason:
+                say(f"stopped: {state.stop_reason}")
+            gave_up = state.gave_up
+    say("")
+    say(render_table(summary(study, cfg)))
+    say(f"\nnext: sftune status {path} · sftune dashboard {path} · sftune export {path} --out best.yaml")
+    return 1 if gave_up else 0
+
+
+def _open(cfg: StudyConfig, say: Callable[[str], None]) -> tuple[optuna.Study, int]:
+    """Open (or create) the study and recover a dead driver's trials; returns it and its finished count."""
     study = open_study(cfg)
     if cfg.multi_objective and cfg.pruner.get("name") != "none":
         say(f"note: pruner {cfg.pruner['name']!r} is not used: Optuna prunes single-objective studies only")
     for trial in recover_stale_trials(study):
         say(f"trial {trial.number} was left RUNNING by a driver that died: marked FAIL, its params queued again")
-    done = finished(study)
-    remaining = cfg.budget.n_trials - done
-    say(f"study {cfg.name} · {cfg.storage}\n"
-        f"  {cfg.base_config.task} · model {cfg.base_config.model} · {len(prepared.train)} train / "
-        f"{len(prepared.validation)} validation examples · objective "
-        + ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions))
-        + f"\n  sampler {cfg.sampler['name']} · pruner {cfg.pruner['name']} · {done} of {cfg.budget.n_trials} "
-        f"trials already finished · {cfg.budget.concurrency} at a time, {cfg.resources.cpu:g} cpu"
-        + (f" {cfg.resources.gpu:g} gpu" if cfg.resources.gpu else "") + " each")
-    if remaining > 0:
-        from search._ray import run_trials
+    return study, finished(study)
 
-        state = run_trials(cfg, study, address=address, say=say)
-        if state.stop_reason:
-            say(f"stopped: {state.stop_reason}")
-        gave_up = state.gave_up
-    else:
-        gave_up = False
-        say("nothing to run: the study already has its n_trials finished trials (raise budget.n_trials or "
-            "pass --n-trials to add more)")
-    say("")
-    say(render_table(summary(study, cfg)))
-    say(f"\nnext: sftune status {path} · sftune dashboard {path} · sftune export {path} --out best.yaml")
-    return 1 if gave_up else 0
+
+def _is_new_sqlite(url: str) -> bool:
+    """A SQLite file not created yet: a new study, with all its trials to run."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return False
+    name = url[len(prefix):].split("?", 1)[0]
+    return bool(name) and name != ":memory:" and not Path(name).exists()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from trainer._metrics import DIRECTIONS, METRICS
 from trainer._schema import ConfigError, Problem
 from trainer.config import FIELDS, TrainConfig, config_from_dict, load_train_config, read_yaml
-from trainer.job import JobResult, NeverStop, Prepared, Reporter, prepare, run_job
+from trainer._model import warm
+from trainer.job import JobResult, NeverStop, Prepared, Reporter, prepare, prepare_soon, run_job
 
 __all__ = [
     "DIRECTIONS",
@@ -21,6 +22,8 @@ __all__ = [
     "config_from_dict",
     "load_train_config",
     "prepare",
+    "prepare_soon",
     "read_yaml",
     "run_job",
+    "warm",
 ]

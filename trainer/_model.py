@@ -171,3 +171,28 @@ def _head_modules(model: Any) -> list[str]:
     """
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     return [n for n in ("classifier", "score", "pooler") if n in names]
+
+
+def warm(location: str | None = None, task: str | None = None) -> None:
+    """Import what a job needs (torch, transformers' Trainer, peft, the model's own code) ahead of time.
+
+    A process that will run jobs (a Ray worker waiting for its first trial) calls this while it is
+    idle, so a trial does not pay ~5 s of imports. It touches no GPU: CUDA stays uninitialised, so
+    the device a scheduler assigns later (CUDA_VISIBLE_DEVICES) still applies.
+    """
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import Trainer, TrainingArguments  # noqa: F401
+
+    if not location or not Path(location).is_dir():
+        return
+    from transformers import AutoConfig
+    from transformers.models.auto import modeling_auto
+
+    config = AutoConfig.from_pretrained(location)
+    mapping = (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING if task == "sft"
+               else modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING)
+    try:
+        mapping[type(config)]  # imports the architecture's modeling module
+    except KeyError:
+        pass

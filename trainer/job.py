@@ -7,8 +7,10 @@ import json
 import math
 import os
 import pickle
+import threading
 import time
 import warnings
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -95,11 +97,47 @@ def prepare(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = N
     With `cache_dir`, the result is cached on disk by `fingerprint` (and in memory for this process),
     so a study tokenizes once and every trial, in any worker, reads the same token ids.
     """
+    return prepare_soon(cfg, source, cache_dir).result()
+
+
+@dataclass
+class Preparing:
+    """A `prepare` under way: the checked model location now, the tokenized data from `result()`."""
+
+    location: str
+    future: Future
+
+    def result(self) -> Prepared:
+        return self.future.result()
+
+
+def prepare_soon(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = None) -> Preparing:
+    """`prepare`, with the slow half in a background thread so the caller can start other work.
+
+    The model location and the data are checked here (a ConfigError is raised now); loading the
+    tokenizer and tokenizing run in a thread, and `result()` raises their errors.
+    """
     location = model_location(cfg, source)
     key = fingerprint(cfg, location) if cache_dir is not None else ""
+    done: Future = Future()
     if key and key in _PREPARED:
-        return _PREPARED[key]
+        done.set_result(_PREPARED[key])
+        return Preparing(location, done)
     cached = Path(cache_dir) / f"prepared-{key}.pkl" if key else None
+    examples = None if cached is not None and cached.exists() else load_examples(cfg, source)
+
+    def work() -> None:
+        try:
+            done.set_result(_build(cfg, source, location, key, cached, examples))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            done.set_exception(exc)
+
+    threading.Thread(target=work, name="sftune-prepare", daemon=True).start()
+    return Preparing(location, done)
+
+
+def _build(cfg: TrainConfig, source: str, location: str, key: str, cached: Path | None,
+           examples: Examples | None) -> Prepared:
     if cached is not None and cached.exists():
         try:
             with cached.open("rb") as fh:
@@ -108,13 +146,14 @@ def prepare(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = N
             return prep
         except Exception:  # noqa: BLE001 - a torn or stale cache file is rebuilt
             pass
-    examples = load_examples(cfg, source)
+    if examples is None:
+        examples = load_examples(cfg, source)
     tokenizer = load_tokenizer(location, source)
     train, validation = tokenize(examples, tokenizer, cfg.train.max_length, source)
     prep = Prepared(location, tokenizer, examples, train, validation)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         with tmp.open("wb") as fh:
             pickle.dump(prep, fh, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, cached)
