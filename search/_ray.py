@@ -8,7 +8,6 @@ Both share one map of Tune trial id to Optuna trial. The driver is the only writ
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import uuid
@@ -300,11 +299,14 @@ def _make_callback(state: RunState) -> Any:
 
 @contextmanager
 def ray_cluster(cfg: StudyConfig, *, address: str | None, say: Callable[[str], None],
-                warm: dict[str, Any] | None = None) -> Iterator[None]:
-    """Join `address`, or start a local cluster sized for the study's trials; shut down what it started.
+                warm: dict[str, Any] | None = None) -> Iterator[dict[str, float]]:
+    """Join `address`, or start a local cluster for the study's trials; shut down what it started.
 
-    A local cluster's idle workers import the training stack as they start (`search._ray_preload`,
-    told the model and task by `warm`), and Tune's trial actors are placed on those workers.
+    Yields the Ray resources each trial asks for. A local cluster has one CPU slot per concurrent
+    trial (each trial still runs `resources.cpu` threads): Ray starts one idle worker per CPU, and
+    each of those imports the training stack as it starts (`search._ray_preload`, told the model
+    and task by `warm`), so exactly the workers the trials will use are warmed, and Tune's trial
+    actors are placed on them.
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -313,8 +315,9 @@ def ray_cluster(cfg: StudyConfig, *, address: str | None, say: Callable[[str], N
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report, nothing sent anywhere
     import ray
 
+    per_trial = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     if ray.is_initialized():
-        yield
+        yield per_trial
         return
     started = time.time()
     if address:
@@ -325,15 +328,15 @@ def ray_cluster(cfg: StudyConfig, *, address: str | None, say: Callable[[str], N
             os.environ["SFTUNE_WARM"] = json.dumps(warm)
             system["preload_python_modules"] = ["search._ray_preload"]
             _actors_on_idle_workers()
-        # What the trials ask for, and no more: Ray starts (and so warms) one idle worker per CPU.
-        cpus = max(1, math.ceil(cfg.resources.cpu * cfg.budget.concurrency - 1e-9))
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 _system_config=system)
+        per_trial = {"cpu": 1, "gpu": cfg.resources.gpu}
+        ray.init(num_cpus=cfg.budget.concurrency, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", _system_config=system)
     resources = ray.cluster_resources()
     say(f"ray: {'joined ' + address if address else 'started a local cluster'} in {time.time() - started:.1f}s "
-        f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)")
+        + (f"({resources.get('CPU', 0):g} CPUs, " if address else f"({cfg.budget.concurrency} trial slots, ")
+        + f"{resources.get('GPU', 0):g} GPUs)")
     try:
-        yield
+        yield per_trial
     finally:
         ray.shutdown()
         os.environ.pop("SFTUNE_WARM", None)
@@ -359,16 +362,17 @@ def _actors_on_idle_workers() -> None:
 
 
 def run_trials(cfg: StudyConfig, study: optuna.Study, *, say: Callable[[str], None],
-               warm: dict[str, Any] | None = None) -> RunState:
+               resources: dict[str, float] | None = None, warm: dict[str, Any] | None = None) -> RunState:
     """Run the study's remaining trials through Ray Tune (inside `ray_cluster`); returns what happened.
 
+    `resources`: what each trial asks Ray for (from `ray_cluster`; default the study's own);
     `warm` (model location and task) is what each new worker imports before its first trial.
     """
     from ray import tune
 
     state = RunState(cfg=cfg, study=study, say=say, done_before=finished(study), warm=dict(warm or {}))
     try:
-        resourced = tune.with_resources(trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        resourced = tune.with_resources(trainable, resources or {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         tuner = tune.Tuner(
             resourced,
             param_space={},

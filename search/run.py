@@ -36,7 +36,7 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
             from search._ray import ray_cluster, run_trials
 
             warm = {"location": pending.location, "task": base.task}
-            with ray_cluster(cfg, address=address, say=say, warm=warm):
+            with ray_cluster(cfg, address=address, say=say, warm=warm) as per_trial:
                 study, done = opening.result()
                 say(f"study {cfg.name} · {cfg.storage}\n"
                     f"  {base.task} · model {base.model} · objective "
@@ -48,7 +48,7 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
                 prepared = pending.result()  # a tokenizing error ends the run here, before any trial
                 say(f"  data: {len(prepared.train)} train / {len(prepared.validation)} validation examples, "
                     "tokenized once for all trials")
-                state = run_trials(cfg, study, say=say, warm=warm)
+                state = run_trials(cfg, study, say=say, resources=per_trial, warm=warm)
             if state.stop_reason:
                 say(f"stopped: {state.stop_reason}")
             gave_up = state.gave_up

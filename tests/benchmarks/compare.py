@@ -80,6 +80,7 @@ def make_task(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "max_steps": args.max_steps,
         "eval_every": args.eval_every,
         "cpus": os.cpu_count() or 1,
+        "gpu": args.gpu_per_trial,
     }
 
 
@@ -96,7 +97,7 @@ def run_sftune(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
         "sampler": {"name": "tpe", "seed": task["seed"], "n_startup_trials": task["startup"]},
         "pruner": {"name": "successive-halving", "min_resource": task["eval_every"], "reduction_factor": 3},
         "budget": {"n_trials": task["n_trials"], "concurrency": task["concurrency"]},
-        "resources": {"cpu": max(1, task["cpus"] // task["concurrency"])},
+        "resources": {"cpu": max(1, task["cpus"] // task["concurrency"]), "gpu": task["gpu"]},
         "base": task["base"], "space": task["space"], "output_dir": str(out / "sftune-runs"),
     }
     path = out / "study.yaml"
@@ -188,7 +189,8 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
         output_dir=str(out / "hf-trainer"), per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=max(t.batch_size, 32), learning_rate=t.learning_rate, max_steps=t.max_steps,
         eval_strategy="steps", eval_steps=t.eval_every, logging_steps=t.eval_every, save_strategy="no",
-        report_to="none", seed=t.seed, data_seed=t.seed, use_cpu=True, disable_tqdm=True,
+        report_to="none", seed=t.seed, data_seed=t.seed, disable_tqdm=True,
+        use_cpu=not task["gpu"], bf16=bool(task["gpu"]),  # as sftune's jobs: bf16 on a GPU
         remove_unused_columns=False, label_names=["labels"],
     )
     return Trainer(model_init=model_init, args=args, train_dataset=prep.train, eval_dataset=validation,
@@ -320,7 +322,7 @@ def run_hf_ray(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
                                                                        n_startup_trials=task["startup"])),
             scheduler=ASHAScheduler(metric="objective", mode="max", time_attr="training_iteration",
                                     max_t=n_evals, grace_period=1, reduction_factor=3),
-            resources_per_trial={"cpu": max(1, task["cpus"] // task["concurrency"])},
+            resources_per_trial={"cpu": max(1, task["cpus"] // task["concurrency"]), "gpu": task["gpu"]},
             max_concurrent_trials=task["concurrency"], storage_path=str(out / "hf-ray-results"),
             callbacks=[Times()], verbose=0,
         )
@@ -347,26 +349,42 @@ RUNNERS = {"sftune": run_sftune, "hf-optuna": run_hf_optuna, "hf-ray": run_hf_ra
 # ----------------------------------------------------------------------------------------- the table
 
 
-class CpuSampler(threading.Thread):
-    def __init__(self) -> None:
+class UsageSampler(threading.Thread):
+    """Mean CPU utilisation (all cores) and, where there is an NVIDIA GPU, mean GPU utilisation."""
+
+    def __init__(self, gpu: bool) -> None:
         super().__init__(daemon=True)
-        self.samples: list[float] = []
+        self.cpu: list[float] = []
+        self.gpu: list[float] = []
+        self.with_gpu = gpu
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         import psutil
 
+        handle = None
+        if self.with_gpu:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            except Exception:  # noqa: BLE001 - no NVML: CPU only
+                handle = None
         psutil.cpu_percent(None)
         while not self.stop_event.wait(1.0):
-            self.samples.append(psutil.cpu_percent(None))
+            self.cpu.append(psutil.cpu_percent(None))
+            if handle is not None:
+                self.gpu.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
         self.stop_event.set()
         self.join()
-        return statistics.fmean(self.samples) if self.samples else 0.0
+        mean = lambda xs: statistics.fmean(xs) if xs else float("nan")  # noqa: E731
+        return mean(self.cpu), mean(self.gpu)
 
 
-def summarize(name: str, raw: dict[str, Any], wall: float, cpu: float, t0: float) -> dict[str, Any]:
+def summarize(name: str, raw: dict[str, Any], wall: float, usage: tuple[float, float], t0: float) -> dict[str, Any]:
     trials = raw["trials"]
     complete = [t["value"] for t in trials if t["value"] is not None]
     overheads = [t["wall"] - t["busy"] for t in trials if t["busy"] > 0]
@@ -381,7 +399,8 @@ def summarize(name: str, raw: dict[str, Any], wall: float, cpu: float, t0: float
         "overhead": statistics.fmean(overheads) if overheads else float("nan"),
         "overhead_pct": 100 * sum(overheads) / sum(walls) if walls else float("nan"),
         "first_step": (raw["first_step_at"] - t0) if raw.get("first_step_at") else float("nan"),
-        "cpu": cpu,
+        "cpu": usage[0],
+        "gpu": usage[1],
     }
 
 
@@ -393,13 +412,14 @@ def time_to(evals: list[tuple[float, float]], target: float) -> float:
 def print_table(rows: list[dict[str, Any]], title: str) -> str:
     best_any = max((r["best"] for r in rows if r["best"] == r["best"]), default=float("nan"))
     target = 0.99 * best_any
+    gpu = any(r["gpu"] == r["gpu"] for r in rows)  # not NaN: a GPU was sampled
     header = ["system", "best acc", "wall s", "opt steps", "trials", "t->99% s", "overhead s/trial",
-              "overhead %", "first step s", "cpu %"]
+              "overhead %", "first step s", "cpu %"] + (["gpu %"] if gpu else [])
     body = []
     for r in rows:
         body.append([r["system"], f"{r['best']:.4f}", f"{r['wall']:.0f}", str(r["steps"]), r["trials"],
                      f"{time_to(r['evals'], target):.0f}", f"{r['overhead']:.2f}", f"{r['overhead_pct']:.1f}",
-                     f"{r['first_step']:.1f}", f"{r['cpu']:.0f}"])
+                     f"{r['first_step']:.1f}", f"{r['cpu']:.0f}"] + ([f"{r['gpu']:.0f}"] if gpu else []))
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     lines = [title, f"99% of the best accuracy any system found ({best_any:.4f}) = {target:.4f}",
              "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
@@ -408,6 +428,19 @@ def print_table(rows: list[dict[str, Any]], title: str) -> str:
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def _gpu_name() -> str:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "GPU"
+
+
+def _nvidia_gpu() -> bool:
+    import shutil
+
+    if not shutil.which("nvidia-smi"):
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
 def main() -> int:
@@ -426,6 +459,8 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated subset of " + ", ".join(SYSTEMS))
+    p.add_argument("--gpu-per-trial", type=float, default=None,
+                   help="GPU share of each trial (default: 1/concurrency where an NVIDIA GPU is seen, else 0)")
     p.add_argument("--out", default=None, help="work folder (default: a new one under /tmp)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -438,6 +473,8 @@ def main() -> int:
         (out / args.worker / "raw.json").write_text(json.dumps(raw))
         return 0
 
+    if args.gpu_per_trial is None:
+        args.gpu_per_trial = 1.0 / args.concurrency if _nvidia_gpu() else 0.0
     if args.quick:
         args.n_trials, args.max_steps, args.eval_every = min(args.n_trials, 6), 40, 10
     import tempfile
@@ -450,15 +487,16 @@ def main() -> int:
     for name in [s.strip() for s in args.only.split(",") if s.strip()]:
         (out / name).mkdir(exist_ok=True)
         print(f"running {name} ...", flush=True)
-        cpu = CpuSampler()
-        cpu.start()
+        sampler = UsageSampler(gpu=bool(args.gpu_per_trial))
+        sampler.start()
         t0 = time.time()
-        env = {**os.environ, "BENCH_T0": str(t0), "PYTHONPATH": str(REPO)}
+        path = os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x)
+        env = {**os.environ, "BENCH_T0": str(t0), "PYTHONPATH": path}
         with (out / name / "worker.log").open("w") as log:
             proc = subprocess.run([sys.executable, __file__, "--worker", name, "--out", str(out)], env=env,
                                   stdout=log, stderr=subprocess.STDOUT)
         wall = time.time() - t0
-        usage = cpu.stop()
+        usage = sampler.stop()
         if proc.returncode != 0:
             print(f"  {name} failed (exit {proc.returncode}); see {out / name / 'worker.log'}", flush=True)
             continue
@@ -468,7 +506,8 @@ def main() -> int:
     desc = ("quick: tiny random BERT, synthetic data" if args.quick else
             f"{args.model} + LoRA on {args.dataset} ({args.train_samples} train / {args.eval_samples} validation)")
     title = (f"{desc}; {task['n_trials']} trials, {args.concurrency} at a time, {task['max_steps']} steps, eval every "
-             f"{task['eval_every']}; {task['cpus']} CPUs")
+             f"{task['eval_every']}; {task['cpus']} CPUs" + (f", {task['gpu']:g} GPU per trial ({_gpu_name()})"
+                                                           if task["gpu"] else ""))
     text = print_table(rows, title)
     (out / "table.md").write_text(text + "\n")
     print(f"(work folder: {out})")

@@ -133,3 +133,14 @@ def test_status_of_a_study_not_run_yet(tmp_path: Path, bert_dir: Path, capsys: p
     path = tiny.study_file(tmp_path, bert_dir)
     assert main(["status", str(path)]) == 2
     assert "no study named 's'" in capsys.readouterr().err
+
+
+def test_only_a_sqlite_file_not_yet_created_counts_as_a_new_study(tmp_path: Path) -> None:
+    from search.run import _is_new_sqlite
+
+    existing = tmp_path / "old.db"
+    existing.write_bytes(b"")
+    assert _is_new_sqlite(f"sqlite:///{tmp_path / 'new.db'}")
+    assert not _is_new_sqlite(f"sqlite:///{existing}")
+    assert not _is_new_sqlite("sqlite:///:memory:")
+    assert not _is_new_sqlite("postgresql://user@localhost/studies")
