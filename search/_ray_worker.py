@@ -19,6 +19,7 @@ READY_KEY = "sftune_ready"
 
 
 def post(key: str, value: dict[str, Any]) -> None:
+    """In the driver: leave a trial's config for its worker under `key`."""
     from ray.experimental.internal_kv import _internal_kv_put
 
     _internal_kv_put(key.encode(), json.dumps(value).encode(), overwrite=True)

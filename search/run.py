@@ -38,13 +38,7 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
             warm = {"location": pending.location, "task": base.task}
             with ray_cluster(cfg, address=address, say=say, warm=warm) as per_trial:
                 study, done = opening.result()
-                say(f"study {cfg.name} · {cfg.storage}\n"
-                    f"  {base.task} · model {base.model} · objective "
-                    + ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions))
-                    + f"\n  sampler {cfg.sampler['name']} · pruner {cfg.pruner['name']} · {done} of "
-                    f"{cfg.budget.n_trials} trials already finished · {cfg.budget.concurrency} at a time, "
-                    f"{cfg.resources.cpu:g} cpu" + (f" {cfg.resources.gpu:g} gpu" if cfg.resources.gpu else "")
-                    + " each")
+                say(_header(cfg, done))
                 prepared = pending.result()  # a tokenizing error ends the run here, before any trial
                 say(f"  data: {len(prepared.train)} train / {len(prepared.validation)} validation examples, "
                     "tokenized once for all trials")
@@ -56,6 +50,16 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
     say(render_table(summary(study, cfg)))
     say(f"\nnext: sftune status {path} · sftune dashboard {path} · sftune export {path} --out best.yaml")
     return 1 if gave_up else 0
+
+
+def _header(cfg: StudyConfig, done: int) -> str:
+    base = cfg.base_config
+    return (f"study {cfg.name} · {cfg.storage}\n"
+            f"  {base.task} · model {base.model} · objective "
+            + ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions))
+            + f"\n  sampler {cfg.sampler['name']} · pruner {cfg.pruner['name']} · {done} of {cfg.budget.n_trials} "
+            f"trials already finished · {cfg.budget.concurrency} at a time, {cfg.resources.cpu:g} cpu"
+            + (f" {cfg.resources.gpu:g} gpu" if cfg.resources.gpu else "") + " each")
 
 
 def _open(cfg: StudyConfig, say: Callable[[str], None]) -> tuple[optuna.Study, int]:
