@@ -185,15 +185,17 @@ def _make_searcher(state: RunState) -> Any:
                 return Searcher.FINISHED if not state.busy else None
             state.waiting.add(trial_id)
             return {"sftune": {"mailbox": f"{state.mailbox}/{trial_id}", "warm": state.warm,
-                               "metrics": state.cfg.metrics, "cache_dir": str(state.cfg.cache_dir)}}
+                               "cache_dir": str(state.cfg.cache_dir)}}
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in state.waiting:  # the worker never became ready
                 state.waiting.discard(trial_id)
-                if error:
-                    message = state.errors.pop(trial_id, "the trial's Ray worker failed")
-                    trial = state.study.ask()
-                    fail_trial(state, trial, f"before the trial started: {message}")
+                if error:  # recorded as a FAIL trial with no params (asking would take a queued retry)
+                    message = "before the trial started: " + state.errors.pop(trial_id, "the Ray worker failed")
+                    state.study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL,
+                                                                     user_attrs={"error": message}))
+                    state.failed += 1
+                    state.say(f"a trial FAILED {message}")
                 return
             trial = state.trials.pop(trial_id, None)
             if trial is None:
