@@ -97,7 +97,7 @@ def prepare(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = N
     With `cache_dir`, the result is cached on disk by `fingerprint` (and in memory for this process),
     so a study tokenizes once and every trial, in any worker, reads the same token ids.
     """
-    return prepare_soon(cfg, source, cache_dir).result()
+    return _plan(cfg, source, cache_dir)[1]()
 
 
 @dataclass
@@ -117,23 +117,28 @@ def prepare_soon(cfg: TrainConfig, source: str = "", cache_dir: str | Path | Non
     The model location and the data are checked here (a ConfigError is raised now); loading the
     tokenizer and tokenizing run in a thread, and `result()` raises their errors.
     """
-    location = model_location(cfg, source)
-    key = fingerprint(cfg, location) if cache_dir is not None else ""
+    location, build = _plan(cfg, source, cache_dir)
     done: Future = Future()
-    if key and key in _PREPARED:
-        done.set_result(_PREPARED[key])
-        return Preparing(location, done)
-    cached = Path(cache_dir) / f"prepared-{key}.pkl" if key else None
-    examples = None if cached is not None and cached.exists() else load_examples(cfg, source)
 
     def work() -> None:
         try:
-            done.set_result(_build(cfg, source, location, key, cached, examples))
+            done.set_result(build())
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
             done.set_exception(exc)
 
     threading.Thread(target=work, name="sftune-prepare", daemon=True).start()
     return Preparing(location, done)
+
+
+def _plan(cfg: TrainConfig, source: str, cache_dir: str | Path | None) -> tuple[str, Callable[[], Prepared]]:
+    """Check the model location and the data now; return the location and what builds the rest."""
+    location = model_location(cfg, source)
+    key = fingerprint(cfg, location) if cache_dir is not None else ""
+    if key and key in _PREPARED:
+        return location, lambda: _PREPARED[key]
+    cached = Path(cache_dir) / f"prepared-{key}.pkl" if key else None
+    examples = None if cached is not None and cached.exists() else load_examples(cfg, source)
+    return location, lambda: _build(cfg, source, location, key, cached, examples)
 
 
 def _build(cfg: TrainConfig, source: str, location: str, key: str, cached: Path | None,
