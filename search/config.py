@@ -210,7 +210,8 @@ def _inline_or_file(value: Any, key: str, what: str, base_dir: Path, source: str
     try:
         return read_yaml(path, what), str(path), path.resolve().parent
     except ConfigError as exc:
-        problems.extend(Problem(source, key, p.message) for p in exc.problems)
+        # A problem inside the file (a duplicated key) keeps its file and key; one with the file itself is `key`'s.
+        problems.extend(p if p.key else Problem(source, key, p.message) for p in exc.problems)
         return None, source, base_dir
 
 
