@@ -112,7 +112,9 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
                             f"e.g. {leak['examples'][0]}")
     counted = prep.warnings
     report["warning_counts"] = counted
-    warnings.extend(describe_warnings(counted, prep.stats, cfg.train.max_length, ex.task))
+    per_class = (".absent_classes", ".rare_classes")  # said above, class by class
+    warnings.extend(describe_warnings({k: v for k, v in counted.items() if not k.endswith(per_class)},
+                                      prep.stats, cfg.train.max_length, ex.task))
     if labels:
         train_counts = [c for c in report["splits"]["train"]["labels"].values() if c]
         ratio = max(train_counts) / min(train_counts) if train_counts else 1.0

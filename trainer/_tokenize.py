@@ -11,6 +11,8 @@ from trainer.data import Examples
 UNKNOWN_ERROR_SHARE = 0.5
 """A train split whose tokens are mostly the unknown token is an error: the tokenizer does not fit."""
 UNKNOWN_WARN_SHARE = 0.05
+RARE_CLASS_SHARE = 0.05
+"""A class under this share of a split is counted as rare."""
 
 
 def _length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
@@ -149,6 +151,11 @@ def tokenize(examples: Examples, tokenizer: Any, max_length: int,
     stats: dict[str, dict[str, Any]] = {}
     for split, rows in examples.splits().items():
         out[split], stats[split] = fn(rows, tokenizer, max_length)
+        if examples.labels:
+            counts = [0] * len(examples.labels)
+            for r in rows:
+                counts[r["label"]] += 1
+            stats[split]["label_counts"] = counts
         # Evaluation batches of similar lengths waste little on padding (about 1.7x faster on SST-2);
         # every metric is computed over the whole set, so the order does not change them.
         if split != "train":
@@ -175,6 +182,15 @@ def data_warnings(stats: dict[str, dict[str, Any]]) -> dict[str, int]:
                 out[f"{split}.{key}"] = int(s[key])
         if s.get("tokens") and s.get("unknown_tokens", 0) / s["tokens"] > UNKNOWN_WARN_SHARE:
             out[f"{split}.unknown_tokens"] = int(s["unknown_tokens"])
+        counts = s.get("label_counts") or []
+        total = sum(counts)
+        if counts and total:
+            absent = sum(1 for c in counts if c == 0)
+            rare = sum(1 for c in counts if 0 < c / total < RARE_CLASS_SHARE)
+            if absent:
+                out[f"{split}.absent_classes"] = absent
+            if rare:
+                out[f"{split}.rare_classes"] = rare
     return out
 
 
@@ -196,6 +212,10 @@ def describe_warnings(warnings: dict[str, int], stats: dict[str, dict[str, Any]]
             lines.append(f"{split}: {n}{of} rows are dropped: their response alone is longer than{limit} tokens")
         elif what == "empty_texts":
             lines.append(f"{split}: {n}{of} rows have an empty " + ("response" if task == "sft" else "text"))
+        elif what == "absent_classes":
+            lines.append(f"{split}: {n} label classes have no rows")
+        elif what == "rare_classes":
+            lines.append(f"{split}: {n} label classes are under {RARE_CLASS_SHARE:.0%} of the rows")
         elif what == "unknown_tokens":
             tokens = (stats or {}).get(split, {}).get("tokens") or 0
             share = f" ({n / tokens:.0%} of its tokens)" if tokens else ""

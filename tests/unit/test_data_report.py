@@ -69,6 +69,8 @@ def test_planted_duplicates_leakage_and_imbalance_are_counted(tmp_path: Path, ca
     over = sum(r["tokens"]["over_max_length"] for r in report["splits"].values())
     assert over == sum(r["truncated"] for r in report["splits"].values()) > 0
     assert report["warning_counts"]["train.truncated"] == tr["truncated"]
+    rare = sum(1 for n in tr["labels"].values() if 0 < n / tr["rows"] < 0.05)
+    assert report["warning_counts"]["train.rare_classes"] == rare >= 1  # counted for the trial's record too
     assert report["has_test"] and not any("no test split" in r for r in report["recommendations"])
     lines = short_form(report).splitlines()
     assert 2 <= len(lines) <= 4 and "train 307 · validation 83 · test 26 rows" in lines[0]
