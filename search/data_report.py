@@ -139,7 +139,7 @@ def short_form(report: dict[str, Any]) -> str:
     line1 = f"  data: {sizes} rows"
     train = splits["train"]
     if "labels" in train and train["rows"]:
-        shares = " / ".join(f"{name} {n / train['rows']:.0%}" for name, n in train["labels"].items())
+        shares = " / ".join(f"{name} {n / train['rows']:.1%}" for name, n in train["labels"].items())
         line1 += f" · train labels {shares}"
     tok = train.get("tokens") or {}
     line2 = (f"  tokens (train): p50 {tok.get('p50', '-')} · p90 {tok.get('p90', '-')} · max {tok.get('max', '-')} "
@@ -166,10 +166,12 @@ def render(report: dict[str, Any]) -> str:
             lines.append("  labels: " + ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in info["labels"].items()))
         tok = info["tokens"]
         if tok:
+            over = tok["over_max_length"]
             lines.append(f"  tokens: p50 {tok['p50']} · p90 {tok['p90']} · p99 {tok['p99']} · max {tok['max']}; "
-                         f"{tok['over_max_length']} rows over max_length {report['max_length']}"
-                         + (f" ({info['truncated']} prompts cut, {info['dropped']} rows dropped)"
-                            if report["task"] == "sft" else " (truncated)"))
+                         f"{over} rows over max_length {report['max_length']}"
+                         + ((f": {info['truncated']} keep their response and lose the start of their prompt, "
+                             f"{info['dropped']} are dropped (response alone too long)" if report["task"] == "sft"
+                             else ": their text is truncated") if over else ""))
         dup = info["duplicates"]
         lines.append(f"  empty: {info['empty']} · duplicate rows: {dup['rows']}"
                      + (f" · texts with conflicting labels: {dup['conflicting_labels']}" if "conflicting_labels" in dup

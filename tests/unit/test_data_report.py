@@ -118,6 +118,9 @@ def test_sft_rows_keep_their_response_and_lose_the_prompt_start(tmp_path: Path, 
     assert "warning: train: 3 of 7 rows are longer than max_length=16 tokens: their prompt loses its start" in out
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["data_warnings"]["validation.dropped"] == 1
+    assert main(["data", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "4 rows over max_length 16: 3 keep their response and lose the start of their prompt, 1 are dropped" in text
 
 
 def test_balanced_class_weights() -> None:
