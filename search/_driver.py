@@ -23,6 +23,7 @@ from search.study import count_states, fail_stale, record_heartbeats, requeue, s
 ERROR_KEY = "sftune_error"
 DONE_KEY = "sftune_done"
 READY_KEY = "sftune_ready"
+FILES_KEY = "sftune_files"
 HEARTBEAT_EVERY_S = 5.0
 MAX_RETRIES = 2
 """How often the params of a trial whose worker died are queued again (a config that kills its worker stops)."""
@@ -67,6 +68,8 @@ class Driver:
     progress: Progress = None  # type: ignore[assignment]
     job: str | None = None
     """`module:function` run by workers instead of the fine-tuning job (benchmarks of the driver)."""
+    node: str | None = None
+    """The Ray node this driver runs on: a trial elsewhere sends its output files back."""
     trials: dict[str, optuna.Trial] = field(default_factory=dict)
     pruned: set[str] = field(default_factory=set)
     stopped: dict[str, str] = field(default_factory=dict)
@@ -180,7 +183,7 @@ class Driver:
         self.trials[tune_id] = trial
         self.timings["ask"].append(time.perf_counter() - started)
         self.progress.trial_started(trial.number, sampled)
-        return {"sftune": {"number": trial.number, "config": config, "job": self.job}}
+        return {"sftune": {"number": trial.number, "config": config, "job": self.job, "driver_node": self.node}}
 
     def complete(self, tune_id: str, result: dict[str, Any] | None, error: bool) -> None:
         """Tune says a trial ended (ran out, was stopped, or its worker failed): tell Optuna its exact state."""
@@ -200,6 +203,7 @@ class Driver:
             if bad:
                 self.fail(trial, f"metric was {bad} at the end (step {int(result.get('step', 0))})")
             else:
+                self.keep_files(trial, result)
                 self.guard(trial.set_user_attr, "final_step", int(result.get("step", 0)))
                 self.guard(trial.set_user_attr, "seconds", seconds_of(result))
                 if self.tell(trial, values if len(values) > 1 else values[0]):
@@ -208,6 +212,16 @@ class Driver:
         else:
             self.fail(trial, *self._failure(tune_id, trial, result, error))
         self.show_counts()
+
+    def keep_files(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
+        """A trial that ran on another node sent its output files: write them where the driver keeps them."""
+        data = result.pop(FILES_KEY, None)
+        if data:
+            from pathlib import Path
+
+            from search._ray_worker import unpack
+
+            unpack(data, Path(self.cfg.output_dir) / "trials" / f"{trial.number:04d}")
 
     def _failure(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any] | None,
                  error: bool) -> tuple[str, bool]:

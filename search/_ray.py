@@ -97,7 +97,9 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
     from search._ray_search import DriverTick, OptunaPruningScheduler, OptunaSearcher
     from search._ray_worker import trainable
 
-    driver = Driver(cfg=cfg, study=study, progress=progress, job=job)
+    import ray
+
+    driver = Driver(cfg=cfg, study=study, progress=progress, job=job, node=ray.get_runtime_context().get_node_id())
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts fit(): exit 130, not 0
     try:
         runnable = tune.with_parameters(trainable, prepared=prepared) if prepared is not None else trainable

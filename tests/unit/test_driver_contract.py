@@ -201,3 +201,28 @@ def test_the_tune_shells_delegate_to_the_driver(tmp_path: Path, bert_dir: Path) 
     searcher.on_trial_complete("t1", {"accuracy": 0.1, "step": 10})
     assert d.study.trials[0].state == TrialState.PRUNED
     assert searcher.suggest("t2") == Searcher.FINISHED
+
+
+def test_a_remote_trial_sends_its_files_to_the_driver(tmp_path: Path, bert_dir: Path) -> None:
+    from search._driver import FILES_KEY
+    from search._ray_worker import pack, writable_dir
+
+    remote = tmp_path / "node-disk"
+    (remote / "adapter").mkdir(parents=True)
+    (remote / "metrics.json").write_text('{"metrics": {"accuracy": 0.7}}')
+    (remote / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
+    (remote / "_trainer").mkdir()
+    (remote / "_trainer" / "junk").write_text("x")
+    d = _driver(tmp_path, bert_dir, n_trials=1)
+    d.suggest("t1")
+    d.complete("t1", {**_done(0.7), FILES_KEY: pack(remote)}, error=False)
+    here = d.cfg.output_dir / "trials" / "0000"
+    assert (here / "metrics.json").read_text() == '{"metrics": {"accuracy": 0.7}}'
+    assert (here / "adapter" / "adapter_model.safetensors").stat().st_size == 1000
+    assert not (here / "_trainer").exists()
+    assert d.study.trials[0].state == TrialState.COMPLETE
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    fallback = writable_dir(blocker / "runs" / "s" / "trials" / "0003")  # cannot be created on this node
+    assert fallback.is_dir() and fallback.parts[-3:] == ("sftune-trials", "s", "0003")
