@@ -277,3 +277,15 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
     if not space.params and not space.python:
         bad("", "the space has no parameters")
     return space
+
+
+def check_space_with_base(space: Space, base: Any, prefix: str, problems: list[Problem]) -> None:
+    """Rules between the space and the base train config (a TrainConfig)."""
+    d = base.data
+    drawn = [name for name, held in (("validation", not d.validation), ("test", bool(d.test_fraction))) if held]
+    if "train.seed" in space.keys() and drawn and d.split_seed is None:
+        splits = " and ".join(drawn) + (" splits are" if len(drawn) > 1 else " split is")
+        problems.append(Problem(space.source, f"{prefix}train.seed", f"train.seed is searched, and the {splits} "
+                                "held out of train with train.seed: every trial would hold out other rows, so "
+                                "their scores would not compare (and one trial's held-out rows would be another's "
+                                "training rows); set data.split_seed in the base config"))

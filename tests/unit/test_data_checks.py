@@ -167,3 +167,20 @@ def test_a_step_that_divides_the_range_is_accepted(tmp_path: Path, bert_dir: Pat
         "peft.method": {"choices": ["lora", "full"]},
         "peft.alpha": {"type": "float", "low": 4.0, "high": 32.0, "when": {"peft.method": "lora"}}}))
     assert cfg.space.params[0].grid_values()[-1] == 62
+
+
+def test_searched_seed_with_splits_drawn_from_train_needs_a_split_seed(tmp_path: Path, bert_dir: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    from search.config import load_study
+
+    path = tiny.study_file(tmp_path, bert_dir, space={"train.seed": {"type": "int", "low": 0, "high": 3}})
+    data = yaml.safe_load(path.read_text())
+    data["base"]["data"] = {"train": data["base"]["data"]["train"], "test_fraction": 0.1}
+    path.write_text(yaml.safe_dump(data))
+    err = _fails(["run", str(path)], capsys)
+    assert "space.train.seed: train.seed is searched, and the validation and test splits are held out of train" in err
+    data["base"]["data"]["split_seed"] = 0
+    path.write_text(yaml.safe_dump(data))
+    assert load_study(path).base_config.data.split_seed == 0
