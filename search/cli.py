@@ -9,6 +9,8 @@ from typing import Callable
 from trainer import ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_STORAGE = 1
+"""A study database that failed during a run (search.study.StorageFailure): one line, no traceback."""
 
 
 def _print(msg: str) -> None:
@@ -35,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.run import run_study
 
     return run_study(args.study, args.set, n_trials=args.n_trials, storage=args.storage, address=args.address,
-                     say=_print)
+                     say=_print, allow_base_change=args.allow_base_change)
 
 
 def _open(args: argparse.Namespace):  # noqa: ANN202
@@ -122,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, default=None, help="finished trials the study should hold in total")
     p.add_argument("--storage", default=None, help="study database URL (default: the study file's storage)")
     p.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto) instead of starting one")
+    p.add_argument("--allow-base-change", action="store_true",
+                   help="resume a study whose base config changed since it was created (its trials will not "
+                        "all compare); without it such a resume is refused")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="counts by state, the best trial and the top trials of a study")
@@ -165,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        study = sys.modules.get("search.study")  # imported by then if the study's storage failed
+        if study is not None and isinstance(exc, study.StorageFailure):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_STORAGE
+        raise
 
 
 if __name__ == "__main__":

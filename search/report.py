@@ -12,46 +12,59 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
-from search.study import count_states, rdb_storage
+from search.study import _models, _retried, _storage_of, count_states, rdb_storage, study_id
 from trainer import ConfigError, Problem
 
 
 def _top_by_sql(study: optuna.Study, cfg: StudyConfig, limit: int) -> list[FrozenTrial] | None:
-    """The best `limit` COMPLETE trials of a single-objective study in one ordered query (None: not RDB)."""
+    """The best `limit` COMPLETE trials of a single-objective study in one ordered query (None: not RDB).
+
+    Only finite values rank: Optuna stores an infinite value as NULL with a value_type, SQLite stores
+    NaN as NULL and PostgreSQL sorts NaN above every number, so each would otherwise come first."""
     from sqlalchemy import select
 
     try:
-        from optuna.storages._rdb import models
-
         storage = rdb_storage(study)
-        with storage.scoped_session() as session:
-            value = models.TrialValueModel.value
-            order = value.desc() if cfg.directions[0] == "maximize" else value.asc()
-            ids = session.execute(
-                select(models.TrialModel.trial_id)
-                .join(models.TrialValueModel, models.TrialValueModel.trial_id == models.TrialModel.trial_id)
-                .where(models.TrialModel.study_id == study._study_id,
-                       models.TrialModel.state == TrialState.COMPLETE, models.TrialValueModel.objective == 0)
-                .order_by(order, models.TrialModel.number).limit(limit)
-            ).scalars().all()
-        return [storage.get_trial(i) for i in ids]
-    except Exception:  # noqa: BLE001 - not an RDB storage: rank in Python
+    except TypeError:  # not an RDB storage: rank in Python
         return None
+    models = _models()
+    Value = models.TrialValueModel
+    sid = study_id(study)
+
+    def query() -> list[int]:
+        with storage.scoped_session() as session:
+            order = Value.value.desc() if cfg.directions[0] == "maximize" else Value.value.asc()
+            return list(session.execute(
+                select(models.TrialModel.trial_id)
+                .join(Value, Value.trial_id == models.TrialModel.trial_id)
+                .where(models.TrialModel.study_id == sid,
+                       models.TrialModel.state == TrialState.COMPLETE, Value.objective == 0,
+                       Value.value_type == Value.TrialValueType.FINITE, Value.value.is_not(None),
+                       Value.value > -math.inf, Value.value < math.inf)
+                .order_by(order, models.TrialModel.number).limit(limit)
+            ).scalars().all())
+
+    return [storage.get_trial(i) for i in _retried(storage, query)]
+
+
+def _finite(t: FrozenTrial) -> bool:
+    return bool(t.values) and all(v is not None and math.isfinite(v) for v in t.values)
 
 
 def ranked(study: optuna.Study, cfg: StudyConfig, limit: int | None = None) -> list[FrozenTrial]:
-    """COMPLETE trials, best first (multi-objective: the Pareto front first, then by the first metric)."""
+    """COMPLETE trials with finite values, best first (multi-objective: the Pareto front first, then by the
+    first metric). A trial whose value is inf or NaN is never ranked."""
     if limit is not None and not cfg.multi_objective:
         top = _top_by_sql(study, cfg, limit)
         if top is not None:
             return top
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t)]
     sign = [1 if d == "maximize" else -1 for d in cfg.directions]
-    done.sort(key=lambda t: tuple(-s * v for s, v in zip(sign, t.values)))
+    done.sort(key=lambda t: (tuple(-s * v for s, v in zip(sign, t.values)), t.number))
     if cfg.multi_objective:
-        front = {t.number for t in study.best_trials}
+        front = {t.number for t in study.best_trials if _finite(t)}
         done.sort(key=lambda t: t.number not in front)
-    return done
+    return done[:limit] if limit is not None else done
 
 
 def summary(study: optuna.Study, cfg: StudyConfig, top: int = 5) -> dict[str, Any]:
@@ -66,7 +79,7 @@ def summary(study: optuna.Study, cfg: StudyConfig, top: int = 5) -> dict[str, An
         "counts": counts,
         "finished": counts["COMPLETE"] + counts["PRUNED"],
         "best": rows[0] if rows else None,
-        "pareto_front": [t.number for t in study.best_trials] if cfg.multi_objective and rows else None,
+        "pareto_front": [t.number for t in study.best_trials if _finite(t)] if cfg.multi_objective and rows else None,
         "top": rows,
     }
 
@@ -119,8 +132,8 @@ def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int |
         trial = best[0]
     else:
         try:
-            trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
-                study._study_id, number))
+            storage = _storage_of(study)
+            trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id(study), number))
         except KeyError:
             total = sum(count_states(study).values())
             raise ConfigError(Problem("--trial", str(number), f"no trial {number} in study {cfg.name!r} "
