@@ -8,6 +8,7 @@ only send results back. The trial budget is counted in storage, so several drive
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,13 +19,12 @@ from optuna.trial import TrialState
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
 from search.space import sample_params
-from search.study import count_states, fail_stale, record_heartbeats, requeue, storage_problem
+from search.study import count_states, fail_stale, heartbeat_settings, record_heartbeats, requeue, storage_problem
 
 ERROR_KEY = "sftune_error"
 DONE_KEY = "sftune_done"
 READY_KEY = "sftune_ready"
 FILES_KEY = "sftune_files"
-HEARTBEAT_EVERY_S = 5.0
 MAX_RETRIES = 2
 """How often the params of a trial whose worker died are queued again (a config that kills its worker stops)."""
 
@@ -320,13 +320,28 @@ class Driver:
             self.errors[tune_id] = f"the trial's Ray worker died: {text[-1] if text else type(error).__name__}"
 
     # ---- the driver's loop --------------------------------------------------------------------
+    def heartbeats(self) -> threading.Event:
+        """Stamp this driver's running trials every heartbeat interval from a thread of their own, so a busy
+        Tune loop never lets another driver take a live trial for stale; set the returned event to stop."""
+        stop = threading.Event()
+        interval = heartbeat_settings()[0]
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    record_heartbeats(self.study, [t.number for t in list(self.trials.values())])
+                except Exception:  # noqa: BLE001 - a storage failure is met (and reported) by the loop
+                    pass
+
+        threading.Thread(target=beat, name="sftune-heartbeat", daemon=True).start()
+        return stop
+
     def tick(self) -> None:
-        """Every few seconds: heartbeats for this driver's trials, and recover trials of dead drivers."""
+        """Every heartbeat interval, in Tune's loop: recover the trials of drivers that died."""
         now = time.time()
-        if now - self.last_beat < HEARTBEAT_EVERY_S:
+        if now - self.last_beat < heartbeat_settings()[0]:
             return
         self.last_beat = now
-        self.guard(record_heartbeats, self.study, [t.number for t in self.trials.values()])
         for frozen in self.guard(fail_stale, self.study) or []:
             self.progress.message(f"trial {frozen.number} was left RUNNING by a driver that died: marked FAIL, "
                                   "its params queued again")
