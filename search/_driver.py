@@ -32,12 +32,17 @@ FINISHED = "FINISHED"
 """What `suggest` returns when this driver will start no more trials (Tune's Searcher.FINISHED)."""
 
 
+def nested(result: dict[str, Any], key: str) -> dict[str, Any]:
+    """A dict the worker reported under `key` (Tune may flatten it to `key/name` entries)."""
+    value = result.get(key)
+    if isinstance(value, dict):
+        return dict(value)
+    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith(key + "/")}
+
+
 def seconds_of(result: dict[str, Any]) -> dict[str, float]:
-    """The job's timing from a Tune result (Tune may flatten the nested dict to `seconds/train` keys)."""
-    nested = result.get("seconds")
-    if isinstance(nested, dict):
-        return dict(nested)
-    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("seconds/")}
+    """The job's timing from a Tune result."""
+    return nested(result, "seconds")
 
 
 def not_finite(values: list[float]) -> str | None:
@@ -206,6 +211,8 @@ class Driver:
                 self.keep_files(trial, result)
                 self.guard(trial.set_user_attr, "final_step", int(result.get("step", 0)))
                 self.guard(trial.set_user_attr, "seconds", seconds_of(result))
+                if nested(result, "data_warnings"):
+                    self.guard(trial.set_user_attr, "data_warnings", nested(result, "data_warnings"))
                 if self.tell(trial, values if len(values) > 1 else values[0]):
                     self.completed += 1
                     self.progress.trial_finished(trial.number, "COMPLETE", values, "")
