@@ -223,8 +223,10 @@ def run_job(
     prep = prepared or prepare(cfg, source, cache_dir=cache_dir)
     t = cfg.train
     max_steps = total_steps(cfg, len(prep.train))
+    timing["max_steps"] = max_steps
     transformers.set_seed(t.seed)
-    model = build_model(cfg, prep.location, prep.tokenizer, prep.examples.num_labels, prep.examples.labels, source)
+    model = build_model(cfg, _local_location(cfg, prep, source), prep.tokenizer, prep.examples.num_labels,
+                        prep.examples.labels, source)
     device, bf16 = _device()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -331,6 +333,13 @@ def run_job(
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return result
+
+
+def _local_location(cfg: TrainConfig, prep: Prepared, source: str) -> str:
+    """Where this machine loads the model from: data prepared on another node names that node's path."""
+    if Path(prep.location).exists() or not Path(prep.location).is_absolute():
+        return prep.location
+    return model_location(cfg, source)
 
 
 def _save(cfg: TrainConfig, model: Any, tokenizer: Any, out: Path) -> None:

@@ -49,7 +49,6 @@ def _run_in_pty(args: list[str], cwd: Path, timeout: float = 300) -> tuple[int, 
     return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
 
 
-@pytest.mark.xfail(strict=False, reason="needs adapter wiring")
 def test_run_in_a_terminal_shows_live_bars(tmp_path: Path, bert_dir: Path) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="live", n_trials=2, concurrency=2, max_steps=30)
     rc, screen = _run_in_pty([sys.executable, "-m", "search", "run", str(path)], cwd=tmp_path)
