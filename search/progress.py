@@ -141,6 +141,15 @@ class LiveProgress:
         self._live: Any = None
         self._lock = threading.RLock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its searcher and scheduler, which hold the progress: the terminal parts stay here."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("console", "_live", "_lock", "say")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from rich.console import Console
+
+        self.__dict__.update(state, console=Console(), _live=None, _lock=threading.RLock(), say=None)
+
     # -- events ---------------------------------------------------------------------------------
     def message(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -114,3 +114,14 @@ def test_make_progress_picks_plain_lines_off_a_terminal(monkeypatch: pytest.Monk
     monkeypatch.delenv("CI")
     monkeypatch.setenv("TERM", "dumb")
     assert isinstance(make_progress(lines.append), LineProgress)
+
+
+def test_live_view_pickles_while_live() -> None:
+    """Tune pickles its searcher and scheduler, and with them the progress they report to."""
+    import pickle
+
+    progress, _ = _live(Clock())
+    progress.trial_started(0, {"peft.r": 4})
+    copy = pickle.loads(pickle.dumps(progress))
+    assert list(copy.rows) == [0] and copy.metrics == ["accuracy"]
+    progress.close()
