@@ -89,3 +89,36 @@ def test_report_renders_trials_and_plots_in_headless_chromium(tmp_path: Path, be
     drawn = [re.search(r'data-plot="([\w-]+)"', f).group(1) for f in figures if 'class="main-svg"' in f]
     assert len(drawn) >= 3, drawn
     assert "learning-curves" in drawn and "history" in drawn
+
+
+@needs_chromium
+def test_dashboard_page_lists_the_trials_in_headless_chromium(tmp_path: Path, bert_dir: Path) -> None:
+    import json
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    path = make_study(tmp_path, bert_dir, name="dash")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "search", "dashboard", str(path), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(240):  # the server is up when its API answers
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                    study_id = json.loads(resp.read())["study_summaries"][0]["study_id"]
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.5)
+        else:
+            pytest.fail("optuna-dashboard did not answer in 120 s")
+        dom = _dump_dom(f"http://127.0.0.1:{port}/dashboard/studies/{study_id}/trials", tmp_path)
+        listed = sorted(set(re.findall(r"Trial (\d+)", dom)), key=int)
+        assert listed == ["0", "1", "2", "3", "4"], dom[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
