@@ -175,8 +175,9 @@ def _plots(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> 
         plots.append(("learning-curves", "Learning curves of every trial",
                       lambda: learning_curves(study, cfg, trials)))
     if len(complete) >= 2 and searched:
-        plots.append(("importances", f"Parameter importances for {names[0]} (fANOVA)",
-                      lambda: vis.plot_param_importances(study, target=target, target_name=names[0])))
+        plots.append(("importances", f"Parameter importances for {names[0]}",
+                      lambda: vis.plot_param_importances(study, target=_lower_is_better(cfg),
+                                                         target_name=names[0])))
         plots.append(("parallel", f"Parallel coordinates: each complete trial's params and {names[0]}",
                       lambda: vis.plot_parallel_coordinate(study, target=target, target_name=names[0])))
         plots.append(("slice", f"{names[0]} against each parameter",
@@ -184,13 +185,22 @@ def _plots(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> 
     return plots
 
 
+def _lower_is_better(cfg: StudyConfig) -> Callable[[FrozenTrial], float] | None:
+    """The first objective as importance evaluators read a given target (lower is better); None: the study's own."""
+    if not cfg.multi_objective:
+        return None
+    sign = -1.0 if cfg.directions[0] == "maximize" else 1.0
+    return lambda t: sign * t.values[0]
+
+
 def _figures(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> tuple[list[str], list[str]]:
     """The plots as HTML fragments (plotly.js not included), and the notes of plots that could not be drawn."""
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     out, skipped = [], []
     for key, caption, make in _plots(study, cfg, trials):
         try:
-            fig = make()
+            with warnings.catch_warnings():  # experimental plots; a given target read as lower-is-better
+                warnings.simplefilter("ignore")
+                fig = make()
         except Exception as exc:  # noqa: BLE001 - e.g. a parameter that never varied
             skipped.append(f"{caption}: not drawn ({type(exc).__name__}: {exc})")
             continue

@@ -34,7 +34,8 @@ def write_plots(study: optuna.Study, cfg: StudyConfig, out: Path) -> list[Path]:
     if evaluated and not cfg.multi_objective:
         plots.append(("learning_curves.png", lambda: vis.plot_intermediate_values(study)))
     if len(complete) >= 2 and study.best_trials and len(complete[0].params) >= 1:
-        target = (lambda t: t.values[0]) if cfg.multi_objective else None
+        sign = -1.0 if cfg.directions[0] == "maximize" else 1.0  # a given target is read as lower-is-better
+        target = (lambda t: sign * t.values[0]) if cfg.multi_objective else None
         plots.append(("importances.png", lambda: vis.plot_param_importances(study, target=target,
                                                                             target_name=names[0])))
     written: list[Path] = []

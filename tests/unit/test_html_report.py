@@ -122,3 +122,20 @@ def test_dashboard_page_lists_the_trials_in_headless_chromium(tmp_path: Path, be
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_multi_objective_report_has_the_pareto_front(tmp_path: Path, bert_dir: Path) -> None:
+    path = tiny.study_file(tmp_path, bert_dir, name="mo", objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}])
+    study = optuna.create_study(study_name="mo", storage=f"sqlite:///{tmp_path / 'mo.db'}",
+                                directions=["maximize", "minimize"])
+    dist = {"train.learning_rate": FloatDistribution(1e-3, 1e-2, log=True)}
+    for lr, acc, loss in [(0.002, 0.7, 0.5), (0.005, 0.8, 0.6), (0.009, 0.6, 0.7)]:
+        study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": lr}, distributions=dist,
+                                                  values=[acc, loss], intermediate_values={10: acc}))
+    out = tmp_path / "mo.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    page = out.read_text()
+    plots = re.findall(r'data-plot="([\w-]+)"', page)
+    assert plots[:3] == ["pareto", "history-accuracy", "history-eval_loss"]
+    assert "2 trials on the Pareto front" in page
+    assert len(re.findall(r'<tr class="best"', page)) == 2
