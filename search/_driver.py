@@ -11,11 +11,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from search.artifacts import apply_retention, store_trial, write_note
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
 from search.space import sample_params
@@ -188,7 +190,9 @@ class Driver:
         self.trials[tune_id] = trial
         self.timings["ask"].append(time.perf_counter() - started)
         self.progress.trial_started(trial.number, sampled)
-        return {"sftune": {"number": trial.number, "config": config, "job": self.job, "driver_node": self.node}}
+        keep_best = [self.cfg.metrics[0], self.cfg.directions[0]] if self.cfg.use == "best" else None
+        return {"sftune": {"number": trial.number, "config": config, "job": self.job, "driver_node": self.node,
+                           "keep_best": keep_best}}
 
     def complete(self, tune_id: str, result: dict[str, Any] | None, error: bool) -> None:
         """Tune says a trial ended (ran out, was stopped, or its worker failed): tell Optuna its exact state."""
@@ -203,7 +207,7 @@ class Driver:
             self.progress.trial_finished(trial.number, "PRUNED", None, f"at step {self.last_step.get(tune_id, 0)}")
         elif state == TrialState.COMPLETE:
             assert result is not None
-            values = [float(result[m]) for m in self.cfg.metrics]
+            values = self.values_of(tune_id, trial, result)
             bad = not_finite(values)
             if bad:
                 self.fail(trial, f"metric was {bad} at the end (step {int(result.get('step', 0))})")
@@ -213,19 +217,49 @@ class Driver:
                 self.guard(trial.set_user_attr, "seconds", seconds_of(result))
                 if nested(result, "data_warnings"):
                     self.guard(trial.set_user_attr, "data_warnings", nested(result, "data_warnings"))
+                self.store_files(trial)
                 if self.tell(trial, values if len(values) > 1 else values[0]):
                     self.completed += 1
                     self.progress.trial_finished(trial.number, "COMPLETE", values, "")
+                    self.outputs(apply_retention, self.study, self.cfg)
         else:
             self.fail(trial, *self._failure(tune_id, trial, result, error))
+        self.outputs(write_note, self.study, self.cfg, trial.number, self.history.pop(tune_id, None))
         self.show_counts()
+
+    def values_of(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any]) -> list[float]:
+        """A complete trial's values: its final evaluation, or with `objective.use: best` its best one
+        (by the first objective; the earliest step wins a tie), whose step is kept as `best_step`."""
+        final = [float(result[m]) for m in self.cfg.metrics]
+        history = [h for h in self.history.get(tune_id, []) if all(m in h for m in self.cfg.metrics)]
+        if self.cfg.use != "best" or not history:
+            return final
+        sign = 1.0 if self.cfg.directions[0] == "maximize" else -1.0
+        first = self.cfg.metrics[0]
+        best = max(history, key=lambda h: (sign * h[first] if not math.isnan(h[first]) else -math.inf, -h["step"]))
+        self.guard(trial.set_user_attr, "best_step", int(best["step"]))
+        return [float(best[m]) for m in self.cfg.metrics]
+
+    def store_files(self, trial: optuna.Trial) -> None:
+        """A complete trial's saved adapter or model, metrics.json and config.yaml to the artifact store
+        (before `tell`: Optuna keeps artifact records on a running trial)."""
+        config = self.guard(lambda: trial.user_attrs.get("config")) or {}
+        if config.get("save", "none") != "none" and self.job is None:
+            folder = Path(self.cfg.output_dir) / "trials" / f"{trial.number:04d}"
+            self.outputs(store_trial, self.study, self.cfg, trial.number, folder)
+
+    def outputs(self, fn: Any, *args: Any) -> None:
+        """What a trial leaves for people (artifacts, notes): a failure there is said, never fatal to the run."""
+        try:
+            self.guard(fn, *args)
+        except Exception as exc:  # noqa: BLE001 - the trial's result is already safe in storage
+            self.progress.message(f"note: {getattr(fn, '__name__', 'saving outputs')} failed: "
+                                  f"{type(exc).__name__}: {exc}")
 
     def keep_files(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
         """A trial that ran on another node sent its output files: write them where the driver keeps them."""
         data = result.pop(FILES_KEY, None)
         if data:
-            from pathlib import Path
-
             from search._ray_worker import unpack
 
             unpack(data, Path(self.cfg.output_dir) / "trials" / f"{trial.number:04d}")

@@ -25,8 +25,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.mark.xfail(strict=False, reason="needs adapter wiring: keep_best in the worker, store_trial, "
-                                        "apply_retention and write_note in the driver")
 def test_best_values_artifacts_notes_and_export(tmp_path: Path, bert_dir: Path, ray_cluster: None,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from optuna_dashboard import get_note
