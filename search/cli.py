@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "finished (complete or pruned) trials.")
     _study_options(p)
     p.add_argument("--n-trials", type=int, default=None, help="finished trials the study should hold in total")
-    p.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto) instead of starting one")
+    p.add_argument("--address", default=None,
+                   help="join the Ray cluster at HOST:PORT (or auto) instead of starting a local one; default: "
+                        "RAY_ADDRESS if set; `local` starts a local cluster whatever RAY_ADDRESS says")
     p.add_argument("--allow-base-change", action="store_true",
                    help="resume a study whose base config changed since it was created (its trials will not "
                         "all compare); without it such a resume is refused")

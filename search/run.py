@@ -38,7 +38,8 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
             gave_up = False
             study = opening.result()[0]
         else:
-            from search._ray import ray_cluster, run_trials
+            from search._ray import run_trials
+            from search._ray_cluster import ray_cluster
 
             warm = {"location": pending.location, "task": base.task}
             progress = make_progress(say, cfg.metrics)
