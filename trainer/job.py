@@ -72,6 +72,8 @@ class JobResult:
     test_metrics: dict[str, float] = field(default_factory=dict)
     """`test_`-prefixed metrics of the held-out test split, evaluated once after training (if asked and present)."""
     data_warnings: dict[str, int] = field(default_factory=dict)
+    best: dict[str, float] | None = None
+    """With `keep_best`: the best evaluation's step and metrics (its weights are the ones saved)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,6 +211,7 @@ def run_job(
     cache_dir: str | Path | None = None,
     timing: dict[str, float] | None = None,
     evaluate_test: bool = True,
+    keep_best: tuple[str, str] | None = None,
 ) -> JobResult:
     """Train and evaluate `cfg`; every evaluation goes to `reporter`, which may stop the run.
 
@@ -217,6 +220,8 @@ def run_job(
 
     `timing`, when given, is updated in place as the run goes (seconds of setup, train steps and
     evaluation; `started_at` and `first_step_at` as Unix times), so a caller can report it mid-run.
+    `keep_best=(metric, direction)`: track the best evaluation of `metric` (maximize | minimize),
+    return it as `result.best`, and save (per `cfg.save`) the weights of that evaluation, not the last.
     """
     started = time.perf_counter()
     timing = timing if timing is not None else {}
@@ -247,6 +252,7 @@ def run_job(
     out.mkdir(parents=True, exist_ok=True)
 
     history: list[dict[str, float]] = []
+    best = _BestKeeper(keep_best, snapshot=cfg.save != "none") if keep_best else None
     state_box: dict[str, Any] = {"stopped": False, "step_start": None, "eval_start": None}
 
     class _Report(TrainerCallback):
@@ -271,6 +277,8 @@ def run_job(
                 return  # the held-out test evaluation is never reported
             m = clean(metrics or {}, cfg.task)
             history.append({"step": state.global_step, **m})
+            if best is not None:
+                best.update(history[-1], kw.get("model"))
             if state_box["eval_start"] is not None:  # the report below carries this evaluation's time too
                 timing["eval"] += time.perf_counter() - state_box["eval_start"]
                 state_box["eval_start"] = time.perf_counter()
@@ -324,7 +332,7 @@ def run_job(
         data_collator=PadCollator(prep.tokenizer.pad_token_id or 0),
         compute_metrics=classification_metrics if cfg.task == "classification" else None,
         compute_loss_func=loss_for(cfg, prep.train, prep.examples.num_labels),
-        callbacks=[_Report()],
+        callbacks=[_Report(), *_stop_at(t.stop_at_step)],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
@@ -343,7 +351,10 @@ def run_job(
         seconds={**timing, "total": time.perf_counter() - started},
         test_metrics=tested,
         data_warnings=prep.warnings,
+        best=best.best if best is not None else None,
     )
+    if best is not None:
+        best.restore(trainer.model)
     _save(cfg, trainer.model, prep.tokenizer, out)
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -382,3 +393,51 @@ def _save(cfg: TrainConfig, model: Any, tokenizer: Any, out: Path) -> None:
         model = model.merge_and_unload()
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
+
+
+def _stop_at(step: int | None) -> list[Any]:
+    """A callback that ends training after optimizer step `step` (evaluated), the schedule unchanged."""
+    if step is None:
+        return []
+    from transformers import TrainerCallback
+
+    class _StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            if state.global_step >= step:
+                control.should_evaluate = True
+                control.should_training_stop = True
+
+    return [_StopAt()]
+
+
+class _BestKeeper:
+    """The best evaluation of one metric so far and, when asked, a CPU copy of the weights it had."""
+
+    def __init__(self, keep_best: tuple[str, str], snapshot: bool) -> None:
+        self.metric, direction = keep_best
+        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.snapshot = snapshot
+        self.best: dict[str, float] | None = None
+        self.weights: dict[str, Any] | None = None
+
+    def update(self, evaluation: dict[str, float], model: Any) -> None:
+        value = evaluation.get(self.metric)
+        if value is None or math.isnan(value):
+            return
+        if self.best is not None and self.sign * value <= self.sign * self.best[self.metric]:
+            return
+        self.best = dict(evaluation)
+        if self.snapshot and model is not None:  # the trainable weights only (a LoRA adapter and its head)
+            self.weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+                            if p.requires_grad}
+
+    def restore(self, model: Any) -> None:
+        """Put the best evaluation's weights back into `model` before it is saved."""
+        if not self.weights:
+            return
+        import torch
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.weights.items():
+                params[name].copy_(value.to(params[name].device))
