@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-from trainer import ConfigError
+from trainer import ConfigError, Problem
 
 EXIT_BAD_INPUT = 2
 EXIT_STORAGE = 1
@@ -177,6 +177,8 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     cfg, study = _open(args)
     results = evaluate_best_on_test(study, cfg, top=args.top, say=_print)
+    if not results:
+        raise ConfigError(Problem(str(cfg.path), "", f"study {cfg.name!r} has no complete trial to test yet"))
     _print(f"stored test_metrics on {len(results)} trial(s) and on study {cfg.name} (sftune status {args.study})")
     return 0
 

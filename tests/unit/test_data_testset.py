@@ -83,3 +83,20 @@ def test_a_study_without_a_test_split_says_so(tmp_path: Path, bert_dir: Path, ca
     assert main(["test", str(path)]) == 2
     err = capsys.readouterr().err
     assert "base.data.test: the study's base config holds out no test split" in err and "Traceback" not in err
+
+
+def test_a_study_with_no_complete_trial_has_nothing_to_test(tmp_path: Path, bert_dir: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    path = tiny.study_file(tmp_path, bert_dir, name="pruned")
+    data = yaml.safe_load(path.read_text())
+    data["base"]["data"]["test_fraction"] = 0.2
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_study(path)
+    study = open_study(cfg)
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=optuna.trial.TrialState.PRUNED,
+                                              intermediate_values={10: 0.5}))
+    said: list[str] = []
+    assert evaluate_best_on_test(study, cfg, say=said.append) == []  # what `sftune run` calls: no exception
+    assert said == ["held-out test: study 'pruned' has no complete trial to test yet"]
+    assert main(["test", str(path)]) == 2
+    assert "has no complete trial to test yet" in capsys.readouterr().err
