@@ -70,7 +70,8 @@ def ranked(study: optuna.Study, cfg: StudyConfig, limit: int | None = None) -> l
 def summary(study: optuna.Study, cfg: StudyConfig, top: int = 5) -> dict[str, Any]:
     counts = count_states(study)
     best = ranked(study, cfg, limit=top)
-    rows = [_trial_row(t, cfg) for t in best[:top]]
+    attrs = study.user_attrs
+    rows = [{**_trial_row(t, cfg), "test_metrics": stored_test_metrics(t, attrs)} for t in best[:top]]
     return {
         "study": cfg.name,
         "storage": cfg.storage,
@@ -81,7 +82,31 @@ def summary(study: optuna.Study, cfg: StudyConfig, top: int = 5) -> dict[str, An
         "best": rows[0] if rows else None,
         "pareto_front": [t.number for t in study.best_trials if _finite(t)] if cfg.multi_objective and rows else None,
         "top": rows,
+        "test": {"split": bool(cfg.base_config.data.test or cfg.base_config.data.test_fraction),
+                 "trial": attrs.get("test_trial"), "metrics": attrs.get("test_metrics")},
     }
+
+
+def stored_test_metrics(trial: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, float] | None:
+    """A trial's held-out test metrics: on the trial, or in the study's `test_results` (other storages)."""
+    stored = trial.user_attrs.get("test_metrics")
+    if stored is None:
+        stored = (study_attrs.get("test_results") or {}).get(str(trial.number))
+    return stored
+
+
+def _test_lines(info: dict[str, Any]) -> list[str]:
+    """The held-out test score, apart from the validation scores the search selected on."""
+    test = info.get("test")
+    if not test:
+        return []
+    if not test["split"]:
+        return ["held-out test: none (the base config has no data.test or data.test_fraction); the validation "
+                "scores below are optimistic, the search selected on them"]
+    if not test["metrics"]:
+        return ["held-out test: not evaluated yet (sftune test STUDY)"]
+    shown = ", ".join(f"{k} {_fmt(v)}" for k, v in test["metrics"].items())
+    return [f"held-out test of trial {test['trial']} (evaluated once, never seen by the search): {shown}"]
 
 
 def _trial_row(t: FrozenTrial, cfg: StudyConfig) -> dict[str, Any]:
@@ -106,13 +131,16 @@ def render_table(info: dict[str, Any]) -> str:
         f"trials: {info['finished']}/{info['n_trials_target']} finished · complete {c['COMPLETE']} · "
         f"pruned {c['PRUNED']} · failed {c['FAIL']} · running {c['RUNNING']}",
     ]
+    lines += _test_lines(info)
     if not info["top"]:
         lines.append("no complete trial yet")
         return "\n".join(lines)
     metrics = [o["metric"] for o in info["objectives"]]
     params = sorted({k for row in info["top"] for k in row["params"]})
-    header = ["trial", *metrics, *params, "time"]
+    tested = [m for m in metrics if any(f"test_{m}" in (r.get("test_metrics") or {}) for r in info["top"])]
+    header = ["trial", *metrics, *[f"test_{m}" for m in tested], *params, "time"]
     body = [[str(r["number"]), *[_fmt(r["values"].get(m)) for m in metrics],
+             *[_fmt((r.get("test_metrics") or {}).get(f"test_{m}", "-")) for m in tested],
              *[_fmt(r["params"].get(p, "-")) for p in params],
              f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"] for r in info["top"]]
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
@@ -148,6 +176,10 @@ def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int |
     if trial.values:
         header.append("# Its final " + ", ".join(f"{m} = {v:.6g}" for m, v in zip(cfg.metrics, trial.values))
                       + ". Re-run: sftune train " + str(out))
+    tested = stored_test_metrics(trial, study.user_attrs)
+    if tested:
+        header.append("# Held-out test (evaluated once, never seen by the search): "
+                      + ", ".join(f"{k} = {v:.6g}" for k, v in tested.items()))
     header.append("# Sampled: " + json.dumps(trial.params, default=str))
     threads = config.get("train", {}).get("threads")
     if threads:

@@ -48,18 +48,6 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
-# Kept only so the current search/_ray.py imports; the adapter moves to record_heartbeats/fail_stale,
-# and these go with it. Nothing here reads them any more.
-DRIVER_ATTR = "sftune_driver"
-HEARTBEAT_ATTR = "sftune_heartbeat"
-
-
-def driver_identity() -> dict[str, Any]:
-    import socket
-
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-
-
 def _env_seconds(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -725,7 +713,9 @@ def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
 def requeue(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> None:
     """Queue a trial's params to be tried again by the next ask (a trial that could not finish)."""
     if trial.params:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        retries = int(trial.user_attrs.get("retries", 0)) + 1
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries},
+                            skip_if_exists=False)
 
 
 def count_states(study: optuna.Study) -> dict[str, int]:
