@@ -107,14 +107,17 @@ _PROBLEMS: list[tuple[tuple[str, ...], str]] = [
     (("database is locked", "database table is locked", "40001", "40p01", "deadlock detected",
       "could not serialize"),
      "the study database stayed locked by other writers"),
-    (("server closed the connection", "connection refused", "could not connect", "terminating connection",
+    (("connection refused", "could not connect", "could not translate host", "name or service not known"),
+     "cannot reach the database server"),
+    (("server closed the connection", "terminating connection",
       "connection is closed", "connection timed out", "connection to server", "the connection is lost",
       "57p01", "08006", "08001", "08003", "08004"),
      "lost the connection to the database server"),
     (("unable to open database file",),
      "cannot open the study database file (its folder is missing or not writable)"),
 ]
-_RETRYABLE = ("the study database stayed locked by other writers", "lost the connection to the database server")
+_LOCKED = "the study database stayed locked by other writers"
+_RETRYABLE = (_LOCKED, "lost the connection to the database server", "cannot reach the database server")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -311,17 +314,24 @@ def open_storage(url: str, source: str = "") -> SftuneStorage:
     callback = _RetryStale()
     kw = ({"heartbeat_stale_trial_callback": callback} if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
           else {"failed_trial_callback": callback})
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return SftuneStorage(url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=interval,
-                                 grace_period=grace, **kw)
-    except Exception as exc:  # noqa: BLE001 - any failure to open is the user's URL or file
-        problem = storage_problem(exc)
-        if problem is None:
-            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(Problem(source, "storage", f"cannot open study storage {_safe_url(url)!r}: {problem}")) \
-            from None
+    started = time.monotonic()
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return SftuneStorage(url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=interval,
+                                     grace_period=grace, **kw)
+        except Exception as exc:  # noqa: BLE001 - any failure to open is the user's URL or file
+            problem = storage_problem(exc)
+            # Drivers started together on a new database race to create its tables: the loser retries.
+            racing = any(s in str(exc).lower() for s in ("already exists", "duplicate key", "unique constraint"))
+            racing = racing or problem == _LOCKED
+            if racing and time.monotonic() - started < RETRY_FOR_S:
+                time.sleep(0.1 + random.random() * 0.4)
+                continue
+            if problem is None:
+                problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(Problem(source, "storage", f"cannot open study storage {_safe_url(url)!r}: {problem}"))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -32,9 +32,12 @@ def driver(url: str, n: int, plain: bool, out: mp.Queue) -> None:  # one process
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": s.SQLITE_BUSY_S}}) \
         if plain else s.open_storage(url)
-    study = optuna.create_study(study_name="contention", storage=storage, load_if_exists=True,
-                                sampler=optuna.samplers.RandomSampler())
     errors: list[str] = []
+    try:
+        study = optuna.load_study(study_name="contention", storage=storage, sampler=optuna.samplers.RandomSampler())
+    except Exception as exc:  # noqa: BLE001
+        out.put({"done": 0, "errors": 1, "kinds": [f"load: {type(exc).__name__}"], "retries": 0, "seconds": 0})
+        return
     done = 0
     current: list[int] = []
     stop = threading.Event()
@@ -72,6 +75,9 @@ def driver(url: str, n: int, plain: bool, out: mp.Queue) -> None:  # one process
 
 
 def run(url: str, drivers: int, n: int, plain: bool) -> None:
+    import optuna
+
+    optuna.create_study(study_name="contention", storage=url, load_if_exists=True)
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=driver, args=(url, n, plain, q)) for _ in range(drivers)]
@@ -80,17 +86,15 @@ def run(url: str, drivers: int, n: int, plain: bool) -> None:
     results = [q.get(timeout=1800) for _ in procs]
     for p in procs:
         p.join()
-    import optuna
-
     study = optuna.load_study(study_name="contention", storage=url)
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
     name = "optuna RDBStorage (no retries)" if plain else "sftune storage (retries)"
-    print(f"{name}: {drivers} drivers x {n} trials on {url.split('://')[0]}")
+    print(f"{name}: {drivers} drivers x {n} trials on {url.split('://')[0]}", flush=True)
     for i, r in enumerate(results):
-        print(f"  driver {i}: {json.dumps(r)}")
-    print(f"  study holds: {states}")
+        print(f"  driver {i}: {json.dumps(r)}", flush=True)
+    print(f"  study holds: {states}", flush=True)
 
 
 def main() -> None:

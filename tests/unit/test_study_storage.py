@@ -292,3 +292,24 @@ def test_bad_heartbeat_setting_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("SFTUNE_HEARTBEAT_GRACE", "5")
     with pytest.raises(ConfigError, match="more than the heartbeat interval"):
         open_storage("sqlite://")
+
+
+def test_drivers_opening_a_new_database_together_all_get_it(tmp_path: Path) -> None:
+    """Their table creation races (`table studies already exists`): the loser retries, no error."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def opener() -> None:
+        barrier.wait()
+        try:
+            open_storage(url).get_all_studies()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
