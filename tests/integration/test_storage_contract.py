@@ -207,3 +207,36 @@ def test_two_drivers_share_one_budget(tmp_path: Path, bert_dir: Path, storage_ur
     assert TrialState.FAIL not in states, [t.user_attrs.get("error") for t in study.trials]
     ran = [sum(line.endswith("started") or " started: " in line for line in out.splitlines()) for out in outs]
     assert sum(ran) == len(states)
+
+
+def test_a_disk_filling_up_mid_run_ends_it_with_one_line(tmp_path: Path, bert_dir: Path, shared_ray: str) -> None:
+    """The driver's files may not grow any more once its first trial evaluated (RLIMIT_FSIZE on the running
+    driver, whose Python ignores SIGXFSZ): exit 1, one error line, no traceback, the database intact."""
+    import resource
+    import sqlite3
+
+    db = tmp_path / "full.db"
+    path = tiny.study_file(tmp_path, bert_dir, name="full", storage=f"sqlite:///{db}", n_trials=6, concurrency=1,
+                           max_steps=40)
+    proc = subprocess.Popen([sys.executable, "-m", "search", "run", str(path), "--address", shared_ray],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            with sqlite3.connect(db) as con:
+                if con.execute("select count(*) from trial_intermediate_values").fetchone()[0]:
+                    break
+        except sqlite3.Error:
+            continue
+    size = db.stat().st_size
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (size, size))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in out + err
+    said = out + err
+    assert ("writing the study database failed with a disk I/O error" in said
+            or "the disk holding the study database is full" in said), said
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert optuna.load_study(study_name="full", storage=f"sqlite:///{db}").trials  # still readable
