@@ -9,6 +9,7 @@ import os
 import pickle
 import threading
 import time
+import traceback
 import warnings
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Callable, Protocol
 
 import yaml
 
+from trainer import _memory
 from trainer._metrics import classification_metrics, clean
 from trainer._model import build_model, load_tokenizer, model_location
 from trainer._tokenize import PadCollator, tokenize
@@ -59,6 +61,8 @@ class JobResult:
     device: str = "cpu"
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time split: setup (data/model), train (optimizer steps), eval."""
+    memory: dict[str, float] = field(default_factory=dict)
+    """CUDA memory in MiB (see trainer._memory); empty on CPU."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,18 +196,25 @@ def run_job(
     prepared: Prepared | None = None,
     cache_dir: str | Path | None = None,
     timing: dict[str, float] | None = None,
+    memory: dict[str, float] | None = None,
 ) -> JobResult:
     """Train and evaluate `cfg`; every evaluation goes to `reporter`, which may stop the run.
 
     `timing`, when given, is updated in place as the run goes (seconds of setup, train steps and
-    evaluation; `started_at` and `first_step_at` as Unix times), so a caller can report it mid-run.
+    evaluation; `started_at` and `first_step_at` as Unix times), so a caller can report it mid-run;
+    `memory` likewise with the CUDA memory figures of `trainer._memory` (peak so far at each
+    evaluation, what is left at the end).
+
+    When it returns or raises (a reporter that stops the run by raising, as Ray does for a pruned
+    trial, included), the run's model, optimizer, Trainer and batches are released and the CUDA
+    cache emptied, so a process that runs job after job (a reused Ray worker) starts each clean.
     """
     started = time.perf_counter()
     timing = timing if timing is not None else {}
+    memory = memory if memory is not None else {}
     timing.update({"setup": 0.0, "train": 0.0, "eval": 0.0, "started_at": time.time()})
     import torch
     import transformers
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -219,8 +230,26 @@ def run_job(
     t = cfg.train
     max_steps = total_steps(cfg, len(prep.train))
     transformers.set_seed(t.seed)
-    model = build_model(cfg, prep.location, prep.tokenizer, prep.examples.num_labels, prep.examples.labels, source)
     device, bf16 = _device()
+    _memory.begin(memory, device)
+    try:
+        return _train(cfg, reporter, prep, max_steps, device, bf16, started, timing, memory, say, source)
+    except BaseException as exc:
+        # The frames the exception left (the training loop's, the callback's) hold the model and
+        # the optimizer until the exception is gone: let go of their locals now.
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        _memory.release(memory)
+
+
+def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int, device: str, bf16: bool,
+           started: float, timing: dict[str, float], memory: dict[str, float], say: Callable[[str], None],
+           source: str) -> JobResult:
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    t = cfg.train
+    model = build_model(cfg, prep.location, prep.tokenizer, prep.examples.num_labels, prep.examples.labels, source)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -250,6 +279,7 @@ def run_job(
             if state_box["eval_start"] is not None:  # the report below carries this evaluation's time too
                 timing["eval"] += time.perf_counter() - state_box["eval_start"]
                 state_box["eval_start"] = time.perf_counter()
+            _memory.note_peak(memory)
             say(f"eval step {state.global_step}/{state.max_steps}  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
             if reporter.report(state.global_step, m) and state.global_step < state.max_steps:
@@ -315,6 +345,7 @@ def run_job(
         labels=prep.examples.labels,
         device=device,
         seconds={**timing, "total": time.perf_counter() - started},
+        memory=memory,
     )
     _save(cfg, trainer.model, prep.tokenizer, out)
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
