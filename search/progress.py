@@ -78,3 +78,8 @@ class LineProgress:
 
     def close(self) -> None:
         pass
+
+
+def make_progress(say: Callable[[str], None], metrics: tuple[str, ...] | list[str] = ()) -> Progress:
+    """The progress a run shows: plain lines (a live terminal view plugs in here)."""
+    return LineProgress(say, metrics)

@@ -9,9 +9,12 @@ from typing import Callable
 import optuna
 
 from search.config import StudyConfig, load_study
+from search.progress import make_progress
 from search.report import render_table, summary
 from search.study import finished, open_study, recover_stale_trials
 from trainer import prepare_soon
+
+EXIT_INTERRUPTED = 130
 
 
 def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage: str | None,
@@ -36,16 +39,27 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
             from search._ray import ray_cluster, run_trials
 
             warm = {"location": pending.location, "task": base.task}
-            with ray_cluster(cfg, address=address, say=say, warm=warm) as per_trial:
-                study, done = opening.result()
-                say(_header(cfg, done))
-                prepared = pending.result()  # a tokenizing error ends the run here, before any trial
-                say(f"  data: {len(prepared.train)} train / {len(prepared.validation)} validation examples, "
-                    "tokenized once for all trials")
-                state = run_trials(cfg, study, say=say, resources=per_trial, warm=warm)
-            if state.stop_reason:
-                say(f"stopped: {state.stop_reason}")
-            gave_up = state.gave_up
+            progress = make_progress(say, cfg.metrics)
+            try:
+                with ray_cluster(cfg, address=address, say=progress.message, warm=warm) as per_trial:
+                    study, done = opening.result()
+                    progress.message(_header(cfg, done))
+                    prepared = pending.result()  # a tokenizing error ends the run here, before any trial
+                    progress.message(f"  data: {len(prepared.train)} train / {len(prepared.validation)} validation "
+                                     "examples, tokenized once for all trials")
+                    driver = run_trials(cfg, study, progress=progress, resources=per_trial, prepared=prepared)
+            except KeyboardInterrupt:
+                progress.close()
+                say("interrupted: running trials were marked FAIL and their params queued; run the same command "
+                    "again to finish the study")
+                return EXIT_INTERRUPTED
+            progress.close()
+            if driver.stop_reason:
+                say(f"stopped: {driver.stop_reason}")
+            if driver.fatal:
+                say(f"error: the study's storage failed during the run: {driver.fatal}")
+                return 1
+            gave_up = driver.gave_up
     say("")
     say(render_table(summary(study, cfg)))
     say(f"\nnext: sftune status {path} · sftune dashboard {path} · sftune export {path} --out best.yaml")

@@ -100,6 +100,9 @@ def driver_identity() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
 
 
+_IDENTITY = driver_identity()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -121,7 +124,7 @@ def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         driver = trial.system_attrs.get(DRIVER_ATTR) or {}
         beat = trial.system_attrs.get(HEARTBEAT_ATTR, 0.0)
         if driver.get("host") == host:
-            stale = not _pid_alive(int(driver.get("pid", -1))) or driver.get("pid") == os.getpid()
+            stale = driver.get("pid") != os.getpid() and not _pid_alive(int(driver.get("pid", -1)))
         else:
             stale = now - float(beat or 0.0) > STALE_AFTER_S
         if not stale:
@@ -139,7 +142,37 @@ def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def requeue(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
     """Queue a trial's params to be tried again by the next ask (a trial that could not finish)."""
     if trial.params:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        retries = int(trial.user_attrs.get("retries", 0)) + 1
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries},
+                            skip_if_exists=False)
+
+
+def _trial_id(study: optuna.Study, number: int) -> int:
+    storage = study._storage
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+def record_heartbeats(study: optuna.Study, numbers: Any) -> None:
+    """Stamp this driver's running trials as alive."""
+    identity = _IDENTITY
+    for number in numbers:
+        trial_id = _trial_id(study, number)
+        study._storage.set_trial_system_attr(trial_id, DRIVER_ATTR, identity)
+        study._storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+
+def fail_stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials of drivers that died: FAIL, their params queued again."""
+    return recover_stale_trials(study)
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """One sentence for a failure of the study's database (None: not a storage failure)."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, (OperationalError, DBAPIError)):
+        return str(getattr(exc, "orig", exc) or exc).splitlines()[0]
+    return None
 
 
 def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage:

@@ -229,6 +229,7 @@ def run_job(
     prep = prepared or prepare(cfg, source, cache_dir=cache_dir)
     t = cfg.train
     max_steps = total_steps(cfg, len(prep.train))
+    timing["max_steps"] = max_steps
     transformers.set_seed(t.seed)
     device, bf16 = _device()
     _memory.begin(memory, device)
@@ -249,7 +250,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     t = cfg.train
-    model = build_model(cfg, prep.location, prep.tokenizer, prep.examples.num_labels, prep.examples.labels, source)
+    model = build_model(cfg, _local_location(cfg, prep, source), prep.tokenizer, prep.examples.num_labels,
+                        prep.examples.labels, source)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -351,6 +353,13 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return result
+
+
+def _local_location(cfg: TrainConfig, prep: Prepared, source: str) -> str:
+    """Where this machine loads the model from: data prepared on another node names that node's path."""
+    if Path(prep.location).exists() or not Path(prep.location).is_absolute():
+        return prep.location
+    return model_location(cfg, source)
 
 
 def _save(cfg: TrainConfig, model: Any, tokenizer: Any, out: Path) -> None:

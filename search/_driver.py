@@ -1,0 +1,333 @@
+"""The driver's side of a running study, without Ray: ask Optuna, judge each evaluation, tell the end.
+
+Tune's searcher and scheduler (`search._ray_search`) are thin shells over one `Driver`; contract tests
+drive it against an in-memory study without a cluster. The driver is the study's one writer: workers
+only send results back. The trial budget is counted in storage, so several drivers share one study.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search.config import StudyConfig
+from search.progress import LineProgress, Progress, short
+from search.space import sample_params
+from search.study import count_states, fail_stale, record_heartbeats, requeue, storage_problem
+
+ERROR_KEY = "sftune_error"
+DONE_KEY = "sftune_done"
+READY_KEY = "sftune_ready"
+HEARTBEAT_EVERY_S = 5.0
+MAX_RETRIES = 2
+"""How often the params of a trial whose worker died are queued again (a config that kills its worker stops)."""
+
+FINISHED = "FINISHED"
+"""What `suggest` returns when this driver will start no more trials (Tune's Searcher.FINISHED)."""
+
+
+def seconds_of(result: dict[str, Any]) -> dict[str, float]:
+    """The job's timing from a Tune result (Tune may flatten the nested dict to `seconds/train` keys)."""
+    nested = result.get("seconds")
+    if isinstance(nested, dict):
+        return dict(nested)
+    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("seconds/")}
+
+
+def not_finite(values: list[float]) -> str | None:
+    """'nan' or 'inf' when a value is not a finite number, else None."""
+    for v in values:
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf"
+    return None
+
+
+def outcome_state(*, pruned: bool, error: bool, result: dict[str, Any] | None) -> TrialState:
+    """Map how a Tune trial ended to the Optuna state it is stored with."""
+    if pruned:
+        return TrialState.PRUNED
+    if error or not result or ERROR_KEY in result or not result.get(DONE_KEY):
+        return TrialState.FAIL
+    return TrialState.COMPLETE
+
+
+@dataclass
+class Driver:
+    """Bookkeeping of one driver's trials: Tune trial id -> Optuna trial, and what happened to each."""
+
+    cfg: StudyConfig
+    study: optuna.Study
+    progress: Progress = None  # type: ignore[assignment]
+    job: str | None = None
+    """`module:function` run by workers instead of the fine-tuning job (benchmarks of the driver)."""
+    trials: dict[str, optuna.Trial] = field(default_factory=dict)
+    pruned: set[str] = field(default_factory=set)
+    stopped: dict[str, str] = field(default_factory=dict)
+    """Trials this driver stopped for another reason than pruning (a non-finite metric, a storage failure)."""
+    errors: dict[str, str] = field(default_factory=dict)
+    last_step: dict[str, int] = field(default_factory=dict)
+    history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    completed: int = 0
+    n_pruned: int = 0
+    failed: int = 0
+    stop_reason: str = ""
+    gave_up: bool = False
+    """True when the run stopped because more than budget.max_failures trials failed."""
+    fatal: str = ""
+    """A storage failure that ended the run (exit 1)."""
+    waiting_for_others: bool = False
+    last_beat: float = 0.0
+    started: float = field(default_factory=time.time)
+    timings: dict[str, list[float]] = field(default_factory=lambda: {"ask": [], "tell": [], "decide": []})
+
+    def __post_init__(self) -> None:
+        if self.progress is None:
+            self.progress = LineProgress(print, self.cfg.metrics)
+
+    # ---- counts -------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        return count_states(self.study)
+
+    def _grid_exhausted(self) -> bool:
+        sampler = self.study.sampler
+        return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(self.study)
+
+    def best_line(self) -> str:
+        try:
+            if self.cfg.multi_objective:
+                n = len(self.study.best_trials)
+                return f"pareto front: {n} trial(s)" if n else "no complete trial yet"
+            best = self.study.best_trial
+        except ValueError:
+            return "no complete trial yet"
+        params = ", ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in best.params.items())
+        return f"best {self.cfg.metrics[0]} {best.value:.4f} (trial {best.number}: {params})"
+
+    def show_counts(self) -> None:
+        c = self.guard(self.counts) or {}
+        self.progress.counts(finished=c.get("COMPLETE", 0) + c.get("PRUNED", 0), n_trials=self.cfg.budget.n_trials,
+                             running=len(self.trials), pruned=self.n_pruned, failed=self.failed,
+                             best=self.guard(self.best_line) or "")
+
+    # ---- storage guard ------------------------------------------------------------------------
+    def guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a storage call; a storage failure (disk full, read-only, lost connection) ends the run."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - classified below; anything else is a bug and re-raised
+            problem = storage_problem(exc)
+            if problem is None:
+                raise
+            self.storage_failed(problem)
+            return None
+
+    def storage_failed(self, problem: str) -> None:
+        if not self.fatal:
+            self.fatal = problem
+            self.stop_reason = f"the study's storage failed: {problem}"
+
+    # ---- Tune's searcher ----------------------------------------------------------------------
+    def suggest(self, tune_id: str) -> dict[str, Any] | str | None:
+        """A Tune trial slot is free: ask Optuna for a trial (a config), wait (None) or stop (FINISHED)."""
+        done = FINISHED if not self.trials else None
+        if self.stop_reason:
+            return done
+        if self.failed > self.cfg.max_failures:
+            self.gave_up = True
+            self.stop_reason = (f"{self.failed} trials failed in this run (budget.max_failures="
+                                f"{self.cfg.max_failures}); see `sftune status` for their errors")
+            return done
+        c = self.guard(self.counts)
+        if c is None:
+            return done
+        finished = c["COMPLETE"] + c["PRUNED"]
+        if finished >= self.cfg.budget.n_trials:
+            return done
+        if finished + c["RUNNING"] >= self.cfg.budget.n_trials:
+            # The rest of the budget is running, in this driver or in others: wait for it to end (a
+            # trial that fails, or a dead driver's trial failed as stale, makes room again).
+            others = c["RUNNING"] - len(self.trials)
+            if others > 0 and not self.waiting_for_others:
+                self.waiting_for_others = True
+                self.progress.message(f"waiting: {others} trial(s) of this study are running in other drivers")
+            return None
+        if self.guard(self._grid_exhausted):
+            self.stop_reason = f"the {self.cfg.sampler['name']} sampler has tried its whole space"
+            return done
+        return self.ask(tune_id)
+
+    def ask(self, tune_id: str) -> dict[str, Any] | str | None:
+        started = time.perf_counter()
+        trial = self.guard(self.study.ask)
+        if trial is None:
+            return FINISHED if not self.trials else None
+        self.guard(record_heartbeats, self.study, [trial.number])
+        try:
+            sampled = sample_params(trial, self.cfg.space)
+            config = self.cfg.trial_config(sampled, trial.number)
+        except Exception as exc:  # noqa: BLE001 - a broken python: space fails this trial alone
+            self.fail(trial, f"sampling failed: {type(exc).__name__}: {exc}")
+            return None
+        config.setdefault("train", {})["threads"] = max(1, int(self.cfg.resources.cpu))
+        self.guard(trial.set_user_attr, "config", config)
+        self.trials[tune_id] = trial
+        self.timings["ask"].append(time.perf_counter() - started)
+        self.progress.trial_started(trial.number, sampled)
+        return {"sftune": {"number": trial.number, "config": config, "job": self.job}}
+
+    def complete(self, tune_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        """Tune says a trial ended (ran out, was stopped, or its worker failed): tell Optuna its exact state."""
+        trial = self.trials.pop(tune_id, None)
+        if trial is None:
+            return
+        pruned = tune_id in self.pruned
+        state = outcome_state(pruned=pruned, error=error, result=result)
+        if state == TrialState.PRUNED:
+            self.tell(trial, state=TrialState.PRUNED)
+            self.n_pruned += 1
+            self.progress.trial_finished(trial.number, "PRUNED", None, f"at step {self.last_step.get(tune_id, 0)}")
+        elif state == TrialState.COMPLETE:
+            assert result is not None
+            values = [float(result[m]) for m in self.cfg.metrics]
+            bad = not_finite(values)
+            if bad:
+                self.fail(trial, f"metric was {bad} at the end (step {int(result.get('step', 0))})")
+            else:
+                self.guard(trial.set_user_attr, "final_step", int(result.get("step", 0)))
+                self.guard(trial.set_user_attr, "seconds", seconds_of(result))
+                if self.tell(trial, values if len(values) > 1 else values[0]):
+                    self.completed += 1
+                    self.progress.trial_finished(trial.number, "COMPLETE", values, "")
+        else:
+            self.fail(trial, *self._failure(tune_id, trial, result, error))
+        self.show_counts()
+
+    def _failure(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any] | None,
+                 error: bool) -> tuple[str, bool]:
+        """Why a trial failed, and whether its params deserve another try (True when the job itself did not fail)."""
+        if tune_id in self.stopped:
+            return self.stopped.pop(tune_id), False
+        if result and ERROR_KEY in result:
+            return str(result[ERROR_KEY]), False
+        if error:
+            retry = int(self._attr(trial, "retries", 0)) < MAX_RETRIES
+            note = "; its params are queued to run again" if retry else f"; not retried again ({MAX_RETRIES} retries)"
+            return self.errors.pop(tune_id, "the trial's Ray worker died") + note, retry
+        timeout = self.cfg.budget.timeout
+        if timeout and time.time() - self.started >= timeout:
+            return f"stopped by budget.timeout ({timeout:g} s); its params are queued for the next run", True
+        return (self.stop_reason or "stopped before it finished") + "; its params are queued for the next run", True
+
+    def _attr(self, trial: optuna.Trial, key: str, default: Any) -> Any:
+        return (self.guard(lambda: trial.user_attrs) or {}).get(key, default)
+
+    def fail(self, trial: optuna.Trial, message: str, retry: bool = False) -> None:
+        self.guard(trial.set_user_attr, "error", message)
+        self.tell(trial, state=TrialState.FAIL)
+        if retry:
+            self.guard(requeue, self.study, trial)
+        self.failed += 1
+        self.progress.trial_finished(trial.number, "FAIL", None, message)
+
+    def tell(self, trial: optuna.Trial, values: Any = None, state: TrialState | None = None) -> bool:
+        started = time.perf_counter()
+        try:
+            self.study.tell(trial, values, state=state)
+        except RuntimeError as exc:
+            # GridSampler.after_trial calls study.stop(), which only works inside study.optimize; the
+            # trial is stored by then, and is_exhausted (checked before each ask) is the public test.
+            if "Study.stop" not in str(exc):
+                raise
+        except Exception as exc:  # noqa: BLE001
+            problem = storage_problem(exc)
+            if problem is not None:
+                self.storage_failed(problem)
+                return False
+            self.progress.message(f"trial {trial.number}: could not record the result ({type(exc).__name__}: {exc})")
+            return False
+        finally:
+            self.timings["tell"].append(time.perf_counter() - started)
+        return True
+
+    # ---- Tune's scheduler ---------------------------------------------------------------------
+    def result(self, tune_id: str, result: dict[str, Any]) -> bool:
+        """An intermediate result of a trial; True means stop it (pruned, a non-finite metric, or the run ends)."""
+        trial = self.trials.get(tune_id)
+        if trial is None:
+            return False
+        if self.fatal:
+            self.stopped[tune_id] = f"stopped: {self.fatal}"
+            return True
+        if result.get(READY_KEY):
+            for key in ("node", "host"):
+                if result.get(key):
+                    self.guard(trial.set_user_attr, key, result[key])
+            self.guard(trial.set_user_attr, "worker_preloaded", bool(result.get("preloaded")))
+            if result.get("pid"):
+                self.guard(trial.set_user_attr, "worker_pid", int(result["pid"]))
+            return False
+        if ERROR_KEY in result or result.get(DONE_KEY):
+            return False
+        started = time.perf_counter()
+        step = int(result.get("step", 0))
+        self.last_step[tune_id] = step
+        metrics = {m: float(result[m]) for m in _ALL_METRICS if m in result}
+        history = self.history.setdefault(tune_id, [])
+        history.append({"step": step, **metrics, "at": time.time()})
+        self.guard(trial.set_user_attr, "history", history)
+        max_steps = result.get("max_steps")
+        self.progress.trial_reported(trial.number, step, int(max_steps) if max_steps else None, metrics)
+        values = [metrics[m] for m in self.cfg.metrics if m in metrics]
+        if len(values) != len(self.cfg.metrics):
+            return False
+        bad = not_finite(values)
+        stop = False
+        if not self.cfg.multi_objective:
+            self.guard(trial.report, values[0], step)
+            if self.guard(trial.should_prune):
+                self.pruned.add(tune_id)
+                stop = True
+        if bad and not stop:
+            self.stopped[tune_id] = f"metric was {bad} at step {step}"
+            stop = True
+        self.timings["decide"].append(time.perf_counter() - started)
+        return stop
+
+    def worker_error(self, tune_id: str, error: BaseException | None) -> None:
+        if error is not None:
+            text = str(error).strip().splitlines()
+            self.errors[tune_id] = f"the trial's Ray worker died: {text[-1] if text else type(error).__name__}"
+
+    # ---- the driver's loop --------------------------------------------------------------------
+    def tick(self) -> None:
+        """Every few seconds: heartbeats for this driver's trials, and recover trials of dead drivers."""
+        now = time.time()
+        if now - self.last_beat < HEARTBEAT_EVERY_S:
+            return
+        self.last_beat = now
+        self.guard(record_heartbeats, self.study, [t.number for t in self.trials.values()])
+        for frozen in self.guard(fail_stale, self.study) or []:
+            self.progress.message(f"trial {frozen.number} was left RUNNING by a driver that died: marked FAIL, "
+                                  "its params queued again")
+
+    def abandon(self, reason: str) -> None:
+        """The run ends with trials still running (timeout, interrupt): FAIL them and queue their params."""
+        for tune_id, trial in list(self.trials.items()):
+            self.fail(trial, f"{reason}; its params are queued for the next run", retry=True)
+            self.trials.pop(tune_id, None)
+
+
+def _metric_names() -> set[str]:
+    from trainer import METRICS
+
+    return {m for names in METRICS.values() for m in names}
+
+
+_ALL_METRICS = _metric_names()

@@ -1,0 +1,203 @@
+"""The adapter's contract, driven without a cluster: ready, ask, report, prune, complete, fail, NaN,
+a failing tell, grid exhaustion, the budget counted in storage, max_failures.
+
+The driver (`search._driver.Driver`) is what Tune's searcher and scheduler call; these tests call it
+the same way against a real Optuna study, and call the Tune shells themselves once.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import tiny
+from optuna.trial import TrialState
+
+from search._driver import DONE_KEY, ERROR_KEY, FINISHED, READY_KEY, Driver
+from search.config import load_study
+from search.study import open_study
+
+
+class Events:
+    """A Progress that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, Any]] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(("message", text))
+
+    def trial_started(self, number: int, params: dict) -> None:
+        self.lines.append(("started", number))
+
+    def trial_reported(self, number: int, step: int, max_steps: int | None, metrics: dict) -> None:
+        self.lines.append(("reported", (number, step, max_steps)))
+
+    def trial_finished(self, number: int | None, state: str, values: Any, message: str) -> None:
+        self.lines.append(("finished", (number, state, message)))
+
+    def counts(self, **kw: Any) -> None:
+        self.lines.append(("counts", kw))
+
+    def close(self) -> None:
+        pass
+
+
+def _driver(tmp: Path, model: Path, name: str = "c", **study: Any) -> Driver:
+    path = tiny.study_file(tmp, model, name=name, **study)
+    cfg = load_study(path)
+    return Driver(cfg=cfg, study=open_study(cfg), progress=Events())
+
+
+def _ready(d: Driver, tid: str) -> None:
+    assert d.result(tid, {READY_KEY: True, "host": "h1", "node": "n1", "preloaded": True}) is False
+
+
+def _eval(d: Driver, tid: str, step: int, acc: float) -> bool:
+    return d.result(tid, {"accuracy": acc, "f1_macro": acc, "eval_loss": 1 - acc, "step": step, "max_steps": 30})
+
+
+def _done(acc: float, step: int = 30) -> dict[str, Any]:
+    return {"accuracy": acc, "f1_macro": acc, "eval_loss": 1 - acc, "step": step, DONE_KEY: True}
+
+
+def test_ask_report_complete_stores_the_exact_trial(tmp_path: Path, bert_dir: Path) -> None:
+    d = _driver(tmp_path, bert_dir, n_trials=2)
+    config = d.suggest("t1")
+    assert isinstance(config, dict)
+    spec = config["sftune"]
+    assert spec["number"] == 0 and spec["config"]["train"]["threads"] == 1
+    _ready(d, "t1")
+    assert _eval(d, "t1", 10, 0.6) is False
+    assert _eval(d, "t1", 30, 0.7) is False
+    d.complete("t1", _done(0.7), error=False)
+    (t,) = d.study.trials
+    assert t.state == TrialState.COMPLETE and t.value == 0.7
+    assert t.intermediate_values == {10: 0.6, 30: 0.7}
+    assert t.user_attrs["node"] == "n1" and t.user_attrs["host"] == "h1" and t.user_attrs["worker_preloaded"]
+    assert t.user_attrs["config"]["train"]["learning_rate"] == t.params["train.learning_rate"]
+    assert ("reported", (0, 30, 30)) in d.progress.lines
+
+
+def test_a_pruned_trial_is_pruned_not_complete(tmp_path: Path, bert_dir: Path) -> None:
+    d = _driver(tmp_path, bert_dir, n_trials=2, pruner={"name": "threshold", "lower": 0.9})
+    d.suggest("t1")
+    _ready(d, "t1")
+    assert _eval(d, "t1", 10, 0.5) is True  # the scheduler stops it
+    d.complete("t1", {"accuracy": 0.5, "step": 10}, error=False)  # Tune reports the stopped trial as complete
+    (t,) = d.study.trials
+    assert t.state == TrialState.PRUNED and d.n_pruned == 1
+
+
+def test_a_job_error_fails_alone_and_is_not_retried(tmp_path: Path, bert_dir: Path) -> None:
+    d = _driver(tmp_path, bert_dir, n_trials=2)
+    d.suggest("t1")
+    d.complete("t1", {ERROR_KEY: "ValueError: boom"}, error=False)
+    (t,) = d.study.trials
+    assert t.state == TrialState.FAIL and t.user_attrs["error"] == "ValueError: boom"
+    assert not d.study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_a_dead_worker_fails_its_trial_and_queues_its_params(tmp_path: Path, bert_dir: Path) -> None:
+    d = _driver(tmp_path, bert_dir, n_trials=2)
+    d.suggest("t1")
+    d.worker_error("t1", RuntimeError("The actor died unexpectedly before finishing this task."))
+    d.complete("t1", None, error=True)
+    failed = d.study.trials[0]
+    assert failed.state == TrialState.FAIL and "worker died" in failed.user_attrs["error"]
+    (queued,) = d.study.get_trials(states=(TrialState.WAITING,))
+    assert queued.system_attrs["fixed_params"] == failed.params
+    retry = d.suggest("t2")
+    assert retry["sftune"]["number"] == 1 and d.study.trials[1].params == failed.params
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_metric_stops_and_fails_the_trial(tmp_path: Path, bert_dir: Path, bad: float) -> None:
+    d = _driver(tmp_path, bert_dir, n_trials=2)
+    d.suggest("t1")
+    assert _eval(d, "t1", 10, bad) is True
+    d.complete("t1", {"accuracy": bad, "step": 10}, error=False)
+    (t,) = d.study.trials
+    word = "nan" if math.isnan(bad) else "inf"
+    assert t.state == TrialState.FAIL and t.user_attrs["error"] == f"metric was {word} at step 10"
+    assert d.failed == 1 and d.completed == 0
+
+
+def test_a_non_finite_final_metric_is_never_complete(tmp_path: Path, bert_dir: Path) -> None:
+    d = _driver(tmp_path, bert_dir, n_trials=2)
+    d.suggest("t1")
+    d.complete("t1", _done(math.nan), error=False)
+    (t,) = d.study.trials
+    assert t.state == TrialState.FAIL and "metric was nan" in t.user_attrs["error"]
+
+
+def test_a_failing_tell_ends_the_run_and_leaves_nothing_counted(tmp_path: Path, bert_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    d = _driver(tmp_path, bert_dir, n_trials=3)
+    d.suggest("t1")
+
+    def full(*a: Any, **k: Any) -> None:
+        raise OperationalError("UPDATE trials", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(d.study, "tell", full)
+    d.complete("t1", _done(0.7), error=False)
+    assert d.fatal == "database or disk is full"
+    assert d.completed == 0
+    assert d.suggest("t2") == FINISHED
+
+
+def test_grid_exhaustion_stops_cleanly(tmp_path: Path, bert_dir: Path) -> None:
+    space = {"train.learning_rate": {"type": "categorical", "choices": [1e-3, 2e-3]}}
+    d = _driver(tmp_path, bert_dir, n_trials=5, space=space, sampler={"name": "grid"}, concurrency=1)
+    for i in range(2):
+        d.suggest(f"t{i}")
+        d.complete(f"t{i}", _done(0.6), error=False)
+    assert d.suggest("t9") == FINISHED
+    assert "whole space" in d.stop_reason
+    assert sorted(t.params["train.learning_rate"] for t in d.study.trials) == [1e-3, 2e-3]
+
+
+def test_the_budget_is_counted_in_storage_across_drivers(tmp_path: Path, bert_dir: Path) -> None:
+    a = _driver(tmp_path, bert_dir, n_trials=3)
+    b = Driver(cfg=a.cfg, study=open_study(a.cfg), progress=Events())
+    assert isinstance(a.suggest("a1"), dict) and isinstance(a.suggest("a2"), dict)
+    assert isinstance(b.suggest("b1"), dict)
+    assert b.suggest("b2") is None  # the rest of the budget is running: wait
+    assert any("running in other drivers" in str(x) for x in b.progress.lines)
+    for d, tid in ((a, "a1"), (a, "a2"), (b, "b1")):
+        d.complete(tid, _done(0.6), error=False)
+    assert a.suggest("a3") == FINISHED and b.suggest("b3") == FINISHED
+    assert len(a.study.trials) == 3
+
+
+@pytest.mark.parametrize("limit,runs", [(0, 1), (1, 2)])
+def test_max_failures_counts_failures_tolerated(tmp_path: Path, bert_dir: Path, limit: int, runs: int) -> None:
+    d = _driver(tmp_path, bert_dir, n_trials=5, budget={"n_trials": 5, "concurrency": 1, "max_failures": limit})
+    for i in range(runs):
+        assert isinstance(d.suggest(f"t{i}"), dict)  # max_failures 0 still runs the first trial
+        d.complete(f"t{i}", {ERROR_KEY: "boom"}, error=False)
+    assert d.suggest("last") == FINISHED and d.gave_up
+
+
+def test_the_tune_shells_delegate_to_the_driver(tmp_path: Path, bert_dir: Path) -> None:
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import Searcher
+
+    from search._ray_search import OptunaPruningScheduler, OptunaSearcher
+
+    d = _driver(tmp_path, bert_dir, n_trials=1, pruner={"name": "threshold", "lower": 0.9})
+    searcher, scheduler = OptunaSearcher(d), OptunaPruningScheduler(d)
+
+    class FakeTuneTrial:  # what the scheduler reads of a Tune trial
+        trial_id = "t1"
+
+    assert "sftune" in searcher.suggest("t1")
+    assert scheduler.on_trial_result(None, FakeTuneTrial(), {"accuracy": 0.1, "step": 10}) == TrialScheduler.STOP
+    searcher.on_trial_complete("t1", {"accuracy": 0.1, "step": 10})
+    assert d.study.trials[0].state == TrialState.PRUNED
+    assert searcher.suggest("t2") == Searcher.FINISHED
