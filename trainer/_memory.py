@@ -45,11 +45,16 @@ def note_peak(memory: dict[str, float]) -> None:
 
 
 def release(memory: dict[str, float]) -> None:
-    """After the run's last reference is dropped: collect its cycles, empty the cache, record what is left."""
-    gc.collect()
+    """After the run's last reference is dropped: collect its cycles, empty the cache, record what is left.
+
+    Only with CUDA: on CPU the model goes with its last reference, and a full collection (about a
+    second on a busy machine) would delay the end of a pruned trial's thread past the 2 s a reused
+    Ray actor waits for it (TUNE_FUNCTION_THREAD_TIMEOUT_S), which then fails the actor's reuse.
+    """
     cuda = _cuda()
     if cuda is None or "cuda_total_mb" not in memory:
         return
+    gc.collect()
     note_peak(memory)
     cuda.empty_cache()  # type: ignore[attr-defined]
     memory["cuda_allocated_end_mb"] = round(cuda.memory_allocated() / MB, 1)  # type: ignore[attr-defined]
