@@ -178,9 +178,13 @@ def load_tokenizer(location: str, source: str = "") -> Any:
     return tok
 
 
-def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> list[str]:
-    """The LoRA target modules: the explicit list, or the attention projections of the architecture."""
+def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> list[str] | str:
+    """The LoRA target modules: the explicit list, the attention projections of the architecture
+    (`auto`), or `all-linear` (peft's: every linear layer but the output/classification head)."""
     import torch
+
+    if cfg.peft.target_modules == "all-linear":
+        return "all-linear"
 
     linear_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
                     if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}

@@ -64,7 +64,8 @@ class PeftConfig:
     alpha: float = 16
     dropout: float = 0.05
     target_modules: str | list[str] = "auto"
-    """`auto` picks the attention projections of the architecture; a list is used as given."""
+    """`auto` picks the attention projections of the architecture; `all-linear` adapts every linear layer
+    (attention and MLP) but the head; a list is used as given."""
 
 
 @dataclasses.dataclass
@@ -90,6 +91,9 @@ class TrainParams:
     """CPU threads for this run; default all cores (a study trial: its resources.cpu)."""
     class_weights: Literal["none", "balanced"] = "none"
     """Classification: `balanced` weights the training loss by n / (classes * class count)."""
+    stop_at_step: int | None = None
+    """Stop after this optimizer step, the learning-rate schedule still that of the full run
+    (an exported `objective.use: best` trial re-runs up to its best evaluation)."""
 
 
 @dataclasses.dataclass
@@ -207,13 +211,14 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), found {t.warmup_ratio}")
     need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, found {t.weight_decay}")
     need(t.threads is None or t.threads >= 1, "train.threads", f"must be >= 1, found {t.threads}")
+    need(t.stop_at_step is None or t.stop_at_step >= 1, "train.stop_at_step", f"must be >= 1, found {t.stop_at_step}")
     need(t.max_length >= 8, "train.max_length", f"must be >= 8, found {t.max_length}")
     need(p.r >= 1, "peft.r", f"must be >= 1, found {p.r}")
     need(p.alpha > 0, "peft.alpha", f"must be > 0, found {p.alpha}")
     need(0 <= p.dropout < 1, "peft.dropout", f"must be in [0, 1), found {p.dropout}")
     if isinstance(p.target_modules, str):
-        need(p.target_modules == "auto", "peft.target_modules",
-             f"expected 'auto' or a list of module names, found {p.target_modules!r}")
+        need(p.target_modules in ("auto", "all-linear"), "peft.target_modules",
+             f"expected 'auto', 'all-linear' or a list of module names, found {p.target_modules!r}")
     else:
         need(len(p.target_modules) > 0, "peft.target_modules", "expected a non-empty list")
     need(0 < d.validation_fraction < 1, "data.validation_fraction",
