@@ -150,7 +150,7 @@ def short_form(report: dict[str, Any]) -> str:
     lines = [line1, line2]
     if report["warnings"]:
         more = f" (+{len(report['warnings']) - 2} more: sftune data)" if len(report["warnings"]) > 2 else ""
-        lines.append("  warnings: " + "; ".join(report["warnings"][:2]) + more)
+        lines.append("  warnings: " + "; ".join(w.split(", e.g. ")[0] for w in report["warnings"][:2]) + more)
     if not report["has_test"]:
         lines.append("  no test split: the best validation score is optimistic (set data.test or data.test_fraction)")
     return "\n".join(lines)

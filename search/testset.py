@@ -49,6 +49,10 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, top: int = 1,
         if missing:  # a trial run before the base config had a test split: give it the base's split
             for key in TEST_KEYS:
                 data.setdefault("data", {})[key] = getattr(cfg.base_config.data, key)
+        best_step = trial.user_attrs.get("best_step")
+        if cfg.use == "best" and best_step is not None:
+            # objective.use: best chose the model of an earlier evaluation: stop there, as export does
+            data.setdefault("train", {})["stop_at_step"] = int(best_step)
         data["output_dir"] = str(cfg.output_dir / "test" / f"{trial.number:04d}")
         train_cfg = config_from_dict(data, source=f"trial {trial.number}")
         say(f"trial {trial.number}: retraining its config, then one evaluation on the held-out test split"

@@ -27,17 +27,14 @@ def _length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
 
 
 def _unknown(ids: list[list[int]], tokenizer: Any) -> tuple[int, int]:
-    """(unknown tokens, tokens that are not special) over token id lists."""
+    """(unknown tokens, tokens that are not special) over token id lists; list.count keeps it C-fast."""
     unk = tokenizer.unk_token_id
-    special = set(tokenizer.all_special_ids) - ({unk} if unk is not None else set())
-    total = unknown = 0
-    for seq in ids:
-        for t in seq:
-            if t in special:
-                continue
-            total += 1
-            unknown += t == unk
-    return (unknown if unk is not None else 0), total
+    special = [t for t in set(tokenizer.all_special_ids) if t != unk]
+    total = sum(map(len, ids))
+    for t in special:
+        total -= sum(seq.count(t) for seq in ids)
+    unknown = sum(seq.count(unk) for seq in ids) if unk is not None else 0
+    return unknown, total
 
 
 def classification_with_stats(rows: list[dict[str, Any]], tokenizer: Any,

@@ -19,22 +19,26 @@ from trainer import config_from_dict, run_job
 
 
 def _run_trials(cfg, study: optuna.Study, n: int) -> None:  # noqa: ANN001
-    """Trials as the Ray worker runs them (evaluate_test=False), told to the study, config stored."""
+    """Trials as the Ray worker and the driver run them with `objective.use: best` (evaluate_test=False)."""
     for _ in range(n):
         trial = study.ask()
         data = cfg.trial_config(sample_params(trial, cfg.space), trial.number)
-        result = run_job(config_from_dict(data, source="trial"), cache_dir=cfg.cache_dir, evaluate_test=False)
+        result = run_job(config_from_dict(data, source="trial"), cache_dir=cfg.cache_dir, evaluate_test=False,
+                         keep_best=("accuracy", "maximize"))
         assert result.test_metrics == {}
         trial.set_user_attr("config", data)
-        study.tell(trial, result.metrics["accuracy"])
+        trial.set_user_attr("best_step", int(result.best["step"]))
+        study.tell(trial, result.best["accuracy"])
 
 
 def test_best_trial_test_score_is_stored_and_reproduced_by_train(tmp_path: Path, bert_dir: Path,
                                                                 capsys: pytest.CaptureFixture) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="held", max_steps=6,
+    path = tiny.study_file(tmp_path, bert_dir, name="held", max_steps=8,
                            space={"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}})
     data = yaml.safe_load(path.read_text())
     data["base"]["data"]["test_fraction"] = 0.2
+    data["base"]["train"]["eval_every"] = 2
+    data["objective"]["use"] = "best"  # the chosen model is the best evaluation's: the test must be of that one
     path.write_text(yaml.safe_dump(data))
     cfg = load_study(path)
     study = open_study(cfg)
@@ -46,7 +50,10 @@ def test_best_trial_test_score_is_stored_and_reproduced_by_train(tmp_path: Path,
     best = max(study.trials, key=lambda t: (t.value, -t.number))
     assert [r["number"] for r in results] == [best.number]
     for row in results:
-        assert row["retrained"]["accuracy"] == row["values"]["accuracy"]  # the trial's own run, repeated exactly
+        assert row["retrained"]["accuracy"] == row["values"]["accuracy"]  # the trial's own model, repeated exactly
+    best_step = study.trials[results[0]["number"]].user_attrs["best_step"]
+    retrained = json.loads((cfg.output_dir / "test" / f"{results[0]['number']:04d}" / "metrics.json").read_text())
+    assert retrained["step"] == best_step  # stopped at the chosen evaluation, as export's stop_at_step does
     again = optuna.load_study(study_name="held", storage=cfg.storage)
     for row in results:
         stored = again.trials[row["number"]].user_attrs["test_metrics"]
