@@ -8,6 +8,7 @@ only send results back. The trial budget is counted in storage, so several drive
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,13 +19,12 @@ from optuna.trial import TrialState
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
 from search.space import sample_params
-from search.study import count_states, fail_stale, record_heartbeats, requeue, storage_problem
+from search.study import count_states, fail_stale, heartbeat_settings, record_heartbeats, requeue, storage_problem
 
 ERROR_KEY = "sftune_error"
 DONE_KEY = "sftune_done"
 READY_KEY = "sftune_ready"
 FILES_KEY = "sftune_files"
-HEARTBEAT_EVERY_S = 5.0
 MAX_RETRIES = 2
 """How often the params of a trial whose worker died are queued again (a config that kills its worker stops)."""
 
@@ -32,12 +32,17 @@ FINISHED = "FINISHED"
 """What `suggest` returns when this driver will start no more trials (Tune's Searcher.FINISHED)."""
 
 
+def nested(result: dict[str, Any], key: str) -> dict[str, Any]:
+    """A dict the worker reported under `key` (Tune may flatten it to `key/name` entries)."""
+    value = result.get(key)
+    if isinstance(value, dict):
+        return dict(value)
+    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith(key + "/")}
+
+
 def seconds_of(result: dict[str, Any]) -> dict[str, float]:
-    """The job's timing from a Tune result (Tune may flatten the nested dict to `seconds/train` keys)."""
-    nested = result.get("seconds")
-    if isinstance(nested, dict):
-        return dict(nested)
-    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("seconds/")}
+    """The job's timing from a Tune result."""
+    return nested(result, "seconds")
 
 
 def not_finite(values: list[float]) -> str | None:
@@ -206,6 +211,8 @@ class Driver:
                 self.keep_files(trial, result)
                 self.guard(trial.set_user_attr, "final_step", int(result.get("step", 0)))
                 self.guard(trial.set_user_attr, "seconds", seconds_of(result))
+                if nested(result, "data_warnings"):
+                    self.guard(trial.set_user_attr, "data_warnings", nested(result, "data_warnings"))
                 if self.tell(trial, values if len(values) > 1 else values[0]):
                     self.completed += 1
                     self.progress.trial_finished(trial.number, "COMPLETE", values, "")
@@ -320,13 +327,28 @@ class Driver:
             self.errors[tune_id] = f"the trial's Ray worker died: {text[-1] if text else type(error).__name__}"
 
     # ---- the driver's loop --------------------------------------------------------------------
+    def heartbeats(self) -> threading.Event:
+        """Stamp this driver's running trials every heartbeat interval from a thread of their own, so a busy
+        Tune loop never lets another driver take a live trial for stale; set the returned event to stop."""
+        stop = threading.Event()
+        interval = heartbeat_settings()[0]
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    record_heartbeats(self.study, [t.number for t in list(self.trials.values())])
+                except Exception:  # noqa: BLE001 - a storage failure is met (and reported) by the loop
+                    pass
+
+        threading.Thread(target=beat, name="sftune-heartbeat", daemon=True).start()
+        return stop
+
     def tick(self) -> None:
-        """Every few seconds: heartbeats for this driver's trials, and recover trials of dead drivers."""
+        """Every heartbeat interval, in Tune's loop: recover the trials of drivers that died."""
         now = time.time()
-        if now - self.last_beat < HEARTBEAT_EVERY_S:
+        if now - self.last_beat < heartbeat_settings()[0]:
             return
         self.last_beat = now
-        self.guard(record_heartbeats, self.study, [t.number for t in self.trials.values()])
         for frozen in self.guard(fail_stale, self.study) or []:
             self.progress.message(f"trial {frozen.number} was left RUNNING by a driver that died: marked FAIL, "
                                   "its params queued again")

@@ -101,6 +101,7 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
 
     driver = Driver(cfg=cfg, study=study, progress=progress, job=job, node=ray.get_runtime_context().get_node_id())
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts fit(): exit 130, not 0
+    beating = driver.heartbeats()
     try:
         runnable = tune.with_parameters(trainable, prepared=prepared) if prepared is not None else trainable
         resourced = tune.with_resources(runnable, resources or {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
@@ -131,6 +132,7 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
         driver.abandon("interrupted (Ctrl-C)")
         raise
     finally:
+        beating.set()
         # Anything Tune left unreported (a timeout) must not stay RUNNING in the database.
         if driver.trials:
             timeout = cfg.budget.timeout

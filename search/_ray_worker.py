@@ -59,8 +59,10 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
                              "seconds": dict(timing)})
                 return False  # the scheduler in the driver stops a pruned trial
 
-        result = run_job(cfg, TuneReporter(), threads=cfg.train.threads, prepared=prepared, timing=timing)
-        final = {**result.metrics, "step": result.step, DONE_KEY: True, "seconds": result.seconds}
+        result = run_job(cfg, TuneReporter(), threads=cfg.train.threads, prepared=prepared, timing=timing,
+                         evaluate_test=False)  # the test split is never seen by a trial
+        final = {**result.metrics, "step": result.step, DONE_KEY: True, "seconds": result.seconds,
+                 "data_warnings": result.data_warnings}
         if spec.get("driver_node") not in (None, node):  # the driver cannot read this node's disk
             final[FILES_KEY] = pack(Path(cfg.output_dir))
         tune.report(final)

@@ -1,4 +1,4 @@
-"""The `sftune` command line: train, run, status, export, plot, report, dashboard, spaces."""
+"""The `sftune` command line: train, run, status, export, plot, report, dashboard, spaces, data, test."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Callable
 from trainer import ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_STORAGE = 1
+"""A study database that failed during a run (search.study.StorageFailure): one line, no traceback."""
 
 
 def _print(msg: str) -> None:
@@ -21,21 +23,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.set)
     prepared = prepare(cfg, source=args.config)
     _print(f"sftune train: {cfg.task} · model {cfg.model} · peft {cfg.peft.method} · "
-           f"{len(prepared.train)} train / {len(prepared.validation)} validation examples")
+           f"{len(prepared.train)} train / {len(prepared.validation)} validation examples"
+           + (f" / {len(prepared.test)} held-out test" if prepared.test else ""))
+    _print_data_warnings(cfg, prepared)
     result = run_job(cfg, source=args.config, progress=_print, prepared=prepared)
     _print("final metrics (step {}/{}, {:.0f}s on {}):".format(result.step, result.max_steps,
                                                               result.seconds["total"], result.device))
     for key, value in result.metrics.items():
         _print(f"  {key:<10} {value:.4f}")
+    if result.test_metrics:
+        _print(f"held-out test ({len(prepared.test)} examples, evaluated once at the end):")
+        for key, value in result.test_metrics.items():
+            _print(f"  {key:<15} {value:.4f}")
     _print(f"wrote {cfg.output_dir}/metrics.json")
     return 0
+
+
+def _print_data_warnings(cfg, prepared) -> None:  # noqa: ANN001
+    from trainer import describe_warnings
+
+    for line in describe_warnings(prepared.warnings, prepared.stats, cfg.train.max_length, cfg.task):
+        _print(f"warning: {line}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from search.run import run_study
 
     return run_study(args.study, args.set, n_trials=args.n_trials, storage=args.storage, address=args.address,
-                     say=_print)
+                     say=_print, allow_base_change=args.allow_base_change)
 
 
 def _open(args: argparse.Namespace):  # noqa: ANN202
@@ -133,6 +148,39 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    import json
+
+    from search.data_report import data_report, render
+
+    cfg, source = _train_config_of(args.config, args.set)
+    report = data_report(cfg, source)
+    _print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def _train_config_of(path: str, overrides: list[str]):  # noqa: ANN202
+    """A train config file, or a study file's base config (a study has `base` and `space`)."""
+    from trainer import load_train_config, read_yaml
+
+    raw = read_yaml(path)
+    if "base" in raw and "space" in raw:
+        from search.config import load_study
+
+        study = load_study(path, [f"base.{o}" if not o.startswith("base.") else o for o in overrides])
+        return study.base_config, str(study.path)
+    return load_train_config(path, overrides), path
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from search.testset import evaluate_best_on_test
+
+    cfg, study = _open(args)
+    results = evaluate_best_on_test(study, cfg, top=args.top, say=_print)
+    _print(f"stored test_metrics on {len(results)} trial(s) and on study {cfg.name} (sftune status {args.study})")
+    return 0
+
+
 def _study_options(p: argparse.ArgumentParser) -> None:
     """What locates a study, the same for every command that opens one."""
     p.add_argument("study", help="study YAML, or the name of a shipped study (see `sftune spaces`)")
@@ -176,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     _study_options(p)
     p.add_argument("--n-trials", type=int, default=None, help="finished trials the study should hold in total")
     p.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto) instead of starting one")
+    p.add_argument("--allow-base-change", action="store_true",
+                   help="resume a study whose base config changed since it was created (its trials will not "
+                        "all compare); without it such a resume is refused")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="counts by state, the best and top trials, why trials failed")
@@ -208,6 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine only)")
     p.set_defaults(func=cmd_dashboard)
 
+    p = sub.add_parser("data", help="report on a config's data before training: sizes, labels, duplicates, "
+                                    "leakage, token lengths",
+                       description="Rows per split, label balance, empty and duplicate rows, rows shared between "
+                                   "splits, token lengths against max_length, and what to do about them.")
+    p.add_argument("config", help="train config YAML, or a study YAML (its base config is used)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a train config key, e.g. --set train.max_length=256")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("test", help="retrain the best trial (or top K) and evaluate it once on the held-out test "
+                                    "split", description="Needs data.test or data.test_fraction in the base config; "
+                                    "stores test_metrics on each trial and on the study.")
+    _study_options(p)
+    p.add_argument("--top", type=int, default=1, help="how many of the best trials to test (default 1)")
+    p.set_defaults(func=cmd_test)
+
     p = sub.add_parser("spaces", help="list the search spaces and studies that ship with sftune")
     p.set_defaults(func=cmd_spaces)
     return parser
@@ -225,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        study = sys.modules.get("search.study")  # imported by then if the study's storage failed
+        if study is not None and isinstance(exc, study.StorageFailure):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_STORAGE
+        raise
 
 
 if __name__ == "__main__":

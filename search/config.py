@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from search.recipes import is_shipped, looks_like_name, shipped_spaces, shipped_studies
-from search.space import Space, parse_space
+from search.space import Space, check_space_with_base, parse_space
 from trainer import DIRECTIONS, FIELDS, METRICS, ConfigError, Problem, TrainConfig, config_from_dict, read_yaml
 from trainer._schema import build, describe, did_you_mean, set_dotted
 from trainer.config import apply_overrides, parse_overrides
@@ -254,7 +254,8 @@ def _inline_or_file(value: Any, key: str, what: str, base_dir: Path, source: str
         if what == "space" and looks_like_name(value):
             hint = f" (no such file, nor a shipped space{did_you_mean(value, shipped_spaces())}; " \
                    f"shipped: {', '.join(shipped_spaces())})"
-        problems.extend(Problem(source, key, p.message + hint) for p in exc.problems)
+        # A problem inside the file (a duplicated key) keeps its file and key; one with the file itself is `key`'s.
+        problems.extend(p if p.key else Problem(source, key, p.message + hint) for p in exc.problems)
         return None, source, base_dir
 
 
@@ -297,6 +298,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
                         prefix=prefix) if space_raw is not None else Space([])
     if base and space.params and not problems:
         _check_space_values(space, base, base_root, prefix, problems)
+        check_space_with_base(space, base_cfg, prefix, problems)
 
     task = base_cfg.task if base_cfg is not None else "classification"
     objectives = _objectives(study.objective, task, source, problems)

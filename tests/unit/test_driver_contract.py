@@ -146,7 +146,7 @@ def test_a_failing_tell_ends_the_run_and_leaves_nothing_counted(tmp_path: Path, 
 
     monkeypatch.setattr(d.study, "tell", full)
     d.complete("t1", _done(0.7), error=False)
-    assert d.fatal == "database or disk is full"
+    assert "is full" in d.fatal  # one sentence a person reads, from search.study.storage_problem
     assert d.completed == 0
     assert d.suggest("t2") == FINISHED
 
@@ -226,3 +226,27 @@ def test_a_remote_trial_sends_its_files_to_the_driver(tmp_path: Path, bert_dir: 
     blocker.write_text("")
     fallback = writable_dir(blocker / "runs" / "s" / "trials" / "0003")  # cannot be created on this node
     assert fallback.is_dir() and fallback.parts[-3:] == ("sftune-trials", "s", "0003")
+
+
+def test_running_trials_keep_a_heartbeat_of_their_own(tmp_path: Path, bert_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("SFTUNE_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SFTUNE_HEARTBEAT_GRACE", "3")
+    d = _driver(tmp_path, bert_dir, n_trials=2)
+    other = Driver(cfg=d.cfg, study=open_study(d.cfg), progress=Events())
+    d.suggest("t1")
+    stop = d.heartbeats()
+    try:
+        time.sleep(5)  # longer than the grace: only the heartbeat thread keeps the trial alive
+        other.tick()
+        assert d.study.trials[0].state == TrialState.RUNNING
+    finally:
+        stop.set()
+    time.sleep(4.5)  # the driver "died": no heartbeat for longer than the grace
+    other.last_beat = 0.0
+    other.tick()
+    trials = d.study.trials
+    assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.WAITING
+    assert any("left RUNNING by a driver that died" in str(x) for x in other.progress.lines)
