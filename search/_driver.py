@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from search._gpu import check_packing
 from search.artifacts import apply_retention, store_trial, write_note
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
@@ -93,6 +94,7 @@ class Driver:
     fatal: str = ""
     """A storage failure that ended the run (exit 1)."""
     waiting_for_others: bool = False
+    packing_said: bool = False
     last_beat: float = 0.0
     started: float = field(default_factory=time.time)
     timings: dict[str, list[float]] = field(default_factory=lambda: {"ask": [], "tell": [], "decide": []})
@@ -217,6 +219,7 @@ class Driver:
                 self.guard(trial.set_user_attr, "seconds", seconds_of(result))
                 if nested(result, "data_warnings"):
                     self.guard(trial.set_user_attr, "data_warnings", nested(result, "data_warnings"))
+                self.note_memory(trial, nested(result, "memory"))
                 self.store_files(trial)
                 if self.tell(trial, values if len(values) > 1 else values[0]):
                     self.completed += 1
@@ -226,6 +229,19 @@ class Driver:
             self.fail(trial, *self._failure(tune_id, trial, result, error))
         self.outputs(write_note, self.study, self.cfg, trial.number, self.history.pop(tune_id, None))
         self.show_counts()
+
+    def note_memory(self, trial: optuna.Trial, memory: dict[str, float]) -> None:
+        """A trial's CUDA figures as user attributes (`cuda_peak_mb`, `cuda_allocated_end_mb`, ...); the first
+        peak seen is judged against the GPU's memory and the trials packed on it (said once)."""
+        if not memory:
+            return
+        for key, value in memory.items():
+            self.guard(trial.set_user_attr, key, value)
+        if not self.packing_said and "cuda_reserved_peak_mb" in memory:
+            self.packing_said = True
+            packing = check_packing(self.cfg.resources.gpu, self.cfg.budget.concurrency, memory)
+            prefix = "warning: " if packing.verdict in ("over", "tight") else ""
+            self.progress.message(f"{prefix}GPU memory: {packing.message}")
 
     def values_of(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any]) -> list[float]:
         """A complete trial's values: its final evaluation, or with `objective.use: best` its best one
@@ -339,6 +355,7 @@ class Driver:
         self.guard(trial.set_user_attr, "history", history)
         max_steps = result.get("max_steps")
         self.progress.trial_reported(trial.number, step, int(max_steps) if max_steps else None, metrics)
+        self.note_memory(trial, nested(result, "memory"))
         values = [metrics[m] for m in self.cfg.metrics if m in metrics]
         if len(values) != len(self.cfg.metrics):
             return False

@@ -137,9 +137,13 @@ def default_storage(path: Path, name: str) -> str:
 def find_study_file(value: str | Path) -> Path:
     """A study file path, or the name of a shipped study (`quickstart`) when no such file exists."""
     path = Path(value)
-    if not path.exists() and looks_like_name(str(value)) and str(value) in shipped_studies():
-        return shipped_studies()[str(value)]
-    return path
+    if path.exists() or not looks_like_name(str(value)):
+        return path
+    shipped = shipped_studies()
+    if str(value) in shipped:
+        return shipped[str(value)]
+    raise ConfigError(Problem(str(value), "", f"no such study file, nor a shipped study{did_you_mean(str(value), shipped)}"
+                              f" (shipped: {', '.join(shipped) or 'none'})"))
 
 
 STUDY_FIELDS = {f.name for f in dataclasses.fields(StudyFile)}

@@ -246,8 +246,9 @@ class LiveProgress:
     def _counts_line(self) -> str:
         t = self.totals or {}
         elapsed = _clock_text(self.clock() - self.started)
-        if not t:
-            return f"starting · {elapsed}"
+        if not t:  # no trial has ended yet: what is running
+            running = self._running()
+            return f"running {running} · {elapsed} elapsed" if running else f"starting · {elapsed} elapsed"
         left = self.time_left()
         eta = "" if t["finished"] >= t["n_trials"] else (
             f" · about {_clock_text(left)} left" if left is not None else " · estimating time left")

@@ -147,7 +147,8 @@ def render_table(info: dict[str, Any]) -> str:
     failed = info.get("failed") or []
     if failed:
         more = c["FAIL"] - len(failed)
-        lines.append(f"failed trials{f' (the last {len(failed)})' if more > 0 else ''}:")
+        shown = f" (the last {len(failed)} of {c['FAIL']})" if more > 0 else ""
+        lines.append(f"failed trials{shown}:")
         lines += [f"  trial {f['number']}: {f['error']}" for f in failed]
     if not info["top"]:
         lines.append("no complete trial yet")

@@ -9,6 +9,7 @@ import os
 import pickle
 import threading
 import time
+import traceback
 import warnings
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Callable, Protocol
 
 import yaml
 
+from trainer import _memory
 from trainer._loss import loss_for
 from trainer._metrics import classification_metrics, clean, evaluate_on_test
 from trainer._model import build_model, check_model, load_tokenizer, model_location
@@ -74,6 +76,8 @@ class JobResult:
     data_warnings: dict[str, int] = field(default_factory=dict)
     best: dict[str, float] | None = None
     """With `keep_best`: the best evaluation's step and metrics (its weights are the ones saved)."""
+    memory: dict[str, float] = field(default_factory=dict)
+    """CUDA memory in MiB (see trainer._memory); empty on CPU."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,6 +216,7 @@ def run_job(
     timing: dict[str, float] | None = None,
     evaluate_test: bool = True,
     keep_best: tuple[str, str] | None = None,
+    memory: dict[str, float] | None = None,
 ) -> JobResult:
     """Train and evaluate `cfg`; every evaluation goes to `reporter`, which may stop the run.
 
@@ -219,16 +224,22 @@ def run_job(
     (`JobResult.test_metrics`); no reporter sees that evaluation. A study's trials pass False.
 
     `timing`, when given, is updated in place as the run goes (seconds of setup, train steps and
-    evaluation; `started_at` and `first_step_at` as Unix times), so a caller can report it mid-run.
+    evaluation; `started_at` and `first_step_at` as Unix times), so a caller can report it mid-run;
+    `memory` likewise with the CUDA memory figures of `trainer._memory` (peak so far at each
+    evaluation, what is left at the end).
+
+    When it returns or raises (a reporter that stops the run by raising, as Ray does for a pruned
+    trial, included), the run's model, optimizer, Trainer and batches are released and the CUDA
+    cache emptied, so a process that runs job after job (a reused Ray worker) starts each clean.
     `keep_best=(metric, direction)`: track the best evaluation of `metric` (maximize | minimize),
     return it as `result.best`, and save (per `cfg.save`) the weights of that evaluation, not the last.
     """
     started = time.perf_counter()
     timing = timing if timing is not None else {}
+    memory = memory if memory is not None else {}
     timing.update({"setup": 0.0, "train": 0.0, "eval": 0.0, "started_at": time.time()})
     import torch
     import transformers
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -245,9 +256,28 @@ def run_job(
     max_steps = total_steps(cfg, len(prep.train))
     timing["max_steps"] = max_steps
     transformers.set_seed(t.seed)
+    device, bf16 = _device()
+    _memory.begin(memory, device)
+    try:
+        return _train(cfg, reporter, prep, max_steps, device, bf16, started, timing, memory, say, source,
+                      evaluate_test=evaluate_test, keep_best=keep_best)
+    except BaseException as exc:
+        # The frames the exception left (the training loop's, the callback's) hold the model and
+        # the optimizer until the exception is gone: let go of their locals now.
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        _memory.release(memory)
+
+
+def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int, device: str, bf16: bool,
+           started: float, timing: dict[str, float], memory: dict[str, float], say: Callable[[str], None],
+           source: str, *, evaluate_test: bool, keep_best: tuple[str, str] | None) -> JobResult:
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    t = cfg.train
     model = build_model(cfg, _local_location(cfg, prep, source), prep.tokenizer, prep.examples.num_labels,
                         prep.examples.labels, source)
-    device, bf16 = _device()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -282,6 +312,7 @@ def run_job(
             if state_box["eval_start"] is not None:  # the report below carries this evaluation's time too
                 timing["eval"] += time.perf_counter() - state_box["eval_start"]
                 state_box["eval_start"] = time.perf_counter()
+            _memory.note_peak(memory)
             say(f"eval step {state.global_step}/{state.max_steps}  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
             if reporter.report(state.global_step, m) and state.global_step < state.max_steps:
@@ -352,6 +383,7 @@ def run_job(
         test_metrics=tested,
         data_warnings=prep.warnings,
         best=best.best if best is not None else None,
+        memory=memory,
     )
     if best is not None:
         best.restore(trainer.model)

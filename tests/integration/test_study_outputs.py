@@ -16,15 +16,6 @@ from search.cli import main
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def test_best_values_artifacts_notes_and_export(tmp_path: Path, bert_dir: Path, ray_cluster: None,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from optuna_dashboard import get_note

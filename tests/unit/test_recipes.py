@@ -55,6 +55,14 @@ def test_shipped_study_loads_by_name_from_another_folder(tmp_path: Path, monkeyp
     assert cfg.base_config.peft.method == "lora"
 
 
+def test_an_unknown_study_name_lists_the_shipped_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "quikstart"]) == 2
+    assert "did you mean 'quickstart'?" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unknown_space_name_lists_the_shipped_ones(tmp_path: Path, bert_dir: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     base = tiny.classification_config(tmp_path, bert_dir)
