@@ -27,11 +27,15 @@ def test_test_score_of_the_best_trial_matches_train_of_its_export(tmp_path: Path
     run = subprocess.run([sys.executable, "-m", "search", "run", str(path)], capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
+    storage = f"sqlite:///{tmp_path / 'heldout.db'}"
+    by_run = optuna.load_study(study_name="heldout", storage=storage).user_attrs["test_metrics"]  # run's own
+    assert "held-out test of trial" in run.stdout
 
-    assert main(["test", str(path)]) == 0
-    study = optuna.load_study(study_name="heldout", storage=f"sqlite:///{tmp_path / 'heldout.db'}")
+    assert main(["test", str(path)]) == 0  # again, by hand: the same numbers
+    study = optuna.load_study(study_name="heldout", storage=storage)
     best = study.best_trial
     stored = best.user_attrs["test_metrics"]
+    assert stored == by_run
     assert study.user_attrs["test_trial"] == best.number and study.user_attrs["test_metrics"] == stored
     assert set(stored) == {"test_accuracy", "test_f1_macro", "test_eval_loss"}
 
