@@ -52,15 +52,19 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         cfg = config_from_dict(spec["config"], source=f"trial {number}")
         cfg.output_dir = str(writable_dir(Path(cfg.output_dir)))
         timing: dict[str, float] = {}
+        memory: dict[str, float] = {}  # CUDA figures (trainer._memory); empty on CPU
 
         class TuneReporter:
             def report(self, step: int, metrics: dict[str, float]) -> bool:
                 tune.report({**metrics, "step": step, "max_steps": timing.get("max_steps"),
-                             "seconds": dict(timing)})
+                             "seconds": dict(timing), "memory": dict(memory)})
                 return False  # the scheduler in the driver stops a pruned trial
 
-        result = run_job(cfg, TuneReporter(), threads=cfg.train.threads, prepared=prepared, timing=timing)
-        final = {**result.metrics, "step": result.step, DONE_KEY: True, "seconds": result.seconds}
+        keep_best = tuple(spec["keep_best"]) if spec.get("keep_best") else None  # objective.use: best
+        result = run_job(cfg, TuneReporter(), threads=cfg.train.threads, prepared=prepared, timing=timing,
+                         evaluate_test=False, keep_best=keep_best, memory=memory)  # never the test split
+        final = {**result.metrics, "step": result.step, DONE_KEY: True, "seconds": result.seconds,
+                 "data_warnings": result.data_warnings, "memory": result.memory}
         if spec.get("driver_node") not in (None, node):  # the driver cannot read this node's disk
             final[FILES_KEY] = pack(Path(cfg.output_dir))
         tune.report(final)

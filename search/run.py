@@ -10,8 +10,11 @@ import optuna
 from search.config import StudyConfig, load_study
 from search.progress import make_progress
 from search.report import render_table, summary
-from search.study import base_changes, fail_stale, finished, open_study, sqlite_path
-from trainer import prepare_soon
+from search.data_report import data_report, short_form
+from search.study import (StorageFailure, base_changes, fail_stale, finished, open_study, sqlite_path,
+                          storage_problem)
+from search.testset import evaluate_best_on_test, has_test_split
+from trainer import Prepared, prepare_soon
 
 EXIT_INTERRUPTED = 130
 
@@ -45,8 +48,7 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
                     study, done = opening.result()
                     progress.message(_header(cfg, done))
                     prepared = pending.result()  # a tokenizing error ends the run here, before any trial
-                    progress.message(f"  data: {len(prepared.train)} train / {len(prepared.validation)} validation "
-                                     "examples, tokenized once for all trials")
+                    _describe_data(cfg, study, prepared, progress.message)
                     driver = run_trials(cfg, study, progress=progress, resources=per_trial, prepared=prepared)
             except KeyboardInterrupt:
                 progress.close()
@@ -60,10 +62,27 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
                 say(f"error: the study's storage failed during the run: {driver.fatal}")
                 return 1
             gave_up = driver.gave_up
+            if has_test_split(base) and not gave_up and finished(study) >= cfg.budget.n_trials:
+                evaluate_best_on_test(study, cfg, top=1, say=say)  # once, when the study is complete
     say("")
     say(render_table(summary(study, cfg)))
     say(f"\nnext: sftune status {path} · sftune dashboard {path} · sftune export {path} --out best.yaml")
     return 1 if gave_up else 0
+
+
+def _describe_data(cfg: StudyConfig, study: optuna.Study, prepared: Prepared, say: Callable[[str], None]) -> None:
+    """The data report's short form in the header, and the whole report on the study (the dashboard shows it)."""
+    report = data_report(cfg.base_config, source=str(cfg.path), prepared=prepared)
+    say(short_form(report))
+    say(f"  {len(prepared.train)} train / {len(prepared.validation)} validation examples, tokenized once for all "
+        "trials")
+    try:
+        study.set_user_attr("data_report", report)
+    except Exception as exc:  # noqa: BLE001 - a storage failure here ends the run as any other would
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        raise StorageFailure(problem) from None
 
 
 def _header(cfg: StudyConfig, done: int) -> str:

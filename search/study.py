@@ -73,7 +73,7 @@ RETRY_FOR_S = 120.0
 SQLITE_BUSY_S = 10
 """SQLite's own wait for a lock, inside each attempt."""
 STALE_ERROR = ("the driver running this trial stopped (killed, or lost its machine): no heartbeat for "
-               "{grace} s; its params were queued to run again")
+               "{grace} s; its params are queued to run again (at most " + str(MAX_STALE_RETRIES) + " times)")
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -107,14 +107,17 @@ _PROBLEMS: list[tuple[tuple[str, ...], str]] = [
     (("database is locked", "database table is locked", "40001", "40p01", "deadlock detected",
       "could not serialize"),
      "the study database stayed locked by other writers"),
-    (("server closed the connection", "connection refused", "could not connect", "terminating connection",
+    (("connection refused", "could not connect", "could not translate host", "name or service not known"),
+     "cannot reach the database server"),
+    (("server closed the connection", "terminating connection",
       "connection is closed", "connection timed out", "connection to server", "the connection is lost",
       "57p01", "08006", "08001", "08003", "08004"),
      "lost the connection to the database server"),
     (("unable to open database file",),
      "cannot open the study database file (its folder is missing or not writable)"),
 ]
-_RETRYABLE = ("the study database stayed locked by other writers", "lost the connection to the database server")
+_LOCKED = "the study database stayed locked by other writers"
+_RETRYABLE = (_LOCKED, "lost the connection to the database server", "cannot reach the database server")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -178,6 +181,24 @@ class SftuneStorage(optuna.storages.RDBStorage):
     fault. `retries` counts the retried calls (measured by tests/benchmarks/storage_contention.py)."""
 
     retries = 0
+
+    def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(url, *args, **kwargs)
+        self._pin_utc()
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._pin_utc()
+
+    def _pin_utc(self) -> None:
+        """PostgreSQL stamps and compares heartbeats with the server's clock, as naive timestamps in the
+        session's time zone: every session in UTC (whatever PGTZ or the server default says), so drivers
+        configured for other zones agree on which trial is stale."""
+        from sqlalchemy import event
+
+        if self.engine.dialect.name == "postgresql":
+            event.listen(self.engine, "connect", _utc_session)
+            self.engine.dispose()
 
     def _with_retries(self, method: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         started, delay = time.monotonic(), 0.02
@@ -275,12 +296,15 @@ class _RetryStale:
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_BUSY_S}}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("postgresql"):
-        # Heartbeats are stamped and compared by the server's clock, as naive timestamps in the session's
-        # time zone: every driver's session in UTC, whatever PGTZ says, so drivers in other zones agree.
-        kwargs["connect_args"] = {"options": "-c timezone=UTC"}
-    return kwargs
+    return {"pool_pre_ping": True}
+
+
+def _utc_session(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET TIME ZONE 'UTC'")
+    cursor.close()
+    if not getattr(dbapi_connection, "autocommit", False):
+        dbapi_connection.commit()
 
 
 def open_storage(url: str, source: str = "") -> SftuneStorage:
@@ -290,17 +314,24 @@ def open_storage(url: str, source: str = "") -> SftuneStorage:
     callback = _RetryStale()
     kw = ({"heartbeat_stale_trial_callback": callback} if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
           else {"failed_trial_callback": callback})
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return SftuneStorage(url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=interval,
-                                 grace_period=grace, **kw)
-    except Exception as exc:  # noqa: BLE001 - any failure to open is the user's URL or file
-        problem = storage_problem(exc)
-        if problem is None:
-            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(Problem(source, "storage", f"cannot open study storage {_safe_url(url)!r}: {problem}")) \
-            from None
+    started = time.monotonic()
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return SftuneStorage(url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=interval,
+                                     grace_period=grace, **kw)
+        except Exception as exc:  # noqa: BLE001 - any failure to open is the user's URL or file
+            problem = storage_problem(exc)
+            # Drivers started together on a new database race to create its tables: the loser retries.
+            racing = any(s in str(exc).lower() for s in ("already exists", "duplicate key", "unique constraint"))
+            racing = racing or problem == _LOCKED
+            if racing and time.monotonic() - started < RETRY_FOR_S:
+                time.sleep(0.1 + random.random() * 0.4)
+                continue
+            if problem is None:
+                problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(Problem(source, "storage", f"cannot open study storage {_safe_url(url)!r}: {problem}"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -606,7 +637,7 @@ def open_study(cfg: StudyConfig, *, create: bool = True, allow_base_change: bool
         _check_writable(storage, sid, cfg.storage, source)
         if not created and BASE_ATTR not in probe.user_attrs:  # a study from before base checks: adopt this one
             probe.set_user_attr(BASE_ATTR, base_record(cfg))
-        n = len(storage.get_all_trials(sid, deepcopy=False)) if cfg.sampler.get("seed") is not None else 0
+        n = storage.get_n_trials(sid) if cfg.sampler.get("seed") is not None else 0
         seed = sampler_seed(cfg, created=created, n_trials=n)
         return optuna.load_study(study_name=cfg.name, storage=storage, sampler=build_sampler(cfg, seed),
                                  pruner=build_pruner(cfg))

@@ -1,17 +1,24 @@
 """Side-by-side HPO benchmark: sftune vs Trainer.hyperparameter_search (optuna) vs (ray + OptunaSearch + ASHA).
 
-Runs one task through the three, one after another, each in its own child process, and prints one
-table: best validation metric, wall time, optimizer steps trained, time to 99% of the best metric any
-of them found, mean per-trial overhead (trial wall time minus time inside training and evaluation
-steps), time from command start to the first training step, and mean CPU utilisation.
+Runs one task through the three, one after another, each in its own child process, once per sampler
+seed (`--seeds 0,1,2`), and prints a table per seed: best validation metric, wall time, optimizer
+steps trained, time to 99% of the best metric any of them found with that seed, mean per-trial
+overhead (trial wall time minus time inside training and evaluation steps), time from command start
+to the first training step, mean CPU utilisation, and the anytime view: the best metric each had
+found at 25%, 50% and 100% of the slowest system's wall time. Then the medians over the seeds, with
+sftune's speedup to 99% against each baseline (per seed, and their median), and one line that
+measures the model recipe itself (sftune's default LoRA recipe against plain peft LoRA, one fixed
+config), since the baselines here are given sftune's recipe.
 
-    python tests/benchmarks/compare.py                 # MiniLM + LoRA on SST-2, 12 trials, 2 at a time
-    python tests/benchmarks/compare.py --quick         # tiny random model, smoke run (about 2 minutes)
+    python tests/benchmarks/compare.py --seeds 0,1,2   # MiniLM + LoRA on SST-2, 12 trials, 2 at a time
+    python tests/benchmarks/compare.py --quick --seeds 0,1,2   # tiny random model, smoke run
     python tests/benchmarks/compare.py --dataset trec6 --n-trials 8 --only sftune
 
 Same space (a sftune space file), same sampler (TPE, same seed and startup trials), same pruning rule
-(successive halving on the same evaluation steps; ASHA for stock Ray Tune), same data, model, steps
-and evaluation schedule, and an explicit objective for the Hugging Face runs.
+(successive halving on the same evaluation steps; ASHA for stock Ray Tune), same data, model (built
+with sftune's recipe), steps and evaluation schedule, and an explicit objective for the Hugging Face
+runs. The seeds vary the samplers only: the data subset and the training seed stay those of `--seed`.
+"Found" counts every evaluation, a pruned trial's included (the same events as time to 99%).
 """
 
 from __future__ import annotations
@@ -343,7 +350,50 @@ def run_hf_ray(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
     return {"trials": trials, "evals": evals, "first_step_at": first}
 
 
-RUNNERS = {"sftune": run_sftune, "hf-optuna": run_hf_optuna, "hf-ray": run_hf_ray}
+def run_recipe(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
+    """The model recipe alone: the base config trained once with sftune's recipe, once with plain peft LoRA.
+
+    sftune's default: LoRA on the attention projections plus the classifier and the pooler trained in
+    full. Plain: `LoraConfig(task_type=SEQ_CLS, r, lora_alpha, lora_dropout)` with peft's default
+    targets, as a user of the baselines writes it (peft trains the classifier, the pooler stays
+    frozen). Same training loop, data, steps and seed; only the model differs.
+    """
+    import trainer.job as job
+    from trainer import config_from_dict
+
+    base = config_from_dict({**task["base"], "output_dir": str(out / "recipe")})
+    threads = max(1, task["cpus"])
+    rows: dict[str, Any] = {}
+
+    def plain(cfg: Any, location: str, tokenizer: Any, num_labels: int, labels: list[str], source: str = "") -> Any:
+        from peft import LoraConfig, TaskType, get_peft_model
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=num_labels)
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.peft.r, lora_alpha=cfg.peft.alpha,
+                                                lora_dropout=cfg.peft.dropout))
+
+    own = job.build_model
+    for name, build in (("sftune recipe", own), ("plain peft LoRA", plain)):
+        trainable: list[int] = []
+
+        def counted(*args: Any, _build: Any = build, **kwargs: Any) -> Any:
+            model = _build(*args, **kwargs)
+            trainable.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
+            return model
+
+        job.build_model = counted
+        started = time.time()
+        result = job.run_job(base, threads=threads)
+        rows[name] = {"best": result.metrics[task["metric"]], "wall": time.time() - started,
+                      "trainable": trainable[0]}
+    job.build_model = own
+    return {"recipe": rows}
+
+
+RUNNERS = {"sftune": run_sftune, "hf-optuna": run_hf_optuna, "hf-ray": run_hf_ray, "recipe": run_recipe}
 
 
 # ----------------------------------------------------------------------------------------- the table
@@ -405,26 +455,109 @@ def summarize(name: str, raw: dict[str, Any], wall: float, usage: tuple[float, f
 
 
 def time_to(evals: list[tuple[float, float]], target: float) -> float:
+    """Seconds from the command's start to the first evaluation at or above `target` (inf: never)."""
     hits = [at for at, v in sorted(evals) if v is not None and v >= target]
-    return hits[0] if hits else float("nan")
+    return hits[0] if hits else float("inf")
+
+
+def best_by(evals: list[tuple[float, float]], at: float) -> float:
+    """The best metric found by `at` seconds (NaN: nothing evaluated yet)."""
+    found = [v for t, v in evals if v is not None and t <= at]
+    return max(found) if found else float("nan")
+
+
+ANYTIME = (0.25, 0.5, 1.0)
+
+
+def score_seed(rows: list[dict[str, Any]]) -> None:
+    """Per system: time to 99% of the best any system found with this seed, and the anytime view."""
+    best_any = max((r["best"] for r in rows if r["best"] == r["best"]), default=float("nan"))
+    horizon = max(r["wall"] for r in rows)
+    for r in rows:
+        r["target"] = 0.99 * best_any
+        r["t99"] = time_to(r["evals"], r["target"])
+        r["anytime"] = [best_by(r["evals"], f * horizon) for f in ANYTIME]
+
+
+def _s(x: float, fmt: str = ".0f") -> str:
+    return "never" if x == float("inf") else ("-" if x != x else format(x, fmt))
+
+
+def _x(ratio: float) -> str:
+    return "inf" if ratio == float("inf") else ("-" if ratio != ratio else f"{ratio:.2f}x")
+
+
+def _markdown(header: list[str], body: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    return (["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+            + ["| " + " | ".join(v.ljust(w) for v, w in zip(b, widths)) + " |" for b in body])
 
 
 def print_table(rows: list[dict[str, Any]], title: str) -> str:
-    best_any = max((r["best"] for r in rows if r["best"] == r["best"]), default=float("nan"))
-    target = 0.99 * best_any
+    score_seed(rows)
     gpu = any(r["gpu"] == r["gpu"] for r in rows)  # not NaN: a GPU was sampled
     header = ["system", "best acc", "wall s", "opt steps", "trials", "t->99% s", "overhead s/trial",
-              "overhead %", "first step s", "cpu %"] + (["gpu %"] if gpu else [])
+              "overhead %", "first step s", "cpu %"] + (["gpu %"] if gpu else []) + \
+             [f"best eval@{int(f * 100)}%" for f in ANYTIME]
     body = []
     for r in rows:
         body.append([r["system"], f"{r['best']:.4f}", f"{r['wall']:.0f}", str(r["steps"]), r["trials"],
-                     f"{time_to(r['evals'], target):.0f}", f"{r['overhead']:.2f}", f"{r['overhead_pct']:.1f}",
-                     f"{r['first_step']:.1f}", f"{r['cpu']:.0f}"] + ([f"{r['gpu']:.0f}"] if gpu else []))
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    lines = [title, f"99% of the best accuracy any system found ({best_any:.4f}) = {target:.4f}",
-             "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(b, widths)) + " |" for b in body]
+                     _s(r["t99"]), f"{r['overhead']:.2f}", f"{r['overhead_pct']:.1f}",
+                     f"{r['first_step']:.1f}", f"{r['cpu']:.0f}"] + ([f"{r['gpu']:.0f}"] if gpu else [])
+                    + [_s(v, ".4f") for v in r["anytime"]])
+    horizon = max(r["wall"] for r in rows)
+    lines = [title, f"99% of the best accuracy any system found ({rows[0]['target'] / 0.99:.4f}) = "
+             f"{rows[0]['target']:.4f}; best eval@N% = best evaluation (any trial, pruned ones included) by N% of "
+             f"the slowest system's wall time ({horizon:.0f} s)"]
+    text = "\n".join(lines + _markdown(header, body))
+    print(text, flush=True)
+    return text
+
+
+def _median(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _ratio(baseline: float, ours: float) -> float:
+    """How many times sooner sftune reached 99% (inf: the baseline never did; 0: sftune never did)."""
+    if ours == float("inf"):
+        return float("nan") if baseline == float("inf") else 0.0
+    return baseline / ours if ours > 0 else float("nan")
+
+
+def print_summary(per_seed: dict[int, list[dict[str, Any]]]) -> str:
+    """Medians over the seeds, and sftune's speedup to 99% against each baseline, per seed and median."""
+    seeds = list(per_seed)
+    names = [r["system"] for r in per_seed[seeds[0]]]
+    by = {s: {r["system"]: r for r in rows} for s, rows in per_seed.items()}
+    header = ["system", "median best", "median wall s", "t->99% s per seed", "median t->99% s",
+              "sftune speedup per seed", "median speedup"] + [f"median best@{int(f * 100)}%" for f in ANYTIME]
+    body = []
+    for name in names:
+        got = [by[s][name] for s in seeds if name in by[s]]
+        t99 = [r["t99"] for r in got]
+        ratios = ([_ratio(r["t99"], by[s]["sftune"]["t99"]) for s, r in zip(seeds, got) if "sftune" in by[s]]
+                  if name != "sftune" else [])
+        body.append([name, f"{_median([r['best'] for r in got]):.4f}", f"{_median([r['wall'] for r in got]):.0f}",
+                     " / ".join(_s(t) for t in t99), _s(statistics.median(t99)),
+                     " / ".join(_x(x) for x in ratios), _x(_median(ratios)) if ratios else ""]
+                    + [_s(_median([r["anytime"][k] for r in got]), ".4f") for k in range(len(ANYTIME))])
+    lines = [f"over sampler seeds {', '.join(map(str, seeds))} (medians; speedup = baseline's time to 99% / "
+             "sftune's, each seed's own 99% target; never = not reached, inf = only sftune reached it)"]
+    text = "\n".join(lines + _markdown(header, body))
+    print(text, flush=True)
+    return text
+
+
+def print_recipe(raw: dict[str, Any], task: dict[str, Any]) -> str:
+    t = task["base"]["train"]
+    p = task["base"]["peft"]
+    lines = [f"recipe, one fixed config (lr {t['learning_rate']:g}, batch {t['batch_size']}, LoRA r {p['r']} "
+             f"alpha {p['alpha']}, {t['max_steps']} steps, {task['cpus']} threads):"]
+    for name, r in raw["recipe"].items():
+        lines.append(f"  {name:16s} accuracy {r['best']:.4f} in {r['wall']:.0f} s ({r['trainable']:,} trainable params)")
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -451,7 +584,9 @@ def main() -> int:
     p.add_argument("--space", default=str(REPO / "spaces" / "lora-classification.yaml"))
     p.add_argument("--n-trials", type=int, default=12)
     p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the data subset's and the training seed")
+    p.add_argument("--seeds", default=None, help="sampler seeds, comma-separated (default: --seed)")
+    p.add_argument("--no-recipe", action="store_true", help="skip the recipe line")
     p.add_argument("--startup", type=int, default=4, help="TPE startup (random) trials")
     p.add_argument("--train-samples", type=int, default=2000)
     p.add_argument("--eval-samples", type=int, default=500)
@@ -477,41 +612,64 @@ def main() -> int:
         args.gpu_per_trial = 1.0 / args.concurrency if _nvidia_gpu() else 0.0
     if args.quick:
         args.n_trials, args.max_steps, args.eval_every = min(args.n_trials, 6), 40, 10
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else [args.seed]
     import tempfile
 
     out = Path(args.out or tempfile.mkdtemp(prefix="sftune-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     task = make_task(args, out)
     (out / "task.json").write_text(json.dumps(task, indent=2))
-    rows = []
-    for name in [s.strip() for s in args.only.split(",") if s.strip()]:
-        (out / name).mkdir(exist_ok=True)
-        print(f"running {name} ...", flush=True)
-        sampler = UsageSampler(gpu=bool(args.gpu_per_trial))
-        sampler.start()
-        t0 = time.time()
-        path = os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x)
-        env = {**os.environ, "BENCH_T0": str(t0), "PYTHONPATH": path}
-        with (out / name / "worker.log").open("w") as log:
-            proc = subprocess.run([sys.executable, __file__, "--worker", name, "--out", str(out)], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)
-        wall = time.time() - t0
-        usage = sampler.stop()
-        if proc.returncode != 0:
-            print(f"  {name} failed (exit {proc.returncode}); see {out / name / 'worker.log'}", flush=True)
-            continue
-        raw = json.loads((out / name / "raw.json").read_text())
-        rows.append(summarize(name, raw, wall, usage, t0))
-        print(f"  {name}: best {rows[-1]['best']:.4f} in {wall:.0f}s", flush=True)
     desc = ("quick: tiny random BERT, synthetic data" if args.quick else
             f"{args.model} + LoRA on {args.dataset} ({args.train_samples} train / {args.eval_samples} validation)")
     title = (f"{desc}; {task['n_trials']} trials, {args.concurrency} at a time, {task['max_steps']} steps, eval every "
              f"{task['eval_every']}; {task['cpus']} CPUs" + (f", {task['gpu']:g} GPU per trial ({_gpu_name()})"
                                                            if task["gpu"] else ""))
-    text = print_table(rows, title)
-    (out / "table.md").write_text(text + "\n")
+    texts, per_seed = [], {}
+    for seed in seeds:
+        seed_dir = out / f"seed{seed}"
+        seed_dir.mkdir(exist_ok=True)
+        (seed_dir / "task.json").write_text(json.dumps({**task, "seed": seed}, indent=2))
+        rows = []
+        for name in [s.strip() for s in args.only.split(",") if s.strip()]:
+            print(f"seed {seed}: running {name} ...", flush=True)
+            result = _run_child(name, seed_dir, bool(args.gpu_per_trial))
+            if result is None:
+                continue
+            raw, wall, usage, t0 = result
+            rows.append(summarize(name, raw, wall, usage, t0))
+            print(f"  {name}: best {rows[-1]['best']:.4f} in {wall:.0f}s", flush=True)
+        if rows:
+            texts.append(print_table(rows, f"{title}; sampler seed {seed}"))
+            per_seed[seed] = rows
+    if per_seed and "sftune" in args.only:
+        texts.append(print_summary(per_seed))
+    if not args.no_recipe:
+        print("recipe: one fixed config, sftune's model recipe vs plain peft LoRA ...", flush=True)
+        result = _run_child("recipe", out, False)
+        if result is not None:
+            texts.append(print_recipe(result[0], task))
+    (out / "table.md").write_text("\n\n".join(texts) + "\n")
     print(f"(work folder: {out})")
     return 0
+
+
+def _run_child(name: str, folder: Path, gpu: bool) -> tuple[dict[str, Any], float, tuple[float, float], float] | None:
+    """Run one system in its own process (its figures in `folder/name/raw.json`); None if it failed."""
+    (folder / name).mkdir(exist_ok=True)
+    sampler = UsageSampler(gpu=gpu)
+    sampler.start()
+    t0 = time.time()
+    path = os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x)
+    env = {**os.environ, "BENCH_T0": str(t0), "PYTHONPATH": path}
+    with (folder / name / "worker.log").open("w") as log:
+        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--out", str(folder)], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    wall = time.time() - t0
+    usage = sampler.stop()
+    if proc.returncode != 0:
+        print(f"  {name} failed (exit {proc.returncode}); see {folder / name / 'worker.log'}", flush=True)
+        return None
+    return json.loads((folder / name / "raw.json").read_text()), wall, usage, t0
 
 
 if __name__ == "__main__":

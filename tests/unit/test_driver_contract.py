@@ -250,3 +250,17 @@ def test_running_trials_keep_a_heartbeat_of_their_own(tmp_path: Path, bert_dir: 
     trials = d.study.trials
     assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.WAITING
     assert any("left RUNNING by a driver that died" in str(x) for x in other.progress.lines)
+
+
+def test_cuda_memory_figures_are_kept_and_packing_is_judged_once(tmp_path: Path, bert_dir: Path) -> None:
+    d = _driver(tmp_path, bert_dir, n_trials=2, resources={"cpu": 1, "gpu": 0.5})
+    d.suggest("t1")
+    memory = {"cuda_total_mb": 1000.0, "cuda_reserved_peak_mb": 700.0, "cuda_peak_mb": 650.0}
+    d.result("t1", {"accuracy": 0.6, "step": 10, "memory/cuda_total_mb": 1000.0,  # flattened by Tune
+                    "memory/cuda_reserved_peak_mb": 700.0, "memory/cuda_peak_mb": 650.0})
+    d.result("t1", {"accuracy": 0.6, "step": 20, "memory": memory})
+    d.complete("t1", {**_done(0.7), "memory": {**memory, "cuda_allocated_end_mb": 0.0}}, error=False)
+    t = d.study.trials[0]
+    assert t.user_attrs["cuda_peak_mb"] == 650.0 and t.user_attrs["cuda_allocated_end_mb"] == 0.0
+    said = [x[1] for x in d.progress.lines if x[0] == "message" and "GPU memory" in x[1]]
+    assert len(said) == 1 and said[0].startswith("warning: ") and "over" in said[0]  # 2 x 700+ MiB > 1000 MiB
