@@ -16,6 +16,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from search._ray_reaper import start_reaper, stop_reaper
@@ -25,6 +26,9 @@ from trainer import ConfigError, Problem
 PROBE_TIMEOUT_S = 3.0
 JOIN_TRIES = 5
 """Ray retries a GCS that does not accept the driver (a missing or wrong token) 20 times, a second apart."""
+
+_WATCHING_TILL_EXIT: list[Any] = []
+"""Watchers whose pipe must stay open until this process exits (kept referenced: a collected Popen closes it)."""
 
 TOKEN_HELP = ("set RAY_AUTH_MODE=token and give this driver the cluster's token, as Ray documents it: "
               "RAY_AUTH_TOKEN=<token>, or RAY_AUTH_TOKEN_PATH=<file holding it>, or the file ~/.ray/auth_token "
@@ -116,6 +120,26 @@ def check_address(target: Target) -> None:
             f"--port={parsed[1]}`, or {local} to run on a local cluster")))
 
 
+def runs_a_raylet() -> bool | None:
+    """Whether a Ray node (a raylet) runs on this machine; None where /proc cannot tell (not Linux)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "cmdline").exists():
+        return None
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().split(b"\0", 1)[0].endswith(b"/raylet"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+NOT_A_NODE = ("this machine is not a node of the Ray cluster at {address}, and a Ray driver runs on one of its "
+              "nodes: run sftune on the head node (or another node), or first join this machine with "
+              "`ray start --address={address}`")
+
+
 def join_problem(target: Target, exc: BaseException, environ: Mapping[str, str]) -> Problem:
     """What to tell the user when `ray.init(address=...)` failed on a cluster that answered."""
     text = f"{exc} {exc.__cause__ or ''}"
@@ -124,6 +148,8 @@ def join_problem(target: Target, exc: BaseException, environ: Mapping[str, str])
         return Problem(target.source, "", (
             "auto: no running Ray cluster found on this machine; start one with `ray start --head`, "
             "pass its HOST:PORT, or leave out --address to run on a local cluster"))
+    if "No node info found matching" in text:
+        return Problem(target.source, "", NOT_A_NODE.format(address=target.address))
     if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in text or "Unauthenticated" in text:
         if mode != "token":
             what = "uses token authentication, which this driver has not turned on"
@@ -179,6 +205,8 @@ def _join(target: Target) -> None:
     import ray
 
     check_address(target)
+    if target.address != "auto" and runs_a_raylet() is False:  # Ray would look for one for a minute
+        raise ConfigError(Problem(target.source, "", NOT_A_NODE.format(address=target.address)))
     # Ray keeps trying a GCS that refuses the driver for about 20 s; a few tries decide it.
     tries_set = "RAY_gcs_server_port_wait_time_s" in os.environ
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(JOIN_TRIES))
@@ -237,43 +265,55 @@ class Cluster:
         self._reaper: Any = None
 
     def start(self) -> dict[str, float]:
-        """Join or start the cluster; returns the Ray resources each trial asks for."""
+        """Join or start the cluster and check it; returns the Ray resources each trial asks for."""
         _quiet_ray_defaults(self.cfg)
         import ray
 
-        cfg = self.cfg
-        source = str(cfg.path)
         if ray.is_initialized():  # a cluster this process already joined (the tests' in-process runs)
-            return {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+            return {"cpu": self.cfg.resources.cpu, "gpu": self.cfg.resources.gpu}
         began = time.time()
-        if self.target.address is not None:
-            _join(self.target)
-            self.started_ray = True
-            per_trial = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
-            where = f"the cluster at {self.target.address}"
-            problem = node_problem(per_trial, ray.nodes(), where, source)
-            nodes = [n for n in ray.nodes() if n.get("Alive")]
-            resources = ray.cluster_resources()
-            origin = "" if self.target.source == "--address" else (
-                " (from RAY_ADDRESS; unset it or pass --address local to run on a local cluster)")
-            line = (f"ray: joined the cluster at {self.target.address}{origin} in {time.time() - began:.1f}s "
-                    f"({len(nodes)} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)")
-        else:
-            system = _warm_workers_privately(self.warm) if self.warm else {}
-            self._reaper = start_reaper()
-            ray.init(address="local", num_cpus=cfg.budget.concurrency, include_dashboard=False,
-                     log_to_driver=False, logging_level="ERROR", _system_config=system)
-            self.started_ray = True
-            per_trial = {"cpu": 1, "gpu": cfg.resources.gpu}  # one slot per concurrent trial
-            resources = ray.cluster_resources()
-            problem = local_gpu_problem(cfg.resources.gpu, resources.get("GPU", 0), source)
-            line = (f"ray: started a local cluster in {time.time() - began:.1f}s ({cfg.budget.concurrency} "
-                    f"trial slots, {resources.get('GPU', 0):g} GPUs)")
+        joining = self.target.address is not None
+        per_trial, problem, what = self._join() if joining else self._start_local()
         if problem is not None:
             self.stop()
             raise ConfigError(problem)
-        self.say(line)
+        resources = ray.cluster_resources()
+        self.say(f"ray: {what} in {time.time() - began:.1f}s ("
+                 + (f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s), {resources.get('CPU', 0):g} CPUs, "
+                    if joining else f"{self.cfg.budget.concurrency} trial slots, ")
+                 + f"{resources.get('GPU', 0):g} GPUs)")
         return per_trial
+
+    def _join(self) -> tuple[dict[str, float], Problem | None, str]:
+        import ray
+
+        _join(self.target)
+        self.started_ray = True
+        per_trial = {"cpu": self.cfg.resources.cpu, "gpu": self.cfg.resources.gpu}
+        problem = node_problem(per_trial, ray.nodes(), f"the cluster at {self.target.address}", str(self.cfg.path))
+        origin = "" if self.target.source == "--address" else (
+            " (from RAY_ADDRESS; unset it or pass --address local to run on a local cluster)")
+        return per_trial, problem, f"joined the cluster at {self.target.address}{origin}"
+
+    def _start_local(self) -> tuple[dict[str, float], Problem | None, str]:
+        import ray
+
+        system = _warm_workers_privately(self.warm) if self.warm else {}
+        self._reaper = start_reaper()
+        try:
+            ray.init(address="local", num_cpus=self.cfg.budget.concurrency, include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR", _system_config=system)
+        except Exception as exc:  # noqa: BLE001 - e.g. a raylet that did not start in time on a busy machine
+            # The watcher stays until this process exits, then ends whatever the failed start left.
+            _WATCHING_TILL_EXIT.append(self._reaper)
+            self._reaper = None
+            os.environ.pop("SFTUNE_WARM", None)
+            raise ConfigError(Problem("ray", "", f"could not start a local Ray cluster: {exc}")) from None
+        self.started_ray = True
+        per_trial = {"cpu": 1, "gpu": self.cfg.resources.gpu}  # one slot per concurrent trial
+        problem = local_gpu_problem(self.cfg.resources.gpu, ray.cluster_resources().get("GPU", 0),
+                                    str(self.cfg.path))
+        return per_trial, problem, "started a local cluster"
 
     def stop(self) -> None:
         """Leave the cluster; a local one is shut down and whatever Ray left of it is ended."""

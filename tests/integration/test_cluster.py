@@ -21,6 +21,7 @@ import tiny
 from _raynodes import Cluster, free_port, node_env
 from optuna.trial import TrialState
 
+from search._ray_cluster import runs_a_raylet
 from search._ray_reaper import descendants, process_table
 
 pytestmark = pytest.mark.integration
@@ -77,22 +78,11 @@ def _bad_input(run: subprocess.CompletedProcess) -> str:
 
 # ---- a two-node cluster -------------------------------------------------------------------------
 
-def test_trials_spread_over_both_nodes_and_record_where_they_ran(tmp_path: Path, bert_dir: Path,
-                                                                 two_nodes: Cluster) -> None:
+def test_trials_spread_over_both_nodes_with_the_data_sent_through_ray(tmp_path: Path, bert_dir: Path,
+                                                                      two_nodes: Cluster) -> None:
+    # One run checks both (each is a whole study on the cluster): every trial records where it ran,
+    # the two concurrent trials ran on the two nodes, and no node read the data from a file.
     path = tiny.study_file(tmp_path, bert_dir, name="spread", n_trials=2, concurrency=2, max_steps=10)
-    run = _sftune(path, "--address", two_nodes.address, env=_env())
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert f"ray: joined the cluster at {two_nodes.address} in" in run.stdout
-    assert "(2 node(s), 2 CPUs, 0 GPUs)" in run.stdout
-    trials = _trials(tmp_path, "spread")
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    assert all(t.user_attrs.get("host") for t in trials)
-    assert {t.user_attrs.get("node") for t in trials} == {n.node_id() for n in two_nodes.nodes}
-
-
-def test_the_data_reaches_workers_through_ray_not_the_filesystem(tmp_path: Path, bert_dir: Path,
-                                                                   two_nodes: Cluster) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="data", n_trials=2, concurrency=2, max_steps=10)
     proc = subprocess.Popen(_cmd(path, "--address", two_nodes.address), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=_env())
     seen = []
@@ -105,10 +95,13 @@ def test_the_data_reaches_workers_through_ray_not_the_filesystem(tmp_path: Path,
             break
     out = "".join(seen) + proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out
+    assert f"ray: joined the cluster at {two_nodes.address} in" in out
+    assert "(2 node(s), 2 CPUs, 0 GPUs)" in out
     assert not (tmp_path / "data").exists()
-    trials = _trials(tmp_path, "data")
+    trials = _trials(tmp_path, "spread")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, out
-    assert len({t.user_attrs["node"] for t in trials}) == 2
+    assert all(t.user_attrs.get("host") for t in trials)
+    assert {t.user_attrs.get("node") for t in trials} == {n.node_id() for n in two_nodes.nodes}
 
 
 def test_more_cpus_per_trial_than_any_node_has(tmp_path: Path, bert_dir: Path, two_nodes: Cluster) -> None:
@@ -167,19 +160,9 @@ def test_an_address_no_cluster_answers(tmp_path: Path, bert_dir: Path, how: str)
     assert _no_trials(tmp_path, "nowhere")
 
 
-def _raylets_here() -> bool:
-    for pid in process_table():
-        try:
-            if b"raylet" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return True
-        except OSError:
-            continue
-    return False
-
-
 def test_auto_with_no_cluster_on_this_machine(tmp_path: Path, bert_dir: Path) -> None:
-    if _raylets_here():
-        pytest.skip("a Ray cluster runs on this machine: `auto` would find it")
+    if runs_a_raylet() is not False:
+        pytest.skip("a Ray node runs on this machine (or /proc cannot tell): `auto` would find it")
     path = tiny.study_file(tmp_path, bert_dir, name="auto", n_trials=1)
     err = _bad_input(_sftune(path, "--address", "auto", env=_env(), timeout=120))
     assert "--address: auto: no running Ray cluster found on this machine" in err
@@ -207,11 +190,12 @@ def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 300) -> s
 
 
 def test_a_sigkilled_driver_leaves_no_ray_process_behind(tmp_path: Path, bert_dir: Path) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="reaped", n_trials=2, concurrency=2, max_steps=300)
+    path = tiny.study_file(tmp_path, bert_dir, name="reaped", n_trials=2, concurrency=2, max_steps=10)
     proc = subprocess.Popen(_cmd(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
                             start_new_session=True)
     try:
-        _wait_for_line(proc, " step ")  # trials are training on the local cluster
+        _wait_for_line(proc, "ray: started a local cluster")
+        time.sleep(3)  # the idle workers Ray starts with the cluster are up
         started = descendants(proc.pid, process_table())  # the driver's Ray: GCS, raylet, agents, workers
         assert len(started) >= 5, started
         os.kill(proc.pid, signal.SIGKILL)

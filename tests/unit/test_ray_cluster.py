@@ -123,6 +123,13 @@ def test_token_problems_say_how_to_provide_the_token(exc: Exception, env: dict, 
         assert way in problem.message
 
 
+def test_a_driver_on_a_machine_that_is_not_a_node() -> None:
+    exc = RuntimeError("No node info found matching attributes: '192.0.2.7' when trying to resolve node to connect to.")
+    message = join_problem(Target("10.0.0.1:6379", "--address"), exc, {}).message
+    assert message.startswith("this machine is not a node of the Ray cluster at 10.0.0.1:6379")
+    assert "`ray start --address=10.0.0.1:6379`" in message
+
+
 def test_auto_without_a_cluster() -> None:
     exc = ConnectionError("Could not find any running Ray instance. Please specify the one to connect to")
     assert "no running Ray cluster found" in join_problem(Target("auto", "--address"), exc, {}).message
