@@ -54,3 +54,13 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'study.db'}"
     return request.getfixturevalue("postgres_server").new_database()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster of 2 CPUs for one test module (started and shut down by the tests)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
