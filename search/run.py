@@ -9,7 +9,7 @@ import optuna
 
 from search.config import StudyConfig, load_study
 from search.progress import make_progress
-from search.report import render_table, summary
+from search.report import next_hints, render_table, summary
 from search.data_report import data_report, short_form
 from search.study import (StorageFailure, base_changes, fail_stale, finished, open_study, sqlite_path,
                           storage_problem)
@@ -66,7 +66,7 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
                 evaluate_best_on_test(study, cfg, top=1, say=say)  # once, when the study is complete
     say("")
     say(render_table(summary(study, cfg)))
-    say(f"\nnext: sftune status {path} · sftune dashboard {path} · sftune export {path} --out best.yaml")
+    say("\n" + next_hints(path, overrides, storage))
     return 1 if gave_up else 0
 
 
