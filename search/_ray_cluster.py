@@ -25,7 +25,7 @@ from trainer import ConfigError, Problem
 
 PROBE_TIMEOUT_S = 3.0
 JOIN_TRIES = 5
-"""Ray retries a GCS that does not accept the driver (a missing or wrong token) 20 times, a second apart."""
+"""Tries to join, a second apart (Ray's default, 20, makes a missing or wrong token cost 20 s)."""
 
 _WATCHING_TILL_EXIT: list[Any] = []
 """Watchers whose pipe must stay open until this process exits (kept referenced: a collected Popen closes it)."""
@@ -42,11 +42,6 @@ class Target:
     address: str | None
     source: str
     """Where the address came from: "--address", "RAY_ADDRESS", or "" for a local cluster."""
-
-    def describe(self) -> str:
-        if self.source == "RAY_ADDRESS":
-            return f"RAY_ADDRESS={self.address}"
-        return f"--address {self.address}"
 
 
 def choose_target(address: str | None, environ: Mapping[str, str]) -> Target:
@@ -154,7 +149,7 @@ def join_problem(target: Target, exc: BaseException, environ: Mapping[str, str])
         if mode != "token":
             what = "uses token authentication, which this driver has not turned on"
         elif "no authentication token was found" in text or "cannot be opened" in text:
-            what = "uses token authentication, and this driver has no token"
+            what = f"uses token authentication, and this driver has no token ({getattr(exc, 'message', exc)})"
         else:
             what = "refused this driver's token (it is not the cluster's)"
         return Problem(target.source, "", f"the Ray cluster at {target.address} {what}: {TOKEN_HELP}")
