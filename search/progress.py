@@ -30,6 +30,18 @@ def short_params_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{n if last.count(n) == 1 else k}={short(v)}" for k, n, v in zip(params, last, params.values()))
 
 
+def finished_line(number: int | None, state: str, values: list[float] | None, message: str,
+                  metrics: list[str]) -> str:
+    """The line that says how a trial ended, the same in plain lines and in the live view's log."""
+    who = f"trial {number}" if number is not None else "a trial"
+    if state == "COMPLETE":
+        shown = ", ".join(f"{m}={v:.4f}" for m, v in zip(metrics, values or [])) or message
+        return f"{who} complete: {shown}"
+    if state == "PRUNED":
+        return f"{who} pruned{': ' + message if message else ''}"
+    return f"{who} FAILED: {message}"
+
+
 class Progress(Protocol):
     """Events of one `sftune run`, in the order they happen (all calls come from the driver's thread)."""
 
@@ -74,14 +86,7 @@ class LineProgress:
         self.say(f"trial {number} step {step}{of}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def trial_finished(self, number: int | None, state: str, values: list[float] | None, message: str) -> None:
-        who = f"trial {number}" if number is not None else "a trial"
-        if state == "COMPLETE":
-            shown = ", ".join(f"{m}={v:.4f}" for m, v in zip(self.metrics, values or [])) or message
-            self.say(f"{who} complete: {shown}")
-        elif state == "PRUNED":
-            self.say(f"{who} pruned{': ' + message if message else ''}")
-        else:
-            self.say(f"{who} FAILED: {message}")
+        self.say(finished_line(number, state, values, message, self.metrics))
 
     def counts(self, *, finished: int, n_trials: int, running: int, pruned: int, failed: int, best: str) -> None:
         self.say(f"[{time.time() - self.started:6.0f}s] finished {finished}/{n_trials} · running {running} · "
@@ -179,14 +184,7 @@ class LiveProgress:
                     row.metrics.update(zip(self.metrics, values))
                 if state in ("COMPLETE", "PRUNED"):
                     self.durations.append(now - row.started)
-        who = f"trial {number}" if number is not None else "a trial"
-        if state == "COMPLETE":
-            shown = ", ".join(f"{m}={v:.4f}" for m, v in zip(self.metrics, values or [])) or message
-            self.message(f"{who} complete: {shown}")
-        elif state == "PRUNED":
-            self.message(f"{who} pruned{': ' + message if message else ''}")
-        else:
-            self.message(f"{who} FAILED: {message}")
+        self.message(finished_line(number, state, values, message, self.metrics))
         self._refresh()
 
     def counts(self, *, finished: int, n_trials: int, running: int, pruned: int, failed: int, best: str) -> None:
