@@ -204,6 +204,8 @@ class Driver:
         pruned = tune_id in self.pruned
         state = outcome_state(pruned=pruned, error=error, result=result)
         if state == TrialState.PRUNED:
+            if result and seconds_of(result):  # its last evaluation's timing: where a pruned trial's time went
+                self.guard(trial.set_user_attr, "seconds", seconds_of(result))
             self.tell(trial, state=TrialState.PRUNED)
             self.n_pruned += 1
             self.progress.trial_finished(trial.number, "PRUNED", None, f"at step {self.last_step.get(tune_id, 0)}")

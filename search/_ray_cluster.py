@@ -209,7 +209,7 @@ def _join(target: Target) -> None:
         with _stderr_kept_aside() as printed:
             try:
                 ray.init(address=target.address, include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR")
+                         logging_level="ERROR", runtime_env={"env_vars": worker_env()})
             except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
                 problem = join_problem(target, exc, os.environ)
                 if problem.message.startswith("could not join"):  # not one we know: show what Ray said
@@ -322,8 +322,21 @@ class Cluster:
         os.environ.pop("SFTUNE_WARM", None)
 
 
+REUSE_WAIT_S = 60
+"""How long a reused trial actor waits for the previous trial's thread to end (Tune's default, 2 s, is shorter
+than a job's clean-up on a busy machine; an actor that cannot be reused left the run waiting for ever)."""
+
+
+def worker_env() -> dict[str, str]:
+    """Environment every trial worker needs, whichever node runs it."""
+    return {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))}
+
+
 def _quiet_ray_defaults(cfg: StudyConfig) -> None:
-    """Ray and Tune settings read from the environment: no callbacks, no usage report, no log dedup."""
+    """Ray and Tune settings read from the environment: no callbacks, no usage report, no log dedup;
+    a local cluster's workers inherit them (and `worker_env`) from this process."""
+    for key, value in worker_env().items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(cfg.budget.concurrency))

@@ -87,9 +87,10 @@ def test_a_pruned_trial_is_pruned_not_complete(tmp_path: Path, bert_dir: Path) -
     d.suggest("t1")
     _ready(d, "t1")
     assert _eval(d, "t1", 10, 0.5) is True  # the scheduler stops it
-    d.complete("t1", {"accuracy": 0.5, "step": 10}, error=False)  # Tune reports the stopped trial as complete
+    d.complete("t1", {"accuracy": 0.5, "step": 10, "seconds/train": 1.5}, error=False)  # Tune: "complete"
     (t,) = d.study.trials
     assert t.state == TrialState.PRUNED and d.n_pruned == 1
+    assert t.user_attrs["seconds"] == {"train": 1.5}  # its time is kept too
 
 
 def test_a_job_error_fails_alone_and_is_not_retried(tmp_path: Path, bert_dir: Path) -> None:

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -237,3 +238,14 @@ def test_orphans_are_what_the_driver_no_longer_holds() -> None:
     assert sorted(orphans((10, 100), known, table)) == [13]
     dead = {k: v for k, v in table.items() if k != 10}
     assert sorted(orphans((10, 100), known, dead)) == [11, 12, 13]
+
+
+def test_trial_workers_wait_long_enough_to_reuse_an_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tune's default (2 s) for a stopped trial's thread to end is shorter than a job's clean-up on a busy
+    # machine; an actor that could not be reused left a run waiting for ever.
+    from search._ray_cluster import REUSE_WAIT_S, _quiet_ray_defaults, worker_env
+
+    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
+    assert worker_env() == {"TUNE_FUNCTION_THREAD_TIMEOUT_S": str(REUSE_WAIT_S)} and REUSE_WAIT_S >= 30
+    _quiet_ray_defaults(SimpleNamespace(budget=SimpleNamespace(concurrency=2)))  # before ray.init: workers inherit
+    assert os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] == str(REUSE_WAIT_S)
