@@ -8,22 +8,26 @@ only send results back. The trial budget is counted in storage, so several drive
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from search._gpu import check_packing
+from search.artifacts import apply_retention, store_trial, write_note
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
 from search.space import sample_params
-from search.study import count_states, fail_stale, record_heartbeats, requeue, storage_problem
+from search.study import count_states, fail_stale, heartbeat_settings, record_heartbeats, requeue, storage_problem
 
 ERROR_KEY = "sftune_error"
 DONE_KEY = "sftune_done"
 READY_KEY = "sftune_ready"
-HEARTBEAT_EVERY_S = 5.0
+FILES_KEY = "sftune_files"
 MAX_RETRIES = 2
 """How often the params of a trial whose worker died are queued again (a config that kills its worker stops)."""
 
@@ -31,12 +35,17 @@ FINISHED = "FINISHED"
 """What `suggest` returns when this driver will start no more trials (Tune's Searcher.FINISHED)."""
 
 
+def nested(result: dict[str, Any], key: str) -> dict[str, Any]:
+    """A dict the worker reported under `key` (Tune may flatten it to `key/name` entries)."""
+    value = result.get(key)
+    if isinstance(value, dict):
+        return dict(value)
+    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith(key + "/")}
+
+
 def seconds_of(result: dict[str, Any]) -> dict[str, float]:
-    """The job's timing from a Tune result (Tune may flatten the nested dict to `seconds/train` keys)."""
-    nested = result.get("seconds")
-    if isinstance(nested, dict):
-        return dict(nested)
-    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("seconds/")}
+    """The job's timing from a Tune result."""
+    return nested(result, "seconds")
 
 
 def not_finite(values: list[float]) -> str | None:
@@ -67,6 +76,8 @@ class Driver:
     progress: Progress = None  # type: ignore[assignment]
     job: str | None = None
     """`module:function` run by workers instead of the fine-tuning job (benchmarks of the driver)."""
+    node: str | None = None
+    """The Ray node this driver runs on: a trial elsewhere sends its output files back."""
     trials: dict[str, optuna.Trial] = field(default_factory=dict)
     pruned: set[str] = field(default_factory=set)
     stopped: dict[str, str] = field(default_factory=dict)
@@ -83,6 +94,7 @@ class Driver:
     fatal: str = ""
     """A storage failure that ended the run (exit 1)."""
     waiting_for_others: bool = False
+    packing_said: bool = False
     last_beat: float = 0.0
     started: float = field(default_factory=time.time)
     timings: dict[str, list[float]] = field(default_factory=lambda: {"ask": [], "tell": [], "decide": []})
@@ -180,7 +192,9 @@ class Driver:
         self.trials[tune_id] = trial
         self.timings["ask"].append(time.perf_counter() - started)
         self.progress.trial_started(trial.number, sampled)
-        return {"sftune": {"number": trial.number, "config": config, "job": self.job}}
+        keep_best = [self.cfg.metrics[0], self.cfg.directions[0]] if self.cfg.use == "best" else None
+        return {"sftune": {"number": trial.number, "config": config, "job": self.job, "driver_node": self.node,
+                           "keep_best": keep_best}}
 
     def complete(self, tune_id: str, result: dict[str, Any] | None, error: bool) -> None:
         """Tune says a trial ended (ran out, was stopped, or its worker failed): tell Optuna its exact state."""
@@ -195,19 +209,76 @@ class Driver:
             self.progress.trial_finished(trial.number, "PRUNED", None, f"at step {self.last_step.get(tune_id, 0)}")
         elif state == TrialState.COMPLETE:
             assert result is not None
-            values = [float(result[m]) for m in self.cfg.metrics]
+            values = self.values_of(tune_id, trial, result)
             bad = not_finite(values)
             if bad:
                 self.fail(trial, f"metric was {bad} at the end (step {int(result.get('step', 0))})")
             else:
+                self.keep_files(trial, result)
                 self.guard(trial.set_user_attr, "final_step", int(result.get("step", 0)))
                 self.guard(trial.set_user_attr, "seconds", seconds_of(result))
+                if nested(result, "data_warnings"):
+                    self.guard(trial.set_user_attr, "data_warnings", nested(result, "data_warnings"))
+                self.note_memory(trial, nested(result, "memory"))
+                self.store_files(trial)
                 if self.tell(trial, values if len(values) > 1 else values[0]):
                     self.completed += 1
                     self.progress.trial_finished(trial.number, "COMPLETE", values, "")
+                    self.outputs(apply_retention, self.study, self.cfg)
         else:
             self.fail(trial, *self._failure(tune_id, trial, result, error))
+        self.outputs(write_note, self.study, self.cfg, trial.number, self.history.pop(tune_id, None))
         self.show_counts()
+
+    def note_memory(self, trial: optuna.Trial, memory: dict[str, float]) -> None:
+        """A trial's CUDA figures as user attributes (`cuda_peak_mb`, `cuda_allocated_end_mb`, ...); the first
+        peak seen is judged against the GPU's memory and the trials packed on it (said once)."""
+        if not memory:
+            return
+        for key, value in memory.items():
+            self.guard(trial.set_user_attr, key, value)
+        if not self.packing_said and "cuda_reserved_peak_mb" in memory:
+            self.packing_said = True
+            packing = check_packing(self.cfg.resources.gpu, self.cfg.budget.concurrency, memory)
+            prefix = "warning: " if packing.verdict in ("over", "tight") else ""
+            self.progress.message(f"{prefix}GPU memory: {packing.message}")
+
+    def values_of(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any]) -> list[float]:
+        """A complete trial's values: its final evaluation, or with `objective.use: best` its best one
+        (by the first objective; the earliest step wins a tie), whose step is kept as `best_step`."""
+        final = [float(result[m]) for m in self.cfg.metrics]
+        history = [h for h in self.history.get(tune_id, []) if all(m in h for m in self.cfg.metrics)]
+        if self.cfg.use != "best" or not history:
+            return final
+        sign = 1.0 if self.cfg.directions[0] == "maximize" else -1.0
+        first = self.cfg.metrics[0]
+        best = max(history, key=lambda h: (sign * h[first] if not math.isnan(h[first]) else -math.inf, -h["step"]))
+        self.guard(trial.set_user_attr, "best_step", int(best["step"]))
+        return [float(best[m]) for m in self.cfg.metrics]
+
+    def store_files(self, trial: optuna.Trial) -> None:
+        """A complete trial's saved adapter or model, metrics.json and config.yaml to the artifact store
+        (before `tell`: Optuna keeps artifact records on a running trial)."""
+        config = self.guard(lambda: trial.user_attrs.get("config")) or {}
+        if config.get("save", "none") != "none" and self.job is None:
+            folder = Path(self.cfg.output_dir) / "trials" / f"{trial.number:04d}"
+            self.outputs(store_trial, self.study, self.cfg, trial.number, folder)
+
+    def outputs(self, fn: Any, *args: Any) -> None:
+        """What a trial leaves for people (artifacts, notes): a failure there is said, never fatal to the run."""
+        try:
+            self.guard(fn, *args)
+        except Exception as exc:  # noqa: BLE001 - the trial's result is already safe in storage
+            self.progress.message(f"note: {getattr(fn, '__name__', 'saving outputs')} failed: "
+                                  f"{type(exc).__name__}: {exc}")
+
+    def keep_files(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
+        """A trial that ran on another node sent its output files: write them where the driver keeps them."""
+        data = result.pop(FILES_KEY, None)
+        if data:
+            from search._ray_worker import unpack
+
+            unpack(data, Path(self.cfg.output_dir) / "trials" / f"{trial.number:04d}")
 
     def _failure(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any] | None,
                  error: bool) -> tuple[str, bool]:
@@ -284,6 +355,7 @@ class Driver:
         self.guard(trial.set_user_attr, "history", history)
         max_steps = result.get("max_steps")
         self.progress.trial_reported(trial.number, step, int(max_steps) if max_steps else None, metrics)
+        self.note_memory(trial, nested(result, "memory"))
         values = [metrics[m] for m in self.cfg.metrics if m in metrics]
         if len(values) != len(self.cfg.metrics):
             return False
@@ -306,13 +378,28 @@ class Driver:
             self.errors[tune_id] = f"the trial's Ray worker died: {text[-1] if text else type(error).__name__}"
 
     # ---- the driver's loop --------------------------------------------------------------------
+    def heartbeats(self) -> threading.Event:
+        """Stamp this driver's running trials every heartbeat interval from a thread of their own, so a busy
+        Tune loop never lets another driver take a live trial for stale; set the returned event to stop."""
+        stop = threading.Event()
+        interval = heartbeat_settings()[0]
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    record_heartbeats(self.study, [t.number for t in list(self.trials.values())])
+                except Exception:  # noqa: BLE001 - a storage failure is met (and reported) by the loop
+                    pass
+
+        threading.Thread(target=beat, name="sftune-heartbeat", daemon=True).start()
+        return stop
+
     def tick(self) -> None:
-        """Every few seconds: heartbeats for this driver's trials, and recover trials of dead drivers."""
+        """Every heartbeat interval, in Tune's loop: recover the trials of drivers that died."""
         now = time.time()
-        if now - self.last_beat < HEARTBEAT_EVERY_S:
+        if now - self.last_beat < heartbeat_settings()[0]:
             return
         self.last_beat = now
-        self.guard(record_heartbeats, self.study, [t.number for t in self.trials.values()])
         for frozen in self.guard(fail_stale, self.study) or []:
             self.progress.message(f"trial {frozen.number} was left RUNNING by a driver that died: marked FAIL, "
                                   "its params queued again")

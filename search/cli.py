@@ -1,4 +1,4 @@
-"""The `sftune` command line: train, run, status, export, dashboard."""
+"""The `sftune` command line: train, run, status, export, plot, report, dashboard, spaces, data, test."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 import sys
 from typing import Callable
 
-from trainer import ConfigError
+from trainer import ConfigError, Problem
 
 EXIT_BAD_INPUT = 2
+EXIT_STORAGE = 1
+"""A study database that failed during a run (search.study.StorageFailure): one line, no traceback."""
 
 
 def _print(msg: str) -> None:
@@ -21,28 +23,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.set)
     prepared = prepare(cfg, source=args.config)
     _print(f"sftune train: {cfg.task} · model {cfg.model} · peft {cfg.peft.method} · "
-           f"{len(prepared.train)} train / {len(prepared.validation)} validation examples")
+           f"{len(prepared.train)} train / {len(prepared.validation)} validation examples"
+           + (f" / {len(prepared.test)} held-out test" if prepared.test else ""))
+    _print_data_warnings(cfg, prepared)
     result = run_job(cfg, source=args.config, progress=_print, prepared=prepared)
     _print("final metrics (step {}/{}, {:.0f}s on {}):".format(result.step, result.max_steps,
                                                               result.seconds["total"], result.device))
     for key, value in result.metrics.items():
         _print(f"  {key:<10} {value:.4f}")
+    if result.test_metrics:
+        _print(f"held-out test ({len(prepared.test)} examples, evaluated once at the end):")
+        for key, value in result.test_metrics.items():
+            _print(f"  {key:<15} {value:.4f}")
     _print(f"wrote {cfg.output_dir}/metrics.json")
     return 0
+
+
+def _print_data_warnings(cfg, prepared) -> None:  # noqa: ANN001
+    from trainer import describe_warnings
+
+    for line in describe_warnings(prepared.warnings, prepared.stats, cfg.train.max_length, cfg.task):
+        _print(f"warning: {line}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from search.run import run_study
 
     return run_study(args.study, args.set, n_trials=args.n_trials, storage=args.storage, address=args.address,
-                     say=_print)
+                     say=_print, allow_base_change=args.allow_base_change)
 
 
 def _open(args: argparse.Namespace):  # noqa: ANN202
+    """The study file (with --set / --storage) and its existing study; never creates a database."""
     from search.config import load_study
+    from search.report import missing_database
     from search.study import load_existing
 
-    cfg = load_study(args.study, storage=args.storage)
+    cfg = load_study(args.study, args.set, storage=args.storage)
+    problem = missing_database(cfg)
+    if problem is not None:
+        raise ConfigError(problem)
     return cfg, load_existing(cfg)
 
 
@@ -58,15 +78,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from search.report import export_trial
+    from search.artifacts import fetch_trial_files
+    from search.report import export_path, export_trial
 
     cfg, study = _open(args)
-    trial = export_trial(study, cfg, Path(args.out), args.trial)
+    out = export_path(args.out, args.trial)
+    trial = export_trial(study, cfg, out, args.trial)
     values = ", ".join(f"{m} {v:.4f}" for m, v in zip(cfg.metrics, trial.values or []))
-    _print(f"exported trial {trial.number} ({trial.state.name}{', ' + values if values else ''}) to {args.out}\n"
-           f"re-run it: sftune train {args.out}")
+    _print(f"exported trial {trial.number} ({trial.state.name}{', ' + values if values else ''}) to {out}")
+    fetched = fetch_trial_files(study, cfg, trial.number, out)
+    if fetched is not None:
+        _print(f"its {fetched.name.rsplit('-', 1)[-1]} (from the study's artifact store): {fetched}")
+    _print(f"re-run it: sftune train {out}")
     return 0
 
 
@@ -81,21 +104,102 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for path in written:
         _print(f"wrote {path}")
     if not written:
-        _print("nothing to plot yet: the study has no finished trials")
+        _print(f"nothing to plot yet: study {cfg.name!r} has no complete trial and no evaluation; no file written")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.html_report import write_report
+
+    cfg, study = _open(args)
+    out = Path(args.out or f"{cfg.name}-report.html")
+    if out.is_dir():
+        out = out / f"{cfg.name}-report.html"
+    write_report(study, cfg, out)
+    _print(f"wrote {out} (one file, opens offline)")
+    return 0
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from search.recipes import description, shipped_spaces, shipped_studies
+
+    _print("shipped search spaces (in a study file: `space: NAME`):")
+    spaces = shipped_spaces()
+    width = max((len(n) for n in spaces), default=0)
+    for name, path in spaces.items():
+        _print(f"  {name:<{width}}  {description(path)}")
+    _print("shipped studies (`sftune run NAME`; the database and runs/ go to the current folder):")
+    for name, path in shipped_studies().items():
+        _print(f"  {name:<{width}}  {description(path)}")
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from search.config import load_study
-    from search.study import open_storage
+    from search.artifacts import artifact_store
 
-    cfg = load_study(args.study, storage=args.storage)
-    storage = open_storage(cfg.storage, str(cfg.path))
+    cfg, study = _open(args)
     import optuna_dashboard
 
     _print(f"optuna-dashboard for {cfg.storage} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    optuna_dashboard.run_server(study._storage, host=args.host, port=args.port,
+                                artifact_store=artifact_store(cfg, create=False))
     return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    import json
+
+    from search.data_report import data_report, render
+
+    cfg, source = _train_config_of(args.config, args.set)
+    report = data_report(cfg, source)
+    _print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def _train_config_of(path: str, overrides: list[str]):  # noqa: ANN202
+    """A train config file, or a study file's base config (a study has `base` and `space`)."""
+    from trainer import load_train_config, read_yaml
+
+    raw = read_yaml(path)
+    if "base" in raw and "space" in raw:
+        from search.config import load_study
+
+        study = load_study(path, [f"base.{o}" if not o.startswith("base.") else o for o in overrides])
+        return study.base_config, str(study.path)
+    return load_train_config(path, overrides), path
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from search.testset import evaluate_best_on_test
+
+    cfg, study = _open(args)
+    results = evaluate_best_on_test(study, cfg, top=args.top, say=_print)
+    if not results:
+        raise ConfigError(Problem(str(cfg.path), "", f"study {cfg.name!r} has no complete trial to test yet"))
+    _print(f"stored test_metrics on {len(results)} trial(s) and on study {cfg.name} (sftune status {args.study})")
+    return 0
+
+
+def _study_options(p: argparse.ArgumentParser) -> None:
+    """What locates a study, the same for every command that opens one."""
+    p.add_argument("study", help="study YAML, or the name of a shipped study (see `sftune spaces`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a study key (budget.n_trials=20, name=other) or a base config key "
+                        "(base.train.max_steps=100), as given to `sftune run` (repeatable)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="study database URL (default: the study file's storage)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sftune")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sftune",
         description="Find the best hyperparameters for supervised fine-tuning of transformer models.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"sftune {_version()}",
+                        help="print the installed version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="one of the commands below; "
+                                "`sftune COMMAND --help` for its options")
     sub.required = True
 
     p = sub.add_parser("train", help="run one fine-tuning job from a train config",
@@ -116,40 +223,65 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run (or resume) a study: trials through Ray Tune, sampled and pruned by Optuna",
                        description="Create or resume the study and run trials until it holds budget.n_trials "
                                    "finished (complete or pruned) trials.")
-    p.add_argument("study", help="study YAML")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a study key (budget.n_trials=20) or a base config key (base.train.max_steps=100)")
+    _study_options(p)
     p.add_argument("--n-trials", type=int, default=None, help="finished trials the study should hold in total")
-    p.add_argument("--storage", default=None, help="study database URL (default: the study file's storage)")
-    p.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto) instead of starting one")
+    p.add_argument("--address", default=None,
+                   help="join the Ray cluster at HOST:PORT (or auto) instead of starting a local one; default: "
+                        "RAY_ADDRESS if set; `local` starts a local cluster whatever RAY_ADDRESS says")
+    p.add_argument("--allow-base-change", action="store_true",
+                   help="resume a study whose base config changed since it was created (its trials will not "
+                        "all compare); without it such a resume is refused")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="counts by state, the best trial and the top trials of a study")
-    p.add_argument("study", help="study YAML")
-    p.add_argument("--storage", default=None)
-    p.add_argument("--top", type=int, default=5)
+    p = sub.add_parser("status", help="counts by state, the best and top trials, why trials failed")
+    _study_options(p)
+    p.add_argument("--top", type=int, default=5, help="how many of the best trials to list (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("export", help="write a trial's complete train config (the best by default)")
-    p.add_argument("study", help="study YAML")
-    p.add_argument("--out", required=True, help="where to write the train config, e.g. best.yaml")
+    p = sub.add_parser("export", help="write a trial's complete train config (the best by default) and its "
+                                      "stored adapter or model")
+    _study_options(p)
+    p.add_argument("--out", required=True, help="the train config to write, e.g. best.yaml, or a folder to write "
+                                                "best.yaml (trial-N.yaml with --trial) into")
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
-    p.add_argument("--storage", default=None)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="save PNG pictures: optimization history, learning curves, importances")
-    p.add_argument("study", help="study YAML")
+    _study_options(p)
     p.add_argument("--out", default=None, help="folder for the PNGs (default: <output_dir>/plots)")
-    p.add_argument("--storage", default=None)
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study's storage")
-    p.add_argument("study", help="study YAML")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--storage", default=None)
+    p = sub.add_parser("report", help="write one self-contained HTML report of a study (opens with no network)")
+    _study_options(p)
+    p.add_argument("--out", default=None, help="the HTML file to write (default: <name>-report.html here)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study's storage and artifacts")
+    _study_options(p)
+    p.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine only)")
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("data", help="report on a config's data before training: sizes, labels, duplicates, "
+                                    "leakage, token lengths",
+                       description="Rows per split, label balance, empty and duplicate rows, rows shared between "
+                                   "splits, token lengths against max_length, and what to do about them.")
+    p.add_argument("config", help="train config YAML, or a study YAML (its base config is used)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a train config key, e.g. --set train.max_length=256")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("test", help="retrain the best trial (or top K) and evaluate it once on the held-out test "
+                                    "split", description="Needs data.test or data.test_fraction in the base config; "
+                                    "stores test_metrics on each trial and on the study.")
+    _study_options(p)
+    p.add_argument("--top", type=int, default=1, help="how many of the best trials to test (default 1)")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("spaces", help="list the search spaces and studies that ship with sftune")
+    p.set_defaults(func=cmd_spaces)
     return parser
 
 
@@ -165,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        study = sys.modules.get("search.study")  # imported by then if the study's storage failed
+        if study is not None and isinstance(exc, study.StorageFailure):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_STORAGE
+        raise
 
 
 if __name__ == "__main__":

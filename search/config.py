@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from search.space import Space, parse_space
+from search.recipes import is_shipped, looks_like_name, shipped_spaces, shipped_studies
+from search.space import Space, check_space_with_base, parse_space
 from trainer import DIRECTIONS, FIELDS, METRICS, ConfigError, Problem, TrainConfig, config_from_dict, read_yaml
 from trainer._schema import build, describe, did_you_mean, set_dotted
 from trainer.config import apply_overrides, parse_overrides
@@ -30,6 +31,8 @@ class Objective:
     metric: str
     direction: str | None = None
     """maximize | minimize; default: the metric's natural direction."""
+    use: str = "final"
+    """final | best: a trial's value is its last evaluation, or its best one (whose weights are kept)."""
 
 
 @dataclasses.dataclass
@@ -63,6 +66,11 @@ class StudyFile:
     resources: Resources = dataclasses.field(default_factory=Resources)
     output_dir: str | None = None
     """Trial outputs and Ray's files; default runs/<name> where sftune runs."""
+    artifacts: str | None = None
+    """Where complete trials' files go (with save: adapter | model): a folder, or s3://bucket/prefix;
+    default <output_dir>/artifacts."""
+    keep_best: int | None = None
+    """Keep the stored files of only this many best trials (default: every complete trial's)."""
 
 
 @dataclasses.dataclass
@@ -82,6 +90,9 @@ class StudyConfig:
     base_config: TrainConfig
     space: Space
     output_dir: Path
+    artifacts: str = ""
+    """The artifact store: an s3:// URL or an absolute folder (see `search.artifacts`)."""
+    keep_best: int | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -90,6 +101,11 @@ class StudyConfig:
     @property
     def metrics(self) -> list[str]:
         return [o.metric for o in self.objectives]
+
+    @property
+    def use(self) -> str:
+        """final | best: which evaluation is a trial's value (one objective; `best` needs a single one)."""
+        return self.objectives[0].use
 
     @property
     def multi_objective(self) -> bool:
@@ -113,12 +129,26 @@ class StudyConfig:
 
 
 def default_storage(path: Path, name: str) -> str:
-    return f"sqlite:///{(path.resolve().parent / f'{name}.db')}"
+    """A SQLite file beside the study file; for a shipped study, in the folder sftune runs from."""
+    folder = Path.cwd() if is_shipped(path) else path.resolve().parent
+    return f"sqlite:///{folder / f'{name}.db'}"
+
+
+def find_study_file(value: str | Path) -> Path:
+    """A study file path, or the name of a shipped study (`quickstart`) when no such file exists."""
+    path = Path(value)
+    if path.exists() or not looks_like_name(str(value)):
+        return path
+    shipped = shipped_studies()
+    if str(value) in shipped:
+        return shipped[str(value)]
+    raise ConfigError(Problem(str(value), "", f"no such study file, nor a shipped study{did_you_mean(str(value), shipped)}"
+                              f" (shipped: {', '.join(shipped) or 'none'})"))
 
 
 STUDY_FIELDS = {f.name for f in dataclasses.fields(StudyFile)}
 STUDY_KEYS = {"name", "storage", "output_dir", "sampler", "pruner", "base", "space", "objective",
-              "objective.metric", "objective.direction", "budget.n_trials", "budget.timeout",
+              "objective.metric", "objective.direction", "objective.use", "artifacts", "keep_best", "budget.n_trials", "budget.timeout",
               "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu"}
 
 
@@ -169,6 +199,14 @@ def _objectives(raw: Any, task: str, source: str, problems: list[Problem]) -> li
             problems.append(Problem(source, f"{key}.metric", f"task {task} reports {', '.join(METRICS[task])}; "
                                     f"found {obj.metric!r}{did_you_mean(obj.metric, METRICS[task])}"))
             continue
+        if obj.use not in ("final", "best"):
+            problems.append(Problem(source, f"{key}.use", f"expected final or best, found "
+                                    f"{obj.use!r}{did_you_mean(str(obj.use), ['final', 'best'])}"))
+            continue
+        if obj.use == "best" and isinstance(raw, list):
+            problems.append(Problem(source, f"{key}.use", "best needs a single objective (a multi-objective "
+                                    "study has no one best evaluation); use final"))
+            continue
         if obj.direction is None:
             obj.direction = DIRECTIONS[obj.metric]
         elif obj.direction not in ("maximize", "minimize"):
@@ -207,17 +245,24 @@ def _inline_or_file(value: Any, key: str, what: str, base_dir: Path, source: str
     if not isinstance(value, str):
         return value, source, base_dir
     path = Path(value) if Path(value).is_absolute() else base_dir / value
+    if what == "space" and not path.exists() and looks_like_name(value) and value in shipped_spaces():
+        path = shipped_spaces()[value]  # a shipped space by name
     try:
         return read_yaml(path, what), str(path), path.resolve().parent
     except ConfigError as exc:
-        problems.extend(Problem(source, key, p.message) for p in exc.problems)
+        hint = ""
+        if what == "space" and looks_like_name(value):
+            hint = f" (no such file, nor a shipped space{did_you_mean(value, shipped_spaces())}; " \
+                   f"shipped: {', '.join(shipped_spaces())})"
+        # A problem inside the file (a duplicated key) keeps its file and key; one with the file itself is `key`'s.
+        problems.extend(p if p.key else Problem(source, key, p.message + hint) for p in exc.problems)
         return None, source, base_dir
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials: int | None = None,
                storage: str | None = None) -> StudyConfig:
     """Read and check a study file, its base config and its space; raise ConfigError listing every problem."""
-    path = Path(path)
+    path = find_study_file(path)
     source = str(path)
     problems: list[Problem] = []
     known = {**{k: None for k in STUDY_KEYS}, **{f"base.{k}": v for k, v in FIELDS.items()}}
@@ -253,6 +298,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
                         prefix=prefix) if space_raw is not None else Space([])
     if base and space.params and not problems:
         _check_space_values(space, base, base_root, prefix, problems)
+        check_space_with_base(space, base_cfg, prefix, problems)
 
     task = base_cfg.task if base_cfg is not None else "classification"
     objectives = _objectives(study.objective, task, source, problems)
@@ -280,6 +326,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         problems.append(Problem(source, "resources.cpu", f"must be > 0, found {r.cpu}"))
     if r.gpu < 0:
         problems.append(Problem(source, "resources.gpu", f"must be >= 0, found {r.gpu}"))
+    if study.artifacts and "://" in study.artifacts and not study.artifacts.startswith("s3://"):
+        problems.append(Problem(source, "artifacts", f"expected a folder or s3://bucket/prefix, found "
+                                f"{study.artifacts!r}"))
+    if study.keep_best is not None and study.keep_best < 1:
+        problems.append(Problem(source, "keep_best", f"must be >= 1 (or null to keep every trial's files), "
+                                f"found {study.keep_best}"))
     if not study.name or not isinstance(study.name, str):
         problems.append(Problem(source, "name", "expected a non-empty study name"))
     if problems:
@@ -296,8 +348,18 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         base=base,
         base_config=base_cfg,
         space=space,
-        output_dir=Path(study.output_dir or f"runs/{study.name}").resolve(),
+        output_dir=(output_dir := Path(study.output_dir or f"runs/{study.name}").resolve()),
+        artifacts=_artifact_location(study.artifacts, output_dir),
+        keep_best=study.keep_best,
     )
+
+
+def _artifact_location(value: str | None, output_dir: Path) -> str:
+    if not value:
+        return str(output_dir / "artifacts")
+    if "://" in value:
+        return value
+    return str(Path(value).expanduser().resolve())
 
 
 def dump_yaml(data: dict[str, Any]) -> str:

@@ -20,23 +20,27 @@ def write_plots(study: optuna.Study, cfg: StudyConfig, out: Path) -> list[Path]:
     from optuna.visualization import matplotlib as vis
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    out.mkdir(parents=True, exist_ok=True)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    evaluated = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
     names = cfg.metrics
     plots: list[tuple[str, Callable[[], object]]] = []
-    if cfg.multi_objective:
+    if cfg.multi_objective and complete:
         plots.append(("pareto_front.png", lambda: vis.plot_pareto_front(study, target_names=names)))
         for i, name in enumerate(names):
             plots.append((f"history_{name}.png", lambda i=i, name=name: vis.plot_optimization_history(
                 study, target=lambda t: t.values[i], target_name=name)))
-    else:
+    elif complete:
         plots.append(("history.png", lambda: vis.plot_optimization_history(study, target_name=names[0])))
+    if evaluated and not cfg.multi_objective:
         plots.append(("learning_curves.png", lambda: vis.plot_intermediate_values(study)))
     if len(complete) >= 2 and study.best_trials and len(complete[0].params) >= 1:
-        target = (lambda t: t.values[0]) if cfg.multi_objective else None
+        sign = -1.0 if cfg.directions[0] == "maximize" else 1.0  # a given target is read as lower-is-better
+        target = (lambda t: sign * t.values[0]) if cfg.multi_objective else None
         plots.append(("importances.png", lambda: vis.plot_param_importances(study, target=target,
                                                                             target_name=names[0])))
-    written = []
+    written: list[Path] = []
+    if plots:  # nothing to draw: no folder, no blank picture
+        out.mkdir(parents=True, exist_ok=True)
     for filename, make in plots:
         try:
             make()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -11,14 +10,17 @@ import optuna
 from search.config import StudyConfig, load_study
 from search.progress import make_progress
 from search.report import render_table, summary
-from search.study import finished, open_study, recover_stale_trials
-from trainer import prepare_soon
+from search.data_report import data_report, short_form
+from search.study import (StorageFailure, base_changes, fail_stale, finished, open_study, sqlite_path,
+                          storage_problem)
+from search.testset import evaluate_best_on_test, has_test_split
+from trainer import Prepared, prepare_soon
 
 EXIT_INTERRUPTED = 130
 
 
 def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage: str | None,
-              address: str | None, say: Callable[[str], None]) -> int:
+              address: str | None, say: Callable[[str], None], allow_base_change: bool = False) -> int:
     cfg: StudyConfig = load_study(path, overrides, n_trials=n_trials, storage=storage)
     # Model and data are checked now, before Ray starts. Then three things overlap: tokenizing
     # (cached for every trial), opening the study, and starting Ray, whose workers import the
@@ -27,7 +29,7 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
     pending = prepare_soon(base, source=str(cfg.path), cache_dir=cfg.cache_dir)
     new_study = _is_new_sqlite(cfg.storage)
     with ThreadPoolExecutor(1, thread_name_prefix="sftune-open") as pool:
-        opening: Future = pool.submit(_open, cfg, say)
+        opening: Future = pool.submit(_open, cfg, say, allow_base_change)
         # An existing study may have nothing left to run: know that before starting Ray.
         if not new_study and cfg.budget.n_trials - opening.result()[1] <= 0:
             pending.result()
@@ -36,7 +38,8 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
             gave_up = False
             study = opening.result()[0]
         else:
-            from search._ray import ray_cluster, run_trials
+            from search._ray import run_trials
+            from search._ray_cluster import ray_cluster
 
             warm = {"location": pending.location, "task": base.task}
             progress = make_progress(say, cfg.metrics)
@@ -45,8 +48,7 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
                     study, done = opening.result()
                     progress.message(_header(cfg, done))
                     prepared = pending.result()  # a tokenizing error ends the run here, before any trial
-                    progress.message(f"  data: {len(prepared.train)} train / {len(prepared.validation)} validation "
-                                     "examples, tokenized once for all trials")
+                    _describe_data(cfg, study, prepared, progress.message)
                     driver = run_trials(cfg, study, progress=progress, resources=per_trial, prepared=prepared)
             except KeyboardInterrupt:
                 progress.close()
@@ -60,10 +62,27 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
                 say(f"error: the study's storage failed during the run: {driver.fatal}")
                 return 1
             gave_up = driver.gave_up
+            if has_test_split(base) and not gave_up and finished(study) >= cfg.budget.n_trials:
+                evaluate_best_on_test(study, cfg, top=1, say=say)  # once, when the study is complete
     say("")
     say(render_table(summary(study, cfg)))
     say(f"\nnext: sftune status {path} · sftune dashboard {path} · sftune export {path} --out best.yaml")
     return 1 if gave_up else 0
+
+
+def _describe_data(cfg: StudyConfig, study: optuna.Study, prepared: Prepared, say: Callable[[str], None]) -> None:
+    """The data report's short form in the header, and the whole report on the study (the dashboard shows it)."""
+    report = data_report(cfg.base_config, source=str(cfg.path), prepared=prepared)
+    say(short_form(report))
+    say(f"  {len(prepared.train)} train / {len(prepared.validation)} validation examples, tokenized once for all "
+        "trials")
+    try:
+        study.set_user_attr("data_report", report)
+    except Exception as exc:  # noqa: BLE001 - a storage failure here ends the run as any other would
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        raise StorageFailure(problem) from None
 
 
 def _header(cfg: StudyConfig, done: int) -> str:
@@ -76,20 +95,21 @@ def _header(cfg: StudyConfig, done: int) -> str:
             + (f" {cfg.resources.gpu:g} gpu" if cfg.resources.gpu else "") + " each")
 
 
-def _open(cfg: StudyConfig, say: Callable[[str], None]) -> tuple[optuna.Study, int]:
+def _open(cfg: StudyConfig, say: Callable[[str], None], allow_base_change: bool = False) -> tuple[optuna.Study, int]:
     """Open (or create) the study and recover a dead driver's trials; returns it and its finished count."""
-    study = open_study(cfg)
+    study = open_study(cfg, allow_base_change=allow_base_change)
+    if allow_base_change:
+        for change in base_changes(study, cfg):
+            say(f"note: continuing with a changed base config (--allow-base-change): {change}")
     if cfg.multi_objective and cfg.pruner.get("name") != "none":
         say(f"note: pruner {cfg.pruner['name']!r} is not used: Optuna prunes single-objective studies only")
-    for trial in recover_stale_trials(study):
+    recovered = fail_stale(study)  # later ones are recovered by the driver's loop as their grace ends
+    for trial in recovered:
         say(f"trial {trial.number} was left RUNNING by a driver that died: marked FAIL, its params queued again")
     return study, finished(study)
 
 
 def _is_new_sqlite(url: str) -> bool:
     """A SQLite file not created yet: a new study, with all its trials to run."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        return False
-    name = url[len(prefix):].split("?", 1)[0]
-    return bool(name) and name != ":memory:" and not Path(name).exists()
+    path = sqlite_path(url)
+    return path is not None and not path.exists()

@@ -6,6 +6,8 @@ import dataclasses
 import importlib
 import math
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -103,6 +105,62 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_int_field(key: str) -> bool:
+    """A train-config field that holds whole numbers (`peft.r`, `train.batch_size`, ...)."""
+    tp = FIELDS.get(key)
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return int in options and float not in options
+
+
+def _on_grid(value: float, low: float, step: float) -> bool:
+    n = (value - low) / step
+    return abs(n - round(n)) <= 1e-9 * max(1.0, abs(n))
+
+
+def _check_step(param: Param, key: str, bad: Callable[[str, str], None]) -> None:
+    """`step` must divide `high - low`: Optuna would otherwise narrow the range without a word."""
+    low, high, step = param.low, param.high, param.step
+    assert low is not None and high is not None and step is not None
+    if _on_grid(high, low, step):
+        return
+    n = math.floor((high - low) / step + 1e-9)
+    narrowed = low + n * step
+    wider = low + (n + 1) * step
+    fmt = (lambda v: str(int(v))) if param.type == "int" else (lambda v: f"{v:.10g}")
+    bad(f"{key}.step", f"step {fmt(step)} does not divide high - low = {fmt(high - low)}: the range would be "
+                       f"narrowed to [{fmt(low)}, {fmt(narrowed)}]; set high to {fmt(narrowed)} or {fmt(wider)}, "
+                       "or choose a step that divides the range")
+
+
+def _can_take(param: Param, value: Any) -> tuple[bool, str]:
+    """Whether `param` can ever be sampled as `value`, and what it can take (for the message)."""
+    if param.type == "categorical":
+        same = (lambda c: c is value) if isinstance(value, bool) else (lambda c: not isinstance(c, bool) and c == value)
+        return any(same(c) for c in param.choices), f"its choices are {param.choices}"
+    low, high = param.low, param.high
+    span = f"[{low:g}, {high:g}]" + (f" in steps of {param.step:g}" if param.step else "")
+    what = f"an {'integer' if param.type == 'int' else 'number'} in {span}"
+    if not _number(value) or low is None or high is None:
+        return False, f"it takes {what}"
+    if param.type == "int" and not float(value).is_integer():
+        return False, f"it takes {what}"
+    if not low <= value <= high:
+        return False, f"it takes {what}"
+    if param.step and not _on_grid(value, low, param.step):
+        return False, f"it takes {what}"
+    return True, ""
+
+
+def _check_when_values(param: Param, cond: Param, bad: Callable[[str, str], None]) -> None:
+    """Every value a `when` names must be one its parameter can take, or `param` would never be sampled."""
+    for value in param.when[cond.name]:
+        ok, takes = _can_take(cond, value)
+        if not ok:
+            hint = did_you_mean(value, [str(c) for c in cond.choices]) if isinstance(value, str) else ""
+            bad(f"{param.name}.when", f"{cond.name} can never be {value!r} ({takes}), so {param.name} would "
+                                      f"never be sampled{hint}")
+
+
 def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list[Problem],
                 prefix: str = "") -> Space:
     """Read and check a space mapping; every problem goes to `problems` with its key."""
@@ -174,10 +232,22 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
                 ok = False
             param.log = bool(log)
             step = spec.get("step")
-            if step is not None and (not _number(step) or step <= 0):
+            if step is not None and (not _number(step) or not math.isfinite(step) or step <= 0):
                 bad(f"{key}.step", f"expected a number > 0, found {describe(step)}")
                 ok = False
+            elif step is not None and kind == "int" and not float(step).is_integer():
+                bad(f"{key}.step", f"an int parameter needs a whole step, found {step!r}")
+                ok = False
+            elif step is not None and kind == "int":
+                step = int(step)
             param.step = step
+            if ok and not all(math.isfinite(v) for v in (param.low, param.high)):
+                bad(key, f"low and high must be finite numbers, found (low={low}, high={high})")
+                ok = False
+            if kind == "float" and _is_int_field(key):
+                bad(f"{key}.type", f"{key} is an integer field, so a float parameter would give it values like "
+                                   "4.7; use type: int (or categorical choices)")
+                ok = False
             if ok:
                 if param.low > param.high:
                     bad(key, f"`low <= high` must hold, but got (low={param.low}, high={param.high})")
@@ -185,6 +255,8 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
                     bad(key, f"log scale needs low > 0, but got low={param.low}")
                 if param.log and step is not None:
                     bad(key, "`step` and `log: true` cannot be used together")
+                elif step is not None and param.low <= param.high:
+                    _check_step(param, key, bad)
         when = spec.get("when")
         if when is not None:
             if not isinstance(when, dict) or not when:
@@ -200,6 +272,20 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
                     f" (parameters: {', '.join(names)})")
             elif names.index(cond) >= i:
                 bad(f"{param.name}.when", f"parameter '{cond}' must come before '{param.name}' in the space")
+            else:
+                _check_when_values(param, space.params[names.index(cond)], bad)
     if not space.params and not space.python:
         bad("", "the space has no parameters")
     return space
+
+
+def check_space_with_base(space: Space, base: Any, prefix: str, problems: list[Problem]) -> None:
+    """Rules between the space and the base train config (a TrainConfig)."""
+    d = base.data
+    drawn = [name for name, held in (("validation", not d.validation), ("test", bool(d.test_fraction))) if held]
+    if "train.seed" in space.keys() and drawn and d.split_seed is None:
+        splits = " and ".join(drawn) + (" splits are" if len(drawn) > 1 else " split is")
+        problems.append(Problem(space.source, f"{prefix}train.seed", f"train.seed is searched, and the {splits} "
+                                "held out of train with train.seed: every trial would hold out other rows, so "
+                                "their scores would not compare (and one trial's held-out rows would be another's "
+                                "training rows); set data.split_seed in the base config"))

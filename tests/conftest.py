@@ -29,3 +29,28 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny.make_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+import _servers  # noqa: E402
+
+STORAGE_MODES = ["sqlite", "postgres"]
+"""Every storage contract test runs on each (like optuna/testing/storages.py)."""
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (pgserver wheel, unix socket) for the whole session; skipped with the
+    reason if it cannot start."""
+    server = _servers.start_postgres()
+    if isinstance(server, str):
+        pytest.skip(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=STORAGE_MODES)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLAlchemy URL of an empty study storage: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return request.getfixturevalue("postgres_server").new_database()

@@ -6,6 +6,7 @@ from trainer._metrics import DIRECTIONS, METRICS
 from trainer._schema import ConfigError, Problem
 from trainer.config import FIELDS, TrainConfig, config_from_dict, load_train_config, read_yaml
 from trainer._model import warm
+from trainer._tokenize import describe_warnings
 from trainer.job import JobResult, NeverStop, Prepared, Reporter, prepare, prepare_soon, run_job
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Reporter",
     "TrainConfig",
     "config_from_dict",
+    "describe_warnings",
     "load_train_config",
     "prepare",
     "prepare_soon",

@@ -38,3 +38,12 @@ def clean(raw: dict[str, Any], task: str) -> dict[str, float]:
     if task == "sft" and "eval_loss" in out:
         out["perplexity"] = math.exp(min(out["eval_loss"], 700.0))
     return out
+
+
+def evaluate_on_test(trainer: Any, rows: list[dict[str, Any]], task: str) -> dict[str, float]:
+    """Evaluate `trainer`'s model once on the held-out test rows: our metric names with a `test_` prefix.
+
+    The caller makes sure no reporter sees this evaluation (it must never steer a search).
+    """
+    raw = trainer.evaluate(eval_dataset=rows)
+    return {f"test_{k}": v for k, v in clean(raw, task).items()}

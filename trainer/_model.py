@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -82,6 +83,82 @@ def model_location(cfg: TrainConfig, source: str = "") -> str:
     return cfg.model
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "vocab.model", "sentencepiece.model", "bpe.codes", "tokenizer.tiktoken")
+"""A model folder needs at least one of these: without them transformers builds a tokenizer of special tokens only."""
+
+ENCODER_TYPES = frozenset({
+    "albert", "bert", "big_bird", "camembert", "canine", "convbert", "data2vec-text", "deberta", "deberta-v2",
+    "distilbert", "electra", "ernie", "esm", "flaubert", "fnet", "funnel", "ibert", "layoutlm", "longformer",
+    "luke", "megatron-bert", "mobilebert", "modernbert", "mpnet", "mra", "nezha", "nystromformer", "rembert",
+    "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "squeezebert", "xlm", "xlm-roberta",
+    "xlm-roberta-xl", "xmod", "yoso",
+})
+"""Bidirectional encoders: transformers will load some as a "causal LM", but they never learned to predict the next token."""
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+ROBERTA_LIKE = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "xmod",
+                          "data2vec-text", "longformer", "ibert", "luke", "mpnet"})
+"""Architectures whose position ids start after the padding index, so two positions are not usable."""
+
+
+def model_settings(location: str) -> dict[str, Any]:
+    """The model's config as a mapping, read cheaply (config.json of a folder; else the local HF cache)."""
+    folder = Path(location)
+    if folder.is_dir():
+        try:
+            return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(location).to_dict()
+    except Exception:  # noqa: BLE001 - loading reports what is wrong later
+        return {}
+
+
+def position_limit(settings: dict[str, Any]) -> int | None:
+    """The longest input the model's position embeddings cover, where the config says so."""
+    for key in POSITION_KEYS:
+        value = settings.get(key)
+        if isinstance(value, int) and value > 0:
+            if settings.get("model_type") in ROBERTA_LIKE and key == "max_position_embeddings":
+                pad = settings.get("pad_token_id")
+                return value - ((pad if isinstance(pad, int) else 1) + 1)
+            return value
+    return None
+
+
+def check_model(cfg: TrainConfig, location: str, source: str = "") -> None:
+    """What the model's config and folder tell before loading any weights: tokenizer files, task, length."""
+    problems: list[Problem] = []
+    folder = Path(location)
+    if folder.is_dir() and not any((folder / name).exists() for name in TOKENIZER_FILES) \
+            and not any(folder.glob("*.tiktoken")):
+        problems.append(Problem(source, "model", f"model folder '{location}' has no tokenizer files (none of "
+                                f"{', '.join(TOKENIZER_FILES[:4])}, ...): transformers would build a tokenizer of "
+                                "special tokens only and train on unknown tokens; save the model's tokenizer there "
+                                "(tokenizer.save_pretrained(folder))"))
+    settings = model_settings(location)
+    model_type = settings.get("model_type", "")
+    if cfg.task == "sft" and settings and not settings.get("is_decoder"):
+        if settings.get("is_encoder_decoder"):
+            problems.append(Problem(source, "task", f"sft trains a decoder-only causal LM, but '{cfg.model}' is an "
+                                    f"encoder-decoder model ({model_type}); use a decoder such as GPT-2 or Llama"))
+        elif model_type in ENCODER_TYPES:
+            problems.append(Problem(source, "task", f"sft trains a causal LM, but '{cfg.model}' is a bidirectional "
+                                    f"encoder ({model_type}): it never learned to predict the next token; use "
+                                    "task: classification with it, or a decoder model (GPT-2, Llama, ...) for sft"))
+    limit = position_limit(settings)
+    if limit is not None and cfg.train.max_length > limit:
+        problems.append(Problem(source, "train.max_length", f"must be <= {limit}, the longest input "
+                                f"'{cfg.model}' ({model_type}) has position embeddings for; found "
+                                f"{cfg.train.max_length}"))
+    if problems:
+        raise ConfigError(problems)
+
+
 def load_tokenizer(location: str, source: str = "") -> Any:
     from transformers import AutoTokenizer
 
@@ -90,6 +167,9 @@ def load_tokenizer(location: str, source: str = "") -> Any:
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(Problem(source, "model", f"cannot load a tokenizer from '{location}': "
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")) from None
+    if len(tok) <= len(set(tok.all_special_ids)) + 1:
+        raise ConfigError(Problem(source, "model", f"the tokenizer of '{location}' has {len(tok)} tokens, all "
+                                  "of them special: its vocabulary is missing; save the model's tokenizer there"))
     if tok.pad_token is None:
         if tok.eos_token is not None:
             tok.pad_token = tok.eos_token
@@ -98,9 +178,13 @@ def load_tokenizer(location: str, source: str = "") -> Any:
     return tok
 
 
-def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> list[str]:
-    """The LoRA target modules: the explicit list, or the attention projections of the architecture."""
+def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> list[str] | str:
+    """The LoRA target modules: the explicit list, the attention projections of the architecture
+    (`auto`), or `all-linear` (peft's: every linear layer but the output/classification head)."""
     import torch
+
+    if cfg.peft.target_modules == "all-linear":
+        return "all-linear"
 
     linear_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
                     if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}

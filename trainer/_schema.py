@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -135,13 +136,19 @@ def _coerce(tp: Any, value: Any, key: str, source: str, problems: list[Problem])
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `3e-4` as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `3e-4` as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if math.isfinite(number):
+                return number
+            problems.append(Problem(source, key, f"expected a finite number, found {describe(value)}"))
+            return _MISSING
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -8,12 +8,75 @@ from trainer._schema import ConfigError, Problem
 from trainer.data import Examples
 
 
-def tokenize_classification(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+UNKNOWN_ERROR_SHARE = 0.5
+"""A train split whose tokens are mostly the unknown token is an error: the tokenizer does not fit."""
+UNKNOWN_WARN_SHARE = 0.05
+RARE_CLASS_SHARE = 0.05
+"""A class under this share of a split is counted as rare."""
+
+
+def _length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
+    import numpy as np
+
+    if not lengths:
+        return {"rows": 0}
+    arr = np.asarray(lengths)
+    p50, p90, p99 = (int(v) for v in np.percentile(arr, [50, 90, 99], method="higher"))
+    return {"rows": len(lengths), "length_p50": p50, "length_p90": p90, "length_p99": p99,
+            "length_max": int(arr.max()), "over_max_length": int((arr > max_length).sum())}
+
+
+def _unknown(ids: list[list[int]], tokenizer: Any) -> tuple[int, int]:
+    """(unknown tokens, tokens that are not special) over token id lists; list.count keeps it C-fast."""
+    unk = tokenizer.unk_token_id
+    special = [t for t in set(tokenizer.all_special_ids) if t != unk]
+    total = sum(map(len, ids))
+    for t in special:
+        total -= sum(seq.count(t) for seq in ids)
+    unknown = sum(seq.count(unk) for seq in ids) if unk is not None else 0
+    return unknown, total
+
+
+def classification_with_stats(rows: list[dict[str, Any]], tokenizer: Any,
+                              max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Token ids (truncated to max_length) and what truncation cost: full lengths, rows truncated, unknown tokens."""
     texts = [r["text"] for r in rows]
     pairs = [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0] else None
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    if not rows:
+        return [], {"rows": 0}
+    enc = _quiet(lambda: tokenizer(texts, pairs, truncation=False))
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    return [{**{k: enc[k][i] for k in keys}, "labels": r["label"]} for i, r in enumerate(rows)]
+    full = [len(ids) for ids in enc["input_ids"]]
+    long = [i for i, n in enumerate(full) if n > max_length]
+    if long:  # re-encode only the rows that need it, with the tokenizer's own truncation rules
+        cut = tokenizer([texts[i] for i in long], [pairs[i] for i in long] if pairs else None,
+                        truncation=True, max_length=max_length)
+        for j, i in enumerate(long):
+            for k in keys:
+                enc[k][i] = cut[k][j]
+    out = [{**{k: enc[k][i] for k in keys}, "labels": r["label"]} for i, r in enumerate(rows)]
+    stats = _length_stats(full, max_length)
+    stats["truncated"] = len(long)
+    stats["unknown_tokens"], stats["tokens"] = _unknown(enc["input_ids"], tokenizer)
+    stats["empty_texts"] = sum(1 for r in rows if not r["text"].strip()
+                               or ("text_pair" in r and not r["text_pair"].strip()))
+    return out, stats
+
+
+def tokenize_classification(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+    return classification_with_stats(rows, tokenizer, max_length)[0]
+
+
+def _quiet(fn: Any) -> Any:
+    """Run `fn` without transformers' 'sequence longer than the maximum' warning (we count those rows)."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        return fn()
+    finally:
+        logging.set_verbosity(level)
 
 
 def _chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, str]:
@@ -25,8 +88,14 @@ def _chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, s
     return prompt, last
 
 
-def tokenize_sft(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
-    """Prompt + response token ids; the labels mask the prompt so only response tokens are learned."""
+def sft_with_stats(rows: list[dict[str, Any]], tokenizer: Any,
+                   max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Prompt + response token ids; the labels mask the prompt so only response tokens are learned.
+
+    A row longer than max_length keeps its whole response (and end-of-sequence token) and loses the
+    start of its prompt (a leading BOS token is kept); it is dropped only when the response alone
+    does not fit. Both are counted in the stats (`prompt_cut`, `dropped`), never silent.
+    """
     out = []
     prompts, responses = [], []
     for r in rows:
@@ -36,29 +105,121 @@ def tokenize_sft(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) ->
             p, q = r["prompt"], r["response"]
         prompts.append(p)
         responses.append(q)
-    p_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    q_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    if not rows:
+        return [], {"rows": 0}
+    p_ids = _quiet(lambda: tokenizer(prompts, add_special_tokens=True)["input_ids"])
+    q_ids = _quiet(lambda: tokenizer(responses, add_special_tokens=False)["input_ids"])
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    bos = tokenizer.bos_token_id
+    full, cut, dropped = [], 0, 0
     for p, q in zip(p_ids, q_ids):
-        ids = (list(p) + list(q) + eos)[:max_length]
-        labels = ([-100] * len(p) + list(q) + eos)[:max_length]
-        if all(x == -100 for x in labels):
-            continue  # the prompt fills max_length: nothing of the response is left to learn
-        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+        p, q = list(p), list(q) + eos
+        full.append(len(p) + len(q))
+        head = p[:1] if bos is not None and p[:1] == [bos] else []
+        room = max_length - len(q) - len(head)
+        if room < 0:
+            dropped += 1  # the response alone is longer than max_length
+            continue
+        if len(p) + len(q) > max_length:
+            p = head + (p[len(head):][-room:] if room > 0 else [])
+            cut += 1
+        ids = p + q
+        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(p) + q})
+    stats = _length_stats(full, max_length)
+    stats.update({"prompt_cut": cut, "dropped": dropped, "truncated": cut})
+    stats["unknown_tokens"], stats["tokens"] = _unknown([a + b for a, b in zip(p_ids, q_ids)], tokenizer)
+    stats["empty_texts"] = sum(1 for q in responses if not q.strip())
+    return out, stats
+
+
+def tokenize_sft(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+    return sft_with_stats(rows, tokenizer, max_length)[0]
+
+
+def tokenize(examples: Examples, tokenizer: Any, max_length: int,
+             source: str = "") -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """Every split of `examples` to token ids: ({split: rows}, {split: stats}).
+
+    Raises ConfigError when a split is left empty or when the tokenizer maps most of train to its
+    unknown token (a tokenizer that does not belong to this data or model).
+    """
+    fn = classification_with_stats if examples.task == "classification" else sft_with_stats
+    out: dict[str, list[dict[str, Any]]] = {}
+    stats: dict[str, dict[str, Any]] = {}
+    for split, rows in examples.splits().items():
+        out[split], stats[split] = fn(rows, tokenizer, max_length)
+        if examples.labels:
+            counts = [0] * len(examples.labels)
+            for r in rows:
+                counts[r["label"]] += 1
+            stats[split]["label_counts"] = counts
+        # Evaluation batches of similar lengths waste little on padding (about 1.7x faster on SST-2);
+        # every metric is computed over the whole set, so the order does not change them.
+        if split != "train":
+            out[split].sort(key=lambda r: len(r["input_ids"]))
+    for split, rows in out.items():
+        if not rows:
+            raise ConfigError(Problem(source, "train.max_length", f"every {split} response is longer than "
+                                      f"max_length={max_length} tokens, so every {split} row would be dropped"))
+    train = stats["train"]
+    if train.get("tokens") and train["unknown_tokens"] / train["tokens"] > UNKNOWN_ERROR_SHARE:
+        share = train["unknown_tokens"] / train["tokens"]
+        raise ConfigError(Problem(source, "model", f"the tokenizer maps {share:.0%} of the train tokens to its "
+                                  f"unknown token {tokenizer.unk_token!r} (vocabulary of {len(tokenizer)}): it does "
+                                  "not fit this data; use the tokenizer files that belong to the model"))
+    return out, stats
+
+
+def data_warnings(stats: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """The counted warnings of tokenized splits, as data: {'train.truncated': 12, ...} (non-zero only)."""
+    out: dict[str, int] = {}
+    for split, s in stats.items():
+        for key in ("truncated", "dropped", "empty_texts"):
+            if s.get(key):
+                out[f"{split}.{key}"] = int(s[key])
+        if s.get("tokens") and s.get("unknown_tokens", 0) / s["tokens"] > UNKNOWN_WARN_SHARE:
+            out[f"{split}.unknown_tokens"] = int(s["unknown_tokens"])
+        counts = s.get("label_counts") or []
+        total = sum(counts)
+        if counts and total:
+            absent = sum(1 for c in counts if c == 0)
+            rare = sum(1 for c in counts if 0 < c / total < RARE_CLASS_SHARE)
+            if absent:
+                out[f"{split}.absent_classes"] = absent
+            if rare:
+                out[f"{split}.rare_classes"] = rare
     return out
 
 
-def tokenize(examples: Examples, tokenizer: Any, max_length: int, source: str = "") -> tuple[list, list]:
-    fn = tokenize_classification if examples.task == "classification" else tokenize_sft
-    train, validation = fn(examples.train, tokenizer, max_length), fn(examples.validation, tokenizer, max_length)
-    # Evaluation batches of similar lengths waste little on padding (about 1.7x faster on SST-2);
-    # every metric is computed over the whole set, so the order does not change them.
-    validation.sort(key=lambda r: len(r["input_ids"]))
-    for split, rows in (("train", train), ("validation", validation)):
-        if not rows:
-            raise ConfigError(Problem(source, "train.max_length", f"every {split} prompt is longer than "
-                                      f"max_length={max_length} tokens, leaving no response tokens to train on"))
-    return train, validation
+def describe_warnings(warnings: dict[str, int], stats: dict[str, dict[str, Any]] | None = None,
+                      max_length: int | None = None, task: str = "classification") -> list[str]:
+    """One line per counted warning, in words."""
+    lines = []
+    for key, n in warnings.items():
+        split, _, what = key.partition(".")
+        rows = (stats or {}).get(split, {}).get("rows")
+        of = f" of {rows}" if rows else ""
+        limit = f" max_length={max_length}" if max_length else " max_length"
+        if what == "truncated" and task == "sft":
+            lines.append(f"{split}: {n}{of} rows are longer than{limit} tokens: their prompt loses its start "
+                         "(the response is kept whole)")
+        elif what == "truncated":
+            lines.append(f"{split}: {n}{of} texts are longer than{limit} tokens and are truncated")
+        elif what == "dropped":
+            lines.append(f"{split}: {n}{of} rows are dropped: their response alone is longer than{limit} tokens")
+        elif what == "empty_texts":
+            lines.append(f"{split}: {n}{of} rows have an empty " + ("response" if task == "sft" else "text"))
+        elif what == "absent_classes":
+            lines.append(f"{split}: {n} label classes have no rows")
+        elif what == "rare_classes":
+            lines.append(f"{split}: {n} label classes are under {RARE_CLASS_SHARE:.0%} of the rows")
+        elif what == "unknown_tokens":
+            tokens = (stats or {}).get(split, {}).get("tokens") or 0
+            share = f" ({n / tokens:.0%} of its tokens)" if tokens else ""
+            lines.append(f"{split}: {n} tokens are the tokenizer's unknown token{share}")
+        else:
+            lines.append(f"{split}: {what}: {n}")
+    return lines
 
 
 class PadCollator:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
+from trainer._yaml import load_yaml
 from trainer._schema import (
     ConfigError,
     Problem,
@@ -47,6 +48,13 @@ class DataConfig:
     """SFT: a list of {role, content} chat messages; the last assistant turn is the response."""
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    test: str | None = None
+    """Held-out test data: never seen by a trial; evaluated once, at the end (`sftune train`, `sftune test`)."""
+    test_fraction: float | None = None
+    """Instead of `test`: this seeded fraction of train is held out as test (before validation is)."""
+    split_seed: int | None = None
+    """Seed of the held-out validation and test splits; default `train.seed`. Set it when `train.seed`
+    is searched, so that every trial holds out the same rows."""
 
 
 @dataclasses.dataclass
@@ -56,7 +64,8 @@ class PeftConfig:
     alpha: float = 16
     dropout: float = 0.05
     target_modules: str | list[str] = "auto"
-    """`auto` picks the attention projections of the architecture; a list is used as given."""
+    """`auto` picks the attention projections of the architecture; `all-linear` adapts every linear layer
+    (attention and MLP) but the head; a list is used as given."""
 
 
 @dataclasses.dataclass
@@ -80,6 +89,11 @@ class TrainParams:
     seed: int = 0
     threads: int | None = None
     """CPU threads for this run; default all cores (a study trial: its resources.cpu)."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """Classification: `balanced` weights the training loss by n / (classes * class count)."""
+    stop_at_step: int | None = None
+    """Stop after this optimizer step, the learning-rate schedule still that of the full run
+    (an exported `objective.use: best` trial re-runs up to its best evaluation)."""
 
 
 @dataclasses.dataclass
@@ -111,13 +125,13 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
     if p.is_dir():
         raise ConfigError(Problem(str(p), "", f"expected a {what} file, found a directory"))
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(Problem(str(p), "", f"cannot read {what} file: {exc.strerror}")) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(Problem(str(p), "", f"not valid YAML: {exc}")) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(Problem(str(p), "", f"{what} file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                                  f"at offset {exc.start}); save it as UTF-8")) from None
+    data = load_yaml(text, str(p))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -197,17 +211,19 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), found {t.warmup_ratio}")
     need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, found {t.weight_decay}")
     need(t.threads is None or t.threads >= 1, "train.threads", f"must be >= 1, found {t.threads}")
+    need(t.stop_at_step is None or t.stop_at_step >= 1, "train.stop_at_step", f"must be >= 1, found {t.stop_at_step}")
     need(t.max_length >= 8, "train.max_length", f"must be >= 8, found {t.max_length}")
     need(p.r >= 1, "peft.r", f"must be >= 1, found {p.r}")
     need(p.alpha > 0, "peft.alpha", f"must be > 0, found {p.alpha}")
     need(0 <= p.dropout < 1, "peft.dropout", f"must be in [0, 1), found {p.dropout}")
     if isinstance(p.target_modules, str):
-        need(p.target_modules == "auto", "peft.target_modules",
-             f"expected 'auto' or a list of module names, found {p.target_modules!r}")
+        need(p.target_modules in ("auto", "all-linear"), "peft.target_modules",
+             f"expected 'auto', 'all-linear' or a list of module names, found {p.target_modules!r}")
     else:
         need(len(p.target_modules) > 0, "peft.target_modules", "expected a non-empty list")
     need(0 < d.validation_fraction < 1, "data.validation_fraction",
          f"must be in (0, 1), found {d.validation_fraction}")
+    check_held_out(cfg, source, problems)
     for key in ("max_train_samples", "max_eval_samples"):
         v = getattr(d, key)
         need(v is None or v >= 1, f"data.{key}", f"must be >= 1, found {v}")
@@ -220,12 +236,33 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
         problems.append(Problem(source, "model", "expected a model name, directory or hub id, found ''"))
 
 
+def check_held_out(cfg: TrainConfig, source: str, problems: list[Problem]) -> None:
+    """The test split and class weights: one way to give a test split, fractions that leave rows to train on."""
+    d = cfg.data
+    if d.test is not None and d.test_fraction is not None:
+        problems.append(Problem(source, "data.test_fraction", f"give data.test (a file) or data.test_fraction, "
+                                f"not both; found test={d.test!r} and test_fraction={d.test_fraction}"))
+    if d.test is not None and not d.test:
+        problems.append(Problem(source, "data.test", "expected a data file path, found ''"))
+    if d.test_fraction is not None:
+        if not 0 < d.test_fraction < 1:
+            problems.append(Problem(source, "data.test_fraction", f"must be in (0, 1), found {d.test_fraction}"))
+        elif not d.validation and d.test_fraction + d.validation_fraction >= 1:
+            problems.append(Problem(source, "data.test_fraction", f"test_fraction {d.test_fraction} + "
+                                    f"validation_fraction {d.validation_fraction} must be < 1 to leave rows to train on"))
+    if cfg.train.class_weights != "none" and cfg.task != "classification":
+        problems.append(Problem(source, "train.class_weights", f"applies to task classification only; task is "
+                                f"{cfg.task}, so set it to none"))
+
+
 def resolve_paths(cfg: TrainConfig, base_dir: Path, source: str, problems: list[Problem]) -> None:
     """Make data and local model paths absolute (relative ones are read from the config's folder)."""
     d = cfg.data
     d.train = str(_resolve_path(d.train, base_dir))
     if d.validation:
         d.validation = str(_resolve_path(d.validation, base_dir))
+    if d.test:
+        d.test = str(_resolve_path(d.test, base_dir))
     bundled = bundled_model_path(cfg.model)
     if cfg.model.lower() in BUNDLED_MODELS:
         if bundled is None:

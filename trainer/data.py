@@ -113,6 +113,17 @@ class Examples:
     labels: list[str] = field(default_factory=list)
     """Classification: label names in id order."""
     sft_format: str = ""
+    test: list[dict[str, Any]] = field(default_factory=list)
+    """The held-out test split (empty when the config has none); no trial evaluates on it."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """Where each split was read from: a file, or 'held out of <train file>'."""
+
+    def splits(self) -> dict[str, list[dict[str, Any]]]:
+        """train, validation and (when present) test, in that order."""
+        out = {"train": self.train, "validation": self.validation}
+        if self.test:
+            out["test"] = self.test
+        return out
 
     @property
     def num_labels(self) -> int:
@@ -126,33 +137,59 @@ def _cap(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str,
     return [rows[i] for i in idx]
 
 
+def _hold_out(rows: list[dict[str, Any]], fraction: float, seed: int, what: str, key: str, path: str,
+              source: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split a seeded `fraction` of `rows` off: (kept, held out), both in file order."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_out = max(1, math.floor(len(rows) * fraction))
+    if len(rows) - n_out < 1:
+        raise ConfigError(Problem(source, key, f"'{path}' has {len(rows)} rows: too few to hold out a {what} "
+                                  f"split; give data.{what}"))
+    out_idx = set(order[:n_out])
+    return ([r for i, r in enumerate(rows) if i not in out_idx], [r for i, r in enumerate(rows) if i in out_idx])
+
+
 def load_examples(cfg: TrainConfig, source: str = "") -> Examples:
-    """Read, split, cap and check the data of `cfg`; raise ConfigError listing every problem."""
+    """Read, split, cap and check the data of `cfg`; raise ConfigError listing every problem.
+
+    A test split (`data.test`, or `data.test_fraction` of train) is taken first, then validation
+    from what is left, so no row is in two splits because of the split itself.
+    """
     d = cfg.data
+    seed = d.split_seed if d.split_seed is not None else cfg.train.seed
     train = read_rows(d.train, "data.train", source)
+    paths = {"train": d.train}
+    test: list[dict[str, Any]] = []
+    if d.test:
+        test = read_rows(d.test, "data.test", source)
+        paths["test"] = d.test
+    elif d.test_fraction:
+        train, test = _hold_out(train, d.test_fraction, seed + 1_000_003, "test", "data.test_fraction", d.train,
+                                source)
+        paths["test"] = f"held out of {d.train}"
     if d.validation:
         validation = read_rows(d.validation, "data.validation", source)
+        paths["validation"] = d.validation
     else:
-        order = list(range(len(train)))
-        random.Random(cfg.train.seed).shuffle(order)
-        n_val = max(1, math.floor(len(train) * d.validation_fraction))
-        if len(train) - n_val < 1:
-            raise ConfigError(Problem(source, "data.train", f"'{d.train}' has {len(train)} rows: too few to hold "
-                                      "out a validation split; give data.validation"))
-        val_idx = set(order[:n_val])
-        validation = [r for i, r in enumerate(train) if i in val_idx]
-        train = [r for i, r in enumerate(train) if i not in val_idx]
+        train, validation = _hold_out(train, d.validation_fraction, seed, "validation", "data.train", d.train,
+                                      source)
+        paths["validation"] = f"held out of {d.train}"
     train = _cap(train, d.max_train_samples, cfg.train.seed)
     validation = _cap(validation, d.max_eval_samples, cfg.train.seed)
-    if cfg.task == "classification":
-        return _classification(cfg, train, validation, source)
-    return _sft(cfg, train, validation, source)
+    splits = {"train": train, "validation": validation, **({"test": test} if test else {})}
+    examples = (_classification(cfg, splits, paths, source) if cfg.task == "classification"
+                else _sft(cfg, splits, paths, source))
+    examples.paths = paths
+    return examples
 
 
-def _classification(cfg: TrainConfig, train: list, validation: list, source: str) -> Examples:
+def _classification(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, str], source: str) -> Examples:
     d = cfg.data
     problems: list[Problem] = []
-    for split, rows, path in (("train", train, d.train), ("validation", validation, d.validation or d.train)):
+    train = splits["train"]
+    for split, rows in splits.items():
+        path = paths[split]
         cols = _columns(rows)
         wanted = [("data.text_column", d.text_column), ("data.label_column", d.label_column)]
         if d.text_pair_column:
@@ -229,12 +266,9 @@ def _classification(cfg: TrainConfig, train: list, validation: list, source: str
             out.append(ex)
         return out
 
-    return Examples(
-        task="classification",
-        train=convert(train, "train", d.train),
-        validation=convert(validation, "validation", d.validation or d.train),
-        labels=names,
-    )
+    out = {split: convert(rows, split, paths[split]) for split, rows in splits.items()}
+    return Examples(task="classification", train=out["train"], validation=out["validation"], labels=names,
+                    test=out.get("test", []))
 
 
 def _sft_format(cfg: TrainConfig, cols: list[str]) -> tuple[str, dict[str, str]]:
@@ -260,12 +294,12 @@ def format_instruction(instruction: str, inp: str) -> str:
     return f"### Instruction:\n{instruction}\n\n### Response:\n"
 
 
-def _sft(cfg: TrainConfig, train: list, validation: list, source: str) -> Examples:
-    d = cfg.data
+def _sft(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, str], source: str) -> Examples:
     problems: list[Problem] = []
     out: dict[str, list] = {}
     fmt = ""
-    for split, rows, path in (("train", train, d.train), ("validation", validation, d.validation or d.train)):
+    for split, rows in splits.items():
+        path = paths[split]
         cols = _columns(rows)
         fmt, names = _sft_format(cfg, cols)
         if not fmt:
@@ -290,7 +324,8 @@ def _sft(cfg: TrainConfig, train: list, validation: list, source: str) -> Exampl
         out[split] = pairs
     if problems:
         raise ConfigError(problems)
-    return Examples(task="sft", train=out["train"], validation=out["validation"], sft_format=fmt)
+    return Examples(task="sft", train=out["train"], validation=out["validation"], sft_format=fmt,
+                    test=out.get("test", []))
 
 
 def _to_pair(fmt: str, names: dict[str, str], r: dict[str, Any]) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from typing import Any, Callable, Protocol
 import yaml
 
 from trainer import _memory
-from trainer._metrics import classification_metrics, clean
-from trainer._model import build_model, load_tokenizer, model_location
-from trainer._tokenize import PadCollator, tokenize
+from trainer._loss import loss_for
+from trainer._metrics import classification_metrics, clean, evaluate_on_test
+from trainer._model import build_model, check_model, load_tokenizer, model_location
+from trainer._tokenize import PadCollator, data_warnings, tokenize
 from trainer.config import TrainConfig
 from trainer.data import Examples, load_examples
 
@@ -46,6 +47,15 @@ class Prepared:
     examples: Examples
     train: list[dict[str, Any]]
     validation: list[dict[str, Any]]
+    test: list[dict[str, Any]] = field(default_factory=list)
+    """The held-out test split, tokenized (empty without one); only `run_job(evaluate_test=True)` uses it."""
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per split: rows, token-length percentiles, rows truncated or dropped, unknown tokens."""
+
+    @property
+    def warnings(self) -> dict[str, int]:
+        """Counted data warnings as data, e.g. {'train.truncated': 12, 'validation.dropped': 3}."""
+        return data_warnings(self.stats)
 
 
 @dataclass
@@ -61,6 +71,11 @@ class JobResult:
     device: str = "cpu"
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time split: setup (data/model), train (optimizer steps), eval."""
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    """`test_`-prefixed metrics of the held-out test split, evaluated once after training (if asked and present)."""
+    data_warnings: dict[str, int] = field(default_factory=dict)
+    best: dict[str, float] | None = None
+    """With `keep_best`: the best evaluation's step and metrics (its weights are the ones saved)."""
     memory: dict[str, float] = field(default_factory=dict)
     """CUDA memory in MiB (see trainer._memory); empty on CPU."""
 
@@ -75,7 +90,8 @@ _PREPARED: dict[str, Prepared] = {}
 def fingerprint(cfg: TrainConfig, location: str) -> str:
     """What the tokenized data depends on: the data files, the data settings, the tokenizer, max_length."""
     h = hashlib.sha256()
-    for path in (cfg.data.train, cfg.data.validation):
+    h.update(b"prepared-v2")  # the layout of Prepared: test split and stats
+    for path in (cfg.data.train, cfg.data.validation, cfg.data.test):
         if path:
             p = Path(path)
             files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
@@ -137,6 +153,7 @@ def prepare_soon(cfg: TrainConfig, source: str = "", cache_dir: str | Path | Non
 def _plan(cfg: TrainConfig, source: str, cache_dir: str | Path | None) -> tuple[str, Callable[[], Prepared]]:
     """Check the model location and the data now; return the location and what builds the rest."""
     location = model_location(cfg, source)
+    check_model(cfg, location, source)
     key = fingerprint(cfg, location) if cache_dir is not None else ""
     if key and key in _PREPARED:
         return location, lambda: _PREPARED[key]
@@ -158,8 +175,9 @@ def _build(cfg: TrainConfig, source: str, location: str, key: str, cached: Path 
     if examples is None:
         examples = load_examples(cfg, source)
     tokenizer = load_tokenizer(location, source)
-    train, validation = tokenize(examples, tokenizer, cfg.train.max_length, source)
-    prep = Prepared(location, tokenizer, examples, train, validation)
+    splits, stats = tokenize(examples, tokenizer, cfg.train.max_length, source)
+    prep = Prepared(location, tokenizer, examples, splits["train"], splits["validation"], splits.get("test", []),
+                    stats)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
@@ -196,9 +214,14 @@ def run_job(
     prepared: Prepared | None = None,
     cache_dir: str | Path | None = None,
     timing: dict[str, float] | None = None,
+    evaluate_test: bool = True,
+    keep_best: tuple[str, str] | None = None,
     memory: dict[str, float] | None = None,
 ) -> JobResult:
     """Train and evaluate `cfg`; every evaluation goes to `reporter`, which may stop the run.
+
+    With a test split in the data and `evaluate_test`, the final model is evaluated once on it
+    (`JobResult.test_metrics`); no reporter sees that evaluation. A study's trials pass False.
 
     `timing`, when given, is updated in place as the run goes (seconds of setup, train steps and
     evaluation; `started_at` and `first_step_at` as Unix times), so a caller can report it mid-run;
@@ -208,6 +231,8 @@ def run_job(
     When it returns or raises (a reporter that stops the run by raising, as Ray does for a pruned
     trial, included), the run's model, optimizer, Trainer and batches are released and the CUDA
     cache emptied, so a process that runs job after job (a reused Ray worker) starts each clean.
+    `keep_best=(metric, direction)`: track the best evaluation of `metric` (maximize | minimize),
+    return it as `result.best`, and save (per `cfg.save`) the weights of that evaluation, not the last.
     """
     started = time.perf_counter()
     timing = timing if timing is not None else {}
@@ -234,7 +259,8 @@ def run_job(
     device, bf16 = _device()
     _memory.begin(memory, device)
     try:
-        return _train(cfg, reporter, prep, max_steps, device, bf16, started, timing, memory, say, source)
+        return _train(cfg, reporter, prep, max_steps, device, bf16, started, timing, memory, say, source,
+                      evaluate_test=evaluate_test, keep_best=keep_best)
     except BaseException as exc:
         # The frames the exception left (the training loop's, the callback's) hold the model and
         # the optimizer until the exception is gone: let go of their locals now.
@@ -246,7 +272,7 @@ def run_job(
 
 def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int, device: str, bf16: bool,
            started: float, timing: dict[str, float], memory: dict[str, float], say: Callable[[str], None],
-           source: str) -> JobResult:
+           source: str, *, evaluate_test: bool, keep_best: tuple[str, str] | None) -> JobResult:
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     t = cfg.train
@@ -256,6 +282,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     out.mkdir(parents=True, exist_ok=True)
 
     history: list[dict[str, float]] = []
+    best = _BestKeeper(keep_best, snapshot=cfg.save != "none") if keep_best else None
     state_box: dict[str, Any] = {"stopped": False, "step_start": None, "eval_start": None}
 
     class _Report(TrainerCallback):
@@ -276,8 +303,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
                     f"lr {logs.get('learning_rate', 0):.2e}  {time.perf_counter() - started:.0f}s")
 
         def on_evaluate(self, args, state, control, metrics=None, **kw):  # noqa: ANN001
+            if state_box.get("testing"):
+                return  # the held-out test evaluation is never reported
             m = clean(metrics or {}, cfg.task)
             history.append({"step": state.global_step, **m})
+            if best is not None:
+                best.update(history[-1], kw.get("model"))
             if state_box["eval_start"] is not None:  # the report below carries this evaluation's time too
                 timing["eval"] += time.perf_counter() - state_box["eval_start"]
                 state_box["eval_start"] = time.perf_counter()
@@ -331,13 +362,15 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         eval_dataset=prep.validation,
         data_collator=PadCollator(prep.tokenizer.pad_token_id or 0),
         compute_metrics=classification_metrics if cfg.task == "classification" else None,
-        callbacks=[_Report()],
+        compute_loss_func=loss_for(cfg, prep.train, prep.examples.num_labels),
+        callbacks=[_Report(), *_stop_at(t.stop_at_step)],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     step = trainer.state.global_step
     if not history or history[-1]["step"] != step:
         trainer.evaluate()  # stopped between evaluations: report the model we have
+    tested = _evaluate_test(trainer, prep, cfg, state_box, timing, say) if evaluate_test and prep.test else {}
     result = JobResult(
         metrics={k: v for k, v in history[-1].items() if k != "step"},
         step=step,
@@ -347,12 +380,31 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         labels=prep.examples.labels,
         device=device,
         seconds={**timing, "total": time.perf_counter() - started},
+        test_metrics=tested,
+        data_warnings=prep.warnings,
+        best=best.best if best is not None else None,
         memory=memory,
     )
+    if best is not None:
+        best.restore(trainer.model)
     _save(cfg, trainer.model, prep.tokenizer, out)
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return result
+
+
+def _evaluate_test(trainer: Any, prep: Prepared, cfg: TrainConfig, state_box: dict[str, Any],
+                   timing: dict[str, float], say: Callable[[str], None]) -> dict[str, float]:
+    """The final model on the held-out test split, once; its time is `timing['test']`, not eval."""
+    eval_before, start = timing["eval"], time.perf_counter()
+    state_box["testing"] = True
+    try:
+        out = evaluate_on_test(trainer, prep.test, cfg.task)
+    finally:
+        state_box["testing"] = False
+        timing["eval"], timing["test"] = eval_before, time.perf_counter() - start
+    say(f"test ({len(prep.test)} held-out examples)  " + "  ".join(f"{k} {v:.4f}" for k, v in out.items()))
+    return out
 
 
 def _local_location(cfg: TrainConfig, prep: Prepared, source: str) -> str:
@@ -373,3 +425,51 @@ def _save(cfg: TrainConfig, model: Any, tokenizer: Any, out: Path) -> None:
         model = model.merge_and_unload()
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
+
+
+def _stop_at(step: int | None) -> list[Any]:
+    """A callback that ends training after optimizer step `step` (evaluated), the schedule unchanged."""
+    if step is None:
+        return []
+    from transformers import TrainerCallback
+
+    class _StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            if state.global_step >= step:
+                control.should_evaluate = True
+                control.should_training_stop = True
+
+    return [_StopAt()]
+
+
+class _BestKeeper:
+    """The best evaluation of one metric so far and, when asked, a CPU copy of the weights it had."""
+
+    def __init__(self, keep_best: tuple[str, str], snapshot: bool) -> None:
+        self.metric, direction = keep_best
+        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.snapshot = snapshot
+        self.best: dict[str, float] | None = None
+        self.weights: dict[str, Any] | None = None
+
+    def update(self, evaluation: dict[str, float], model: Any) -> None:
+        value = evaluation.get(self.metric)
+        if value is None or math.isnan(value):
+            return
+        if self.best is not None and self.sign * value <= self.sign * self.best[self.metric]:
+            return
+        self.best = dict(evaluation)
+        if self.snapshot and model is not None:  # the trainable weights only (a LoRA adapter and its head)
+            self.weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+                            if p.requires_grad}
+
+    def restore(self, model: Any) -> None:
+        """Put the best evaluation's weights back into `model` before it is saved."""
+        if not self.weights:
+            return
+        import torch
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.weights.items():
+                params[name].copy_(value.to(params[name].device))

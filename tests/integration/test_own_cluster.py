@@ -30,21 +30,6 @@ def test_trials_run_on_workers_that_imported_the_stack_first(tmp_path: Path, ber
     assert list((tmp_path / "runs" / "cache").glob("prepared-*.pkl"))
 
 
-def test_tune_trial_actors_carry_no_runtime_env_of_their_own() -> None:
-    # Ray places an actor that has a runtime_env only on a worker started for it, never on the idle
-    # workers warmed at cluster start; Tune's default one must be gone for those workers to be used.
-    from ray.tune.execution.class_cache import _ActorClassCache
-    from ray.tune.trainable import wrap_function
-
-    from search._ray import _actors_on_idle_workers
-    from search._ray_worker import trainable
-
-    _actors_on_idle_workers()
-    remote = _ActorClassCache().get(wrap_function(trainable))
-    env = (remote._default_options.get("runtime_env") or {}).get("env_vars") or {}
-    assert env == {}
-
-
 def test_rerunning_a_finished_study_starts_no_cluster(tmp_path: Path, bert_dir: Path) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="again", n_trials=1, concurrency=1, max_steps=10)
     first = subprocess.run([sys.executable, "-m", "search", "run", str(path)], capture_output=True, text=True,

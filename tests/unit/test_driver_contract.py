@@ -146,7 +146,7 @@ def test_a_failing_tell_ends_the_run_and_leaves_nothing_counted(tmp_path: Path, 
 
     monkeypatch.setattr(d.study, "tell", full)
     d.complete("t1", _done(0.7), error=False)
-    assert d.fatal == "database or disk is full"
+    assert "is full" in d.fatal  # one sentence a person reads, from search.study.storage_problem
     assert d.completed == 0
     assert d.suggest("t2") == FINISHED
 
@@ -201,3 +201,66 @@ def test_the_tune_shells_delegate_to_the_driver(tmp_path: Path, bert_dir: Path) 
     searcher.on_trial_complete("t1", {"accuracy": 0.1, "step": 10})
     assert d.study.trials[0].state == TrialState.PRUNED
     assert searcher.suggest("t2") == Searcher.FINISHED
+
+
+def test_a_remote_trial_sends_its_files_to_the_driver(tmp_path: Path, bert_dir: Path) -> None:
+    from search._driver import FILES_KEY
+    from search._ray_worker import pack, writable_dir
+
+    remote = tmp_path / "node-disk"
+    (remote / "adapter").mkdir(parents=True)
+    (remote / "metrics.json").write_text('{"metrics": {"accuracy": 0.7}}')
+    (remote / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
+    (remote / "_trainer").mkdir()
+    (remote / "_trainer" / "junk").write_text("x")
+    d = _driver(tmp_path, bert_dir, n_trials=1)
+    d.suggest("t1")
+    d.complete("t1", {**_done(0.7), FILES_KEY: pack(remote)}, error=False)
+    here = d.cfg.output_dir / "trials" / "0000"
+    assert (here / "metrics.json").read_text() == '{"metrics": {"accuracy": 0.7}}'
+    assert (here / "adapter" / "adapter_model.safetensors").stat().st_size == 1000
+    assert not (here / "_trainer").exists()
+    assert d.study.trials[0].state == TrialState.COMPLETE
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    fallback = writable_dir(blocker / "runs" / "s" / "trials" / "0003")  # cannot be created on this node
+    assert fallback.is_dir() and fallback.parts[-3:] == ("sftune-trials", "s", "0003")
+
+
+def test_running_trials_keep_a_heartbeat_of_their_own(tmp_path: Path, bert_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("SFTUNE_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SFTUNE_HEARTBEAT_GRACE", "3")
+    d = _driver(tmp_path, bert_dir, n_trials=2)
+    other = Driver(cfg=d.cfg, study=open_study(d.cfg), progress=Events())
+    d.suggest("t1")
+    stop = d.heartbeats()
+    try:
+        time.sleep(5)  # longer than the grace: only the heartbeat thread keeps the trial alive
+        other.tick()
+        assert d.study.trials[0].state == TrialState.RUNNING
+    finally:
+        stop.set()
+    time.sleep(4.5)  # the driver "died": no heartbeat for longer than the grace
+    other.last_beat = 0.0
+    other.tick()
+    trials = d.study.trials
+    assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.WAITING
+    assert any("left RUNNING by a driver that died" in str(x) for x in other.progress.lines)
+
+
+def test_cuda_memory_figures_are_kept_and_packing_is_judged_once(tmp_path: Path, bert_dir: Path) -> None:
+    d = _driver(tmp_path, bert_dir, n_trials=2, resources={"cpu": 1, "gpu": 0.5})
+    d.suggest("t1")
+    memory = {"cuda_total_mb": 1000.0, "cuda_reserved_peak_mb": 700.0, "cuda_peak_mb": 650.0}
+    d.result("t1", {"accuracy": 0.6, "step": 10, "memory/cuda_total_mb": 1000.0,  # flattened by Tune
+                    "memory/cuda_reserved_peak_mb": 700.0, "memory/cuda_peak_mb": 650.0})
+    d.result("t1", {"accuracy": 0.6, "step": 20, "memory": memory})
+    d.complete("t1", {**_done(0.7), "memory": {**memory, "cuda_allocated_end_mb": 0.0}}, error=False)
+    t = d.study.trials[0]
+    assert t.user_attrs["cuda_peak_mb"] == 650.0 and t.user_attrs["cuda_allocated_end_mb"] == 0.0
+    said = [x[1] for x in d.progress.lines if x[0] == "message" and "GPU memory" in x[1]]
+    assert len(said) == 1 and said[0].startswith("warning: ") and "over" in said[0]  # 2 x 700+ MiB > 1000 MiB

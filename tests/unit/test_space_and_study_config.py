@@ -9,7 +9,7 @@ import pytest
 import tiny
 from optuna.trial import TrialState
 
-from search._ray import DONE_KEY, ERROR_KEY, outcome_state
+from search._driver import DONE_KEY, ERROR_KEY, outcome_state
 from search.cli import main
 from search.config import load_study
 from search.space import sample_params
@@ -144,23 +144,3 @@ def test_only_a_sqlite_file_not_yet_created_counts_as_a_new_study(tmp_path: Path
     assert not _is_new_sqlite(f"sqlite:///{existing}")
     assert not _is_new_sqlite("sqlite:///:memory:")
     assert not _is_new_sqlite("postgresql://user@localhost/studies")
-
-
-def test_a_worker_lost_before_its_trial_was_asked_is_a_fail_record_and_keeps_queued_retries(
-        tmp_path: Path, bert_dir: Path) -> None:
-    from search._ray import RunState, _make_searcher
-
-    cfg = load_study(tiny.study_file(tmp_path, bert_dir, name="lost", n_trials=3))
-    study = optuna.create_study(study_name="lost", direction="maximize")
-    study.enqueue_trial({"train.learning_rate": 2e-3, "peft.r": 4})  # a retry queued by an earlier run
-    state = RunState(cfg=cfg, study=study, say=lambda _msg: None)
-    searcher = _make_searcher(state)
-    first = searcher.suggest("tune-1")
-    assert set(first["sftune"]) == {"mailbox", "warm", "cache_dir"}  # no params yet: asked when ready
-    assert state.waiting == {"tune-1"} and len(study.trials) == 1  # only the queued one
-    state.errors["tune-1"] = "Ray worker failed: out of memory"
-    searcher.on_trial_complete("tune-1", None, error=True)
-    states = [t.state for t in study.trials]
-    assert states == [TrialState.WAITING, TrialState.FAIL]
-    assert "out of memory" in study.trials[1].user_attrs["error"] and study.trials[1].params == {}
-    assert state.failed == 1 and not state.waiting

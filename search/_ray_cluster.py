@@ -1,0 +1,313 @@
+"""Where a study's trials run: a local Ray cluster this driver starts, or a running one it joins, checked first.
+
+`ray_cluster(cfg, address=..., say=..., warm=...)` is the one entry point: it chooses the target
+(`--address`, else `RAY_ADDRESS`, else a local cluster), checks that a cluster answers there and
+accepts this driver (Ray's token authentication), checks that some node can hold one trial, and
+yields the resources each trial asks Ray for. Every problem is a `ConfigError` (exit 2) raised
+before any trial. A local cluster is ended with the driver, even a SIGKILLed one (`_ray_reaper`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+from search._ray_reaper import start_reaper, stop_reaper
+from search.config import StudyConfig
+from trainer import ConfigError, Problem
+
+PROBE_TIMEOUT_S = 3.0
+JOIN_TRIES = 5
+"""Ray retries a GCS that does not accept the driver (a missing or wrong token) 20 times, a second apart."""
+
+TOKEN_HELP = ("set RAY_AUTH_MODE=token and give this driver the cluster's token, as Ray documents it: "
+              "RAY_AUTH_TOKEN=<token>, or RAY_AUTH_TOKEN_PATH=<file holding it>, or the file ~/.ray/auth_token "
+              "(`ray get-auth-token` on the head node prints it)")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The cluster a run uses: `address` None means a local cluster this driver starts."""
+
+    address: str | None
+    source: str
+    """Where the address came from: "--address", "RAY_ADDRESS", or "" for a local cluster."""
+
+    def describe(self) -> str:
+        if self.source == "RAY_ADDRESS":
+            return f"RAY_ADDRESS={self.address}"
+        return f"--address {self.address}"
+
+
+def choose_target(address: str | None, environ: Mapping[str, str]) -> Target:
+    """`--address` wins; `auto` means RAY_ADDRESS when it is set (as in Ray); `local` starts a local cluster."""
+    env = (environ.get("RAY_ADDRESS") or "").strip()
+    if address in (None, ""):
+        return Target(env, "RAY_ADDRESS") if env else Target(None, "")
+    if address == "local":
+        return Target(None, "")
+    if address == "auto" and env:
+        return Target(env, "RAY_ADDRESS")
+    return Target(address, "--address")
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """`host:port` (IPv6 in brackets) as a pair, or None when `address` is not of that form."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why no Ray cluster answers at host:port, or None when a gRPC server (Ray's GCS is one) does.
+
+    Opens a TCP connection and starts an HTTP/2 session (the connection preface and an empty
+    SETTINGS frame, RFC 9113 3.4): a gRPC server's first frame back is SETTINGS. Nothing of Ray is
+    used, so an address that does not answer costs `timeout` seconds, not Ray's minutes of retries.
+    """
+    try:
+        conn = socket.create_connection((host, port), timeout=timeout)
+    except socket.timeout:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    with conn:
+        try:
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            head = b""
+            while len(head) < 9:
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except OSError as exc:
+            return f"it does not answer as a Ray cluster ({exc.strerror or exc})"
+    if len(head) == 9 and head[3] == 0x4:
+        return None
+    return "something listens there, but it does not answer as a Ray cluster (no gRPC)"
+
+
+def check_address(target: Target) -> None:
+    """Raise ConfigError unless a Ray cluster answers at the target's host:port (`auto` is left to Ray)."""
+    address = target.address or ""
+    if address == "auto":
+        return
+    local = "unset RAY_ADDRESS (or pass --address local)" if target.source == "RAY_ADDRESS" else "leave out --address"
+    if "://" in address:
+        raise ConfigError(Problem(target.source, "", (
+            f"expected the cluster's address HOST:PORT (what `ray start --head` printed), found {address!r}: "
+            "a Ray Client address (ray://) is not supported; run sftune where it reaches the cluster's nodes")))
+    parsed = host_port(address)
+    if parsed is None:
+        raise ConfigError(Problem(target.source, "", (
+            f"expected HOST:PORT (what `ray start --head` printed), auto or local, found {address!r}")))
+    why = probe(*parsed)
+    if why is not None:
+        raise ConfigError(Problem(target.source, "", (
+            f"no Ray cluster answers at {address} ({why}); start one there with `ray start --head "
+            f"--port={parsed[1]}`, or {local} to run on a local cluster")))
+
+
+def join_problem(target: Target, exc: BaseException, environ: Mapping[str, str]) -> Problem:
+    """What to tell the user when `ray.init(address=...)` failed on a cluster that answered."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    mode = (environ.get("RAY_AUTH_MODE") or "").lower()
+    if "Could not find any running Ray instance" in text:
+        return Problem(target.source, "", (
+            "auto: no running Ray cluster found on this machine; start one with `ray start --head`, "
+            "pass its HOST:PORT, or leave out --address to run on a local cluster"))
+    if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in text or "Unauthenticated" in text:
+        if mode != "token":
+            what = "uses token authentication, which this driver has not turned on"
+        elif "no authentication token was found" in text or "cannot be opened" in text:
+            what = "uses token authentication, and this driver has no token"
+        else:
+            what = "refused this driver's token (it is not the cluster's)"
+        return Problem(target.source, "", f"the Ray cluster at {target.address} {what}: {TOKEN_HELP}")
+    return Problem(target.source, "", f"could not join the Ray cluster at {target.address}: {exc}")
+
+
+def node_problem(per_trial: Mapping[str, float], nodes: list[dict[str, Any]], where: str,
+                 source: str) -> Problem | None:
+    """A Problem when no alive node has the CPUs and GPUs one trial asks for (`nodes` as `ray.nodes()`)."""
+    cpu, gpu = float(per_trial.get("cpu", 0)), float(per_trial.get("gpu", 0))
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in alive):
+        return None
+    largest = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    key = "resources.gpu" if all(r.get("GPU", 0) < gpu for r in alive) else "resources.cpu"
+    asked = f"{cpu:g} CPU" + (f" and {gpu:g} GPU" if gpu else "")
+    return Problem(source, key, (
+        f"each trial asks for {asked}, but no node of {where} offers that: the largest has "
+        f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU ({len(alive)} node(s) alive); "
+        "lower resources, or add a node that has them"))
+
+
+def local_gpu_problem(gpu: float, gpus_here: float, source: str) -> Problem | None:
+    """A Problem when one trial asks for more GPUs than this machine's Ray sees."""
+    if gpu <= gpus_here:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    return Problem(source, "resources.gpu", (
+        f"each trial asks for {gpu:g} GPU, but this machine has {gpus_here:g} GPU(s) that Ray can use{seen}; "
+        "lower resources.gpu, or join a cluster that has GPUs with --address"))
+
+
+@contextmanager
+def _stderr_kept_aside() -> Iterator[Callable[[], str]]:
+    """Hold this process's file descriptor 2 in a file (Ray's C++ client prints its retries there)."""
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield lambda: (held.seek(0), held.read().decode(errors="replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _join(target: Target) -> None:
+    import ray
+
+    check_address(target)
+    # Ray keeps trying a GCS that refuses the driver for about 20 s; a few tries decide it.
+    tries_set = "RAY_gcs_server_port_wait_time_s" in os.environ
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(JOIN_TRIES))
+    try:
+        with _stderr_kept_aside() as printed:
+            try:
+                ray.init(address=target.address, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR")
+            except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+                problem = join_problem(target, exc, os.environ)
+                if problem.message.startswith("could not join"):  # not one we know: show what Ray said
+                    said = list(dict.fromkeys(line.split("] ", 1)[-1] for line in printed().splitlines()))
+                    problem = Problem(problem.source, problem.key, "\n  ".join([problem.message, *said[-5:]]))
+                raise ConfigError(problem) from None
+    finally:
+        if not tries_set:
+            os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
+
+
+def _warm_workers_privately(warm: Mapping[str, Any]) -> dict[str, Any]:
+    """The one private reach into Ray: have a local cluster's idle workers import the training stack.
+
+    Returns the `_system_config` for `ray.init`. Two Ray internals, both checked by the canary
+    tests in tests/integration/test_cluster.py and bounded by the Ray version in pyproject.toml:
+    - `preload_python_modules` (a Ray system config, "for testing purposes only"): every worker
+      Ray starts imports `search._ray_preload` before it takes work, told the model and task by
+      `SFTUNE_WARM`; the workers start while the driver tokenizes and opens the study.
+    - Tune's module-level `class_cache.DEFAULT_ENV_VARS`: Tune gives each trial actor a
+      runtime_env of environment variables (PL_DISABLE_FORK=1), and Ray never places an actor
+      with a runtime_env on an idle worker started without one, so each first trial would start a
+      fresh, cold process. The variable is set in this process instead, before the cluster starts
+      (the workers inherit it), and removed from Tune's defaults. (Variables Tune passes on from
+      this environment, such as AWS credentials, still go through a runtime_env.)
+    """
+    os.environ["SFTUNE_WARM"] = json.dumps(dict(warm))
+    os.environ.setdefault("PL_DISABLE_FORK", "1")
+    try:
+        from ray.tune.execution import class_cache
+
+        class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
+    except (ImportError, AttributeError):  # another Ray layout: trials start fresh workers, as before
+        pass
+    return {"preload_python_modules": ["search._ray_preload"]}
+
+
+class Cluster:
+    """One run's Ray cluster: `start()` joins or starts it and checks it, `stop()` ends what it started."""
+
+    def __init__(self, cfg: StudyConfig, *, address: str | None, say: Callable[[str], None],
+                 warm: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.say = say
+        self.warm = dict(warm or {})
+        self.target = choose_target(address, os.environ if environ is None else environ)
+        self.started_ray = False
+        self._reaper: Any = None
+
+    def start(self) -> dict[str, float]:
+        """Join or start the cluster; returns the Ray resources each trial asks for."""
+        _quiet_ray_defaults(self.cfg)
+        import ray
+
+        cfg = self.cfg
+        source = str(cfg.path)
+        if ray.is_initialized():  # a cluster this process already joined (the tests' in-process runs)
+            return {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+        began = time.time()
+        if self.target.address is not None:
+            _join(self.target)
+            self.started_ray = True
+            per_trial = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+            where = f"the cluster at {self.target.address}"
+            problem = node_problem(per_trial, ray.nodes(), where, source)
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            resources = ray.cluster_resources()
+            origin = "" if self.target.source == "--address" else (
+                " (from RAY_ADDRESS; unset it or pass --address local to run on a local cluster)")
+            line = (f"ray: joined the cluster at {self.target.address}{origin} in {time.time() - began:.1f}s "
+                    f"({len(nodes)} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)")
+        else:
+            system = _warm_workers_privately(self.warm) if self.warm else {}
+            self._reaper = start_reaper()
+            ray.init(address="local", num_cpus=cfg.budget.concurrency, include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR", _system_config=system)
+            self.started_ray = True
+            per_trial = {"cpu": 1, "gpu": cfg.resources.gpu}  # one slot per concurrent trial
+            resources = ray.cluster_resources()
+            problem = local_gpu_problem(cfg.resources.gpu, resources.get("GPU", 0), source)
+            line = (f"ray: started a local cluster in {time.time() - began:.1f}s ({cfg.budget.concurrency} "
+                    f"trial slots, {resources.get('GPU', 0):g} GPUs)")
+        if problem is not None:
+            self.stop()
+            raise ConfigError(problem)
+        self.say(line)
+        return per_trial
+
+    def stop(self) -> None:
+        """Leave the cluster; a local one is shut down and whatever Ray left of it is ended."""
+        if self.started_ray:
+            import ray
+
+            ray.shutdown()
+            self.started_ray = False
+        stop_reaper(self._reaper)
+        self._reaper = None
+        os.environ.pop("SFTUNE_WARM", None)
+
+
+def _quiet_ray_defaults(cfg: StudyConfig) -> None:
+    """Ray and Tune settings read from the environment: no callbacks, no usage report, no log dedup."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(cfg.budget.concurrency))
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report, nothing sent anywhere
+
+
+@contextmanager
+def ray_cluster(cfg: StudyConfig, *, address: str | None, say: Callable[[str], None],
+                warm: dict[str, Any] | None = None) -> Iterator[dict[str, float]]:
+    """Join `address` (or RAY_ADDRESS), or start a local cluster; yields the Ray resources per trial.
+
+    A local cluster has one CPU slot per concurrent trial (each trial still runs `resources.cpu`
+    threads): Ray starts one idle worker per CPU, and with `warm` (model location and task) each
+    imports the training stack as it starts, so exactly the workers the trials will use are warm.
+    """
+    cluster = Cluster(cfg, address=address, say=say, warm=warm)
+    per_trial = cluster.start()
+    try:
+        yield per_trial
+    finally:
+        cluster.stop()

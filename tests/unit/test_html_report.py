@@ -1,0 +1,141 @@
+"""`sftune report`: one self-contained HTML file with the study's header, trials, best config and plots,
+rendered by a real headless Chromium where one is installed."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+import tiny
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from search.cli import main
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="headless Chromium not installed (Debian: apt-get install -y chromium); the report's and the "
+           "dashboard's pages are checked in a real browser only where it is")
+
+
+def make_study(tmp: Path, bert_dir: Path, name: str = "rep") -> Path:
+    """A study file and a database holding complete, pruned and failed trials (no training needed)."""
+    path = tiny.study_file(tmp, bert_dir, name=name, pruner={"name": "median"})
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp / (name + '.db')}", direction="maximize")
+    dist = {"train.learning_rate": FloatDistribution(1e-3, 1e-2, log=True), "peft.r": IntDistribution(2, 8)}
+    for i, (lr, r, curve, state) in enumerate([
+        (0.002, 4, [0.6, 0.7, 0.75], TrialState.COMPLETE),
+        (0.008, 8, [0.55, 0.8, 0.85], TrialState.COMPLETE),
+        (0.001, 2, [0.5], TrialState.PRUNED),
+        (0.004, 6, [0.62, 0.72, 0.7], TrialState.COMPLETE),
+    ]):
+        steps = {10 * (j + 1): v for j, v in enumerate(curve)}
+        config = {"model": "tiny", "train": {"learning_rate": lr}, "peft": {"r": r}}
+        study.add_trial(optuna.trial.create_trial(
+            params={"train.learning_rate": lr, "peft.r": r}, distributions=dist, state=state,
+            value=curve[-1] if state == TrialState.COMPLETE else None, intermediate_values=steps,
+            user_attrs={"config": config, "final_step": max(steps)}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"error": "ValueError: boom <b>"}))
+    return path
+
+
+def test_report_holds_header_trials_best_config_and_plots_offline(tmp_path: Path, bert_dir: Path) -> None:
+    path = make_study(tmp_path, bert_dir)
+    out = tmp_path / "report.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    page = out.read_text()
+    for text in ("Study rep", "accuracy (maximize)", "tpe", "median", "n_trials 4", "rep.db", "wall time"):
+        assert text in page
+    rows = re.findall(r'<tr[^>]*data-trial="(\d+)" data-state="(\w+)"', page)
+    assert rows == [("0", "COMPLETE"), ("1", "COMPLETE"), ("2", "PRUNED"), ("3", "COMPLETE"), ("4", "FAIL")]
+    assert "pruned at step 10" in page and "ValueError: boom &lt;b&gt;" in page  # escaped
+    assert re.search(r'<tr class="best" data-trial="1"', page)
+    assert 'id="best-config"' in page and "learning_rate: 0.008" in page
+    plots = re.findall(r'data-plot="([\w-]+)"', page)
+    assert plots == ["history", "learning-curves", "importances", "parallel", "slice"]
+    assert not re.search(r'<script[^>]+src=|<link[^>]+href=["\']?https?:', page)  # nothing fetched
+
+
+def test_report_of_a_study_that_does_not_exist_creates_nothing(tmp_path: Path, bert_dir: Path) -> None:
+    path = tiny.study_file(tmp_path, bert_dir, name="ghost")
+    assert main(["report", str(path), "--out", str(tmp_path / "r.html")]) == 2
+    assert not (tmp_path / "ghost.db").exists() and not (tmp_path / "r.html").exists()
+
+
+def _dump_dom(url: str, tmp: Path, budget_ms: int = 15000) -> str:
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'chromium-profile'}",
+         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@needs_chromium
+def test_report_renders_trials_and_plots_in_headless_chromium(tmp_path: Path, bert_dir: Path) -> None:
+    path = make_study(tmp_path, bert_dir)
+    out = tmp_path / "report.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    dom = _dump_dom(out.as_uri(), tmp_path)
+    assert len(re.findall(r'data-trial="\d+"', dom)) == 5
+    # plotly draws each figure as <svg class="main-svg"> inside its div once the inlined JS has run
+    figures = dom.split('<figure class="plot"')[1:]
+    drawn = [re.search(r'data-plot="([\w-]+)"', f).group(1) for f in figures if 'class="main-svg"' in f]
+    assert len(drawn) >= 3, drawn
+    assert "learning-curves" in drawn and "history" in drawn
+
+
+@needs_chromium
+def test_dashboard_page_lists_the_trials_in_headless_chromium(tmp_path: Path, bert_dir: Path) -> None:
+    import json
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    path = make_study(tmp_path, bert_dir, name="dash")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "search", "dashboard", str(path), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(240):  # the server is up when its API answers
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                    study_id = json.loads(resp.read())["study_summaries"][0]["study_id"]
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.5)
+        else:
+            pytest.fail("optuna-dashboard did not answer in 120 s")
+        dom = _dump_dom(f"http://127.0.0.1:{port}/dashboard/studies/{study_id}/trials", tmp_path)
+        listed = sorted(set(re.findall(r"Trial (\d+)", dom)), key=int)
+        assert listed == ["0", "1", "2", "3", "4"], dom[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_multi_objective_report_has_the_pareto_front(tmp_path: Path, bert_dir: Path) -> None:
+    path = tiny.study_file(tmp_path, bert_dir, name="mo", objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}])
+    study = optuna.create_study(study_name="mo", storage=f"sqlite:///{tmp_path / 'mo.db'}",
+                                directions=["maximize", "minimize"])
+    dist = {"train.learning_rate": FloatDistribution(1e-3, 1e-2, log=True)}
+    for lr, acc, loss in [(0.002, 0.7, 0.5), (0.005, 0.8, 0.6), (0.009, 0.6, 0.7)]:
+        study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": lr}, distributions=dist,
+                                                  values=[acc, loss], intermediate_values={10: acc}))
+    out = tmp_path / "mo.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    page = out.read_text()
+    plots = re.findall(r'data-plot="([\w-]+)"', page)
+    assert plots[:3] == ["pareto", "history-accuracy", "history-eval_loss"]
+    assert "2 trials on the Pareto front" in page
+    assert len(re.findall(r'<tr class="best"', page)) == 2
