@@ -177,8 +177,6 @@ def apply_fixes(study: Any, fixes: str) -> None:
     """Changes proposed for the driver and the storage, patched in here to measure them (`--fix`).
 
     wal: SQLite in WAL mode with synchronous=NORMAL (a commit no longer waits for two fsyncs).
-    heartbeat: a running trial's heartbeat is one write per tick (the driver's identity is written
-    once per trial, and trial ids are not looked up again).
     """
     names = {f.strip() for f in (fixes or "").split(",") if f.strip()}
     if "wal" in names and study._storage is not None:
@@ -196,20 +194,6 @@ def apply_fixes(study: Any, fixes: str) -> None:
 
             event.listen(engine, "connect", pragmas)
             engine.dispose()
-    if "heartbeat" in names:
-        import search._driver as driver_mod
-        import search.study as study_mod
-
-        ids: dict[int, int] = {}
-
-        def record_heartbeats(study: Any, numbers: Any) -> None:
-            for number in numbers:
-                if number not in ids:
-                    ids[number] = study_mod._trial_id(study, number)
-                    study._storage.set_trial_system_attr(ids[number], study_mod.DRIVER_ATTR, study_mod._IDENTITY)
-                study._storage.set_trial_system_attr(ids[number], study_mod.HEARTBEAT_ATTR, time.time())
-
-        driver_mod.record_heartbeats = record_heartbeats
 
 
 # -------------------------------------------------------------------------------------------- a run
@@ -432,7 +416,7 @@ def main() -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--table", default="", help=argparse.SUPPRESS)
-    p.add_argument("--fix", default="", help="comma-separated what-if patches: wal, heartbeat (see apply_fixes)")
+    p.add_argument("--fix", default="", help="comma-separated what-if patches: wal (see apply_fixes)")
     p.add_argument("--profile", action="store_true", help="with --one: cProfile the driver's loop to OUT/driver.prof")
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="sftune-driver-scale-"))
