@@ -132,10 +132,6 @@ def sft_with_stats(rows: list[dict[str, Any]], tokenizer: Any,
     return out, stats
 
 
-def tokenize_sft(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
-    return sft_with_stats(rows, tokenizer, max_length)[0]
-
-
 def tokenize(examples: Examples, tokenizer: Any, max_length: int,
              source: str = "") -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
     """Every split of `examples` to token ids: ({split: rows}, {split: stats}).
