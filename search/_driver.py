@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from search.artifacts import apply_retention, store_trial, write_note
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
 from search.space import sample_params
-from search.study import count_states, fail_stale, heartbeat_settings, record_heartbeats, requeue, storage_problem
+from search.study import (count_states, fail_stale, heartbeat_settings, record_heartbeats, requeue, set_live,
+                          storage_problem)
 
 ERROR_KEY = "sftune_error"
 DONE_KEY = "sftune_done"
@@ -102,6 +104,18 @@ class Driver:
     def __post_init__(self) -> None:
         if self.progress is None:
             self.progress = LineProgress(print, self.cfg.metrics)
+        self._later = ThreadPoolExecutor(1, thread_name_prefix="sftune-notes")
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher (and so this) for its checkpoints
+        return {k: v for k, v in self.__dict__.items() if k != "_later"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._later = ThreadPoolExecutor(1, thread_name_prefix="sftune-notes")
+
+    def finish(self) -> None:
+        """Wait for what is written after a trial ended (notes, retention); call it once the run ends."""
+        self._later.shutdown(wait=True)
 
     # ---- counts -------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -190,6 +204,7 @@ class Driver:
         config.setdefault("train", {})["threads"] = max(1, int(self.cfg.resources.cpu))
         self.guard(trial.set_user_attr, "config", config)
         self.trials[tune_id] = trial
+        self._live()
         self.timings["ask"].append(time.perf_counter() - started)
         self.progress.trial_started(trial.number, sampled)
         keep_best = [self.cfg.metrics[0], self.cfg.directions[0]] if self.cfg.use == "best" else None
@@ -201,8 +216,11 @@ class Driver:
         trial = self.trials.pop(tune_id, None)
         if trial is None:
             return
+        self._live()
         pruned = tune_id in self.pruned
         state = outcome_state(pruned=pruned, error=error, result=result)
+        if self.history.get(tune_id):  # every evaluation, written once (not a growing list per report)
+            self.guard(trial.set_user_attr, "history", self.history[tune_id])
         if state == TrialState.PRUNED:
             if result and seconds_of(result):  # its last evaluation's timing: where a pruned trial's time went
                 self.guard(trial.set_user_attr, "seconds", seconds_of(result))
@@ -226,10 +244,10 @@ class Driver:
                 if self.tell(trial, values if len(values) > 1 else values[0]):
                     self.completed += 1
                     self.progress.trial_finished(trial.number, "COMPLETE", values, "")
-                    self.outputs(apply_retention, self.study, self.cfg)
+                    self.outputs_later(apply_retention, self.study, self.cfg)
         else:
             self.fail(trial, *self._failure(tune_id, trial, result, error))
-        self.outputs(write_note, self.study, self.cfg, trial.number, self.history.pop(tune_id, None))
+        self.outputs_later(write_note, self.study, self.cfg, trial.number, self.history.pop(tune_id, None))
         self.show_counts()
 
     def note_memory(self, trial: optuna.Trial, memory: dict[str, float]) -> None:
@@ -274,6 +292,11 @@ class Driver:
             self.progress.message(f"note: {getattr(fn, '__name__', 'saving outputs')} failed: "
                                   f"{type(exc).__name__}: {exc}")
 
+    def outputs_later(self, fn: Any, *args: Any) -> None:
+        """`outputs` for what needs the trial ended (notes, retention): off Tune's loop, in order, on one thread,
+        so no trial's report waits behind another trial's note (`finish` waits for them)."""
+        self._later.submit(self.outputs, fn, *args)
+
     def keep_files(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
         """A trial that ran on another node sent its output files: write them where the driver keeps them."""
         data = result.pop(FILES_KEY, None)
@@ -301,8 +324,14 @@ class Driver:
     def _attr(self, trial: optuna.Trial, key: str, default: Any) -> Any:
         return (self.guard(lambda: trial.user_attrs) or {}).get(key, default)
 
+    def _live(self) -> None:
+        set_live(self.study, [t._trial_id for t in self.trials.values()])
+
     def fail(self, trial: optuna.Trial, message: str, retry: bool = False) -> None:
-        self.guard(trial.set_user_attr, "error", message)
+        try:
+            self.guard(trial.set_user_attr, "error", message)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # already ended elsewhere (another driver failed it as stale): nothing to tell
         self.tell(trial, state=TrialState.FAIL)
         if retry:
             self.guard(requeue, self.study, trial)
@@ -354,10 +383,10 @@ class Driver:
         metrics = {m: float(result[m]) for m in _ALL_METRICS if m in result}
         history = self.history.setdefault(tune_id, [])
         history.append({"step": step, **metrics, "at": time.time()})
-        self.guard(trial.set_user_attr, "history", history)
         max_steps = result.get("max_steps")
         self.progress.trial_reported(trial.number, step, int(max_steps) if max_steps else None, metrics)
-        self.note_memory(trial, nested(result, "memory"))
+        if len(history) == 1:  # the peak of the first steps, recorded and judged once (again at the end)
+            self.note_memory(trial, nested(result, "memory"))
         values = [metrics[m] for m in self.cfg.metrics if m in metrics]
         if len(values) != len(self.cfg.metrics):
             return False
@@ -409,8 +438,9 @@ class Driver:
     def abandon(self, reason: str) -> None:
         """The run ends with trials still running (timeout, interrupt): FAIL them and queue their params."""
         for tune_id, trial in list(self.trials.items()):
-            self.fail(trial, f"{reason}; its params are queued for the next run", retry=True)
             self.trials.pop(tune_id, None)
+            self._live()
+            self.fail(trial, f"{reason}; its params are queued for the next run", retry=True)
 
 
 def _metric_names() -> set[str]:

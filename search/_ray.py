@@ -69,4 +69,5 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
         if driver.trials:
             timeout = cfg.budget.timeout
             driver.abandon(f"stopped by budget.timeout ({timeout:g} s)" if timeout else "stopped when the run ended")
+        driver.finish()
     return driver

@@ -11,7 +11,7 @@ from search.config import StudyConfig, load_study
 from search.progress import make_progress
 from search.report import next_hints, render_table, summary
 from search.data_report import data_report, short_form
-from search.study import (StorageFailure, base_changes, fail_stale, finished, open_study, sqlite_path,
+from search.study import (StorageFailure, base_changes, close_study, fail_stale, finished, open_study, sqlite_path,
                           storage_problem)
 from search.testset import evaluate_best_on_test, has_test_split
 from trainer import Prepared, prepare_soon
@@ -21,6 +21,18 @@ EXIT_INTERRUPTED = 130
 
 def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage: str | None,
               address: str | None, say: Callable[[str], None], allow_base_change: bool = False) -> int:
+    opened: list[optuna.Study] = []
+    try:
+        return _run_study(path, overrides, n_trials=n_trials, storage=storage, address=address, say=say,
+                          allow_base_change=allow_base_change, opened=opened)
+    finally:
+        for study in opened:
+            close_study(study)  # a SQLite study's log is folded into its file: the file alone is the study
+
+
+def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage: str | None,
+               address: str | None, say: Callable[[str], None], allow_base_change: bool,
+               opened: list[optuna.Study]) -> int:
     cfg: StudyConfig = load_study(path, overrides, n_trials=n_trials, storage=storage)
     # Model and data are checked now, before Ray starts. Then three things overlap: tokenizing
     # (cached for every trial), opening the study, and starting Ray, whose workers import the
@@ -29,7 +41,7 @@ def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage:
     pending = prepare_soon(base, source=str(cfg.path), cache_dir=cfg.cache_dir)
     new_study = _is_new_sqlite(cfg.storage)
     with ThreadPoolExecutor(1, thread_name_prefix="sftune-open") as pool:
-        opening: Future = pool.submit(_open, cfg, say, allow_base_change)
+        opening: Future = pool.submit(_open, cfg, say, allow_base_change, opened)
         # An existing study may have nothing left to run: know that before starting Ray.
         if not new_study and cfg.budget.n_trials - opening.result()[1] <= 0:
             pending.result()
@@ -95,9 +107,11 @@ def _header(cfg: StudyConfig, done: int) -> str:
             + (f" {cfg.resources.gpu:g} gpu" if cfg.resources.gpu else "") + " each")
 
 
-def _open(cfg: StudyConfig, say: Callable[[str], None], allow_base_change: bool = False) -> tuple[optuna.Study, int]:
+def _open(cfg: StudyConfig, say: Callable[[str], None], allow_base_change: bool,
+          opened: list[optuna.Study]) -> tuple[optuna.Study, int]:
     """Open (or create) the study and recover a dead driver's trials; returns it and its finished count."""
     study = open_study(cfg, allow_base_change=allow_base_change)
+    opened.append(study)
     if allow_base_change:
         for change in base_changes(study, cfg):
             say(f"note: continuing with a changed base config (--allow-base-change): {change}")

@@ -136,7 +136,11 @@ def test_sigkilled_driver_resumes_to_n_trials(tmp_path: Path, bert_dir: Path) ->
                       if t.state == TrialState.RUNNING]
     assert killed_running
 
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    try:
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        pytest.fail(f"the resumed driver did not finish in 600 s; it printed:\n{out}")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "left RUNNING by a driver that died" in again.stdout
     trials = optuna.load_study(study_name="killed", storage=storage).trials

@@ -253,6 +253,28 @@ def test_running_trials_keep_a_heartbeat_of_their_own(tmp_path: Path, bert_dir: 
     assert any("left RUNNING by a driver that died" in str(x) for x in other.progress.lines)
 
 
+def test_a_driver_never_fails_its_own_running_trials_as_stale(tmp_path: Path, bert_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A starved machine can let a heartbeat come late: the driver's own stale check still spares its trials
+    (other drivers judge them by heartbeat); when the run abandons a trial already failed elsewhere, it is
+    left as it is."""
+    import time
+
+    monkeypatch.setenv("SFTUNE_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SFTUNE_HEARTBEAT_GRACE", "2")
+    d = _driver(tmp_path, bert_dir, n_trials=3)
+    d.suggest("t1")
+    d.suggest("t2")
+    time.sleep(3)  # no heartbeat thread: both heartbeats are older than the grace
+    d.tick()
+    assert [t.state for t in d.study.trials] == [TrialState.RUNNING, TrialState.RUNNING]
+    other = Driver(cfg=d.cfg, study=open_study(d.cfg), progress=Events())
+    other.tick()  # another driver goes by the heartbeats
+    assert [t.state for t in other.study.trials[:2]] == [TrialState.FAIL, TrialState.FAIL]
+    d.abandon("stopped when the run ended")  # already failed elsewhere: no error, nothing told twice
+    assert d.failed == 0 and not d.trials
+
+
 def test_cuda_memory_figures_are_kept_and_packing_is_judged_once(tmp_path: Path, bert_dir: Path) -> None:
     d = _driver(tmp_path, bert_dir, n_trials=2, resources={"cpu": 1, "gpu": 0.5})
     d.suggest("t1")

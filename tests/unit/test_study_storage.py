@@ -21,7 +21,7 @@ from search import study as study_mod
 from search.cli import main
 from search.config import load_study
 from search.space import sample_params
-from search.study import (StorageFailure, count_states, open_storage, open_study, rdb_storage, storage_problem)
+from search.study import (StorageFailure, close_study, count_states, open_storage, open_study, rdb_storage, storage_problem)
 from trainer import ConfigError
 
 
@@ -61,6 +61,33 @@ def test_canary_private_reach_into_optuna(tmp_path: Path, bert_dir: Path) -> Non
     assert study_mod.finished(study) == 1
 
 
+def test_driver_study_reads_running_trials_less_often_but_sees_its_own_writes(tmp_path: Path, bert_dir: Path) -> None:
+    """ReadLessOften subclasses Optuna's private _CachedStorage (canary: the method it throttles is the
+    one get_all_trials calls); a state change by this driver is seen at once, another driver's within
+    REFRESH_S."""
+    import inspect
+
+    assert "_read_trials_from_remote_storage" in inspect.getsource(optuna.storages._CachedStorage.get_all_trials)
+    cfg = _cfg(tmp_path, bert_dir)
+    study, other = open_study(cfg), open_study(cfg)
+    assert isinstance(study._storage, study_mod.ReadLessOften)
+    reads = []
+    backend = rdb_storage(study)
+    original = backend._get_trials
+    backend._get_trials = lambda *a, **k: reads.append(1) or original(*a, **k)  # count the database reads
+    mine = study.ask()
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
+    before = len(reads)
+    for _ in range(20):  # a burst of pruning decisions: one read between them
+        study.get_trials(deepcopy=False)
+    assert len(reads) - before <= 1
+    study.tell(mine, 0.5)  # this driver's own tell: seen at once
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+    theirs = other.ask()  # another driver's trial: seen once REFRESH_S has passed
+    time.sleep(study_mod.ReadLessOften.REFRESH_S + 0.05)
+    assert [t.number for t in study.get_trials(states=(TrialState.RUNNING,))] == [theirs.number]
+
+
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_seeded_sampler_reproduces_fresh_and_continues_on_resume(tmp_path: Path, bert_dir: Path,
                                                                   sampler: str) -> None:
@@ -90,7 +117,10 @@ def _bad_run(path: Path, capsys: pytest.CaptureFixture, *extra: str) -> str:
 def _finished_study(tmp: Path, model: Path, n: int = 2, **extra) -> tuple[Path, Path]:
     path = tiny.study_file(tmp, model, n_trials=n, **extra)
     cfg = load_study(path)
-    _run_trials(open_study(cfg), cfg, n)
+    study = open_study(cfg)
+    _run_trials(study, cfg, n)
+    close_study(study)
+    assert not (tmp / "s.db-wal").exists()  # closed: the file alone is the study
     return path, tmp / "s.db"
 
 
@@ -205,18 +235,21 @@ def test_a_locked_database_is_retried_not_failed(tmp_path: Path, bert_dir: Path,
     study = open_study(cfg)
     storage = rdb_storage(study)
     holder = sqlite3.connect(tmp_path / "s.db", isolation_level=None, check_same_thread=False)
+    trial = study.ask()
+    # (In write-ahead-log mode readers are never blocked, and Optuna retries a trial's creation on its
+    # own: the writes of `tell` are where our retry shows.)
     holder.execute("BEGIN EXCLUSIVE")
     threading.Timer(1.0, lambda: holder.execute("COMMIT")).start()
     before = storage.retries
-    trial = study.ask()  # blocked for a second by the other writer, then goes through
-    study.tell(trial, 0.7)
+    study.tell(trial, 0.7)  # blocked for a second by the other writer, then goes through
     assert storage.retries > before
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]
     monkeypatch.setattr(study_mod, "RETRY_FOR_S", 0.5)
+    trial = study.ask()
     holder.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(StorageFailure, match="stayed locked by other writers"):
-            study.ask()
+            study.tell(trial, 0.5)
     finally:
         holder.execute("COMMIT")
 
