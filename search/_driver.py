@@ -162,6 +162,10 @@ class Driver:
     # ---- Tune's searcher ----------------------------------------------------------------------
     def suggest(self, tune_id: str) -> dict[str, Any] | str | None:
         """A Tune trial slot is free: ask Optuna for a trial (a config), wait (None) or stop (FINISHED)."""
+        # With nothing running here Tune calls this once a second for up to 10 minutes without stepping its
+        # loop (so without DriverTick): recover dead drivers' trials from here too, or a run that waits
+        # for them would wait out Tune's 600 s.
+        self.tick()
         done = FINISHED if not self.trials else None
         if self.stop_reason:
             return done

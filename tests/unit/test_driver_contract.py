@@ -253,6 +253,27 @@ def test_running_trials_keep_a_heartbeat_of_their_own(tmp_path: Path, bert_dir: 
     assert any("left RUNNING by a driver that died" in str(x) for x in other.progress.lines)
 
 
+def test_a_driver_waiting_on_a_dead_drivers_trials_takes_them_over_from_suggest(
+        tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing of its own running, Tune only calls `suggest` (once a second, up to 600 s) and never
+    steps its loop: the stale check must run from there, or the run waits out Tune's timeout."""
+    import time
+
+    monkeypatch.setenv("SFTUNE_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SFTUNE_HEARTBEAT_GRACE", "2")
+    dead = _driver(tmp_path, bert_dir, n_trials=2)
+    assert isinstance(dead.suggest("a"), dict) and isinstance(dead.suggest("b"), dict)  # then it "dies"
+    d = Driver(cfg=dead.cfg, study=open_study(dead.cfg), progress=Events())
+    assert d.suggest("t1") is None  # the whole budget runs elsewhere: wait
+    deadline = time.time() + 15
+    config = None
+    while config is None and time.time() < deadline:
+        time.sleep(0.5)
+        config = d.suggest("t1")  # only suggest: no tick() from a loop step
+    assert isinstance(config, dict), "the dead driver's trials were never taken over"
+    assert config["sftune"]["config"]["peft"]["r"] in {t.params["peft.r"] for t in d.study.trials[:2]}
+
+
 def test_a_driver_never_fails_its_own_running_trials_as_stale(tmp_path: Path, bert_dir: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A starved machine can let a heartbeat come late: the driver's own stale check still spares its trials
