@@ -113,4 +113,13 @@ def unpack(data: bytes, folder: Path) -> None:
     """In the driver: a remote trial's outputs written into its output folder."""
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(folder, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+ (Debian 12's 3.11.2 has no filters)
+            tar.extractall(folder, filter="data")
+            return
+        root = folder.resolve()
+        for member in tar.getmembers():  # the same rule by hand: plain files and folders inside `folder`
+            target = (folder / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or not target.is_relative_to(root):
+                raise ValueError(f"refusing {member.name!r} from a trial's outputs: not a plain file inside "
+                                 "its folder")
+        tar.extractall(folder)
