@@ -105,6 +105,11 @@ class Driver:
         if self.progress is None:
             self.progress = LineProgress(print, self.cfg.metrics)
         self._later = ThreadPoolExecutor(1, thread_name_prefix="sftune-notes")
+        set_live(self.study, self.live_ids)
+
+    def live_ids(self) -> set[int]:
+        """The Optuna trial ids this driver runs now (its own stale check spares them)."""
+        return {t._trial_id for t in list(self.trials.values())}
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher (and so this) for its checkpoints
         return {k: v for k, v in self.__dict__.items() if k != "_later"}
@@ -208,7 +213,6 @@ class Driver:
         config.setdefault("train", {})["threads"] = max(1, int(self.cfg.resources.cpu))
         self.guard(trial.set_user_attr, "config", config)
         self.trials[tune_id] = trial
-        self._live()
         self.timings["ask"].append(time.perf_counter() - started)
         self.progress.trial_started(trial.number, sampled)
         keep_best = [self.cfg.metrics[0], self.cfg.directions[0]] if self.cfg.use == "best" else None
@@ -220,7 +224,6 @@ class Driver:
         trial = self.trials.pop(tune_id, None)
         if trial is None:
             return
-        self._live()
         pruned = tune_id in self.pruned
         state = outcome_state(pruned=pruned, error=error, result=result)
         if self.history.get(tune_id):  # every evaluation, written once (not a growing list per report)
@@ -327,9 +330,6 @@ class Driver:
 
     def _attr(self, trial: optuna.Trial, key: str, default: Any) -> Any:
         return (self.guard(lambda: trial.user_attrs) or {}).get(key, default)
-
-    def _live(self) -> None:
-        set_live(self.study, [t._trial_id for t in self.trials.values()])
 
     def fail(self, trial: optuna.Trial, message: str, retry: bool = False) -> None:
         try:
@@ -443,7 +443,6 @@ class Driver:
         """The run ends with trials still running (timeout, interrupt): FAIL them and queue their params."""
         for tune_id, trial in list(self.trials.items()):
             self.trials.pop(tune_id, None)
-            self._live()
             self.fail(trial, f"{reason}; its params are queued for the next run", retry=True)
 
 

@@ -186,35 +186,50 @@ class SftuneStorage(optuna.storages.RDBStorage):
 
     def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(url, *args, **kwargs)
-        self.live: set[int] = set()
-        """Ids of the trials this process runs (`set_live`): its own stale check never fails them."""
+        self.live: Callable[[], set[int]] = set
+        """Ids of the trials this process runs now (`set_live`): its own stale check never fails them."""
         self._set_up_sessions()
+
+    def __getstate__(self) -> dict[Any, Any]:  # `live` belongs to the process (a driver's method), not the copy
+        return {k: v for k, v in super().__getstate__().items() if k != "live"}
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
-        self.live = set()
+        self.live = set
         self._set_up_sessions()
 
     def record_heartbeats(self, study_id: int, numbers: list[int]) -> None:
         """One heartbeat (the database's clock) on each of these trials, in one transaction: a driver
         with 64 trials running makes one commit per beat, not 128 round trips."""
-        from sqlalchemy import func, select, update
+        from sqlalchemy import select
 
-        models = _models()
-        beat = models.TrialHeartbeatModel
-        session = self.scoped_session()
-        try:
-            ids = session.execute(select(models.TrialModel.trial_id).where(
-                models.TrialModel.study_id == study_id, models.TrialModel.number.in_(numbers))).scalars().all()
-            if ids:
+        trial = _models().TrialModel
+        self._beat(select(trial.trial_id).where(trial.study_id == study_id, trial.number.in_(numbers)))
+
+    def _beat(self, trial_ids: Any) -> None:
+        """A heartbeat now on each trial id that `trial_ids` (a select) finds, in one transaction; tried
+        again once when another driver inserted one of them first (Optuna's own heartbeat ignores that)."""
+        from sqlalchemy import func, select, update
+        from sqlalchemy.exc import IntegrityError
+
+        beat = _models().TrialHeartbeatModel
+        for last in (False, True):
+            session = self.scoped_session()
+            try:
+                ids = session.execute(trial_ids).scalars().all()
                 have = set(session.execute(select(beat.trial_id).where(beat.trial_id.in_(ids))).scalars())
                 if have:
                     session.execute(update(beat).where(beat.trial_id.in_(have)).values(heartbeat=func.now()))
                 session.add_all([beat(trial_id=i) for i in ids if i not in have])
-            session.commit()
-        except Exception:
-            session.rollback()
-            raise
+                session.commit()
+                return
+            except IntegrityError:
+                session.rollback()
+                if last:
+                    raise
+            except Exception:
+                session.rollback()
+                raise
 
     def _set_up_sessions(self) -> None:
         """Every new connection is set up once: PostgreSQL sessions in UTC (`_utc_session`), SQLite in
@@ -253,19 +268,15 @@ class SftuneStorage(optuna.storages.RDBStorage):
         models = _models()
         from sqlalchemy import select
 
-        with self.scoped_session() as session:
-            unbeaten = session.execute(
-                select(models.TrialModel.trial_id)
-                .outerjoin(models.TrialHeartbeatModel,
-                           models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
-                .where(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING,
-                       models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
-            ).scalars().all()
-        for trial_id in unbeaten:
-            self.record_heartbeat(trial_id)
+        self._beat(select(models.TrialModel.trial_id)
+                   .outerjoin(models.TrialHeartbeatModel,
+                              models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+                   .where(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING,
+                          models.TrialHeartbeatModel.trial_heartbeat_id.is_(None)))
         stale = []
+        live = self.live()
         for trial_id in super()._get_stale_trial_ids(study_id):
-            if trial_id in self.live:  # this process runs it: alive, whatever a late heartbeat says
+            if trial_id in live:  # this process runs it: alive, whatever a late heartbeat says
                 continue
             try:
                 self.set_trial_user_attr(trial_id, "error", STALE_ERROR.format(grace=self.grace_period))
@@ -337,19 +348,12 @@ def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
     stays as it is: its error, if any, comes from the first real statement."""
     cursor = dbapi_connection.cursor()
     try:
-        mode = cursor.execute("PRAGMA journal_mode").fetchone()
-        if mode and str(mode[0]).lower() != "wal" and not _sqlite_in_memory(dbapi_connection):
-            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA journal_mode=WAL")  # a no-op when it already is; "memory" stays for :memory:
         cursor.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.Error:
         pass
     finally:
         cursor.close()
-
-
-def _sqlite_in_memory(dbapi_connection: Any) -> bool:
-    rows = dbapi_connection.execute("PRAGMA database_list").fetchall()
-    return any(r[1] == "main" and not r[2] for r in rows)
 
 
 def _utc_session(dbapi_connection: Any, _record: Any) -> None:
@@ -819,15 +823,16 @@ def record_heartbeats(study: optuna.Study, trial_numbers: Iterable[int]) -> None
             continue
 
 
-def set_live(study: optuna.Study, trial_ids: Iterable[int]) -> None:
-    """The trials this driver runs now (Optuna trial ids): its own stale check never fails them, even when
-    a heartbeat came late (a starved machine); other drivers judge them by their heartbeats."""
+def set_live(study: optuna.Study, trial_ids: Callable[[], set[int]]) -> None:
+    """Where the trials this driver runs are found (a function giving their Optuna trial ids): its own stale
+    check never fails them, even when a heartbeat came late (a starved machine); other drivers judge them
+    by their heartbeats."""
     try:
         backend = rdb_storage(study)
     except TypeError:
         return
     if isinstance(backend, SftuneStorage):
-        backend.live = set(trial_ids)
+        backend.live = trial_ids
 
 
 def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
