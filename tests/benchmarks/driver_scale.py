@@ -170,32 +170,6 @@ class WorkerMemory(threading.Thread):
                     "uss_mb": statistics.median(u for _, u in v)} for k, v in kinds.items()}
 
 
-# ------------------------------------------------------------------------------------------ what-if
-
-
-def apply_fixes(study: Any, fixes: str) -> None:
-    """Changes proposed for the driver and the storage, patched in here to measure them (`--fix`).
-
-    wal: SQLite in WAL mode with synchronous=NORMAL (a commit no longer waits for two fsyncs).
-    """
-    names = {f.strip() for f in (fixes or "").split(",") if f.strip()}
-    if "wal" in names and study._storage is not None:
-        from sqlalchemy import event
-
-        from search.study import rdb_storage
-
-        engine = rdb_storage(study).engine
-        if engine.url.get_backend_name() == "sqlite":
-            def pragmas(conn: Any, _record: Any) -> None:
-                cur = conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.close()
-
-            event.listen(engine, "connect", pragmas)
-            engine.dispose()
-
-
 # -------------------------------------------------------------------------------------------- a run
 
 
@@ -217,7 +191,6 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     study = open_study(cfg)
     filled = prefill(study, cfg.space, args.prefill)
 
-    apply_fixes(study, args.fix)
     latencies: list[float] = []
     results = [0]
     torch_in_workers = [0]
@@ -316,7 +289,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         "tell_last_ms": 1000 * statistics.median(tell[-max(1, len(tell) // 10):]) if tell else float("nan"),
         "driver_cpu": cpu_s / wall, "driver_cpu_s_per_trial": cpu_s / max(1, n),
         "in_driver_s_per_trial": {k: v / max(1, n) for k, v in in_driver.items()},
-        "load_avg": os.getloadavg()[0], "fix": args.fix,
+        "load_avg": os.getloadavg()[0],
         "trial_wall_p50_s": pct(trial_walls, 0.5), "busy": results[0] * args.eval_s / (args.concurrency * wall), "workers": workers, "counts": counts,
         "reports_from_workers_with_torch": torch_in_workers[0], "fail": len(fails), "fail_errors": sorted(set(fails))[:3],
     }
@@ -386,7 +359,7 @@ args_gp_max = 1000
 
 
 def print_runs(rows: list[dict[str, Any]]) -> None:
-    header = ["storage", "fixes", "sampler", "concurrent", "study grows to", "trials run", "results/s (offered)",
+    header = ["storage", "sampler", "concurrent", "study grows to", "trials run", "results/s (offered)",
               "report->decision p50 / p99 ms", "decide p50 / p99 ms", "slots busy", "ask ms (first / last 10%)",
               "tell ms (first / last 10%)", "driver CPU cores", "driver CPU s / trial", "in driver s / trial",
               "worker USS / RSS MB", "not COMPLETE/PRUNED", "load avg"]
@@ -394,7 +367,7 @@ def print_runs(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         w = r["workers"].get("ray::ImplicitFunc") or next(iter(r["workers"].values()), {"uss_mb": float("nan"),
                                                                                        "rss_mb": float("nan")})
-        print(f"| {r['storage']} | {r.get('fix') or '-'} | {r['sampler']} | {r['concurrency']} | {r['study_size']:,} | "
+        print(f"| {r['storage']} | {r['sampler']} | {r['concurrency']} | {r['study_size']:,} | "
               f"{r['trials']} | {r['results_per_s']:.1f} ({r['offered_per_s']:.0f}) | {r['latency_p50_ms']:.0f} / "
               f"{r['latency_p99_ms']:.0f} | {r['decide_p50_ms']:.0f} / {r['decide_p99_ms']:.0f} | {100 * r['busy']:.0f}% | "
               f"{r['ask_first_ms']:.0f} / {r['ask_last_ms']:.0f} | {r['tell_first_ms']:.0f} / {r['tell_last_ms']:.0f} | "
@@ -421,7 +394,6 @@ def main() -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--table", default="", help=argparse.SUPPRESS)
-    p.add_argument("--fix", default="", help="comma-separated what-if patches: wal (see apply_fixes)")
     p.add_argument("--profile", action="store_true", help="with --one: cProfile the driver's loop to OUT/driver.prof")
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="sftune-driver-scale-"))
@@ -458,7 +430,7 @@ def main() -> int:
                   + (f" on a study of {args.prefill:,}" if args.prefill else "") + " ...", flush=True)
             cmd = [sys.executable, __file__, "--one", "--concurrency", str(c), "--trials", str(args.trials),
                    "--prefill", str(args.prefill), "--storage", storage, "--sampler", args.sampler,
-                   "--evals", str(args.evals), "--eval-s", str(args.eval_s), "--fix", args.fix, "--cpus", str(max(args.cpus, c)),
+                   "--evals", str(args.evals), "--eval-s", str(args.eval_s), "--cpus", str(max(args.cpus, c)),
                    "--out", str(out / f"{storage.split(':')[0]}-{c}")]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
