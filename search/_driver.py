@@ -391,6 +391,8 @@ class Driver:
         self.progress.trial_reported(trial.number, step, int(max_steps) if max_steps else None, metrics)
         if len(history) == 1:  # the peak of the first steps, recorded and judged once (again at the end)
             self.note_memory(trial, nested(result, "memory"))
+            if result.get("precision"):
+                self.guard(trial.set_user_attr, "precision", str(result["precision"]))
         values = [metrics[m] for m in self.cfg.metrics if m in metrics]
         if len(values) != len(self.cfg.metrics):
             return False

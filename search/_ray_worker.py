@@ -46,18 +46,19 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         if spec.get("job"):
             _run_stub(spec, tune)
             return
-        from trainer import config_from_dict, run_job
+        from trainer import config_from_dict, resolve_precision, run_job
 
         number = spec["number"]
         cfg = config_from_dict(spec["config"], source=f"trial {number}")
         cfg.output_dir = str(writable_dir(Path(cfg.output_dir)))
         timing: dict[str, float] = {}
         memory: dict[str, float] = {}  # CUDA figures (trainer._memory); empty on CPU
+        precision = resolve_precision(cfg.train.precision)[1]  # what run_job will use: bf16 | fp32
 
         class TuneReporter:
             def report(self, step: int, metrics: dict[str, float]) -> bool:
                 tune.report({**metrics, "step": step, "max_steps": timing.get("max_steps"),
-                             "seconds": dict(timing), "memory": dict(memory)})
+                             "seconds": dict(timing), "memory": dict(memory), "precision": precision})
                 return False  # the scheduler in the driver stops a pruned trial
 
         keep_best = tuple(spec["keep_best"]) if spec.get("keep_best") else None  # objective.use: best

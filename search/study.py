@@ -41,7 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import PRUNERS, SAMPLERS, StudyConfig
 from search.space import Param
-from trainer import ConfigError, Problem
+from trainer import ADDED_DEFAULTS, ConfigError, Problem
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # The heartbeat is documented for Study.optimize; ask/tell with heartbeats recorded by the driver is the
@@ -599,16 +599,19 @@ def base_changes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
         return []
     old, new = _flat(stored.get("compared", {})), _flat(now["compared"])
     was, becomes = _flat(stored.get("config", {})), _flat(cfg.base)
-    changes = []
+    changes, skipped = [], 0
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key):
+            continue
+        if key not in old and key in ADDED_DEFAULTS and new.get(key) == ADDED_DEFAULTS[key]:
+            skipped += 1  # a field a newer sftune added, at its default: no change by the user
             continue
         if key in ("data.train", "data.validation", "model") and str(old.get(key, "")).startswith(("content:", "model:")):
             changes.append(f"{key} ({becomes.get(key)}): its content differs from the file the study was created "
                            f"with ({was.get(key)})")
         else:
             changes.append(f"{key}: {was.get(key, old.get(key))!r} -> {becomes.get(key, new.get(key))!r}")
-    return changes or ["the base config differs (fingerprint)"]
+    return changes or ([] if skipped else ["the base config differs (fingerprint)"])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from trainer._metrics import DIRECTIONS, METRICS
 from trainer._schema import ConfigError, Problem
-from trainer.config import FIELDS, TrainConfig, config_from_dict, load_train_config, read_yaml
+from trainer.config import ADDED_DEFAULTS, FIELDS, TrainConfig, config_from_dict, load_train_config, read_yaml
 from trainer._model import warm
 from trainer._tokenize import describe_warnings
-from trainer.job import JobResult, NeverStop, Prepared, Reporter, prepare, prepare_soon, run_job
+from trainer.job import (JobResult, NeverStop, Prepared, Reporter, prepare, prepare_soon, resolve_precision,
+                         run_job)
 
 __all__ = [
+    "ADDED_DEFAULTS",
     "DIRECTIONS",
     "FIELDS",
     "METRICS",
@@ -26,6 +28,7 @@ __all__ = [
     "prepare",
     "prepare_soon",
     "read_yaml",
+    "resolve_precision",
     "run_job",
     "warm",
 ]

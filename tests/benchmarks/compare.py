@@ -88,6 +88,7 @@ def make_task(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "eval_every": args.eval_every,
         "cpus": os.cpu_count() or 1,
         "gpu": args.gpu_per_trial,
+        "baseline_bf16": args.baseline_bf16,
     }
 
 
@@ -197,7 +198,9 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
         per_device_eval_batch_size=max(t.batch_size, 32), learning_rate=t.learning_rate, max_steps=t.max_steps,
         eval_strategy="steps", eval_steps=t.eval_every, logging_steps=t.eval_every, save_strategy="no",
         report_to="none", seed=t.seed, data_seed=t.seed, disable_tqdm=True,
-        use_cpu=not task["gpu"], bf16=bool(task["gpu"]),  # as sftune's jobs: bf16 on a GPU
+        # Hugging Face's default is fp32; the baselines get bf16 on a GPU (as users set it there) and, with
+        # --baseline-bf16, on a CPU too (sftune's `train.precision: auto` uses bf16 where the CPU does it natively).
+        use_cpu=not task["gpu"], bf16=bool(task["gpu"]) or bool(task.get("baseline_bf16")),
         remove_unused_columns=False, label_names=["labels"],
     )
     return Trainer(model_init=model_init, args=args, train_dataset=prep.train, eval_dataset=validation,
@@ -376,7 +379,11 @@ def run_recipe(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
                                                 lora_dropout=cfg.peft.dropout))
 
     own = job.build_model
-    for name, build in (("sftune recipe", own), ("plain peft LoRA", plain)):
+    auto = job.resolve_precision("auto")[1]
+    runs = [("sftune recipe", own, "auto"), ("plain peft LoRA", plain, "auto")]
+    if auto != "fp32":  # the arithmetic alone: the same recipe in fp32, as Hugging Face's Trainer runs by default
+        runs.append(("sftune recipe", own, "fp32"))
+    for name, build, precision in runs:
         trainable: list[int] = []
 
         def counted(*args: Any, _build: Any = build, **kwargs: Any) -> Any:
@@ -385,10 +392,11 @@ def run_recipe(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
             return model
 
         job.build_model = counted
+        base.train.precision = precision
         started = time.time()
         result = job.run_job(base, threads=threads)
-        rows[name] = {"best": result.metrics[task["metric"]], "wall": time.time() - started,
-                      "trainable": trainable[0]}
+        rows[f"{name}, {result.precision}"] = {"best": result.metrics[task["metric"]], "wall": time.time() - started,
+                                               "trainable": trainable[0]}
     job.build_model = own
     return {"recipe": rows}
 
@@ -557,7 +565,7 @@ def print_recipe(raw: dict[str, Any], task: dict[str, Any]) -> str:
     lines = [f"recipe, one fixed config (lr {t['learning_rate']:g}, batch {t['batch_size']}, LoRA r {p['r']} "
              f"alpha {p['alpha']}, {t['max_steps']} steps, {task['cpus']} threads):"]
     for name, r in raw["recipe"].items():
-        lines.append(f"  {name:16s} accuracy {r['best']:.4f} in {r['wall']:.0f} s ({r['trainable']:,} trainable params)")
+        lines.append(f"  {name:22s} accuracy {r['best']:.4f} in {r['wall']:.0f} s ({r['trainable']:,} trainable params)")
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -596,6 +604,12 @@ def main() -> int:
     p.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated subset of " + ", ".join(SYSTEMS))
     p.add_argument("--gpu-per-trial", type=float, default=None,
                    help="GPU share of each trial (default: 1/concurrency where an NVIDIA GPU is seen, else 0)")
+    p.add_argument("--baseline-bf16", action="store_true",
+                   help="train the baselines in bf16 on a CPU too (default: Hugging Face's fp32; sftune's "
+                        "train.precision: auto uses bf16 where the CPU does bf16 natively)")
+    p.add_argument("--reuse", default="",
+                   help="comma-separated systems whose figures an earlier run left in --out are used, not re-run "
+                        "(e.g. hf-optuna,hf-ray while sftune changes)")
     p.add_argument("--out", default=None, help="work folder (default: a new one under /tmp)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -624,6 +638,7 @@ def main() -> int:
     title = (f"{desc}; {task['n_trials']} trials, {args.concurrency} at a time, {task['max_steps']} steps, eval every "
              f"{task['eval_every']}; {task['cpus']} CPUs" + (f", {task['gpu']:g} GPU per trial ({_gpu_name()})"
                                                            if task["gpu"] else ""))
+    reuse = {x.strip() for x in args.reuse.split(",") if x.strip()}
     texts, per_seed = [], {}
     for seed in seeds:
         seed_dir = out / f"seed{seed}"
@@ -631,8 +646,12 @@ def main() -> int:
         (seed_dir / "task.json").write_text(json.dumps({**task, "seed": seed}, indent=2))
         rows = []
         for name in [s.strip() for s in args.only.split(",") if s.strip()]:
-            print(f"seed {seed}: running {name} ...", flush=True)
-            result = _run_child(name, seed_dir, bool(args.gpu_per_trial))
+            if name in reuse and (seed_dir / name / "run.json").exists():
+                print(f"seed {seed}: {name}: figures of an earlier run ({seed_dir / name / 'run.json'})", flush=True)
+                result = _load_child(name, seed_dir)
+            else:
+                print(f"seed {seed}: running {name} ...", flush=True)
+                result = _run_child(name, seed_dir, bool(args.gpu_per_trial))
             if result is None:
                 continue
             raw, wall, usage, t0 = result
@@ -669,7 +688,15 @@ def _run_child(name: str, folder: Path, gpu: bool) -> tuple[dict[str, Any], floa
     if proc.returncode != 0:
         print(f"  {name} failed (exit {proc.returncode}); see {folder / name / 'worker.log'}", flush=True)
         return None
+    (folder / name / "run.json").write_text(json.dumps({"wall": wall, "usage": list(usage), "t0": t0}))
     return json.loads((folder / name / "raw.json").read_text()), wall, usage, t0
+
+
+def _load_child(name: str, folder: Path) -> tuple[dict[str, Any], float, tuple[float, float], float]:
+    """What `_run_child` measured in an earlier run (`--reuse`)."""
+    run = json.loads((folder / name / "run.json").read_text())
+    usage = (float(run["usage"][0]), float(run["usage"][1]))
+    return json.loads((folder / name / "raw.json").read_text()), float(run["wall"]), usage, float(run["t0"])
 
 
 if __name__ == "__main__":

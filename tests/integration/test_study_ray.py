@@ -16,6 +16,7 @@ import tiny
 from optuna.trial import TrialState
 
 from search.cli import main
+from trainer import resolve_precision
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,9 @@ def test_states_values_and_configs_in_the_database(tmp_path: Path, bert_dir: Pat
         assert t.user_attrs["config"]["train"]["learning_rate"] == t.params["train.learning_rate"]
         assert t.user_attrs["config"]["peft"]["r"] == t.params["peft.r"]
         assert [h["step"] for h in t.user_attrs["history"]] == [10, 20, 30]
-    assert (tmp_path / "runs" / "trials" / "0000" / "metrics.json").exists()
+        assert t.user_attrs["precision"] == resolve_precision("auto")[1]  # what the worker trained in
+    assert json.loads((tmp_path / "runs" / "trials" / "0000" / "metrics.json").read_text())["precision"] \
+        == resolve_precision("auto")[1]
     assert not (Path.home() / "ray_results" / "plain").exists()
 
 

@@ -141,6 +141,21 @@ def test_resume_with_another_base_config_is_refused_then_allowed(tmp_path: Path,
     assert "continuing with a changed base config" in out and "data.train" in out and "nothing to run" in out
 
 
+def test_a_study_from_before_train_precision_resumes_but_a_changed_precision_is_named(
+        tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    path, db = _finished_study(tmp_path, bert_dir)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
+    record = study.user_attrs[study_mod.BASE_ATTR]
+    for part in ("config", "compared"):  # as an sftune without the field stored it
+        del record[part]["train"]["precision"]
+    study.set_user_attr(study_mod.BASE_ATTR, record)
+    close_study(study)
+    assert main(["run", str(path)]) == 0  # nothing to run, and no base change claimed
+    assert "nothing to run" in capsys.readouterr().out
+    err = _bad_run(path, capsys, "--set", "base.train.precision=fp32")
+    assert "train.precision: None -> 'fp32'" in err
+
+
 def test_same_data_in_another_folder_and_other_threads_match(tmp_path: Path, bert_dir: Path) -> None:
     path, _ = _finished_study(tmp_path / "one", bert_dir)
     other = tmp_path / "two"
