@@ -120,9 +120,10 @@ def sft_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
 
 
 def study_file(tmp: Path, model_dir: Path, *, name: str = "s", n_trials: int = 4, pruner: Any = None,
-               space: Any = None, concurrency: int = 2, max_steps: int = 30, **extra: Any) -> Path:
+               space: Any = None, concurrency: int = 2, max_steps: int = 30, eval_every: int = 10,
+               **extra: Any) -> Path:
     """A study over the tiny classification config; returns the study file path."""
-    base = classification_config(tmp, model_dir, max_steps=max_steps, eval_every=10)
+    base = classification_config(tmp, model_dir, max_steps=max_steps, eval_every=eval_every)
     base["peft"] = {"method": "lora", "r": 4}
     data = {
         "name": name,

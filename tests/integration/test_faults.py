@@ -23,8 +23,14 @@ def _start(path: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _wait_for_running_trial(storage: str, name: str, proc: subprocess.Popen) -> optuna.trial.FrozenTrial:
-    """A RUNNING trial that has reported an evaluation (and its worker's pid)."""
+STEPS, EVERY = 1500, 50
+"""Trials long enough that a fault injected early lands mid-trial, however fast the machine trains (a bf16
+CPU runs a warm tiny trial at ~150 steps a second)."""
+
+
+def _wait_for_running_trial(storage: str, name: str, proc: subprocess.Popen,
+                            early: int = STEPS // 5) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial that has reported an evaluation (and its worker's pid), no later than step `early`."""
     deadline = time.time() + 240
     while time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
@@ -34,9 +40,10 @@ def _wait_for_running_trial(storage: str, name: str, proc: subprocess.Popen) -> 
         except Exception:  # noqa: BLE001 - not created yet
             continue
         for t in trials:
-            if t.state == TrialState.RUNNING and t.intermediate_values and "worker_pid" in t.user_attrs:
+            if (t.state == TrialState.RUNNING and t.intermediate_values and "worker_pid" in t.user_attrs
+                    and max(t.intermediate_values) <= early):
                 return t
-    raise AssertionError("no trial reached its first evaluation")
+    raise AssertionError(f"no running trial was seen at an evaluation up to step {early}")
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
@@ -45,7 +52,8 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
 
 
 def test_a_killed_worker_fails_its_trial_and_the_study_still_finishes(tmp_path: Path, bert_dir: Path) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="wkill", n_trials=3, concurrency=1, max_steps=150)
+    path = tiny.study_file(tmp_path, bert_dir, name="wkill", n_trials=3, concurrency=1, max_steps=STEPS,
+                            eval_every=EVERY)
     storage = f"sqlite:///{tmp_path / 'wkill.db'}"
     proc = _start(path)
     victim = _wait_for_running_trial(storage, "wkill", proc)
@@ -64,7 +72,8 @@ def test_a_killed_worker_fails_its_trial_and_the_study_still_finishes(tmp_path: 
 
 
 def test_ctrl_c_exits_130_fails_running_trials_and_a_rerun_finishes(tmp_path: Path, bert_dir: Path) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="sigint", n_trials=3, concurrency=2, max_steps=150)
+    path = tiny.study_file(tmp_path, bert_dir, name="sigint", n_trials=3, concurrency=2, max_steps=STEPS,
+                            eval_every=EVERY)
     storage = f"sqlite:///{tmp_path / 'sigint.db'}"
     proc = _start(path)
     _wait_for_running_trial(storage, "sigint", proc)
