@@ -120,8 +120,10 @@ class TrainConfig:
 
 FIELDS = field_paths(TrainConfig)
 
-ADDED_DEFAULTS: dict[str, Any] = {"train.precision": "auto"}
-"""Fields added after 0.1.0 with their defaults: a study created before one existed ran with it at this value."""
+ADDED_DEFAULTS: dict[str, Any] = {f"train.{f.name}": f.default for f in dataclasses.fields(TrainParams)
+                                   if f.name in ("precision",)}
+"""Fields added after 0.1.0 with their defaults (read from the dataclass): a study created before one existed
+resumes with it at this value."""
 
 
 def read_yaml(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
