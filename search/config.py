@@ -11,6 +11,7 @@ import yaml
 
 from search.recipes import is_shipped, looks_like_name, shipped_spaces, shipped_studies
 from search.space import Space, check_space_with_base, parse_space
+from search.tpe import RUNNING_TRIALS, TPESampler
 from trainer import DIRECTIONS, FIELDS, METRICS, ConfigError, Problem, TrainConfig, config_from_dict, read_yaml
 from trainer._schema import build, describe, did_you_mean, set_dotted
 from trainer.config import apply_overrides, parse_overrides
@@ -167,10 +168,8 @@ def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
         problems.append(Problem(source, f"{key}.name", f"unknown {kind} {name!r}{did_you_mean(str(name), table)}"
                                 f" (known: {', '.join(table)})"))
         return None
-    cls = getattr(optuna.samplers if kind == "sampler" else optuna.pruners, table[name])
-    params = inspect.signature(cls.__init__).parameters
-    allowed = [p for p in params if p != "self" and params[p].kind not in (inspect.Parameter.VAR_KEYWORD,
-                                                                          inspect.Parameter.VAR_POSITIONAL)]
+    cls = sampler_class(name) if kind == "sampler" else getattr(optuna.pruners, table[name])
+    allowed = init_options(cls)
     allowed = [p for p in allowed if not (kind == "sampler" and name == "grid" and p == "search_space")]
     ok = True
     for option in spec:
@@ -178,7 +177,34 @@ def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
             problems.append(Problem(source, f"{key}.{option}", f"unknown option for {kind} {name!r}"
                                     f"{did_you_mean(str(option), allowed)} (options: {', '.join(allowed) or 'none'})"))
             ok = False
+    running = spec.get("running_trials", "reported") if kind == "sampler" and name == "tpe" else "reported"
+    if running not in RUNNING_TRIALS:
+        problems.append(Problem(source, f"{key}.running_trials", f"expected one of {', '.join(RUNNING_TRIALS)}, "
+                                f"found {describe(running)}"))
+        ok = False
     return dict(spec) if ok else None
+
+
+def sampler_class(name: str) -> type:
+    """The class a sampler name builds: Optuna's, except tpe (`search.tpe.TPESampler`, running trials ranked
+    by what they reported)."""
+    import optuna
+
+    return TPESampler if name == "tpe" else getattr(optuna.samplers, SAMPLERS[name])
+
+
+def init_options(cls: type) -> list[str]:
+    """The keyword options a sampler or pruner class takes (a subclass's own and, through **kwargs, its base's)."""
+    out: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        out += [p for p in params if p != "self" and p not in out and params[p].kind not in
+                (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        if not any(v.kind == inspect.Parameter.VAR_KEYWORD for v in params.values()):
+            break
+    return out
 
 
 def _objectives(raw: Any, task: str, source: str, problems: list[Problem]) -> list[Objective]:

@@ -39,7 +39,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from optuna.storages._cached_storage import _CachedStorage  # subclassed by ReadLessOften (canary: test_storage_unit)
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import PRUNERS, SAMPLERS, StudyConfig
+from search.config import PRUNERS, StudyConfig, sampler_class
 from search.space import Param
 from trainer import ADDED_DEFAULTS, ConfigError, Problem
 
@@ -496,7 +496,7 @@ def build_sampler(cfg: StudyConfig, seed: Any = "configured") -> optuna.samplers
     options = {k: v for k, v in cfg.sampler.items() if k != "name"}
     if seed != "configured" and "seed" in options:
         options["seed"] = seed
-    cls = getattr(optuna.samplers, SAMPLERS[cfg.sampler["name"]])
+    cls = sampler_class(cfg.sampler["name"])
     if cfg.sampler["name"] == "grid":
         options["search_space"] = {p.name: p.grid_values() for p in cfg.space.params}
     try:

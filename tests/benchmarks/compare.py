@@ -14,7 +14,8 @@ config), since the baselines here are given sftune's recipe.
     python tests/benchmarks/compare.py --quick --seeds 0,1,2   # tiny random model, smoke run
     python tests/benchmarks/compare.py --dataset trec6 --n-trials 8 --only sftune
 
-Same space (a sftune space file), same sampler (TPE, same seed and startup trials), same pruning rule
+Same space (a sftune space file), same sampler (TPE, same seed and startup trials; sftune's ranks a
+running trial by its reports, where Optuna's counts it as bad: search/tpe.py), same pruning rule
 (successive halving on the same evaluation steps; ASHA for stock Ray Tune), same data, model (built
 with sftune's recipe), steps and evaluation schedule, and an explicit objective for the Hugging Face
 runs. The seeds vary the samplers only: the data subset and the training seed stay those of `--seed`.

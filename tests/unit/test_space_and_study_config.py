@@ -70,6 +70,12 @@ def _bad(path: Path, capsys: pytest.CaptureFixture, *extra: str) -> str:
 
 @pytest.mark.parametrize("change,expected", [
     ({"sampler": {"name": "tpee"}}, "sampler.name: unknown sampler 'tpee'; did you mean 'tpe'?"),
+    ({"sampler": {"name": "tpe", "running_trials": "best"}},
+     "sampler.running_trials: expected one of reported, worst, found 'best'"),
+    ({"sampler": {"name": "tpe", "constant_lier": False}}, "sampler.constant_lier: unknown option for sampler "
+                                                           "'tpe'; did you mean 'constant_liar'?"),
+    ({"sampler": {"name": "gp", "running_trials": "worst"}}, "sampler.running_trials: unknown option for "
+                                                             "sampler 'gp'"),
     ({"pruner": {"name": "median", "n_startup": 2}}, "pruner.n_startup: unknown option for pruner 'median'; "
                                                       "did you mean 'n_startup_trials'?"),
     ({"pruner": {"name": "hyperbando"}}, "pruner.name: unknown pruner 'hyperbando'; did you mean 'hyperband'?"),
