@@ -78,7 +78,8 @@ def test_multi_objective_studies_sample_with_running_trials() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=TPESampler(seed=0, n_startup_trials=2))
     for x in (0.1, 0.5, 0.9):
-        study.add_trial(create_trial(state=TrialState.COMPLETE, values=[x, 1 - x], params={"x": x}, distributions=SPACE))
+        study.add_trial(create_trial(state=TrialState.COMPLETE, values=[x, 1 - x], params={"x": x},
+                                     distributions=SPACE))
     study.ask(SPACE)
     trial = study.ask(SPACE)
     assert 0.0 <= trial.params["x"] <= 1.0
