@@ -11,7 +11,6 @@ import yaml
 
 from search.recipes import is_shipped, looks_like_name, shipped_spaces, shipped_studies
 from search.space import Space, check_space_with_base, parse_space
-from search.tpe import RUNNING_TRIALS, TPESampler
 from trainer import DIRECTIONS, FIELDS, METRICS, ConfigError, Problem, TrainConfig, config_from_dict, read_yaml
 from trainer._schema import build, describe, did_you_mean, set_dotted
 from trainer.config import apply_overrides, parse_overrides
@@ -177,6 +176,8 @@ def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
             problems.append(Problem(source, f"{key}.{option}", f"unknown option for {kind} {name!r}"
                                     f"{did_you_mean(str(option), allowed)} (options: {', '.join(allowed) or 'none'})"))
             ok = False
+    from search.tpe import RUNNING_TRIALS
+
     running = spec.get("running_trials", "reported") if kind == "sampler" and name == "tpe" else "reported"
     if running not in RUNNING_TRIALS:
         problems.append(Problem(source, f"{key}.running_trials", f"expected one of {', '.join(RUNNING_TRIALS)}, "
@@ -189,6 +190,8 @@ def sampler_class(name: str) -> type:
     """The class a sampler name builds: Optuna's, except tpe (`search.tpe.TPESampler`, running trials ranked
     by what they reported)."""
     import optuna
+
+    from search.tpe import TPESampler
 
     return TPESampler if name == "tpe" else getattr(optuna.samplers, SAMPLERS[name])
 

@@ -6,10 +6,10 @@ is wrong for exactly the trials that matter: the trials that survive successive 
 ones, they run longest, and while they run every new trial is steered away from them (seen on SST-2:
 the best trial, batch 32, ran for two minutes at 0.812 / 0.832 / 0.84, and the five trials TPE
 proposed meanwhile all went to batch 8 and 16, around the one finished trial, 0.808; the next two,
-asked once it had finished, went to batch 32). Here a running trial that has reported an evaluation counts as if it
-had finished there: a complete trial whose value is its latest evaluation. A running trial with no
-evaluation yet (or a NaN one) still counts as bad (the constant liar), so trials started together
-still spread out.
+asked once it had finished, went to batch 32). Here a running trial that has reported an evaluation
+counts as if it had finished there: a complete trial whose value is its latest evaluation. A running
+trial with no evaluation yet (or a NaN one) still counts as bad (the constant liar), so trials
+started together still spread out.
 
 `running_trials: worst` restores Optuna's behaviour; `constant_liar: false` ignores running trials
 altogether (Optuna's option, unchanged).
