@@ -176,13 +176,14 @@ def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
             problems.append(Problem(source, f"{key}.{option}", f"unknown option for {kind} {name!r}"
                                     f"{did_you_mean(str(option), allowed)} (options: {', '.join(allowed) or 'none'})"))
             ok = False
-    from search.tpe import RUNNING_TRIALS
+    if kind == "sampler" and name == "tpe":  # sftune's own option (search/tpe.py): its value is checked here too
+        from search.tpe import RUNNING_TRIALS
 
-    running = spec.get("running_trials", "reported") if kind == "sampler" and name == "tpe" else "reported"
-    if running not in RUNNING_TRIALS:
-        problems.append(Problem(source, f"{key}.running_trials", f"expected one of {', '.join(RUNNING_TRIALS)}, "
-                                f"found {describe(running)}"))
-        ok = False
+        running = spec.get("running_trials", "reported")
+        if running not in RUNNING_TRIALS:
+            problems.append(Problem(source, f"{key}.running_trials", f"expected one of "
+                                    f"{', '.join(RUNNING_TRIALS)}, found {describe(running)}"))
+            ok = False
     return dict(spec) if ok else None
 
 
