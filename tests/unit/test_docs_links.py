@@ -126,3 +126,10 @@ def test_the_readme_test_command_is_still_extractable() -> None:
         pytest.skip("no awk here to run .ci/run's program")
     got = subprocess.run(["awk", m.group(1), str(REPO / "README.md")], capture_output=True, text=True, check=True)
     assert got.stdout.rstrip("\n") == cmd
+
+
+@pytest.mark.parametrize("doc", sorted((REPO / "docs").glob("*.md")), ids=lambda p: p.name)
+def test_each_docs_page_says_what_it_is_for_and_links_back(doc: Path) -> None:
+    paragraphs = [p for p in doc.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    assert paragraphs[0].startswith("# "), f"{doc.name}: no title"
+    assert "](../README.md" in paragraphs[1], f"{doc.name}: its opening paragraph does not link back to the README"
