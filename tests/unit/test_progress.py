@@ -6,7 +6,14 @@ import io
 
 import pytest
 
-from search.progress import LineProgress, LiveProgress, fixed_keys, make_progress, short_names, short_number
+from search.progress import (
+    LineProgress,
+    LiveProgress,
+    fixed_keys,
+    make_progress,
+    short_names,
+    short_number,
+)
 
 
 class Clock:
