@@ -1,7 +1,9 @@
 """`sftune report`: one self-contained HTML page of a study (header, trials, best config, plots), no network needed.
 
 The plots are Optuna's plotly figures (the ones optuna-dashboard draws) plus a learning-curve view
-where pruned trials are visibly cut short; plotly.js is inlined once, so the file opens offline.
+where pruned trials are visibly cut short; plotly.js is inlined once, so the file opens offline. Every plot
+takes the page's width (responsive, no fixed width), and the best trial shows what a reader wants first: its
+searched values beside the base config's, what else differs from the base, then the whole config folded.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
+from search.plots import IMPORTANCE_MIN_TRIALS, importance_basis, searched_params
 from search.report import fail_reason, ranked
 
 STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#d62728", "FAIL": "#7f7f7f", "RUNNING": "#2ca02c",
@@ -35,8 +38,15 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { background: #eef6ff; }
 pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .85rem; }
 .note { color: #666; font-style: italic; }
-figure.plot { margin: 1rem 0; } figcaption { color: #555; font-size: .9rem; }
+figure.plot { margin: 1rem 0; max-width: 100%; } figcaption { color: #555; font-size: .9rem; }
+figure.plot .plotly-graph-div { width: 100% !important; max-width: 100%; }
+.wide { max-width: 100%; overflow-x: auto; }
+.warn { color: #8a5300; }
+details summary { cursor: pointer; color: #555; margin-top: .6rem; }
 """
+
+PER_TRIAL_KEYS = ("output_dir", "train.threads")
+"""Keys every trial sets for itself (its folder, its threads): not a difference from the base worth showing."""
 
 
 def _esc(value: Any) -> str:
@@ -126,6 +136,45 @@ def _trial_table(cfg: StudyConfig, trials: list[FrozenTrial], best: set[int]) ->
     return f'<table id="trials"><thead><tr>{thead}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted key: value}."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _best_trial(best: FrozenTrial, cfg: StudyConfig) -> list[str]:
+    """The best trial's searched values beside the base config's, what else differs from the base, and its whole
+    config folded below."""
+    base = _flat(cfg.base)
+    parts = []
+    searched = searched_params(best)
+    if searched:
+        rows = "".join(f'<tr><th>{_esc(k)}</th><td class="num">{_esc(_num(best.params[k]))}</td>'
+                       f'<td class="num">{_esc(_num(base[k])) if k in base else "(default)"}</td></tr>'
+                       for k in searched)
+        parts.append('<table id="best-params"><thead><tr><th>searched</th><th>this trial</th><th>base config</th>'
+                     f"</tr></thead><tbody>{rows}</tbody></table>")
+    config = best.user_attrs.get("config")
+    if isinstance(config, dict):
+        mine = _flat(config)
+        differ = [k for k in mine if k not in searched and k not in PER_TRIAL_KEYS and mine[k] != base.get(k)]
+        if differ:
+            rows = "".join(f'<tr><th>{_esc(k)}</th><td class="num">{_esc(_num(mine[k]))}</td>'
+                           f'<td class="num">{_esc(_num(base[k])) if k in base else "(default)"}</td></tr>'
+                           for k in differ)
+            parts.append('<p>Also different from the base config:</p><table id="best-changes"><thead><tr><th>key'
+                         f"</th><th>this trial</th><th>base config</th></tr></thead><tbody>{rows}</tbody></table>")
+        elif searched:
+            parts.append('<p class="note" id="best-changes">Nothing else differs from the base config.</p>')
+        parts.append(f"<details><summary>Trial {best.number}'s whole config</summary>"
+                     f'<pre id="best-config">{_esc(yaml.safe_dump(config, sort_keys=False))}</pre></details>')
+    return parts
+
+
 def learning_curves(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> Any:
     """Every trial's evaluations by step; a pruned trial's line is dashed and ends in a red cross."""
     import plotly.graph_objects as go
@@ -158,7 +207,7 @@ def _plots(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> 
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     names = cfg.metrics
     target = (lambda t: t.values[0]) if cfg.multi_objective else None
-    searched = {k for t in complete for k in t.params}
+    searched = list(dict.fromkeys(k for t in complete for k in searched_params(t)))  # fixed values left out
     plots: list[tuple[str, str, Callable[[], Any]]] = []
     if complete:
         if cfg.multi_objective:
@@ -175,13 +224,14 @@ def _plots(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> 
         plots.append(("learning-curves", "Learning curves of every trial",
                       lambda: learning_curves(study, cfg, trials)))
     if len(complete) >= 2 and searched:
-        plots.append(("importances", f"Parameter importances for {names[0]}",
-                      lambda: vis.plot_param_importances(study, target=_lower_is_better(cfg),
+        plots.append(("importances", f"Parameter importances for {names[0]}, {importance_basis(len(complete))}",
+                      lambda: vis.plot_param_importances(study, target=_lower_is_better(cfg), params=searched,
                                                          target_name=names[0])))
         plots.append(("parallel", f"Parallel coordinates: each complete trial's params and {names[0]}",
-                      lambda: vis.plot_parallel_coordinate(study, target=target, target_name=names[0])))
+                      lambda: vis.plot_parallel_coordinate(study, params=searched, target=target,
+                                                           target_name=names[0])))
         plots.append(("slice", f"{names[0]} against each parameter",
-                      lambda: vis.plot_slice(study, target=target, target_name=names[0])))
+                      lambda: vis.plot_slice(study, params=searched, target=target, target_name=names[0])))
     return plots
 
 
@@ -204,10 +254,13 @@ def _figures(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -
         except Exception as exc:  # noqa: BLE001 - e.g. a parameter that never varied
             skipped.append(f"{caption}: not drawn ({type(exc).__name__}: {exc})")
             continue
-        fig.update_layout(template="plotly_white")
+        fig.update_layout(template="plotly_white", width=None, autosize=True)  # the page's width, not 300 px a param
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{key}",
                           config={"displaylogo": False, "responsive": True})
-        out.append(f'<figure class="plot" data-plot="{key}">{div}<figcaption>{_esc(caption)}</figcaption></figure>')
+        few = key == "importances" and sum(t.state == TrialState.COMPLETE for t in trials) < IMPORTANCE_MIN_TRIALS
+        warn = ' class="warn"' if few else ""
+        note = f"<figcaption{warn}>{_esc(caption)}</figcaption>"
+        out.append(f'<figure class="plot" data-plot="{key}">{div}{note}</figure>')
     return out, skipped
 
 
@@ -233,13 +286,11 @@ def report_html(study: optuna.Study, cfg: StudyConfig) -> str:
         values = ", ".join(f"{m} {_num(v)}" for m, v in zip(cfg.metrics, best.values))
         parts.append(f'<p id="best">Trial {best.number}: {_esc(values)}'
                      + (f" ({len(front)} trials on the Pareto front, highlighted below)" if front else "") + "</p>")
-        config = best.user_attrs.get("config")
-        if config:
-            parts.append(f'<pre id="best-config">{_esc(yaml.safe_dump(config, sort_keys=False))}</pre>')
+        parts += _best_trial(best, cfg)
     parts.append("<h2>Plots</h2>")
     parts += figures or ['<p class="note">Nothing to plot yet: no trial has reported an evaluation.</p>']
     parts += [f'<p class="note">{_esc(s)}</p>' for s in skipped]
-    parts += ["<h2>Trials</h2>", _trial_table(cfg, trials, marked)]
+    parts += ["<h2>Trials</h2>", f'<div class="wide">{_trial_table(cfg, trials, marked)}</div>']
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>sftune report: {_esc(cfg.name)}</title><style>{CSS}</style>"
             f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head>"

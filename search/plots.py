@@ -10,6 +10,37 @@ import optuna
 
 from search.config import StudyConfig
 
+IMPORTANCE_MIN_TRIALS = 10
+"""Fewer complete trials than this and the importances are a hint, not a finding. Optuna's importances are
+fitted to complete trials only (pruned and failed ones carry no final value): fANOVA grows a random forest
+over them, and with under ten points (about two per parameter in the shipped spaces, which search 4 to 6)
+each split rests on one or two trials, so the ranking changes as the next few trials arrive. Ten is also
+where TPE's default startup phase ends: before it, the trials are random samples, not yet the search."""
+
+
+def searched_params(trial: optuna.trial.FrozenTrial) -> list[str]:
+    """A trial's params that were searched: a distribution of a single value is a fixed value, not a search."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    return [k for k, d in trial.distributions.items()
+            if not (isinstance(d, CategoricalDistribution) and len(d.choices) == 1)
+            and not (isinstance(d, (FloatDistribution, IntDistribution)) and d.low == d.high)]
+
+
+def importance_basis(n_complete: int, *, short: bool = False) -> str:
+    """What a study's importances rest on, and a warning when that is too few to mean much."""
+    basis = f"from {n_complete} complete trial{'s' if n_complete != 1 else ''}"
+    if n_complete < IMPORTANCE_MIN_TRIALS and short:
+        return f"{basis} (fewer than {IMPORTANCE_MIN_TRIALS}: a hint only)"
+    if n_complete < IMPORTANCE_MIN_TRIALS:
+        return (f"{basis}: fewer than {IMPORTANCE_MIN_TRIALS}, so read them as a hint (they can change a lot "
+                "with the next few trials)")
+    return basis
+
 
 def write_plots(study: optuna.Study, cfg: StudyConfig, out: Path) -> list[Path]:
     """Save PNGs under `out`; returns the files written (plots a study cannot have yet are skipped)."""
@@ -36,7 +67,8 @@ def write_plots(study: optuna.Study, cfg: StudyConfig, out: Path) -> list[Path]:
     if len(complete) >= 2 and study.best_trials and len(complete[0].params) >= 1:
         sign = -1.0 if cfg.directions[0] == "maximize" else 1.0  # a given target is read as lower-is-better
         target = (lambda t: sign * t.values[0]) if cfg.multi_objective else None
-        plots.append(("importances.png", lambda: vis.plot_param_importances(study, target=target,
+        searched = list(dict.fromkeys(k for t in complete for k in searched_params(t))) or None
+        plots.append(("importances.png", lambda: vis.plot_param_importances(study, target=target, params=searched,
                                                                             target_name=names[0])))
     written: list[Path] = []
     if plots:  # nothing to draw: no folder, no blank picture
@@ -48,6 +80,9 @@ def write_plots(study: optuna.Study, cfg: StudyConfig, out: Path) -> list[Path]:
             plt.close("all")
             continue
         fig = plt.gcf()
+        if filename == "importances.png":  # what they rest on, in the picture itself
+            basis = importance_basis(len(complete), short=True)
+            fig.axes[0].set_title(f"Hyperparameter importances for {names[0]}\n{basis}", loc="left", fontsize=10)
         fig.set_size_inches(9, 5.5)
         fig.tight_layout()
         path = out / filename

@@ -8,7 +8,7 @@ from typing import Callable
 import optuna
 
 from search.config import StudyConfig, load_study
-from search.progress import make_progress
+from search.progress import LiveProgress, Progress, make_progress
 from search.report import next_hints, render_table, summary
 from search.data_report import data_report, short_form
 from search.study import (StorageFailure, base_changes, close_study, fail_stale, finished, open_study, sqlite_path,
@@ -54,9 +54,10 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
             from search._ray_cluster import ray_cluster
 
             warm = {"location": pending.location, "task": base.task}
-            progress = make_progress(say, cfg.metrics)
+            progress = make_progress(say, cfg.metrics, space=cfg.space, slots=cfg.budget.concurrency)
             try:
                 with ray_cluster(cfg, address=address, say=progress.message, warm=warm) as per_trial:
+                    _tell_slots(progress, cfg, per_trial)
                     study, done = opening.result()
                     progress.message(_header(cfg, done))
                     prepared = pending.result()  # a tokenizing error ends the run here, before any trial
@@ -95,6 +96,18 @@ def _describe_data(cfg: StudyConfig, study: optuna.Study, prepared: Prepared, sa
         if problem is None:
             raise
         raise StorageFailure(problem) from None
+
+
+def _tell_slots(progress: Progress, cfg: StudyConfig, per_trial: dict[str, float]) -> None:
+    """How many trials the cluster runs at once (fewer than `concurrency` on a small cluster): the live view
+    says "waiting for a free slot" of a trial beyond them."""
+    import ray
+
+    if not isinstance(progress, LiveProgress):
+        return
+    have = ray.cluster_resources()
+    fits = [int(have[key.upper()] // need) for key, need in per_trial.items() if need and key.upper() in have]
+    progress.slots = max(1, min([cfg.budget.concurrency, *fits]))
 
 
 def _header(cfg: StudyConfig, done: int) -> str:

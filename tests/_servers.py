@@ -1,12 +1,48 @@
-"""Servers the tests start themselves: a real PostgreSQL from the `pgserver` wheel (no system package)."""
+"""Servers and processes the tests start themselves: a real PostgreSQL from the `pgserver` wheel (no system
+package), SIGINT at its default in a process a test signals, CPU-bound helpers that keep the machine busy."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+_SIGINT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def sigint_default(argv: list[str]) -> list[str]:
+    """`argv` started with SIGINT at its default, as a terminal's Ctrl-C finds it: for a process a test signals.
+
+    A job started with `&` by a non-interactive shell (a script, `nohup`, some CI runners) inherits SIGINT as
+    ignored (POSIX); Python keeps it ignored, and so does every process it starts, so without this a test run
+    from such a job signals a process that cannot hear it. A small Python sets SIGINT to its default and execs
+    `argv` (same pid; a default disposition survives exec, unlike a `preexec_fn`, this is safe with threads).
+    """
+    return [sys.executable, "-c", _SIGINT_DEFAULT, *argv]
+
+
+@contextmanager
+def busy_cpus(n: int | None = None, seconds: float = 600) -> Iterator[list[subprocess.Popen]]:
+    """`n` CPU-bound processes (default one per core) that keep the machine busy on purpose; each ends by itself
+    after `seconds` at the latest, and all are stopped when the block ends."""
+    spin = f"import time\nend = time.time() + {seconds:g}\nwhile time.time() < end:\n    pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.DEVNULL)
+             for _ in range(n or os.cpu_count() or 2)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait(timeout=30)
 
 
 class Postgres:

@@ -1,16 +1,26 @@
 """Faults a study survives, on a real local Ray cluster and a real SQLite database: a trial's worker
-killed with SIGKILL, and the driver interrupted with Ctrl-C (SIGINT to its process group)."""
+killed with SIGKILL, and the driver interrupted with Ctrl-C (SIGINT to its process group) at several moments
+on a machine kept busy on purpose.
+
+Every run is started as a terminal starts it: its own process group, SIGINT at its default
+(`_servers.sigint_default`), so these tests pass however pytest itself was started (a background job of a
+script inherits SIGINT ignored)."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import _servers
 import optuna
+import psutil
 import pytest
 import tiny
 from optuna.trial import TrialState
@@ -19,13 +29,26 @@ pytestmark = pytest.mark.integration
 
 
 def _start(path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search", "run", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(_servers.sigint_default([sys.executable, "-m", "search", "run", str(path)]),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 STEPS, EVERY = 1500, 50
 """Trials long enough that a fault injected early lands mid-trial, however fast the machine trains (a bf16
 CPU runs a warm tiny trial at ~150 steps a second)."""
+
+
+def _running_trial(storage: str, name: str, early: int = STEPS // 5) -> optuna.trial.FrozenTrial | None:
+    """A RUNNING trial that has reported an evaluation (and its worker's pid), no later than step `early`."""
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001 - not created yet
+        return None
+    for t in trials:
+        if (t.state == TrialState.RUNNING and t.intermediate_values and "worker_pid" in t.user_attrs
+                and max(t.intermediate_values) <= early):
+            return t
+    return None
 
 
 def _wait_for_running_trial(storage: str, name: str, proc: subprocess.Popen,
@@ -35,14 +58,9 @@ def _wait_for_running_trial(storage: str, name: str, proc: subprocess.Popen,
     while time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         time.sleep(0.5)
-        try:
-            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-        except Exception:  # noqa: BLE001 - not created yet
-            continue
-        for t in trials:
-            if (t.state == TrialState.RUNNING and t.intermediate_values and "worker_pid" in t.user_attrs
-                    and max(t.intermediate_values) <= early):
-                return t
+        trial = _running_trial(storage, name, early)
+        if trial is not None:
+            return trial
     raise AssertionError(f"no running trial was seen at an evaluation up to step {early}")
 
 
@@ -71,28 +89,109 @@ def test_a_killed_worker_fails_its_trial_and_the_study_still_finishes(tmp_path: 
     assert TrialState.RUNNING not in [t.state for t in trials]
 
 
-def test_ctrl_c_exits_130_fails_running_trials_and_a_rerun_finishes(tmp_path: Path, bert_dir: Path) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="sigint", n_trials=3, concurrency=2, max_steps=STEPS,
-                            eval_every=EVERY)
+class _Lines:
+    """The lines a run prints, read as they come (a thread), so a test can wait for one."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, found: Callable[[], bool], timeout: float = 240) -> None:
+        """Until `found()` (checked at each line, and every half second for states outside the output)."""
+        deadline = time.time() + timeout
+        with self._changed:
+            while not found():
+                assert self.proc.poll() is None or self._thread.is_alive(), "".join(self.lines)
+                assert time.time() < deadline, "".join(self.lines)
+                self._changed.wait(0.5)
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        code = self.proc.wait(timeout=timeout)
+        self._thread.join(timeout=30)
+        return code, "".join(self.lines)
+
+
+def _ray_is_starting(proc: subprocess.Popen, lines: _Lines) -> bool:
+    """The run's local Ray cluster has begun to start (its GCS server runs), or has started."""
+    if any(line.startswith("ray:") for line in lines.lines):
+        return True
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        return False
+    for child in children:
+        try:
+            if "gcs_server" in child.name():
+                return True
+        except psutil.Error:  # it ended meanwhile
+            continue
+    return False
+
+
+MOMENTS = {
+    # moment: (n_trials, max_steps, eval_every); short trials where no trial needs to be cut mid-way
+    "while-ray-starts": (2, 60, 20),
+    "while-the-first-trials-start": (2, 60, 20),
+    "mid-trial": (3, STEPS, EVERY),
+}
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_ctrl_c_exits_130_fails_running_trials_and_a_rerun_finishes(tmp_path: Path, bert_dir: Path,
+                                                                     moment: str) -> None:
+    """Ctrl-C (SIGINT to the run's process group) while Ray starts, while the first trials start, and mid-trial,
+    on a machine the test keeps busy: each time exit 130, the "interrupted" line, no trial left RUNNING, and
+    running the same command again finishes the study."""
+    n_trials, steps, every = MOMENTS[moment]
+    path = tiny.study_file(tmp_path, bert_dir, name="sigint", n_trials=n_trials, concurrency=2, max_steps=steps,
+                           eval_every=every)
     storage = f"sqlite:///{tmp_path / 'sigint.db'}"
-    proc = _start(path)
-    _wait_for_running_trial(storage, "sigint", proc)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
-    code, out = _finish(proc, timeout=120)
+    with _servers.busy_cpus(seconds=300):
+        proc = _start(path)
+        lines = _Lines(proc)
+        try:
+            if moment == "while-ray-starts":
+                lines.wait_for(lambda: _ray_is_starting(proc, lines))
+            elif moment == "while-the-first-trials-start":
+                lines.wait_for(lambda: any(re.match(r"trial \d+ started", line) for line in lines.lines))
+            else:
+                lines.wait_for(lambda: _running_trial(storage, "sigint") is not None)
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+            code, out = lines.finish(timeout=180)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
     assert code == 130, out
-    assert "interrupted" in out and "Traceback" not in out
-    trials = optuna.load_study(study_name="sigint", storage=storage).trials
-    assert TrialState.RUNNING not in [t.state for t in trials]
+    assert "interrupted" in out and "Traceback" not in out, out
+    try:
+        trials = optuna.load_study(study_name="sigint", storage=storage).trials
+    except KeyError:  # interrupted before the study was created
+        trials = []
+    assert TrialState.RUNNING not in [t.state for t in trials], out
     cut = [t for t in trials if t.state == TrialState.FAIL]
-    assert cut and all("interrupted" in t.user_attrs["error"] for t in cut)
+    assert all("interrupted" in t.user_attrs["error"] for t in cut), out
     queued = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.WAITING]
     assert sorted(map(str, queued)) == sorted(str(t.params) for t in cut)
+    if moment == "mid-trial":
+        assert cut, out  # a trial was running when the run was interrupted
 
     again = subprocess.run([sys.executable, "-m", "search", "run", str(path)], capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     trials = optuna.load_study(study_name="sigint", storage=storage).trials
     assert TrialState.RUNNING not in [t.state for t in trials]
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == n_trials
     finished = [t.params for t in trials if t.state == TrialState.COMPLETE]
     assert all(t.params in finished for t in cut)  # the interrupted params were run again

@@ -3,6 +3,7 @@ rendered by a real headless Chromium where one is installed."""
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -11,7 +12,11 @@ from pathlib import Path
 import optuna
 import pytest
 import tiny
-from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -56,9 +61,105 @@ def test_report_holds_header_trials_best_config_and_plots_offline(tmp_path: Path
     assert "pruned at step 10" in page and "ValueError: boom &lt;b&gt;" in page  # escaped
     assert re.search(r'<tr class="best" data-trial="1"', page)
     assert 'id="best-config"' in page and "learning_rate: 0.008" in page
+    assert re.search(r"<details><summary>Trial 1's whole config</summary><pre id=\"best-config\">", page)  # folded
     plots = re.findall(r'data-plot="([\w-]+)"', page)
     assert plots == ["history", "learning-curves", "importances", "parallel", "slice"]
     assert not re.search(r'<script[^>]+src=|<link[^>]+href=["\']?https?:', page)  # nothing fetched
+
+
+def make_wide_study(tmp: Path, bert_dir: Path, name: str = "wide", n_complete: int = 4) -> Path:
+    """A study over the shipped LoRA space's shape: five searched params and one fixed (a one-choice categorical),
+    each trial's stored config the base plus its params, as `sftune run` stores them."""
+    from search.config import load_study
+
+    path = tiny.study_file(tmp, bert_dir, name=name, space={
+        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+        "train.batch_size": {"type": "categorical", "choices": [8, 16, 32]},
+        "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1},
+        "peft.r": {"type": "categorical", "choices": [4, 8, 16, 32]},
+        "peft.dropout": {"type": "float", "low": 0.0, "high": 0.1},
+        "peft.target_modules": {"type": "categorical", "choices": ["all-linear"]}})
+    cfg = load_study(str(path), [])
+    dist = {"train.learning_rate": FloatDistribution(1e-4, 3e-3, log=True),
+            "train.batch_size": CategoricalDistribution([8, 16, 32]),
+            "train.warmup_ratio": FloatDistribution(0.0, 0.1), "peft.r": CategoricalDistribution([4, 8, 16, 32]),
+            "peft.dropout": FloatDistribution(0.0, 0.1), "peft.target_modules": CategoricalDistribution(["all-linear"])}
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp / (name + '.db')}", direction="maximize")
+    for i in range(n_complete):
+        params = {"train.learning_rate": 1e-4 * (1.5 + i), "train.batch_size": [8, 16, 32][i % 3],
+                  "train.warmup_ratio": 0.01 * (i + 1), "peft.r": [4, 8, 16, 32][i % 4], "peft.dropout": 0.01 * i,
+                  "peft.target_modules": "all-linear"}
+        config = cfg.trial_config(params, i)
+        config["train"]["threads"] = 1
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dist, value=0.6 + 0.05 * (i % 3) + 0.001 * i,
+            intermediate_values={10: 0.5, 20: 0.6 + 0.05 * (i % 3)}, user_attrs={"config": config}))
+    return path
+
+
+def test_best_trial_shows_its_searched_values_and_what_differs_from_the_base(tmp_path: Path, bert_dir: Path) -> None:
+    path = make_wide_study(tmp_path, bert_dir)
+    out = tmp_path / "wide.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    page = out.read_text()
+    best = page[page.index('id="best-params"'):page.index("<details>")]
+    searched = re.findall(r"<tr><th>([\w.]+)</th><td", best[:best.index("</table>")])
+    assert searched == ["train.learning_rate", "train.batch_size", "train.warmup_ratio", "peft.r", "peft.dropout"]
+    assert '<p id="best">Trial 2: accuracy 0.702</p>' in page
+    assert '<tr><th>train.batch_size</th><td class="num">32</td><td class="num">16</td></tr>' in best  # vs base
+    changes = best[best.index('id="best-changes"'):]
+    # the fixed value differs from the base (not searched, so here); a trial's own folder and threads do not count
+    assert re.findall(r"<tr><th>([\w.]+)</th><td", changes) == ["peft.target_modules"]
+    assert "<details><summary>Trial 2's whole config</summary>" in page
+    caption = re.search(r'data-plot="importances".*?<figcaption class="warn">([^<]*)</figcaption>', page, re.DOTALL)
+    assert caption and "from 4 complete trials: fewer than 10, so read them as a hint" in caption.group(1)
+    for plot in ("importances", "parallel", "slice"):  # searched params only: a fixed value is no parameter
+        figure = page[page.index(f'data-plot="{plot}"'):].split("</figure>")[0]
+        assert "peft.dropout" in figure and "peft.target_modules" not in figure, plot
+
+
+def test_importances_with_enough_trials_carry_no_warning(tmp_path: Path, bert_dir: Path) -> None:
+    path = make_wide_study(tmp_path, bert_dir, name="many", n_complete=10)
+    out = tmp_path / "many.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    caption = re.search(r'data-plot="importances".*?<figcaption>([^<]*)</figcaption>', out.read_text(), re.DOTALL)
+    assert caption and caption.group(1).endswith("from 10 complete trials")
+
+
+MEASURE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const plots = [...document.querySelectorAll("figure.plot")].map(f => {
+    const div = f.querySelector(".plotly-graph-div"), svg = f.querySelector("svg.main-svg");
+    const box = div.getBoundingClientRect();
+    return {plot: f.dataset.plot, right: box.right, width: box.width, svg: svg ? +svg.getAttribute("width") : -1};
+  });
+  const out = document.createElement("pre");
+  out.id = "measures";
+  out.textContent = JSON.stringify({view: document.documentElement.clientWidth,
+                                    page: document.documentElement.scrollWidth, plots: plots});
+  document.body.appendChild(out);
+}, 1500));</script>"""
+
+
+@needs_chromium
+@pytest.mark.parametrize("width", [1280, 800])
+def test_every_plot_fits_a_1280_pixel_page_in_headless_chromium(tmp_path: Path, bert_dir: Path, width: int) -> None:
+    import json
+
+    path = make_wide_study(tmp_path, bert_dir)  # five params: Optuna draws the slice plot 300 px a param
+    out = tmp_path / "wide.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    measured = tmp_path / "measured.html"
+    measured.write_text(out.read_text().replace("</body>", MEASURE + "</body>"))
+    dom = _dump_dom(measured.as_uri(), tmp_path, window=f"{width},1000")
+    found = re.search(r'<pre id="measures">(.*?)</pre>', dom, re.DOTALL)
+    assert found, dom[-2000:]
+    m = json.loads(html.unescape(found.group(1)))
+    assert width - 80 <= m["view"] <= width, m  # the window's width, less a scroll bar
+    assert m["page"] <= m["view"], m  # nothing makes the page scroll sideways
+    assert {p["plot"] for p in m["plots"]} >= {"history", "learning-curves", "importances", "parallel", "slice"}
+    for plot in m["plots"]:
+        assert plot["svg"] > 0, plot  # drawn
+        assert plot["right"] <= m["view"] and plot["width"] <= m["view"] and plot["svg"] <= m["view"], (plot, m)
 
 
 def test_report_of_a_study_that_does_not_exist_creates_nothing(tmp_path: Path, bert_dir: Path) -> None:
@@ -67,10 +168,11 @@ def test_report_of_a_study_that_does_not_exist_creates_nothing(tmp_path: Path, b
     assert not (tmp_path / "ghost.db").exists() and not (tmp_path / "r.html").exists()
 
 
-def _dump_dom(url: str, tmp: Path, budget_ms: int = 15000) -> str:
+def _dump_dom(url: str, tmp: Path, budget_ms: int = 15000, window: str | None = None) -> str:
     proc = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'chromium-profile'}",
+         *([f"--window-size={window}"] if window else []),
          f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
