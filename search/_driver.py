@@ -23,8 +23,8 @@ from search.artifacts import apply_retention, store_trial, write_note
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
 from search.space import sample_params
-from search.study import (count_states, fail_stale, heartbeat_settings, record_heartbeats, requeue, set_live,
-                          storage_problem)
+from search.storage import (count_states, fail_stale, heartbeat_settings, record_heartbeats, requeue, set_live,
+                            storage_problem, trial_id_of)
 
 ERROR_KEY = "sftune_error"
 DONE_KEY = "sftune_done"
@@ -109,7 +109,7 @@ class Driver:
 
     def live_ids(self) -> set[int]:
         """The Optuna trial ids this driver runs now (its own stale check spares them)."""
-        return {t._trial_id for t in list(self.trials.values())}
+        return {trial_id_of(t) for t in list(self.trials.values())}
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher (and so this) for its checkpoints
         return {k: v for k, v in self.__dict__.items() if k != "_later"}

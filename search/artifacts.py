@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
+from search.storage import StudyHandle, rdb_models, rdb_storage, trial_id_of
 from trainer import ConfigError, Problem
 
 ARTIFACTS_ATTR = "artifacts:"
@@ -66,8 +67,7 @@ def artifact_store(cfg: StudyConfig, *, create: bool = True) -> Any:
 
 def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
     """Trial `number` of the study, read from storage."""
-    storage = study._storage
-    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    return StudyHandle.of(study).trial(number)
 
 
 def stored_files(trial: FrozenTrial) -> dict[str, str]:
@@ -110,7 +110,7 @@ def store_trial(study: optuna.Study, cfg: StudyConfig, number: int, folder: Path
             uploads.insert(0, archive)
         for path in uploads:
             optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
-                                             storage=study._storage)
+                                             storage=StudyHandle.of(study).storage)
     for sub in saved:
         shutil.rmtree(sub, ignore_errors=True)
 
@@ -124,34 +124,32 @@ def remove_files(study: optuna.Study, cfg: StudyConfig, trial: FrozenTrial, stor
             store.remove(artifact_id)
         except Exception:  # noqa: BLE001 - already gone (another driver's retention): forget it all the same
             pass
-    _forget(study, trial._trial_id, [ARTIFACTS_ATTR + i for i in ids])
+    _forget(study, trial_id_of(trial), [ARTIFACTS_ATTR + i for i in ids])
     return len(ids)
 
 
 def _forget(study: optuna.Study, trial_id: int, keys: list[str]) -> None:
-    """Delete system attributes of a finished trial (the one private reach here).
+    """Delete system attributes of a finished trial.
 
     Optuna has no API to delete an attribute, and a finished trial's attributes cannot be set, so
-    the rows go directly from the RDB storage; Optuna and optuna-dashboard then list no removed file.
+    the rows go directly from the RDB storage (through Optuna's table models, `rdb_models()`, and the
+    trials its cache keeps, `StudyHandle.cached`: private names reached in search/storage/_optuna.py);
+    Optuna and optuna-dashboard then list no removed file.
     """
     if not keys:
         return
     from sqlalchemy import delete
 
-    from optuna.storages._rdb import models
-    from search.study import rdb_storage
-
+    models = rdb_models()
     storage = rdb_storage(study)
     with storage.scoped_session() as session:
         session.execute(delete(models.TrialSystemAttributeModel).where(
             models.TrialSystemAttributeModel.trial_id == trial_id, models.TrialSystemAttributeModel.key.in_(keys)))
         session.commit()
     # Optuna's cache wrapper keeps finished trials in memory: drop the keys there too.
-    info = getattr(study._storage, "_studies", {}).get(study._study_id)
-    for trial in getattr(info, "trials", {}).values():
-        if trial._trial_id == trial_id:
-            for key in keys:
-                trial.system_attrs.pop(key, None)
+    for trial in StudyHandle.of(study).cached(trial_id):
+        for key in keys:
+            trial.system_attrs.pop(key, None)
 
 
 def apply_retention(study: optuna.Study, cfg: StudyConfig) -> list[int]:
@@ -263,6 +261,6 @@ def write_note(study: optuna.Study, cfg: StudyConfig, number: int,
 
     trial = _frozen(study, number)
     # A Trial handle for the note API, on a study object whose sampler has no per-trial hook.
-    handle = optuna.Study(study_name=study.study_name, storage=study._storage,
+    handle = optuna.Study(study_name=study.study_name, storage=StudyHandle.of(study).storage,
                           sampler=optuna.samplers.RandomSampler())
-    save_note(optuna.trial.Trial(handle, trial._trial_id), note_text(trial, cfg, history))
+    save_note(optuna.trial.Trial(handle, trial_id_of(trial)), note_text(trial, cfg, history))

@@ -10,7 +10,7 @@ from trainer import ConfigError, Problem
 
 EXIT_BAD_INPUT = 2
 EXIT_STORAGE = 1
-"""A study database that failed during a run (search.study.StorageFailure): one line, no traceback."""
+"""A study database that failed during a run (search.storage.StorageFailure): one line, no traceback."""
 
 
 def _print(msg: str) -> None:
@@ -139,12 +139,13 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from search.artifacts import artifact_store
+    from search.storage import StudyHandle
 
     cfg, study = _open(args)
     import optuna_dashboard
 
     _print(f"optuna-dashboard for {cfg.storage} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    optuna_dashboard.run_server(study._storage, host=args.host, port=args.port,
+    optuna_dashboard.run_server(StudyHandle.of(study).storage, host=args.host, port=args.port,
                                 artifact_store=artifact_store(cfg, create=False))
     return 0
 
@@ -299,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        study = sys.modules.get("search.study")  # imported by then if the study's storage failed
-        if study is not None and isinstance(exc, study.StorageFailure):
+        faults = sys.modules.get("search.storage._faults")  # imported by then if the study's storage failed
+        if faults is not None and isinstance(exc, faults.StorageFailure):
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return EXIT_STORAGE
         raise

@@ -13,7 +13,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
-from search.study import _models, _retried, _storage_of, count_states, rdb_storage, study_id
+from search.storage import StudyHandle, count_states, rdb_models, rdb_storage, retried, study_id
 from trainer import ConfigError, Problem
 
 
@@ -28,7 +28,7 @@ def _top_by_sql(study: optuna.Study, cfg: StudyConfig, limit: int) -> list[Froze
         storage = rdb_storage(study)
     except TypeError:  # not an RDB storage: rank in Python
         return None
-    models = _models()
+    models = rdb_models()
     Value = models.TrialValueModel
     sid = study_id(study)
 
@@ -45,7 +45,7 @@ def _top_by_sql(study: optuna.Study, cfg: StudyConfig, limit: int) -> list[Froze
                 .order_by(order, models.TrialModel.number).limit(limit)
             ).scalars().all())
 
-    return [storage.get_trial(i) for i in _retried(storage, query)]
+    return [storage.get_trial(i) for i in retried(storage, query)]
 
 
 def _finite(t: FrozenTrial) -> bool:
@@ -178,8 +178,7 @@ def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int |
         trial = best[0]
     else:
         try:
-            storage = _storage_of(study)
-            trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id(study), number))
+            trial = StudyHandle.of(study).trial(number)
         except KeyError:
             total = sum(count_states(study).values())
             raise ConfigError(Problem("--trial", str(number), f"no trial {number} in study {cfg.name!r} "

@@ -11,8 +11,9 @@ from search.config import StudyConfig, load_study
 from search.progress import LiveProgress, Progress, make_progress
 from search.report import next_hints, render_table, summary
 from search.data_report import data_report, short_form
-from search.study import (StorageFailure, base_changes, close_study, fail_stale, finished, open_study, sqlite_path,
-                          storage_problem)
+from search.storage import (StorageFailure, base_changes, close_study, fail_stale, finished, sqlite_path,
+                            storage_problem)
+from search.study import open_study
 from search.testset import evaluate_best_on_test, has_test_split
 from trainer import Prepared, prepare_soon
 

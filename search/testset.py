@@ -9,7 +9,7 @@ import optuna
 
 from search.config import StudyConfig
 from search.report import ranked
-from search.study import open_storage
+from search.storage import open_storage, rdb_models
 from trainer import ConfigError, Problem, TrainConfig, config_from_dict, run_job
 
 TEST_KEYS = ("test", "test_fraction", "split_seed")
@@ -85,13 +85,13 @@ def store_on_finished_trial(storage: optuna.storages.BaseStorage, trial_id: int,
 
     Optuna's public `set_trial_user_attr` refuses finished trials, and the test score comes after the
     trial finished, so this one function writes the attribute row itself through Optuna's RDB models
-    (a private module; tests/unit/test_data_testset.py is its canary). Other storages keep the
+    (`rdb_models()`, a private module reached in search/storage/_optuna.py; its canary is in
+    tests/unit/test_optuna_door.py). Other storages keep the
     score on the study only (`test_results`).
     """
     if not isinstance(storage, optuna.storages.RDBStorage):
         return
-    from optuna.storages._rdb import models
-
+    models = rdb_models()
     session = storage.scoped_session()
     try:
         row = (session.query(models.TrialUserAttributeModel)

@@ -24,10 +24,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.storage._optuna import TPESamplerBase, with_trials_shown_as
+
 RUNNING_TRIALS = ("reported", "worst")
 
 
-class TPESampler(optuna.samplers.TPESampler):
+class TPESampler(TPESamplerBase):
     """`optuna.samplers.TPESampler` with `running_trials: reported | worst` (default reported)."""
 
     def __init__(self, *args: Any, running_trials: str = "reported", **kwargs: Any) -> None:
@@ -36,26 +38,13 @@ class TPESampler(optuna.samplers.TPESampler):
         super().__init__(*args, **kwargs)
         self.running_trials = running_trials
 
-    def _sample(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        # Optuna's TPE reads the trials to split inside `_sample` (private; tests/unit/test_tpe.py checks
-        # that it still does): hand it a view of the study in which reporting running trials look finished.
+    def study_for_sampling(self, study: optuna.Study) -> optuna.Study:
+        # Optuna's TPE reads the trials it splits inside its private `_sample` (reached through
+        # search/storage/_optuna.py, canary in tests/unit/test_optuna_door.py): hand it a view of the
+        # study in which reporting running trials look finished.
         if self.running_trials == "reported" and len(study.directions) == 1:
-            study = _RunningAsReported(study)  # type: ignore[assignment]
-        return super()._sample(study, trial, search_space)
-
-
-class _RunningAsReported:
-    """A study whose `_get_trials` shows each RUNNING trial with an evaluation as finished there."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        self._study = study
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        return [as_reported(t) for t in trials]
+            return with_trials_shown_as(study, as_reported)
+        return study
 
 
 def as_reported(trial: FrozenTrial) -> FrozenTrial:

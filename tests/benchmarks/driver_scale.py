@@ -180,7 +180,8 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     import search._driver as driver_mod
     from search._ray import run_trials
     from search.config import load_study
-    from search.study import count_states, open_study
+    from search.storage import count_states
+    from search.study import open_study
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +310,8 @@ def sampler_costs(out: Path, sizes: list[int], samplers: list[str], repeats: int
     import warnings
 
     from search.config import load_study
-    from search.study import ReadLessOften, build_sampler, open_storage
+    from search.storage import ReadLessOften, open_storage
+    from search.study import build_sampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize"

@@ -27,10 +27,11 @@ def driver(url: str, n: int, plain: bool, out: mp.Queue) -> None:  # one process
     sys.path.insert(0, str(REPO))
     import optuna
 
-    from search import study as s
+    from search import storage as s
+    from search.storage._rdb import SQLITE_BUSY_S
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": s.SQLITE_BUSY_S}}) \
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_S}}) \
         if plain else s.open_storage(url)
     errors: list[str] = []
     try:

@@ -24,8 +24,8 @@ from optuna.trial import TrialState, create_trial
 from search.cli import main
 from search.config import load_study
 from search.space import sample_params
-from search.study import (count_states, fail_stale, finished, open_study, record_heartbeats, requeue,
-                          storage_problem)
+from search.storage import count_states, fail_stale, finished, record_heartbeats, requeue, storage_problem
+from search.study import open_study
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,8 @@ DEAD_DRIVER = textwrap.dedent("""
     import os, signal, sys
     from search.config import load_study
     from search.space import sample_params
-    from search.study import open_study, record_heartbeats
+    from search.storage import record_heartbeats
+    from search.study import open_study
     cfg = load_study(sys.argv[1])
     study = open_study(cfg)
     beating = study.ask()

@@ -1,4 +1,5 @@
-"""The study storage on SQLite without Ray: seeds on resume, checks at open, faults, and the private-reach canary."""
+"""The study storage on SQLite without Ray: seeds on resume, checks at open, faults (canaries of the private
+reaches into Optuna: tests/unit/test_optuna_door.py)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ import tiny
 import yaml
 from optuna.trial import TrialState
 
-from search import study as study_mod
+from search import storage as sftune_storage
 from search.cli import main
 from search.config import load_study
 from search.space import sample_params
-from search.study import (StorageFailure, close_study, count_states, open_storage, open_study, rdb_storage, storage_problem)
+from search.storage import StorageFailure, _faults, _rdb, close_study, open_storage, rdb_storage, storage_problem
+from search.study import open_study
 from trainer import ConfigError
 
 
@@ -38,29 +40,6 @@ def _run_trials(study: optuna.Study, cfg, n: int) -> list[dict]:
     return seen
 
 
-def test_canary_private_reach_into_optuna(tmp_path: Path, bert_dir: Path) -> None:
-    """Fails loudly when Optuna moves what study.py reaches privately (study._storage, its _backend, the
-    table models and RDBStorage._get_stale_trial_ids that fail_stale_trials calls)."""
-    cfg = _cfg(tmp_path, bert_dir)
-    study = open_study(cfg)
-    assert isinstance(rdb_storage(study), study_mod.SftuneStorage)
-    models = study_mod._models()
-    for name in ("TrialModel", "TrialValueModel", "TrialHeartbeatModel", "TrialParamModel"):
-        assert hasattr(models, name), name
-    assert {"FINITE", "INF_POS", "INF_NEG"} <= set(models.TrialValueModel.TrialValueType.__members__)
-    assert hasattr(optuna.storages.RDBStorage, "_get_stale_trial_ids")
-    # every backend method Optuna's cache wrapper calls is one our storage retries
-    import inspect
-    import re
-
-    called = set(re.findall(r"_backend\.(\w+)", inspect.getsource(optuna.storages._CachedStorage)))
-    assert called <= set(study_mod._WRAPPED) | {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback"}
-    trial = study.ask()
-    assert count_states(study)["RUNNING"] == 1
-    study.tell(trial, 0.5)
-    assert study_mod.finished(study) == 1
-
-
 def test_driver_study_reads_running_trials_less_often_but_sees_its_own_writes(tmp_path: Path, bert_dir: Path) -> None:
     """ReadLessOften subclasses Optuna's private _CachedStorage (canary: the method it throttles is the
     one get_all_trials calls); a state change by this driver is seen at once, another driver's within
@@ -70,7 +49,7 @@ def test_driver_study_reads_running_trials_less_often_but_sees_its_own_writes(tm
     assert "_read_trials_from_remote_storage" in inspect.getsource(optuna.storages._CachedStorage.get_all_trials)
     cfg = _cfg(tmp_path, bert_dir)
     study, other = open_study(cfg), open_study(cfg)
-    assert isinstance(study._storage, study_mod.ReadLessOften)
+    assert isinstance(study._storage, sftune_storage.ReadLessOften)
     reads = []
     backend = rdb_storage(study)
     original = backend._get_trials
@@ -84,7 +63,7 @@ def test_driver_study_reads_running_trials_less_often_but_sees_its_own_writes(tm
     study.tell(mine, 0.5)  # this driver's own tell: seen at once
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
     theirs = other.ask()  # another driver's trial: seen once REFRESH_S has passed
-    time.sleep(study_mod.ReadLessOften.REFRESH_S + 0.05)
+    time.sleep(sftune_storage.ReadLessOften.REFRESH_S + 0.05)
     assert [t.number for t in study.get_trials(states=(TrialState.RUNNING,))] == [theirs.number]
 
 
@@ -145,10 +124,10 @@ def test_a_study_from_before_train_precision_resumes_but_a_changed_precision_is_
         tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
     path, db = _finished_study(tmp_path, bert_dir)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
-    record = study.user_attrs[study_mod.BASE_ATTR]
+    record = study.user_attrs[sftune_storage.BASE_ATTR]
     for part in ("config", "compared"):  # as an sftune without the field stored it
         del record[part]["train"]["precision"]
-    study.set_user_attr(study_mod.BASE_ATTR, record)
+    study.set_user_attr(sftune_storage.BASE_ATTR, record)
     close_study(study)
     assert main(["run", str(path)]) == 0  # nothing to run, and no base change claimed
     assert "nothing to run" in capsys.readouterr().out
@@ -245,7 +224,7 @@ def test_storage_problem_names_real_database_errors(tmp_path: Path) -> None:
 
 def test_a_locked_database_is_retried_not_failed(tmp_path: Path, bert_dir: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(study_mod, "SQLITE_BUSY_S", 0)  # SQLite's own wait off: every lock reaches our retry
+    monkeypatch.setattr(_rdb, "SQLITE_BUSY_S", 0)  # SQLite's own wait off: every lock reaches our retry
     cfg = _cfg(tmp_path, bert_dir)
     study = open_study(cfg)
     storage = rdb_storage(study)
@@ -259,7 +238,7 @@ def test_a_locked_database_is_retried_not_failed(tmp_path: Path, bert_dir: Path,
     study.tell(trial, 0.7)  # blocked for a second by the other writer, then goes through
     assert storage.retries > before
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]
-    monkeypatch.setattr(study_mod, "RETRY_FOR_S", 0.5)
+    monkeypatch.setattr(_faults, "RETRY_FOR_S", 0.5)
     trial = study.ask()
     holder.execute("BEGIN EXCLUSIVE")
     try:
@@ -273,7 +252,8 @@ FULL_DISK_DRIVER = textwrap.dedent("""
     import resource, sqlite3, sys, os
     from sqlalchemy import event
     from search.config import load_study
-    from search.study import StorageFailure, open_study, rdb_storage
+    from search.storage import StorageFailure, rdb_storage
+    from search.study import open_study
     cfg = load_study(sys.argv[1])
     study = open_study(cfg)
     if sys.argv[3] == "rlimit":  # the file may not grow any more (SIGXFSZ is ignored by Python)
