@@ -12,7 +12,7 @@ import yaml
 from search.recipes import is_shipped, looks_like_name, shipped_spaces, shipped_studies
 from search.space import Space, check_space_with_base, parse_space
 from trainer import DIRECTIONS, FIELDS, METRICS, ConfigError, Problem, TrainConfig, config_from_dict, read_yaml
-from trainer._schema import build, describe, did_you_mean, set_dotted
+from trainer.schema import build, describe, did_you_mean, set_dotted
 from trainer.config import apply_overrides, parse_overrides
 
 SAMPLERS = {

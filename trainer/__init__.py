@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trainer._metrics import DIRECTIONS, METRICS
-from trainer._schema import ConfigError, Problem
+from trainer.schema import ConfigError, Problem
 from trainer.config import ADDED_DEFAULTS, FIELDS, TrainConfig, config_from_dict, load_train_config, read_yaml
 from trainer._model import warm
 from trainer._tokenize import describe_warnings

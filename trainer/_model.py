@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from trainer._schema import ConfigError, Problem
+from trainer.schema import ConfigError, Problem
 from trainer.config import BUNDLED_MODELS, TrainConfig, bundled_model_path
 
 # Attention projections by architecture (config.model_type); peft's own table is the fallback.

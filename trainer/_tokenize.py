@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer._schema import ConfigError, Problem
+from trainer.schema import ConfigError, Problem
 from trainer.data import Examples
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 
 from trainer._yaml import load_yaml
-from trainer._schema import (
+from trainer.schema import (
     ConfigError,
     Problem,
     build,

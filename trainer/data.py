@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer._schema import ConfigError, Problem, describe
+from trainer.schema import ConfigError, Problem, describe
 from trainer.config import TrainConfig
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

@@ -175,7 +175,7 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
     from trainer._metrics import classification_metrics
     from trainer._model import build_model
     from trainer._tokenize import PadCollator
-    from trainer._schema import set_dotted
+    from trainer.schema import set_dotted
 
     from trainer._tokenize import tokenize_classification
 
