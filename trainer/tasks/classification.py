@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
 from trainer._loss import balanced_weights, class_weighted_loss
 from trainer._tokenize import length_stats, quiet, unknown_tokens
 from trainer.data import Examples, columns
@@ -193,6 +191,8 @@ def is_label(v: Any) -> bool:
 
 def classification_metrics(pred: Any) -> dict[str, float]:
     """Accuracy and macro F1 (over the classes present in labels or predictions) of one evaluation."""
+    import numpy as np
+
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
     y_pred = np.asarray(logits).argmax(-1)
     y_true = np.asarray(pred.label_ids)
