@@ -11,8 +11,9 @@ import yaml
 
 from search.recipes import is_shipped, looks_like_name, shipped_spaces, shipped_studies
 from search.space import Space, check_space_with_base, parse_space
-from trainer import DIRECTIONS, FIELDS, METRICS, ConfigError, Problem, TrainConfig, config_from_dict, read_yaml
-from trainer._schema import build, describe, did_you_mean, set_dotted
+from trainer import FIELDS, ConfigError, Problem, TrainConfig, config_from_dict, read_yaml
+from trainer.schema import build, describe, did_you_mean, set_dotted
+from trainer.tasks import get_task
 from trainer.config import apply_overrides, parse_overrides
 
 SAMPLERS = {
@@ -212,8 +213,9 @@ def init_options(cls: type) -> list[str]:
 
 
 def _objectives(raw: Any, task: str, source: str, problems: list[Problem]) -> list[Objective]:
+    spec = get_task(task)
     if raw is None:
-        raw = {"metric": "accuracy" if task == "classification" else "eval_loss"}
+        raw = {"metric": spec.default_objective}
     items = raw if isinstance(raw, list) else [raw]
     out: list[Objective] = []
     for i, item in enumerate(items):
@@ -225,9 +227,9 @@ def _objectives(raw: Any, task: str, source: str, problems: list[Problem]) -> li
         if obj is None or sub:
             problems.extend(sub or [Problem(source, key, f"expected {{metric, direction}}, found {describe(item)}")])
             continue
-        if obj.metric not in METRICS[task]:
-            problems.append(Problem(source, f"{key}.metric", f"task {task} reports {', '.join(METRICS[task])}; "
-                                    f"found {obj.metric!r}{did_you_mean(obj.metric, METRICS[task])}"))
+        if obj.metric not in spec.metrics:
+            problems.append(Problem(source, f"{key}.metric", f"task {task} reports {', '.join(spec.metrics)}; "
+                                    f"found {obj.metric!r}{did_you_mean(obj.metric, spec.metrics)}"))
             continue
         if obj.use not in ("final", "best"):
             problems.append(Problem(source, f"{key}.use", f"expected final or best, found "
@@ -238,7 +240,7 @@ def _objectives(raw: Any, task: str, source: str, problems: list[Problem]) -> li
                                     "study has no one best evaluation); use final"))
             continue
         if obj.direction is None:
-            obj.direction = DIRECTIONS[obj.metric]
+            obj.direction = spec.directions[obj.metric]
         elif obj.direction not in ("maximize", "minimize"):
             problems.append(Problem(source, f"{key}.direction", f"expected maximize or minimize, found "
                                     f"{obj.direction!r}{did_you_mean(obj.direction, ['maximize', 'minimize'])}"))

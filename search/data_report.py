@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from trainer import Prepared, TrainConfig, describe_warnings, prepare
+from trainer.tasks import get_task
 
 RARE_SHARE = 0.05
 """A class under this share of a split is called rare."""
@@ -67,7 +68,8 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
     """
     prep = prepared if prepared is not None else prepare(cfg, source)
     ex = prep.examples
-    labels = ex.labels if ex.task == "classification" else []
+    task = get_task(ex.task)
+    labels = ex.labels
     splits = ex.splits()
     report: dict[str, Any] = {"task": ex.task, "model": cfg.model, "max_length": cfg.train.max_length,
                               "class_weights": cfg.train.class_weights, "splits": {}, "leakage": {},
@@ -90,8 +92,8 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
         info["tokens"] = {k.removeprefix("length_"): v for k, v in stats.items()
                           if k.startswith("length_") or k == "over_max_length"}
         info["truncated"] = int(stats.get("truncated", 0))
-        if ex.task == "sft":
-            info["dropped"] = int(stats.get("dropped", 0))
+        for count in task.report_counts:
+            info[count] = int(stats.get(count, 0))
         if stats.get("tokens"):
             info["unknown_token_share"] = round(stats.get("unknown_tokens", 0) / stats["tokens"], 4)
         report["splits"][split] = info
@@ -145,8 +147,8 @@ def short_form(report: dict[str, Any]) -> str:
     line2 = (f"  tokens (train): p50 {tok.get('p50', '-')} · p90 {tok.get('p90', '-')} · max {tok.get('max', '-')} "
              f"of max_length {report['max_length']} · truncated "
              + ", ".join(f"{name} {info['truncated']}" for name, info in splits.items()))
-    if report["task"] == "sft":
-        line2 += " · dropped " + ", ".join(f"{name} {info.get('dropped', 0)}" for name, info in splits.items())
+    for count in get_task(report["task"]).report_counts:
+        line2 += f" · {count} " + ", ".join(f"{name} {info.get(count, 0)}" for name, info in splits.items())
     lines = [line1, line2]
     if report["warnings"]:
         more = f" (+{len(report['warnings']) - 2} more: sftune data)" if len(report["warnings"]) > 2 else ""
@@ -158,6 +160,7 @@ def short_form(report: dict[str, Any]) -> str:
 
 def render(report: dict[str, Any]) -> str:
     """The full report for people (`sftune data`)."""
+    task = get_task(report["task"])
     lines = [f"data of a {report['task']} run · model {report['model']} · max_length {report['max_length']}"]
     for name, info in report["splits"].items():
         lines.append(f"{name}: {info['rows']:,} rows ({info['from']})")
@@ -169,9 +172,7 @@ def render(report: dict[str, Any]) -> str:
             over = tok["over_max_length"]
             lines.append(f"  tokens: p50 {tok['p50']} · p90 {tok['p90']} · p99 {tok['p99']} · max {tok['max']}; "
                          f"{over} rows over max_length {report['max_length']}"
-                         + ((f": {info['truncated']} keep their response and lose the start of their prompt, "
-                             f"{info['dropped']} are dropped (response alone too long)" if report["task"] == "sft"
-                             else ": their text is truncated") if over else ""))
+                         + (task.over_length_words(info) if over else ""))
         dup = info["duplicates"]
         lines.append(f"  empty: {info['empty']} · duplicate rows: {dup['rows']}"
                      + (f" · texts with conflicting labels: {dup['conflicting_labels']}" if "conflicting_labels" in dup

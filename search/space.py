@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer import FIELDS, Problem
-from trainer._schema import describe, did_you_mean
+from trainer.schema import describe, did_you_mean
 
 TYPES = ("float", "int", "categorical")
 SPEC_KEYS = {

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from trainer._metrics import DIRECTIONS, METRICS
-from trainer._schema import ConfigError, Problem
+from trainer.schema import ConfigError, Problem
 from trainer.config import ADDED_DEFAULTS, FIELDS, TrainConfig, config_from_dict, load_train_config, read_yaml
 from trainer._model import warm
 from trainer._tokenize import describe_warnings
+from trainer.tasks import Task, get_task, task_names
 from trainer.job import (JobResult, NeverStop, Prepared, Reporter, prepare, prepare_soon, resolve_precision,
                          run_job)
 
@@ -21,14 +22,17 @@ __all__ = [
     "Prepared",
     "Problem",
     "Reporter",
+    "Task",
     "TrainConfig",
     "config_from_dict",
     "describe_warnings",
+    "get_task",
     "load_train_config",
     "prepare",
     "prepare_soon",
     "read_yaml",
     "resolve_precision",
     "run_job",
+    "task_names",
     "warm",
 ]

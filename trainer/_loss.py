@@ -35,10 +35,3 @@ def class_weighted_loss(weights: list[float]) -> Callable[..., Any]:
         return total / count
 
     return loss
-
-
-def loss_for(cfg: Any, train_rows: list[dict[str, Any]], num_labels: int) -> Callable[..., Any] | None:
-    """The `compute_loss_func` a config asks for, or None for the model's own loss."""
-    if cfg.task != "classification" or cfg.train.class_weights == "none":
-        return None
-    return class_weighted_loss(balanced_weights([int(r["labels"]) for r in train_rows], num_labels))

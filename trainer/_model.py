@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from trainer._schema import ConfigError, Problem
+from trainer.schema import ConfigError, Problem
 from trainer.config import BUNDLED_MODELS, TrainConfig, bundled_model_path
+from trainer.tasks import DEFAULT_TASK, get_task
 
 # Attention projections by architecture (config.model_type); peft's own table is the fallback.
 ATTENTION_MODULES: dict[str, list[str]] = {
@@ -142,14 +143,7 @@ def check_model(cfg: TrainConfig, location: str, source: str = "") -> None:
                                 "(tokenizer.save_pretrained(folder))"))
     settings = model_settings(location)
     model_type = settings.get("model_type", "")
-    if cfg.task == "sft" and settings and not settings.get("is_decoder"):
-        if settings.get("is_encoder_decoder"):
-            problems.append(Problem(source, "task", f"sft trains a decoder-only causal LM, but '{cfg.model}' is an "
-                                    f"encoder-decoder model ({model_type}); use a decoder such as GPT-2 or Llama"))
-        elif model_type in ENCODER_TYPES:
-            problems.append(Problem(source, "task", f"sft trains a causal LM, but '{cfg.model}' is a bidirectional "
-                                    f"encoder ({model_type}): it never learned to predict the next token; use "
-                                    "task: classification with it, or a decoder model (GPT-2, Llama, ...) for sft"))
+    get_task(cfg.task, source).check_model(cfg, settings, source, problems)
     limit = position_limit(settings)
     if limit is not None and cfg.train.max_length > limit:
         problems.append(Problem(source, "train.max_length", f"must be <= {limit}, the longest input "
@@ -214,18 +208,12 @@ def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> li
 
 def build_model(cfg: TrainConfig, location: str, tokenizer: Any, num_labels: int, labels: list[str],
                 source: str = "") -> Any:
-    """Load the model for the task and wrap it with LoRA when asked."""
+    """Load the model with the task's head and wrap it with LoRA when asked."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    task = get_task(cfg.task, source)
     try:
-        if cfg.task == "classification":
-            model = AutoModelForSequenceClassification.from_pretrained(
-                location, num_labels=num_labels, id2label=dict(enumerate(labels)),
-                label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True,
-            )
-        else:
-            model = AutoModelForCausalLM.from_pretrained(location)
+        model = task.load_model(location, labels)
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(Problem(source, "model", f"cannot load '{location}' for task {cfg.task}: "
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")) from None
@@ -237,24 +225,14 @@ def build_model(cfg: TrainConfig, location: str, tokenizer: Any, num_labels: int
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS if cfg.task == "classification" else TaskType.CAUSAL_LM,
+        task_type=TaskType[task.peft_task_type] if task.peft_task_type else None,
         r=cfg.peft.r,
         lora_alpha=cfg.peft.alpha,
         lora_dropout=cfg.peft.dropout,
         target_modules=resolve_target_modules(model, cfg, source),
-        modules_to_save=_head_modules(model) if cfg.task == "classification" else None,
+        modules_to_save=task.modules_to_save(model),
     )
     return get_peft_model(model, lora)
-
-
-def _head_modules(model: Any) -> list[str]:
-    """The new classification head, plus the pooler that feeds it where the architecture has one.
-
-    A sentence-embedding checkpoint (such as all-MiniLM) never trained its pooler for a task; frozen,
-    it hides the signal from the head, so LoRA trains it in full (one small dense layer).
-    """
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return [n for n in ("classifier", "score", "pooler") if n in names]
 
 
 def warm(location: str | None = None, task: str | None = None) -> None:
@@ -273,9 +251,13 @@ def warm(location: str | None = None, task: str | None = None) -> None:
     from transformers import AutoConfig
     from transformers.models.auto import modeling_auto
 
+    try:
+        mapping = getattr(modeling_auto, get_task(task or DEFAULT_TASK).model_mapping, None)
+    except ConfigError:  # a task that cannot be had is reported by the job itself
+        return
+    if mapping is None:
+        return
     config = AutoConfig.from_pretrained(location)
-    mapping = (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING if task == "sft"
-               else modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING)
     try:
         mapping[type(config)]  # imports the architecture's modeling module
     except KeyError:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer._schema import ConfigError, Problem
+from trainer.schema import ConfigError, Problem
 from trainer.data import Examples
+from trainer.tasks import get_task
 
 
 UNKNOWN_ERROR_SHARE = 0.5
@@ -15,7 +16,8 @@ RARE_CLASS_SHARE = 0.05
 """A class under this share of a split is counted as rare."""
 
 
-def _length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
+def length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
+    """Rows, token-length percentiles and the rows over max_length of one split (full, untruncated lengths)."""
     import numpy as np
 
     if not lengths:
@@ -26,7 +28,7 @@ def _length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
             "length_max": int(arr.max()), "over_max_length": int((arr > max_length).sum())}
 
 
-def _unknown(ids: list[list[int]], tokenizer: Any) -> tuple[int, int]:
+def unknown_tokens(ids: list[list[int]], tokenizer: Any) -> tuple[int, int]:
     """(unknown tokens, tokens that are not special) over token id lists; list.count keeps it C-fast."""
     unk = tokenizer.unk_token_id
     special = [t for t in set(tokenizer.all_special_ids) if t != unk]
@@ -37,37 +39,7 @@ def _unknown(ids: list[list[int]], tokenizer: Any) -> tuple[int, int]:
     return unknown, total
 
 
-def classification_with_stats(rows: list[dict[str, Any]], tokenizer: Any,
-                              max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Token ids (truncated to max_length) and what truncation cost: full lengths, rows truncated, unknown tokens."""
-    texts = [r["text"] for r in rows]
-    pairs = [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0] else None
-    if not rows:
-        return [], {"rows": 0}
-    enc = _quiet(lambda: tokenizer(texts, pairs, truncation=False))
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    full = [len(ids) for ids in enc["input_ids"]]
-    long = [i for i, n in enumerate(full) if n > max_length]
-    if long:  # re-encode only the rows that need it, with the tokenizer's own truncation rules
-        cut = tokenizer([texts[i] for i in long], [pairs[i] for i in long] if pairs else None,
-                        truncation=True, max_length=max_length)
-        for j, i in enumerate(long):
-            for k in keys:
-                enc[k][i] = cut[k][j]
-    out = [{**{k: enc[k][i] for k in keys}, "labels": r["label"]} for i, r in enumerate(rows)]
-    stats = _length_stats(full, max_length)
-    stats["truncated"] = len(long)
-    stats["unknown_tokens"], stats["tokens"] = _unknown(enc["input_ids"], tokenizer)
-    stats["empty_texts"] = sum(1 for r in rows if not r["text"].strip()
-                               or ("text_pair" in r and not r["text_pair"].strip()))
-    return out, stats
-
-
-def tokenize_classification(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
-    return classification_with_stats(rows, tokenizer, max_length)[0]
-
-
-def _quiet(fn: Any) -> Any:
+def quiet(fn: Any) -> Any:
     """Run `fn` without transformers' 'sequence longer than the maximum' warning (we count those rows)."""
     from transformers.utils import logging
 
@@ -79,59 +51,6 @@ def _quiet(fn: Any) -> Any:
         logging.set_verbosity(level)
 
 
-def _chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, str]:
-    history, last = messages[:-1], messages[-1]["content"]
-    if getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
-    else:
-        prompt = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in history) + "<|assistant|>\n"
-    return prompt, last
-
-
-def sft_with_stats(rows: list[dict[str, Any]], tokenizer: Any,
-                   max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Prompt + response token ids; the labels mask the prompt so only response tokens are learned.
-
-    A row longer than max_length keeps its whole response (and end-of-sequence token) and loses the
-    start of its prompt (a leading BOS token is kept); it is dropped only when the response alone
-    does not fit. Both are counted in the stats (`prompt_cut`, `dropped`), never silent.
-    """
-    out = []
-    prompts, responses = [], []
-    for r in rows:
-        if "messages" in r:
-            p, q = _chat_prompt(tokenizer, r["messages"])
-        else:
-            p, q = r["prompt"], r["response"]
-        prompts.append(p)
-        responses.append(q)
-    if not rows:
-        return [], {"rows": 0}
-    p_ids = _quiet(lambda: tokenizer(prompts, add_special_tokens=True)["input_ids"])
-    q_ids = _quiet(lambda: tokenizer(responses, add_special_tokens=False)["input_ids"])
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    bos = tokenizer.bos_token_id
-    full, cut, dropped = [], 0, 0
-    for p, q in zip(p_ids, q_ids):
-        p, q = list(p), list(q) + eos
-        full.append(len(p) + len(q))
-        head = p[:1] if bos is not None and p[:1] == [bos] else []
-        room = max_length - len(q) - len(head)
-        if room < 0:
-            dropped += 1  # the response alone is longer than max_length
-            continue
-        if len(p) + len(q) > max_length:
-            p = head + (p[len(head):][-room:] if room > 0 else [])
-            cut += 1
-        ids = p + q
-        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(p) + q})
-    stats = _length_stats(full, max_length)
-    stats.update({"prompt_cut": cut, "dropped": dropped, "truncated": cut})
-    stats["unknown_tokens"], stats["tokens"] = _unknown([a + b for a, b in zip(p_ids, q_ids)], tokenizer)
-    stats["empty_texts"] = sum(1 for q in responses if not q.strip())
-    return out, stats
-
-
 def tokenize(examples: Examples, tokenizer: Any, max_length: int,
              source: str = "") -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
     """Every split of `examples` to token ids: ({split: rows}, {split: stats}).
@@ -139,15 +58,13 @@ def tokenize(examples: Examples, tokenizer: Any, max_length: int,
     Raises ConfigError when a split is left empty or when the tokenizer maps most of train to its
     unknown token (a tokenizer that does not belong to this data or model).
     """
-    fn = classification_with_stats if examples.task == "classification" else sft_with_stats
+    task = get_task(examples.task, source)
     out: dict[str, list[dict[str, Any]]] = {}
     stats: dict[str, dict[str, Any]] = {}
     for split, rows in examples.splits().items():
-        out[split], stats[split] = fn(rows, tokenizer, max_length)
-        if examples.labels:
-            counts = [0] * len(examples.labels)
-            for r in rows:
-                counts[r["label"]] += 1
+        out[split], stats[split] = task.tokenize(rows, tokenizer, max_length)
+        counts = task.label_counts(rows, examples)
+        if counts is not None:
             stats[split]["label_counts"] = counts
         # Evaluation batches of similar lengths waste little on padding (about 1.7x faster on SST-2);
         # every metric is computed over the whole set, so the order does not change them.
@@ -189,22 +106,23 @@ def data_warnings(stats: dict[str, dict[str, Any]]) -> dict[str, int]:
 
 def describe_warnings(warnings: dict[str, int], stats: dict[str, dict[str, Any]] | None = None,
                       max_length: int | None = None, task: str = "classification") -> list[str]:
-    """One line per counted warning, in words."""
+    """One line per counted warning, in words (the task's own words where it has them)."""
+    spec = get_task(task)
     lines = []
     for key, n in warnings.items():
         split, _, what = key.partition(".")
         rows = (stats or {}).get(split, {}).get("rows")
         of = f" of {rows}" if rows else ""
         limit = f" max_length={max_length}" if max_length else " max_length"
-        if what == "truncated" and task == "sft":
-            lines.append(f"{split}: {n}{of} rows are longer than{limit} tokens: their prompt loses its start "
-                         "(the response is kept whole)")
+        own = spec.warning_line(split, what, n, of, limit)
+        if own is not None:
+            lines.append(own)
         elif what == "truncated":
             lines.append(f"{split}: {n}{of} texts are longer than{limit} tokens and are truncated")
         elif what == "dropped":
             lines.append(f"{split}: {n}{of} rows are dropped: their response alone is longer than{limit} tokens")
         elif what == "empty_texts":
-            lines.append(f"{split}: {n}{of} rows have an empty " + ("response" if task == "sft" else "text"))
+            lines.append(f"{split}: {n}{of} rows have an empty text")
         elif what == "absent_classes":
             lines.append(f"{split}: {n} label classes have no rows")
         elif what == "rare_classes":

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from trainer._schema import ConfigError, Problem
+from trainer.schema import ConfigError, Problem
 
 
 class _Loader(yaml.SafeLoader):

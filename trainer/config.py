@@ -11,7 +11,8 @@ from typing import Any, Literal
 import yaml
 
 from trainer._yaml import load_yaml
-from trainer._schema import (
+from trainer.tasks import DEFAULT_TASK, Task, get_task, task_names
+from trainer.schema import (
     ConfigError,
     Problem,
     build,
@@ -107,7 +108,8 @@ class TrainConfig:
     data: DataConfig
     model: str = "minilm-l6"
     """A bundled model by short name (minilm-l6), a local model directory, or a hub id."""
-    task: Literal["classification", "sft"] = "classification"
+    task: str = DEFAULT_TASK
+    """classification | sft, or `module:ClassName`: a `trainer.tasks.Task` subclass of your own."""
     peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
     output_dir: str = "runs/train"
@@ -203,6 +205,7 @@ def bundled_model_path(name: str) -> Path | None:
 def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None:
     """Rules between fields and on value ranges (types are already checked)."""
     t, p, d = cfg.train, cfg.peft, cfg.data
+    task = _task(cfg, source, problems)
 
     def need(cond: bool, key: str, message: str) -> None:
         if not cond:
@@ -238,9 +241,8 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
         need(v is None or v >= 1, f"data.{key}", f"must be >= 1, found {v}")
     if cfg.save == "adapter":
         need(p.method == "lora", "save", "'adapter' needs peft.method: lora (use 'model' for full fine-tuning)")
-    if cfg.task == "sft" and (d.prompt_column is None) != (d.response_column is None):
-        problems.append(Problem(source, "data.prompt_column" if d.prompt_column is None else "data.response_column",
-                                "prompt_column and response_column go together: set both or neither"))
+    if task is not None:
+        task.check_config(cfg, source, problems)
     if not cfg.model:
         problems.append(Problem(source, "model", "expected a model name, directory or hub id, found ''"))
 
@@ -259,9 +261,25 @@ def check_held_out(cfg: TrainConfig, source: str, problems: list[Problem]) -> No
         elif not d.validation and d.test_fraction + d.validation_fraction >= 1:
             problems.append(Problem(source, "data.test_fraction", f"test_fraction {d.test_fraction} + "
                                     f"validation_fraction {d.validation_fraction} must be < 1 to leave rows to train on"))
-    if cfg.train.class_weights != "none" and cfg.task != "classification":
-        problems.append(Problem(source, "train.class_weights", f"applies to task classification only; task is "
-                                f"{cfg.task}, so set it to none"))
+    try:
+        task: Task | None = get_task(cfg.task, source)
+    except ConfigError:  # check_config reports it
+        task = None
+    if cfg.train.class_weights != "none" and task is not None and not task.class_weights:
+        weighted = [name for name in task_names() if get_task(name).class_weights]
+        problems.append(Problem(source, "train.class_weights", f"applies to task {', '.join(weighted)} only; task "
+                                f"is {cfg.task}, so set it to none"))
+
+
+def _task(cfg: TrainConfig, source: str, problems: list[Problem]) -> Task | None:
+    """The task `cfg.task` names, or None after a problem; `cfg.task` then falls back to the default (as a
+    field of the wrong type does), so that the checks after this one still run."""
+    try:
+        return get_task(cfg.task, source)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        cfg.task = DEFAULT_TASK
+        return None
 
 
 def resolve_paths(cfg: TrainConfig, base_dir: Path, source: str, problems: list[Problem]) -> None:

@@ -19,12 +19,12 @@ from typing import Any, Callable, Protocol
 import yaml
 
 from trainer import _memory
-from trainer._loss import loss_for
-from trainer._metrics import classification_metrics, clean, evaluate_on_test
-from trainer._model import build_model, check_model, load_tokenizer, model_location
-from trainer._tokenize import PadCollator, data_warnings, tokenize
+from trainer._metrics import evaluate_on_test
+from trainer._model import build_model, check_model, model_location
+from trainer._tokenize import data_warnings, tokenize
 from trainer.config import TrainConfig
 from trainer.data import Examples, load_examples
+from trainer.tasks import get_task
 
 
 class Reporter(Protocol):
@@ -176,7 +176,7 @@ def _build(cfg: TrainConfig, source: str, location: str, key: str, cached: Path 
             pass
     if examples is None:
         examples = load_examples(cfg, source)
-    tokenizer = load_tokenizer(location, source)
+    tokenizer = get_task(cfg.task, source).load_processor(location, source)
     splits, stats = tokenize(examples, tokenizer, cfg.train.max_length, source)
     prep = Prepared(location, tokenizer, examples, splits["train"], splits["validation"], splits.get("test", []),
                     stats)
@@ -318,6 +318,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     t = cfg.train
+    task = get_task(cfg.task, source)
     model = build_model(cfg, _local_location(cfg, prep, source), prep.tokenizer, prep.examples.num_labels,
                         prep.examples.labels, source)
     made["model"] = model  # run_job undoes what training wrapped around it (see _unwrap_forward)
@@ -348,7 +349,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         def on_evaluate(self, args, state, control, metrics=None, **kw):  # noqa: ANN001
             if state_box.get("testing"):
                 return  # the held-out test evaluation is never reported
-            m = clean(metrics or {}, cfg.task)
+            m = task.clean_metrics(metrics or {})
             history.append({"step": state.global_step, **m})
             if best is not None:
                 best.update(history[-1], kw.get("model"))
@@ -396,16 +397,16 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         dataloader_num_workers=0,
         remove_unused_columns=False,
         label_names=["labels"],
-        prediction_loss_only=cfg.task == "sft",
+        prediction_loss_only=task.prediction_loss_only,
     )
     trainer = _TimedTrainer(
         model=model,
         args=args,
         train_dataset=prep.train,
         eval_dataset=prep.validation,
-        data_collator=PadCollator(prep.tokenizer.pad_token_id or 0),
-        compute_metrics=classification_metrics if cfg.task == "classification" else None,
-        compute_loss_func=loss_for(cfg, prep.train, prep.examples.num_labels),
+        data_collator=task.collator(prep.tokenizer),
+        compute_metrics=None if task.prediction_loss_only else task.compute_metrics,
+        compute_loss_func=task.loss(cfg, prep.train, prep.examples),
         callbacks=[_Report(), *_stop_at(t.stop_at_step)],
     )
     trainer.remove_callback(PrinterCallback)
@@ -443,7 +444,7 @@ def _evaluate_test(trainer: Any, prep: Prepared, cfg: TrainConfig, state_box: di
     eval_before, start = timing["eval"], time.perf_counter()
     state_box["testing"] = True
     try:
-        out = evaluate_on_test(trainer, prep.test, cfg.task)
+        out = evaluate_on_test(trainer, prep.test, get_task(cfg.task))
     finally:
         state_box["testing"] = False
         timing["eval"], timing["test"] = eval_before, time.perf_counter() - start

@@ -172,12 +172,11 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
     from transformers import Trainer, TrainingArguments
 
     from trainer import config_from_dict, prepare
-    from trainer._metrics import classification_metrics
     from trainer._model import build_model
     from trainer._tokenize import PadCollator
-    from trainer._schema import set_dotted
+    from trainer.schema import set_dotted
 
-    from trainer._tokenize import tokenize_classification
+    from trainer.tasks.classification import classification_metrics, tokenize_classification
 
     base = config_from_dict(task["base"])
     prep = prepare(base)

@@ -1,0 +1,80 @@
+"""The tasks a run can train, by `task:` name, and the one interface they share."""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+
+from trainer.schema import ConfigError, Problem, describe, did_you_mean
+from trainer.tasks._base import Task
+
+TASKS: dict[str, str] = {
+    "classification": "trainer.tasks.classification:Classification",
+    "sft": "trainer.tasks.sft:SFT",
+}
+"""Built-in tasks: `task:` name to the `module:ClassName` that implements it (imported when first used)."""
+
+DEFAULT_TASK = "classification"
+
+
+def task_names() -> list[str]:
+    """The built-in task names, in registry order."""
+    return list(TASKS)
+
+
+def get_task(name: str, source: str = "") -> Task:
+    """The task a config's `task:` names: a built-in name, or `module:ClassName` (a Task subclass of your own).
+
+    Raises ConfigError (key `task`) naming what was expected and what was found.
+    """
+    if not isinstance(name, str) or (name not in TASKS and ":" not in name):
+        hint = did_you_mean(name, TASKS) if isinstance(name, str) else ""
+        raise ConfigError(Problem(source, "task", f"expected one of {', '.join(TASKS)}, found {describe(name)}"
+                                  + (hint or "; a task of your own is given as module:ClassName")))
+    try:
+        return _load(TASKS.get(name, name))
+    except ConfigError as exc:
+        raise ConfigError([Problem(source, p.key, p.message) for p in exc.problems]) from None
+
+
+@lru_cache(maxsize=None)
+def _load(spec: str) -> Task:
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise ConfigError(Problem("", "task", f"expected module:ClassName, found {spec!r}"))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any failure to import is the user's module
+        raise ConfigError(Problem("", "task", f"cannot import module {module_name!r} of task {spec!r}: "
+                                  f"{type(exc).__name__}: {exc}")) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        public = [n for n in vars(module) if not n.startswith("_")]
+        raise ConfigError(Problem("", "task", f"module {module_name!r} has no {class_name!r}"
+                                  f"{did_you_mean(class_name, public)}"))
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(Problem("", "task", f"expected a subclass of trainer.tasks.Task at {spec!r}, "
+                                  f"found {describe(cls)}"))
+    task = cls()
+    problems = _check_task(task, spec)
+    if problems:
+        raise ConfigError(problems)
+    return task
+
+
+def _check_task(task: Task, spec: str) -> list[Problem]:
+    """A task's declared metrics must be usable as study objectives."""
+    problems = []
+    if not task.metrics:
+        problems.append(Problem("", "task", f"{spec}: expected at least one name in `metrics`, found none"))
+    for metric in task.metrics:
+        if task.directions.get(metric) not in ("maximize", "minimize"):
+            problems.append(Problem("", "task", f"{spec}: expected directions[{metric!r}] to be maximize or "
+                                    f"minimize, found {describe(task.directions.get(metric))}"))
+    if task.default_objective not in task.metrics:
+        problems.append(Problem("", "task", f"{spec}: default_objective {task.default_objective!r} is not one of "
+                                f"its metrics {list(task.metrics)}"))
+    return problems
+
+
+__all__ = ["DEFAULT_TASK", "TASKS", "Task", "get_task", "task_names"]

@@ -1,0 +1,128 @@
+"""The interface every task implements: its rows, their tokens, its model and head, its metrics and report lines."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
+    from trainer.data import Examples
+    from trainer.schema import Problem
+
+
+class Task:
+    """One kind of fine-tuning (classification, sft, ...): everything in a run that depends on the task.
+
+    The shared machinery (reading files, holding out splits, capping, the Trainer loop, saving) calls
+    these hooks and never asks which task it runs. A subclass sets the class attributes and implements
+    `load_examples`, `tokenize` and `load_model`; every other hook has a default that suits a task
+    without classes and with text input. `task: module:ClassName` in a config runs a subclass of your own.
+
+    Rows: `load_examples` turns each split's raw rows into the task's examples (checked, one problem
+    per bad column, all at once). `tokenize` turns one split's examples into model inputs (token ids,
+    or pixel values for an image task: `load_processor` then returns the image processor) and stats:
+    `rows`, and where they apply `truncated`, `dropped`, `empty_texts`, `tokens`, `unknown_tokens`,
+    `length_*`. Labels go in the `labels` key: a class id, a float (regression), a list of ids per
+    token (-100 where no label applies; `PadCollator` pads them with -100) or of floats (multi-label).
+    """
+
+    name: ClassVar[str] = ""
+    """The `task:` name this class is registered under (a task of your own: any short name)."""
+    metrics: ClassVar[tuple[str, ...]] = ("eval_loss",)
+    """What each evaluation reports (our names; Trainer's `eval_` prefix removed but from eval_loss).
+    A study objective must name one of these."""
+    directions: ClassVar[Mapping[str, str]] = {"eval_loss": "minimize"}
+    """Each metric's natural direction: maximize | minimize."""
+    default_objective: ClassVar[str] = "eval_loss"
+    """The metric a study optimizes when its objective is not given."""
+    prediction_loss_only: ClassVar[bool] = False
+    """True: evaluation computes the loss only, keeping no predictions (and `compute_metrics` is not called)."""
+    class_weights: ClassVar[bool] = False
+    """Whether the task takes `train.class_weights: balanced` (its `loss` then weights the classes)."""
+    peft_task_type: ClassVar[str | None] = None
+    """The peft `TaskType` name LoRA wraps the model as (SEQ_CLS, CAUSAL_LM, TOKEN_CLS, ...), or None."""
+    model_mapping: ClassVar[str] = ""
+    """The transformers `modeling_auto` mapping of the model class (a worker imports its code ahead of time)."""
+    report_counts: ClassVar[tuple[str, ...]] = ()
+    """Per-split stats beside `truncated` that the data report counts (sft: `dropped`)."""
+
+    # --- config and model checks, before any data is read or weight loaded -------------------------------
+
+    def check_config(self, cfg: TrainConfig, source: str, problems: list[Problem]) -> None:
+        """Rules on the config that only this task has; append each broken one to `problems`."""
+
+    def check_model(self, cfg: TrainConfig, settings: dict[str, Any], source: str, problems: list[Problem]) -> None:
+        """What the model's config (`settings`, config.json as a mapping; empty when unknown) rules out."""
+
+    # --- rows -----------------------------------------------------------------------------------------
+
+    def load_examples(self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str],
+                      source: str) -> Examples:
+        """Check the raw rows of every split ({split: rows}; `paths` says where each came from) and turn
+        them into this task's examples; raise ConfigError listing every problem."""
+        raise NotImplementedError
+
+    def label_counts(self, rows: list[dict[str, Any]], examples: Examples) -> list[int] | None:
+        """Rows per class of one split in id order (for the rare and absent class warnings), or None."""
+        return None
+
+    # --- tokens and batches ---------------------------------------------------------------------------
+
+    def load_processor(self, location: str, source: str = "") -> Any:
+        """What turns examples into model inputs: the model's tokenizer (an image task: its image processor)."""
+        from trainer._model import load_tokenizer
+
+        return load_tokenizer(location, source)
+
+    def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any,
+                 max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One split's examples to model inputs, and what that cost (see the class docstring for the stats)."""
+        raise NotImplementedError
+
+    def collator(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """What pads a list of tokenized rows into one batch of tensors."""
+        from trainer._tokenize import PadCollator
+
+        return PadCollator(tokenizer.pad_token_id or 0)
+
+    # --- model ----------------------------------------------------------------------------------------
+
+    def load_model(self, location: str, labels: list[str]) -> Any:
+        """The model with this task's head, from `location` (`labels`: class names in id order, or [])."""
+        raise NotImplementedError
+
+    def modules_to_save(self, model: Any) -> list[str] | None:
+        """Modules LoRA trains in full and saves beside the adapter (a new head), or None."""
+        return None
+
+    def loss(self, cfg: TrainConfig, train_rows: list[dict[str, Any]], examples: Examples) -> Callable[..., Any] | None:
+        """A Trainer `compute_loss_func` (class weights, say), or None for the model's own loss."""
+        return None
+
+    # --- metrics --------------------------------------------------------------------------------------
+
+    def compute_metrics(self, pred: Any) -> dict[str, float]:
+        """Trainer's `compute_metrics`: metrics from the predictions and labels of one evaluation."""
+        return {}
+
+    def clean_metrics(self, raw: dict[str, Any]) -> dict[str, float]:
+        """Trainer's `eval_*` names to ours, keeping only this task's `metrics`."""
+        out: dict[str, float] = {}
+        for key, value in raw.items():
+            if not isinstance(value, (int, float)):
+                continue
+            name = key if key == "eval_loss" else key.removeprefix("eval_")
+            if name in self.metrics:
+                out[name] = float(value)
+        return out
+
+    # --- words ----------------------------------------------------------------------------------------
+
+    def warning_line(self, split: str, what: str, n: int, of: str, limit: str) -> str | None:
+        """This task's own wording of a counted data warning (`what`: truncated, empty_texts, ...), or None
+        for the shared wording. `of` is ' of <rows>' or '', `limit` ' max_length=<n>'."""
+        return None
+
+    def over_length_words(self, info: dict[str, Any]) -> str:
+        """What happens to a split's rows over max_length, in the data report (`info`: the split's report)."""
+        return ": their text is truncated"
