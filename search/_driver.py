@@ -1,6 +1,6 @@
 """The driver's side of a running study, without Ray: ask Optuna, judge each evaluation, tell the end.
 
-Tune's searcher and scheduler (`search._ray_search`) are thin shells over one `Driver`; contract tests
+Tune's searcher and scheduler (`search._ray.shells`) are thin shells over one `Driver`; contract tests
 drive it against an in-memory study without a cluster. The driver is the study's one writer: workers
 only send results back. The trial budget is counted in storage, so several drivers share one study.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search._gpu import check_packing
+from search._ray.gpu import check_packing
 from search.artifacts import apply_retention, store_trial, write_note
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
@@ -308,7 +308,7 @@ class Driver:
         """A trial that ran on another node sent its output files: write them where the driver keeps them."""
         data = result.pop(FILES_KEY, None)
         if data:
-            from search._ray_worker import unpack
+            from search._ray.worker import unpack
 
             unpack(data, Path(self.cfg.output_dir) / "trials" / f"{trial.number:04d}")
 

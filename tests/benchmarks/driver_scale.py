@@ -238,7 +238,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
     import ray
 
-    from search._ray_cluster import _warm_workers_privately, worker_env
+    from search._ray.cluster import _warm_workers_privately, worker_env
 
     for key, value in worker_env().items():  # as `sftune run` sets for its trial workers
         os.environ.setdefault(key, value)

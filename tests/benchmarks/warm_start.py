@@ -1,5 +1,5 @@
 """What the one private reach into Ray buys: time from `sftune run` to the first training step, with and
-without warm workers (search._ray_cluster._warm_workers_privately).
+without warm workers (search._ray.cluster._warm_workers_privately).
 
     python tests/benchmarks/warm_start.py              # the quickstart (bundled MiniLM), 3 runs of each
     python tests/benchmarks/warm_start.py --tiny       # a tiny random model: the start-up alone
@@ -27,7 +27,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-COLD = ("import sys, search._ray_cluster as c; c._warm_workers_privately = lambda warm: {}; "
+COLD = ("import sys, search._ray.cluster as c; c._warm_workers_privately = lambda warm: {}; "
         "from search.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

@@ -21,8 +21,8 @@ import tiny
 from _raynodes import Cluster, free_port, node_env
 from optuna.trial import TrialState
 
-from search._ray_cluster import runs_a_raylet
-from search._ray_reaper import descendants, process_table
+from search._ray.cluster import runs_a_raylet
+from search._ray.reaper import descendants, process_table
 
 pytestmark = pytest.mark.integration
 
@@ -221,8 +221,8 @@ def test_tune_trial_actors_carry_no_runtime_env_of_their_own(monkeypatch: pytest
     from ray.tune.execution.class_cache import _ActorClassCache
     from ray.tune.trainable import wrap_function
 
-    from search._ray_cluster import _warm_workers_privately
-    from search._ray_worker import trainable
+    from search._ray.cluster import _warm_workers_privately
+    from search._ray.worker import trainable
 
     monkeypatch.setenv("SFTUNE_WARM", "")
     monkeypatch.setenv("PL_DISABLE_FORK", "1")
@@ -234,13 +234,13 @@ def test_tune_trial_actors_carry_no_runtime_env_of_their_own(monkeypatch: pytest
 
 CANARY = """
 import json, sys, ray
-from search._ray_cluster import _warm_workers_privately
+from search._ray.cluster import _warm_workers_privately
 system = _warm_workers_privately({})
 ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, _system_config=system)
 
 @ray.remote
 def imported():
-    return "search._ray_preload" in sys.modules
+    return "search._ray.preload" in sys.modules
 
 print(json.dumps(ray.get(imported.remote())))
 ray.shutdown()

@@ -191,7 +191,7 @@ def test_the_tune_shells_delegate_to_the_driver(tmp_path: Path, bert_dir: Path) 
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import Searcher
 
-    from search._ray_search import OptunaPruningScheduler, OptunaSearcher
+    from search._ray.shells import OptunaPruningScheduler, OptunaSearcher
 
     d = _driver(tmp_path, bert_dir, n_trials=1, pruner={"name": "threshold", "lower": 0.9})
     searcher, scheduler = OptunaSearcher(d), OptunaPruningScheduler(d)
@@ -208,7 +208,7 @@ def test_the_tune_shells_delegate_to_the_driver(tmp_path: Path, bert_dir: Path) 
 
 def test_a_remote_trial_sends_its_files_to_the_driver(tmp_path: Path, bert_dir: Path) -> None:
     from search._driver import FILES_KEY
-    from search._ray_worker import pack, writable_dir
+    from search._ray.worker import pack, writable_dir
 
     remote = tmp_path / "node-disk"
     (remote / "adapter").mkdir(parents=True)

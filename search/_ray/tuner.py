@@ -1,7 +1,7 @@
 """Running a study's trials through Ray Tune: the Tuner over the driver's adapter.
 
-`search._driver` asks, judges and tells (no Ray); `search._ray_search` wraps it as Tune's searcher,
-scheduler and callback; `search._ray_worker` is what each trial runs; `search._ray_cluster` starts or
+`search._driver` asks, judges and tells (no Ray); `search._ray.shells` wraps it as Tune's searcher,
+scheduler and callback; `search._ray.worker` is what each trial runs; `search._ray.cluster` starts or
 joins the cluster. The driver is the only writer to the study.
 """
 
@@ -28,8 +28,8 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
     import ray
     from ray import tune
 
-    from search._ray_search import DriverTick, OptunaPruningScheduler, OptunaSearcher
-    from search._ray_worker import trainable
+    from search._ray.shells import DriverTick, OptunaPruningScheduler, OptunaSearcher
+    from search._ray.worker import trainable
 
     driver = Driver(cfg=cfg, study=study, progress=progress, job=job, node=ray.get_runtime_context().get_node_id())
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts fit(): exit 130, not 0

@@ -4,7 +4,7 @@
 (`--address`, else `RAY_ADDRESS`, else a local cluster), checks that a cluster answers there and
 accepts this driver (Ray's token authentication), checks that some node can hold one trial, and
 yields the resources each trial asks Ray for. Every problem is a `ConfigError` (exit 2) raised
-before any trial. A local cluster is ended with the driver, even a SIGKILLed one (`_ray_reaper`).
+before any trial. A local cluster is ended with the driver, even a SIGKILLed one (`reaper`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from search._ray_reaper import start_reaper, stop_reaper
+from search._ray.reaper import start_reaper, stop_reaper
 from search.config import StudyConfig
 from trainer import ConfigError, Problem
 
@@ -227,7 +227,7 @@ def _warm_workers_privately(warm: Mapping[str, Any]) -> dict[str, Any]:
     Returns the `_system_config` for `ray.init`. Two Ray internals, both checked by the canary
     tests in tests/integration/test_cluster.py and bounded by the Ray version in pyproject.toml:
     - `preload_python_modules` (a Ray system config, "for testing purposes only"): every worker
-      Ray starts imports `search._ray_preload` before it takes work, told the model and task by
+      Ray starts imports `search._ray.preload` before it takes work, told the model and task by
       `SFTUNE_WARM`; the workers start while the driver tokenizes and opens the study.
     - Tune's module-level `class_cache.DEFAULT_ENV_VARS`: Tune gives each trial actor a
       runtime_env of environment variables (PL_DISABLE_FORK=1), and Ray never places an actor
@@ -244,7 +244,7 @@ def _warm_workers_privately(warm: Mapping[str, Any]) -> dict[str, Any]:
         class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
     except (ImportError, AttributeError):  # another Ray layout: trials start fresh workers, as before
         pass
-    return {"preload_python_modules": ["search._ray_preload"]}
+    return {"preload_python_modules": ["search._ray.preload"]}
 
 
 class Cluster:
