@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search._ray.gpu import check_packing
+from search._ray.resources import trial_threads
 from search.artifacts import apply_retention, store_trial, write_note
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
@@ -210,7 +211,7 @@ class Driver:
         except Exception as exc:  # noqa: BLE001 - a broken python: space fails this trial alone
             self.fail(trial, f"sampling failed: {type(exc).__name__}: {exc}")
             return None
-        config.setdefault("train", {})["threads"] = max(1, int(self.cfg.resources.cpu))
+        config.setdefault("train", {})["threads"] = trial_threads(self.cfg)
         self.guard(trial.set_user_attr, "config", config)
         self.trials[tune_id] = trial
         self.timings["ask"].append(time.perf_counter() - started)

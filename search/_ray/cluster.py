@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from search._ray._internals import drop_tune_default_env_var, few_join_tries, init_with_preload
 from search._ray.reaper import start_reaper, stop_reaper
+from search._ray.resources import joined_request, local_cluster_cpus, local_request
 from search.config import StudyConfig
 from trainer import ConfigError, Problem
 
@@ -253,7 +254,7 @@ class Cluster:
         import ray
 
         if ray.is_initialized():  # a cluster this process already joined (the tests' in-process runs)
-            return {"cpu": self.cfg.resources.cpu, "gpu": self.cfg.resources.gpu}
+            return joined_request(self.cfg)
         began = time.time()
         joining = self.target.address is not None
         per_trial, problem, what = self._join() if joining else self._start_local()
@@ -272,7 +273,7 @@ class Cluster:
 
         _join(self.target)
         self.started_ray = True
-        per_trial = {"cpu": self.cfg.resources.cpu, "gpu": self.cfg.resources.gpu}
+        per_trial = joined_request(self.cfg)
         problem = node_problem(per_trial, ray.nodes(), f"the cluster at {self.target.address}", str(self.cfg.path))
         origin = "" if self.target.source == "--address" else (
             " (from RAY_ADDRESS; unset it or pass --address local to run on a local cluster)")
@@ -284,7 +285,7 @@ class Cluster:
         preload = warm_workers(self.warm) if self.warm else []
         self._reaper = start_reaper()
         try:
-            init_with_preload(preload, address="local", num_cpus=self.cfg.budget.concurrency, include_dashboard=False,
+            init_with_preload(preload, address="local", num_cpus=local_cluster_cpus(self.cfg), include_dashboard=False,
                               log_to_driver=False, logging_level="ERROR")
         except Exception as exc:  # noqa: BLE001 - e.g. a raylet that did not start in time on a busy machine
             # The watcher stays until this process exits, then ends whatever the failed start left.
@@ -293,7 +294,7 @@ class Cluster:
             os.environ.pop("SFTUNE_WARM", None)
             raise ConfigError(Problem("ray", "", f"could not start a local Ray cluster: {exc}")) from None
         self.started_ray = True
-        per_trial = {"cpu": 1, "gpu": self.cfg.resources.gpu}  # one slot per concurrent trial
+        per_trial = local_request(self.cfg)  # one slot per concurrent trial
         problem = local_gpu_problem(self.cfg.resources.gpu, ray.cluster_resources().get("GPU", 0),
                                     str(self.cfg.path))
         return per_trial, problem, "started a local cluster"
@@ -338,8 +339,9 @@ def ray_cluster(cfg: StudyConfig, *, address: str | None, say: Callable[[str], N
     """Join `address` (or RAY_ADDRESS), or start a local cluster; yields the Ray resources per trial.
 
     A local cluster has one CPU slot per concurrent trial (each trial still runs `resources.cpu`
-    threads): Ray starts one idle worker per CPU, and with `warm` (model location and task) each
-    imports the training stack as it starts, so exactly the workers the trials will use are warm.
+    threads; `search._ray.resources` says which meaning applies where): Ray starts one idle worker per
+    CPU, and with `warm` (model location and task) each imports the training stack as it starts, so
+    exactly the workers the trials will use are warm.
     """
     cluster = Cluster(cfg, address=address, say=say, warm=warm)
     per_trial = cluster.start()

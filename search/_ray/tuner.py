@@ -21,13 +21,15 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
                resources: dict[str, float] | None = None, prepared: Any = None, job: str | None = None) -> Driver:
     """Run the study's remaining trials through Ray Tune (inside `ray_cluster`); returns what happened.
 
-    `resources`: what each trial asks Ray for (from `ray_cluster`; default the study's own);
+    `resources`: what each trial asks Ray for (from `ray_cluster`; default as on a joined cluster,
+    `search._ray.resources.joined_request`);
     `prepared`: the study's tokenized data, sent once through Ray's object store to every trial;
     `job`: a `module:function` stub run instead of the fine-tuning job (benchmarks of the driver).
     """
     import ray
     from ray import tune
 
+    from search._ray.resources import joined_request
     from search._ray.shells import DriverTick, OptunaPruningScheduler, OptunaSearcher
     from search._ray.worker import trainable
 
@@ -36,7 +38,7 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
     beating = driver.heartbeats()
     try:
         runnable = tune.with_parameters(trainable, prepared=prepared) if prepared is not None else trainable
-        resourced = tune.with_resources(runnable, resources or {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        resourced = tune.with_resources(runnable, resources or joined_request(cfg))
         tuner = tune.Tuner(
             resourced,
             param_space={},
