@@ -1,72 +1,37 @@
 """The driver's side of a running study, without Ray: ask Optuna, judge each evaluation, tell the end.
 
-Tune's searcher and scheduler (`search._ray_search`) are thin shells over one `Driver`; contract tests
+Tune's searcher and scheduler (`search._ray.shells`) are thin shells over one `Driver`; contract tests
 drive it against an in-memory study without a cluster. The driver is the study's one writer: workers
-only send results back. The trial budget is counted in storage, so several drivers share one study.
+only send results back (`search._trial_result` defines them). The trial budget is counted in storage, so
+several drivers share one study. How a trial ended is judged in `search._outcome`; what it leaves for
+people is written by `search._trial_outputs`.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from search._gpu import check_packing
-from search.artifacts import apply_retention, store_trial, write_note
+from search._outcome import failure, not_finite, outcome_state, told_values
+from search._ray.gpu import check_packing
+from search._ray.resources import trial_threads
+from search._trial_outputs import TrialOutputs
+from search._trial_result import (data_warnings_of, error_of, is_done, is_ready, max_steps_of, memory_of, seconds_of,
+                                  step_of, worker_attrs)
+from search.artifacts import apply_retention, write_note
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
 from search.space import sample_params
 from search.storage import (count_states, fail_stale, heartbeat_settings, record_heartbeats, requeue, set_live,
                             storage_problem, trial_id_of)
 
-ERROR_KEY = "sftune_error"
-DONE_KEY = "sftune_done"
-READY_KEY = "sftune_ready"
-FILES_KEY = "sftune_files"
-MAX_RETRIES = 2
-"""How often the params of a trial whose worker died are queued again (a config that kills its worker stops)."""
-
 FINISHED = "FINISHED"
 """What `suggest` returns when this driver will start no more trials (Tune's Searcher.FINISHED)."""
-
-
-def nested(result: dict[str, Any], key: str) -> dict[str, Any]:
-    """A dict the worker reported under `key` (Tune may flatten it to `key/name` entries)."""
-    value = result.get(key)
-    if isinstance(value, dict):
-        return dict(value)
-    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith(key + "/")}
-
-
-def seconds_of(result: dict[str, Any]) -> dict[str, float]:
-    """The job's timing from a Tune result."""
-    return nested(result, "seconds")
-
-
-def not_finite(values: list[float]) -> str | None:
-    """'nan' or 'inf' when a value is not a finite number, else None."""
-    for v in values:
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf"
-    return None
-
-
-def outcome_state(*, pruned: bool, error: bool, result: dict[str, Any] | None) -> TrialState:
-    """Map how a Tune trial ended to the Optuna state it is stored with."""
-    if pruned:
-        return TrialState.PRUNED
-    if error or not result or ERROR_KEY in result or not result.get(DONE_KEY):
-        return TrialState.FAIL
-    return TrialState.COMPLETE
 
 
 @dataclass
@@ -104,23 +69,19 @@ class Driver:
     def __post_init__(self) -> None:
         if self.progress is None:
             self.progress = LineProgress(print, self.cfg.metrics)
-        self._later = ThreadPoolExecutor(1, thread_name_prefix="sftune-notes")
+        self.outputs = TrialOutputs(self.cfg, self.study, guard=self.guard, say=self.say, job=self.job)
         set_live(self.study, self.live_ids)
 
     def live_ids(self) -> set[int]:
         """The Optuna trial ids this driver runs now (its own stale check spares them)."""
         return {trial_id_of(t) for t in list(self.trials.values())}
 
-    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher (and so this) for its checkpoints
-        return {k: v for k, v in self.__dict__.items() if k != "_later"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._later = ThreadPoolExecutor(1, thread_name_prefix="sftune-notes")
+    def say(self, text: str) -> None:
+        self.progress.message(text)
 
     def finish(self) -> None:
         """Wait for what is written after a trial ended (notes, retention); call it once the run ends."""
-        self._later.shutdown(wait=True)
+        self.outputs.finish()
 
     # ---- counts -------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -210,7 +171,7 @@ class Driver:
         except Exception as exc:  # noqa: BLE001 - a broken python: space fails this trial alone
             self.fail(trial, f"sampling failed: {type(exc).__name__}: {exc}")
             return None
-        config.setdefault("train", {})["threads"] = max(1, int(self.cfg.resources.cpu))
+        config.setdefault("train", {})["threads"] = trial_threads(self.cfg)
         self.guard(trial.set_user_attr, "config", config)
         self.trials[tune_id] = trial
         self.timings["ask"].append(time.perf_counter() - started)
@@ -224,38 +185,45 @@ class Driver:
         trial = self.trials.pop(tune_id, None)
         if trial is None:
             return
-        pruned = tune_id in self.pruned
-        state = outcome_state(pruned=pruned, error=error, result=result)
+        state = outcome_state(pruned=tune_id in self.pruned, error=error, result=result)
         if self.history.get(tune_id):  # every evaluation, written once (not a growing list per report)
             self.guard(trial.set_user_attr, "history", self.history[tune_id])
         if state == TrialState.PRUNED:
-            if result and seconds_of(result):  # its last evaluation's timing: where a pruned trial's time went
-                self.guard(trial.set_user_attr, "seconds", seconds_of(result))
-            self.tell(trial, state=TrialState.PRUNED)
-            self.n_pruned += 1
-            self.progress.trial_finished(trial.number, "PRUNED", None, f"at step {self.last_step.get(tune_id, 0)}")
+            self._pruned(tune_id, trial, result)
         elif state == TrialState.COMPLETE:
             assert result is not None
-            values = self.values_of(tune_id, trial, result)
-            bad = not_finite(values)
-            if bad:
-                self.fail(trial, f"metric was {bad} at the end (step {int(result.get('step', 0))})")
-            else:
-                self.keep_files(trial, result)
-                self.guard(trial.set_user_attr, "final_step", int(result.get("step", 0)))
-                self.guard(trial.set_user_attr, "seconds", seconds_of(result))
-                if nested(result, "data_warnings"):
-                    self.guard(trial.set_user_attr, "data_warnings", nested(result, "data_warnings"))
-                self.note_memory(trial, nested(result, "memory"))
-                self.store_files(trial)
-                if self.tell(trial, values if len(values) > 1 else values[0]):
-                    self.completed += 1
-                    self.progress.trial_finished(trial.number, "COMPLETE", values, "")
-                    self.outputs_later(apply_retention, self.study, self.cfg)
+            self._completed(tune_id, trial, result)
         else:
             self.fail(trial, *self._failure(tune_id, trial, result, error))
-        self.outputs_later(write_note, self.study, self.cfg, trial.number, self.history.pop(tune_id, None))
+        self.outputs.later(write_note, self.study, self.cfg, trial.number, self.history.pop(tune_id, None))
         self.show_counts()
+
+    def _pruned(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any] | None) -> None:
+        if result and seconds_of(result):  # its last evaluation's timing: where a pruned trial's time went
+            self.guard(trial.set_user_attr, "seconds", seconds_of(result))
+        self.tell(trial, state=TrialState.PRUNED)
+        self.n_pruned += 1
+        self.progress.trial_finished(trial.number, "PRUNED", None, f"at step {self.last_step.get(tune_id, 0)}")
+
+    def _completed(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any]) -> None:
+        values, best_step = told_values(self.cfg, result, self.history.get(tune_id, []))
+        if best_step is not None:
+            self.guard(trial.set_user_attr, "best_step", best_step)
+        bad = not_finite(values)
+        if bad:
+            self.fail(trial, f"metric was {bad} at the end (step {step_of(result)})")
+            return
+        self.outputs.keep_files(trial, result)
+        self.guard(trial.set_user_attr, "final_step", step_of(result))
+        self.guard(trial.set_user_attr, "seconds", seconds_of(result))
+        if data_warnings_of(result):
+            self.guard(trial.set_user_attr, "data_warnings", data_warnings_of(result))
+        self.note_memory(trial, memory_of(result))
+        self.outputs.store(trial)
+        if self.tell(trial, values if len(values) > 1 else values[0]):
+            self.completed += 1
+            self.progress.trial_finished(trial.number, "COMPLETE", values, "")
+            self.outputs.later(apply_retention, self.study, self.cfg)
 
     def note_memory(self, trial: optuna.Trial, memory: dict[str, float]) -> None:
         """A trial's CUDA figures as user attributes (`cuda_peak_mb`, `cuda_allocated_end_mb`, ...); the first
@@ -270,63 +238,16 @@ class Driver:
             prefix = "warning: " if packing.verdict in ("over", "tight") else ""
             self.progress.message(f"{prefix}GPU memory: {packing.message}")
 
-    def values_of(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any]) -> list[float]:
-        """A complete trial's values: its final evaluation, or with `objective.use: best` its best one
-        (by the first objective; the earliest step wins a tie), whose step is kept as `best_step`."""
-        final = [float(result[m]) for m in self.cfg.metrics]
-        history = [h for h in self.history.get(tune_id, []) if all(m in h for m in self.cfg.metrics)]
-        if self.cfg.use != "best" or not history:
-            return final
-        sign = 1.0 if self.cfg.directions[0] == "maximize" else -1.0
-        first = self.cfg.metrics[0]
-        best = max(history, key=lambda h: (sign * h[first] if not math.isnan(h[first]) else -math.inf, -h["step"]))
-        self.guard(trial.set_user_attr, "best_step", int(best["step"]))
-        return [float(best[m]) for m in self.cfg.metrics]
-
-    def store_files(self, trial: optuna.Trial) -> None:
-        """A complete trial's saved adapter or model, metrics.json and config.yaml to the artifact store
-        (before `tell`: Optuna keeps artifact records on a running trial)."""
-        config = self.guard(lambda: trial.user_attrs.get("config")) or {}
-        if config.get("save", "none") != "none" and self.job is None:
-            folder = Path(self.cfg.output_dir) / "trials" / f"{trial.number:04d}"
-            self.outputs(store_trial, self.study, self.cfg, trial.number, folder)
-
-    def outputs(self, fn: Any, *args: Any) -> None:
-        """What a trial leaves for people (artifacts, notes): a failure there is said, never fatal to the run."""
-        try:
-            self.guard(fn, *args)
-        except Exception as exc:  # noqa: BLE001 - the trial's result is already safe in storage
-            self.progress.message(f"note: {getattr(fn, '__name__', 'saving outputs')} failed: "
-                                  f"{type(exc).__name__}: {exc}")
-
-    def outputs_later(self, fn: Any, *args: Any) -> None:
-        """`outputs` for what needs the trial ended (notes, retention): off Tune's loop, in order, on one thread,
-        so no trial's report waits behind another trial's note (`finish` waits for them)."""
-        self._later.submit(self.outputs, fn, *args)
-
-    def keep_files(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
-        """A trial that ran on another node sent its output files: write them where the driver keeps them."""
-        data = result.pop(FILES_KEY, None)
-        if data:
-            from search._ray_worker import unpack
-
-            unpack(data, Path(self.cfg.output_dir) / "trials" / f"{trial.number:04d}")
-
     def _failure(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any] | None,
                  error: bool) -> tuple[str, bool]:
         """Why a trial failed, and whether its params deserve another try (True when the job itself did not fail)."""
-        if tune_id in self.stopped:
-            return self.stopped.pop(tune_id), False
-        if result and ERROR_KEY in result:
-            return str(result[ERROR_KEY]), False
-        if error:
-            retry = int(self._attr(trial, "retries", 0)) < MAX_RETRIES
-            note = "; its params are queued to run again" if retry else f"; not retried again ({MAX_RETRIES} retries)"
-            return self.errors.pop(tune_id, "the trial's Ray worker died") + note, retry
         timeout = self.cfg.budget.timeout
-        if timeout and time.time() - self.started >= timeout:
-            return f"stopped by budget.timeout ({timeout:g} s); its params are queued for the next run", True
-        return (self.stop_reason or "stopped before it finished") + "; its params are queued for the next run", True
+        timed_out = (f"stopped by budget.timeout ({timeout:g} s); its params are queued for the next run"
+                     if timeout and time.time() - self.started >= timeout else None)
+        return failure(stopped=self.stopped.pop(tune_id, None), result=result, error=error,
+                       worker_error=self.errors.pop(tune_id, None),
+                       retries=lambda: int(self._attr(trial, "retries", 0)), timed_out=timed_out,
+                       stop_reason=self.stop_reason)
 
     def _attr(self, trial: optuna.Trial, key: str, default: Any) -> Any:
         return (self.guard(lambda: trial.user_attrs) or {}).get(key, default)
@@ -371,43 +292,46 @@ class Driver:
         if self.fatal:
             self.stopped[tune_id] = f"stopped: {self.fatal}"
             return True
-        if result.get(READY_KEY):
-            for key in ("node", "host"):
-                if result.get(key):
-                    self.guard(trial.set_user_attr, key, result[key])
-            self.guard(trial.set_user_attr, "worker_preloaded", bool(result.get("preloaded")))
-            if result.get("pid"):
-                self.guard(trial.set_user_attr, "worker_pid", int(result["pid"]))
+        if is_ready(result):
+            for key, value in worker_attrs(result).items():
+                self.guard(trial.set_user_attr, key, value)
             return False
-        if ERROR_KEY in result or result.get(DONE_KEY):
+        if error_of(result) is not None or is_done(result):
             return False
         started = time.perf_counter()
-        step = int(result.get("step", 0))
+        values, step = self._evaluated(tune_id, trial, result)
+        if len(values) != len(self.cfg.metrics):
+            return False
+        stop = self._judge(tune_id, trial, values, step)
+        self.timings["decide"].append(time.perf_counter() - started)
+        return stop
+
+    def _evaluated(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any]) -> tuple[list[float], int]:
+        """Keep one evaluation (history, progress, the first one's memory and precision); its objective values."""
+        step = step_of(result)
         self.last_step[tune_id] = step
         metrics = {m: float(result[m]) for m in _ALL_METRICS if m in result}
         history = self.history.setdefault(tune_id, [])
         history.append({"step": step, **metrics, "at": time.time()})
-        max_steps = result.get("max_steps")
-        self.progress.trial_reported(trial.number, step, int(max_steps) if max_steps else None, metrics)
+        self.progress.trial_reported(trial.number, step, max_steps_of(result), metrics)
         if len(history) == 1:  # the peak of the first steps, recorded and judged once (again at the end)
-            self.note_memory(trial, nested(result, "memory"))
+            self.note_memory(trial, memory_of(result))
             if result.get("precision"):
                 self.guard(trial.set_user_attr, "precision", str(result["precision"]))
-        values = [metrics[m] for m in self.cfg.metrics if m in metrics]
-        if len(values) != len(self.cfg.metrics):
-            return False
-        bad = not_finite(values)
-        stop = False
+        return [metrics[m] for m in self.cfg.metrics if m in metrics], step
+
+    def _judge(self, tune_id: str, trial: optuna.Trial, values: list[float], step: int) -> bool:
+        """Report an evaluation to Optuna; True when its pruner, or a non-finite metric, stops the trial."""
         if not self.cfg.multi_objective:
             self.guard(trial.report, values[0], step)
             if self.guard(trial.should_prune):
                 self.pruned.add(tune_id)
-                stop = True
-        if bad and not stop:
+                return True
+        bad = not_finite(values)
+        if bad:
             self.stopped[tune_id] = f"metric was {bad} at step {step}"
-            stop = True
-        self.timings["decide"].append(time.perf_counter() - started)
-        return stop
+            return True
+        return False
 
     def worker_error(self, tune_id: str, error: BaseException | None) -> None:
         if error is not None:

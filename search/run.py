@@ -51,8 +51,7 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
             gave_up = False
             study = opening.result()[0]
         else:
-            from search._ray import run_trials
-            from search._ray_cluster import ray_cluster
+            from search._ray import ray_cluster, run_trials
 
             warm = {"location": pending.location, "task": base.task}
             progress = make_progress(say, cfg.metrics, space=cfg.space, slots=cfg.budget.concurrency)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from search._ray_reaper import descendants, end, process_table
+from search._ray.reaper import descendants, end, process_table
 
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
 STARTED = "Ray runtime started"

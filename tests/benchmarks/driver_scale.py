@@ -239,12 +239,12 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
     import ray
 
-    from search._ray_cluster import _warm_workers_privately, worker_env
+    from search._ray.cluster import warm_workers, worker_env
 
     for key, value in worker_env().items():  # as `sftune run` sets for its trial workers
         os.environ.setdefault(key, value)
     # As on a local cluster: trial actors use Ray's started workers (no preload: a stub job imports nothing).
-    _warm_workers_privately({})
+    warm_workers({})
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              object_store_memory=256 * 2**20, _temp_dir=str(Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))))
     memory = WorkerMemory()

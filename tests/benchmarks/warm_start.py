@@ -1,12 +1,12 @@
-"""What the one private reach into Ray buys: time from `sftune run` to the first training step, with and
-without warm workers (search._ray_cluster._warm_workers_privately).
+"""What the Ray door's warm-worker reaches buy: time from `sftune run` to the first training step, with and
+without warm workers (search._ray.cluster.warm_workers, over search/_ray/_internals.py).
 
     python tests/benchmarks/warm_start.py              # the quickstart (bundled MiniLM), 3 runs of each
     python tests/benchmarks/warm_start.py --tiny       # a tiny random model: the start-up alone
     python tests/benchmarks/warm_start.py --repeat 5
 
 Each run is a fresh `sftune run` in its own folder (2 trials, 2 at a time, 10 steps each, nothing
-cached): "warm" is sftune as shipped; "cold" replaces the private reach with nothing, so each trial's
+cached): "warm" is sftune as shipped; "cold" replaces `warm_workers` with nothing, so each trial's
 actor starts a fresh Ray worker that imports the training stack when the trial begins. The runs
 alternate, so both see the same machine load. Prints each run's figures and the medians.
 """
@@ -27,7 +27,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-COLD = ("import sys, search._ray_cluster as c; c._warm_workers_privately = lambda warm: {}; "
+COLD = ("import sys, search._ray.cluster as c; c.warm_workers = lambda warm: []; "
         "from search.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

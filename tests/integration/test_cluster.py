@@ -1,6 +1,6 @@
 """`sftune run --address` on real clusters started with `ray start` on this machine (two nodes, token
 auth on and off), the checks made before any trial, no Ray process outliving a killed driver, and the
-canaries of the one private reach into Ray (warm workers)."""
+canary of the Ray door's reach that needs a cluster (preloaded workers, search/_ray/_internals.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import tiny
 from _raynodes import Cluster, free_port, node_env
 from optuna.trial import TrialState
 
-from search._ray_cluster import runs_a_raylet
-from search._ray_reaper import descendants, process_table
+from search._ray.cluster import runs_a_raylet
+from search._ray.reaper import descendants, process_table
 
 pytestmark = pytest.mark.integration
 
@@ -213,34 +213,18 @@ def test_a_sigkilled_driver_leaves_no_ray_process_behind(tmp_path: Path, bert_di
             os.kill(pid, signal.SIGKILL)
 
 
-# ---- the one private reach into Ray: warm workers (canaries) -----------------------------------
-
-def test_tune_trial_actors_carry_no_runtime_env_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Ray places an actor that has a runtime_env only on a worker started for it, never on the idle
-    # workers warmed at cluster start; Tune's default one must be gone for those workers to be used.
-    from ray.tune.execution.class_cache import _ActorClassCache
-    from ray.tune.trainable import wrap_function
-
-    from search._ray_cluster import _warm_workers_privately
-    from search._ray_worker import trainable
-
-    monkeypatch.setenv("SFTUNE_WARM", "")
-    monkeypatch.setenv("PL_DISABLE_FORK", "1")
-    _warm_workers_privately({})
-    remote = _ActorClassCache().get(wrap_function(trainable))
-    env = (remote._default_options.get("runtime_env") or {}).get("env_vars") or {}
-    assert env == {}
-
+# ---- the Ray door's reach that needs a cluster: preloaded workers (canary; the rest: tests/unit/test_ray_door.py)
 
 CANARY = """
 import json, sys, ray
-from search._ray_cluster import _warm_workers_privately
-system = _warm_workers_privately({})
-ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, _system_config=system)
+from search._ray._internals import init_with_preload
+from search._ray.cluster import warm_workers
+preload = warm_workers({})
+init_with_preload(preload, address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
 
 @ray.remote
 def imported():
-    return "search._ray_preload" in sys.modules
+    return "search._ray.preload" in sys.modules
 
 print(json.dumps(ray.get(imported.remote())))
 ray.shutdown()

@@ -16,7 +16,8 @@ import pytest
 import tiny
 from optuna.trial import TrialState
 
-from search._driver import DONE_KEY, ERROR_KEY, FINISHED, READY_KEY, Driver
+from search._driver import FINISHED, Driver
+from search._trial_result import DONE_KEY, ERROR_KEY, READY_KEY
 from search.config import load_study
 from search.study import open_study
 
@@ -191,7 +192,7 @@ def test_the_tune_shells_delegate_to_the_driver(tmp_path: Path, bert_dir: Path) 
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import Searcher
 
-    from search._ray_search import OptunaPruningScheduler, OptunaSearcher
+    from search._ray.shells import OptunaPruningScheduler, OptunaSearcher
 
     d = _driver(tmp_path, bert_dir, n_trials=1, pruner={"name": "threshold", "lower": 0.9})
     searcher, scheduler = OptunaSearcher(d), OptunaPruningScheduler(d)
@@ -207,8 +208,8 @@ def test_the_tune_shells_delegate_to_the_driver(tmp_path: Path, bert_dir: Path) 
 
 
 def test_a_remote_trial_sends_its_files_to_the_driver(tmp_path: Path, bert_dir: Path) -> None:
-    from search._driver import FILES_KEY
-    from search._ray_worker import pack, writable_dir
+    from search._ray.worker import writable_dir
+    from search._trial_result import FILES_KEY, pack
 
     remote = tmp_path / "node-disk"
     (remote / "adapter").mkdir(parents=True)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from search._gpu import CONTEXT_MB, check_packing, trials_per_gpu
+from search._ray.gpu import CONTEXT_MB, check_packing, trials_per_gpu
 
 
 @pytest.mark.parametrize("share, concurrency, expected", [

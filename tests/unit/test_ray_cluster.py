@@ -16,9 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from search._ray_cluster import (TOKEN_HELP, Target, check_address, choose_target, host_port, join_problem,
+from search._ray.cluster import (TOKEN_HELP, Target, check_address, choose_target, host_port, join_problem,
                                  local_gpu_problem, node_problem, probe)
-from search._ray_reaper import descendants, orphans, process_table
+from search._ray.reaper import descendants, orphans, process_table
 from trainer import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,11 +165,11 @@ def test_more_gpus_than_this_machine_has() -> None:
     assert "asks for 1 GPU, but this machine has 0 GPU(s)" in problem.message
 
 
-# ---- the watcher (search._ray_reaper), on real processes -----------------------------------------
+# ---- the watcher (search._ray.reaper), on real processes -----------------------------------------
 
 DRIVER = textwrap.dedent("""
     import subprocess, sys, time
-    from search._ray_reaper import start_reaper, stop_reaper
+    from search._ray.reaper import start_reaper, stop_reaper
     reaper = start_reaper()
     time.sleep(0.3)
     # a child that detaches (as Ray's agents end up when the raylet dies) and one that stays a child
@@ -243,7 +243,7 @@ def test_orphans_are_what_the_driver_no_longer_holds() -> None:
 def test_trial_workers_wait_long_enough_to_reuse_an_actor(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tune's default (2 s) for a stopped trial's thread to end is shorter than a job's clean-up on a busy
     # machine; an actor that could not be reused left a run waiting for ever.
-    from search._ray_cluster import REUSE_WAIT_S, _quiet_ray_defaults, worker_env
+    from search._ray.cluster import REUSE_WAIT_S, _quiet_ray_defaults, worker_env
 
     monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
     assert worker_env() == {"TUNE_FUNCTION_THREAD_TIMEOUT_S": str(REUSE_WAIT_S)} and REUSE_WAIT_S >= 30

@@ -4,7 +4,7 @@
 (`--address`, else `RAY_ADDRESS`, else a local cluster), checks that a cluster answers there and
 accepts this driver (Ray's token authentication), checks that some node can hold one trial, and
 yields the resources each trial asks Ray for. Every problem is a `ConfigError` (exit 2) raised
-before any trial. A local cluster is ended with the driver, even a SIGKILLed one (`_ray_reaper`).
+before any trial. A local cluster is ended with the driver, even a SIGKILLed one (`reaper`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from search._ray_reaper import start_reaper, stop_reaper
+from search._ray._internals import drop_tune_default_env_var, few_join_tries, init_with_preload
+from search._ray.reaper import start_reaper, stop_reaper
+from search._ray.resources import joined_request, local_cluster_cpus, local_request
 from search.config import StudyConfig
 from trainer import ConfigError, Problem
 
 PROBE_TIMEOUT_S = 3.0
+PRELOAD_MODULE = "search._ray.preload"
+"""Imported by every worker of a local cluster this driver starts, before it takes work (by this path)."""
 JOIN_TRIES = 5
 """Tries to join, a second apart (Ray's default, 20, makes a missing or wrong token cost 20 s)."""
 
@@ -203,48 +207,33 @@ def _join(target: Target) -> None:
     if target.address != "auto" and runs_a_raylet() is False:  # Ray would look for one for a minute
         raise ConfigError(Problem(target.source, "", NOT_A_NODE.format(address=target.address)))
     # Ray keeps trying a GCS that refuses the driver for about 20 s; a few tries decide it.
-    tries_set = "RAY_gcs_server_port_wait_time_s" in os.environ
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(JOIN_TRIES))
-    try:
-        with _stderr_kept_aside() as printed:
-            try:
-                ray.init(address=target.address, include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR", runtime_env={"env_vars": worker_env()})
-            except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
-                problem = join_problem(target, exc, os.environ)
-                if problem.message.startswith("could not join"):  # not one we know: show what Ray said
-                    said = list(dict.fromkeys(line.split("] ", 1)[-1] for line in printed().splitlines()))
-                    problem = Problem(problem.source, problem.key, "\n  ".join([problem.message, *said[-5:]]))
-                raise ConfigError(problem) from None
-    finally:
-        if not tries_set:
-            os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
+    with few_join_tries(JOIN_TRIES), _stderr_kept_aside() as printed:
+        try:
+            ray.init(address=target.address, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR", runtime_env={"env_vars": worker_env()})
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            problem = join_problem(target, exc, os.environ)
+            if problem.message.startswith("could not join"):  # not one we know: show what Ray said
+                said = list(dict.fromkeys(line.split("] ", 1)[-1] for line in printed().splitlines()))
+                problem = Problem(problem.source, problem.key, "\n  ".join([problem.message, *said[-5:]]))
+            raise ConfigError(problem) from None
 
 
-def _warm_workers_privately(warm: Mapping[str, Any]) -> dict[str, Any]:
-    """The one private reach into Ray: have a local cluster's idle workers import the training stack.
+def warm_workers(warm: Mapping[str, Any]) -> list[str]:
+    """Have a local cluster's idle workers import the training stack; returns the modules each worker preloads.
 
-    Returns the `_system_config` for `ray.init`. Two Ray internals, both checked by the canary
-    tests in tests/integration/test_cluster.py and bounded by the Ray version in pyproject.toml:
-    - `preload_python_modules` (a Ray system config, "for testing purposes only"): every worker
-      Ray starts imports `search._ray_preload` before it takes work, told the model and task by
-      `SFTUNE_WARM`; the workers start while the driver tokenizes and opens the study.
-    - Tune's module-level `class_cache.DEFAULT_ENV_VARS`: Tune gives each trial actor a
-      runtime_env of environment variables (PL_DISABLE_FORK=1), and Ray never places an actor
-      with a runtime_env on an idle worker started without one, so each first trial would start a
-      fresh, cold process. The variable is set in this process instead, before the cluster starts
-      (the workers inherit it), and removed from Tune's defaults. (Variables Tune passes on from
-      this environment, such as AWS credentials, still go through a runtime_env.)
+    Every worker Ray starts imports `search._ray.preload` before it takes work (`init_with_preload`),
+    told the model and task by `SFTUNE_WARM`; the workers start while the driver tokenizes and opens
+    the study. Tune's trial actors must carry no runtime_env of their own, or Ray starts a fresh, cold
+    worker for each: PL_DISABLE_FORK, the one variable Tune gives them, is set in this process instead
+    (the workers inherit it) and removed from Tune's defaults (`drop_tune_default_env_var`). Variables
+    Tune passes on from this environment, such as AWS credentials, still go through a runtime_env. Both
+    reaches are Ray internals, in `search._ray._internals`.
     """
     os.environ["SFTUNE_WARM"] = json.dumps(dict(warm))
     os.environ.setdefault("PL_DISABLE_FORK", "1")
-    try:
-        from ray.tune.execution import class_cache
-
-        class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
-    except (ImportError, AttributeError):  # another Ray layout: trials start fresh workers, as before
-        pass
-    return {"preload_python_modules": ["search._ray_preload"]}
+    drop_tune_default_env_var("PL_DISABLE_FORK")
+    return [PRELOAD_MODULE]
 
 
 class Cluster:
@@ -265,7 +254,7 @@ class Cluster:
         import ray
 
         if ray.is_initialized():  # a cluster this process already joined (the tests' in-process runs)
-            return {"cpu": self.cfg.resources.cpu, "gpu": self.cfg.resources.gpu}
+            return joined_request(self.cfg)
         began = time.time()
         joining = self.target.address is not None
         per_trial, problem, what = self._join() if joining else self._start_local()
@@ -284,7 +273,7 @@ class Cluster:
 
         _join(self.target)
         self.started_ray = True
-        per_trial = {"cpu": self.cfg.resources.cpu, "gpu": self.cfg.resources.gpu}
+        per_trial = joined_request(self.cfg)
         problem = node_problem(per_trial, ray.nodes(), f"the cluster at {self.target.address}", str(self.cfg.path))
         origin = "" if self.target.source == "--address" else (
             " (from RAY_ADDRESS; unset it or pass --address local to run on a local cluster)")
@@ -293,11 +282,11 @@ class Cluster:
     def _start_local(self) -> tuple[dict[str, float], Problem | None, str]:
         import ray
 
-        system = _warm_workers_privately(self.warm) if self.warm else {}
+        preload = warm_workers(self.warm) if self.warm else []
         self._reaper = start_reaper()
         try:
-            ray.init(address="local", num_cpus=self.cfg.budget.concurrency, include_dashboard=False,
-                     log_to_driver=False, logging_level="ERROR", _system_config=system)
+            init_with_preload(preload, address="local", num_cpus=local_cluster_cpus(self.cfg), include_dashboard=False,
+                              log_to_driver=False, logging_level="ERROR")
         except Exception as exc:  # noqa: BLE001 - e.g. a raylet that did not start in time on a busy machine
             # The watcher stays until this process exits, then ends whatever the failed start left.
             _WATCHING_TILL_EXIT.append(self._reaper)
@@ -305,7 +294,7 @@ class Cluster:
             os.environ.pop("SFTUNE_WARM", None)
             raise ConfigError(Problem("ray", "", f"could not start a local Ray cluster: {exc}")) from None
         self.started_ray = True
-        per_trial = {"cpu": 1, "gpu": self.cfg.resources.gpu}  # one slot per concurrent trial
+        per_trial = local_request(self.cfg)  # one slot per concurrent trial
         problem = local_gpu_problem(self.cfg.resources.gpu, ray.cluster_resources().get("GPU", 0),
                                     str(self.cfg.path))
         return per_trial, problem, "started a local cluster"
@@ -350,8 +339,9 @@ def ray_cluster(cfg: StudyConfig, *, address: str | None, say: Callable[[str], N
     """Join `address` (or RAY_ADDRESS), or start a local cluster; yields the Ray resources per trial.
 
     A local cluster has one CPU slot per concurrent trial (each trial still runs `resources.cpu`
-    threads): Ray starts one idle worker per CPU, and with `warm` (model location and task) each
-    imports the training stack as it starts, so exactly the workers the trials will use are warm.
+    threads; `search._ray.resources` says which meaning applies where): Ray starts one idle worker per
+    CPU, and with `warm` (model location and task) each imports the training stack as it starts, so
+    exactly the workers the trials will use are warm.
     """
     cluster = Cluster(cfg, address=address, say=say, warm=warm)
     per_trial = cluster.start()

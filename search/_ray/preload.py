@@ -24,7 +24,7 @@ def _warm() -> None:
     warm(spec.get("location"), spec.get("task"))
     import ray.tune.trainable.function_trainable  # noqa: F401 - what Tune builds a trial's actor from
 
-    import search._ray_worker  # noqa: F401 - the trainable
+    import search._ray.worker  # noqa: F401 - the trainable
 
 
 try:

@@ -1,7 +1,7 @@
 """Running a study's trials through Ray Tune: the Tuner over the driver's adapter.
 
-`search._driver` asks, judges and tells (no Ray); `search._ray_search` wraps it as Tune's searcher,
-scheduler and callback; `search._ray_worker` is what each trial runs; `search._ray_cluster` starts or
+`search._driver` asks, judges and tells (no Ray); `search._ray.shells` wraps it as Tune's searcher,
+scheduler and callback; `search._ray.worker` is what each trial runs; `search._ray.cluster` starts or
 joins the cluster. The driver is the only writer to the study.
 """
 
@@ -21,22 +21,24 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
                resources: dict[str, float] | None = None, prepared: Any = None, job: str | None = None) -> Driver:
     """Run the study's remaining trials through Ray Tune (inside `ray_cluster`); returns what happened.
 
-    `resources`: what each trial asks Ray for (from `ray_cluster`; default the study's own);
+    `resources`: what each trial asks Ray for (from `ray_cluster`; default as on a joined cluster,
+    `search._ray.resources.joined_request`);
     `prepared`: the study's tokenized data, sent once through Ray's object store to every trial;
     `job`: a `module:function` stub run instead of the fine-tuning job (benchmarks of the driver).
     """
     import ray
     from ray import tune
 
-    from search._ray_search import DriverTick, OptunaPruningScheduler, OptunaSearcher
-    from search._ray_worker import trainable
+    from search._ray.resources import joined_request
+    from search._ray.shells import DriverTick, OptunaPruningScheduler, OptunaSearcher
+    from search._ray.worker import trainable
 
     driver = Driver(cfg=cfg, study=study, progress=progress, job=job, node=ray.get_runtime_context().get_node_id())
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts fit(): exit 130, not 0
     beating = driver.heartbeats()
     try:
         runnable = tune.with_parameters(trainable, prepared=prepared) if prepared is not None else trainable
-        resourced = tune.with_resources(runnable, resources or {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        resourced = tune.with_resources(runnable, resources or joined_request(cfg))
         tuner = tune.Tuner(
             resourced,
             param_space={},
