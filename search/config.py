@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from pathlib import Path
@@ -86,13 +87,34 @@ class StudyConfig:
     budget: Budget
     resources: Resources
     base: dict[str, Any]
-    """The base train config as a mapping (paths resolved), to which sampled values are applied."""
+    """The base train config as a mapping (paths resolved) with the space's `fixed:` values applied, to which
+    sampled values are applied; what the study fingerprints (a fixed value changed is a base change)."""
     base_config: TrainConfig
     space: Space
     output_dir: Path
     artifacts: str = ""
     """The artifact store: an s3:// URL or an absolute folder (see `search.artifacts`)."""
     keep_best: int | None = None
+    unfixed_base: dict[str, Any] | None = None
+    """The base train config before the space's `fixed:` values (None: the space fixes nothing)."""
+
+    def as_stored_by(self, stored: dict[str, list[Any]]) -> StudyConfig:
+        """This config as a study made before `fixed:` recorded it, given each param name's stored distributions.
+
+        The shipped spaces once fixed a value as a one-choice categorical (`peft.target_modules: {choices:
+        [all-linear]}`), a param of every trial and not part of the base. A fixed key that the stored trials
+        sampled only from that one choice, equal to the fixed value, was that: it is compared as the base had it,
+        so such a study resumes with the new space as no base change."""
+        if self.unfixed_base is None:
+            return self
+        legacy = [key for key, value in self.space.fixed.items()
+                  if stored.get(key) and all(list(getattr(d, "choices", ())) == [value] for d in stored[key])]
+        if not legacy:
+            return self
+        base = copy.deepcopy(self.base)
+        for key in legacy:
+            set_dotted(base, key, _dotted(self.unfixed_base, key))
+        return dataclasses.replace(self, base=base)
 
     @property
     def directions(self) -> list[str]:
@@ -326,6 +348,14 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     prefix = "" if space_source != source else "space."
     space = parse_space(space_raw, source=space_source, base_dir=space_dir, problems=problems,
                         prefix=prefix) if space_raw is not None else Space([])
+    unfixed_base = None
+    if base and space.fixed and not problems:
+        unfixed_base = base
+        base_cfg = _apply_fixed(space, base, base_root, prefix, problems) or base_cfg
+        # Only the fixed keys change (as the checked config holds them): the rest stays as a study made
+        # before them fingerprinted it.
+        checked = base_cfg.to_dict()
+        base = apply_overrides(base, {key: _dotted(checked, key) for key in space.fixed})
     if base and space.params and not problems:
         _check_space_values(space, base, base_root, prefix, problems)
         check_space_with_base(space, base_cfg, prefix, problems)
@@ -381,7 +411,30 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         output_dir=(output_dir := Path(study.output_dir or f"runs/{study.name}").resolve()),
         artifacts=_artifact_location(study.artifacts, output_dir),
         keep_best=study.keep_best,
+        unfixed_base=unfixed_base,
     )
+
+
+def _apply_fixed(space: Space, base: dict[str, Any], base_dir: Path, prefix: str,
+                 problems: list[Problem]) -> TrainConfig | None:
+    """The base train config with the space's `fixed:` values applied; a value the config refuses is the space's
+    problem, under `fixed.<key>`."""
+    sub: list[Problem] = []
+    cfg = config_from_dict(apply_overrides(base, space.fixed), source="", base_dir=base_dir, problems=sub)
+    for p in sub:
+        key = next((k for k in space.fixed if p.key == k or p.key.startswith(k + ".")), None)
+        if key is not None:
+            problems.append(Problem(space.source, f"{prefix}fixed.{key}", f"value {space.fixed[key]!r}: {p.message}"))
+        else:
+            problems.append(Problem(space.source, f"{prefix}fixed", f"with the fixed values, {p.key}: {p.message}"))
+    return None if sub else cfg
+
+
+def _dotted(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _artifact_location(value: str | None, output_dir: Path) -> str:

@@ -594,6 +594,7 @@ def base_changes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
     stored = study.user_attrs.get(BASE_ATTR)
     if not isinstance(stored, dict) or "fingerprint" not in stored:
         return []
+    cfg = cfg.as_stored_by(stored_distributions(study)) if cfg.space.fixed else cfg  # a pre-`fixed:` study
     now = base_record(cfg)
     if now["fingerprint"] == stored["fingerprint"]:
         return []
