@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,8 @@ class StudyConfig:
     keep_best: int | None = None
     unfixed_base: dict[str, Any] | None = None
     """The base train config before the space's `fixed:` values (None: the space fixes nothing)."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """Lines `sftune run` prints before it starts: what the study does with a key the user set elsewhere."""
 
     def as_stored_by(self, stored: dict[str, list[Any]]) -> StudyConfig:
         """This config as a study made before `fixed:` recorded it, given each param name's stored distributions.
@@ -338,6 +341,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
                                                        problems)
     if isinstance(study.base, dict):
         base_source = f"{source} (base)"
+    notes: list[str] = []
+    _study_set_keys(study.base, base_raw, base_source, parsed, source, problems, notes)
     base_raw = apply_overrides(base_raw or {}, {k[5:]: v for k, v in parsed.items() if k.startswith("base.")})
     base_cfg = None
     if base_raw:
@@ -412,7 +417,57 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         artifacts=_artifact_location(study.artifacts, output_dir),
         keep_best=study.keep_best,
         unfixed_base=unfixed_base,
+        notes=notes,
     )
+
+
+def _study_set_keys(base: Any, base_raw: Any, base_source: str, parsed: dict[str, Any], source: str,
+                    problems: list[Problem], notes: list[str]) -> None:
+    """`output_dir` in the base config: the study sets each trial's own (<output_dir>/trials/NNNN). Given on the
+    command line (`--set base.output_dir`) it is refused; in the base (a `sftune train` config, inline or a file,
+    where it means something) it gets a note that the study's trials go elsewhere. Refusing that would break every
+    study whose base is a copied train config (test fixtures included)."""
+    if "base.output_dir" in parsed:
+        problems.append(Problem("--set", "base.output_dir", "the study sets each trial's output_dir "
+                                "(<output_dir>/trials/NNNN), so this one would be ignored; set the study's "
+                                "instead (--set output_dir=...)"))
+    raw = base if isinstance(base, dict) else base_raw
+    if isinstance(raw, dict) and "output_dir" in raw:
+        where = f"{source}: base.output_dir" if isinstance(base, dict) else f"{base_source}: output_dir"
+        notes.append(f"note: {where} ({raw['output_dir']}) is for `sftune train` and not used by this study, which "
+                     "puts each trial in <output_dir>/trials/ (set output_dir at the top of the study file to move "
+                     "them)")
+
+
+def writable_problems(cfg: StudyConfig) -> list[Problem]:
+    """The folders a run writes (output_dir with its data cache, and a local artifact folder when trials save
+    files), each created if need be and written once; every one that cannot be, with the reason. Checked before
+    Ray starts and before the study is created."""
+    folders = [("output_dir", cfg.output_dir)]
+    if cfg.base_config.save != "none" and "://" not in cfg.artifacts:
+        folders.append(("artifacts", Path(cfg.artifacts)))
+    problems = []
+    for key, folder in folders:
+        reason = _write_problem(folder)
+        if reason:
+            problems.append(Problem(str(cfg.path), key, f"cannot write to {folder}: {reason}; choose a folder "
+                                                        "sftune can create and write"))
+    return problems
+
+
+def _write_problem(folder: Path) -> str | None:
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sftune-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if exc.filename and Path(exc.filename) != folder:
+            reason += f" ({exc.filename})"
+        return reason
+    return None
 
 
 def _apply_fixed(space: Space, base: dict[str, Any], base_dir: Path, prefix: str,
