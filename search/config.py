@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +89,36 @@ class StudyConfig:
     budget: Budget
     resources: Resources
     base: dict[str, Any]
-    """The base train config as a mapping (paths resolved), to which sampled values are applied."""
+    """The base train config as a mapping (paths resolved) with the space's `fixed:` values applied, to which
+    sampled values are applied; what the study fingerprints (a fixed value changed is a base change)."""
     base_config: TrainConfig
     space: Space
     output_dir: Path
     artifacts: str = ""
     """The artifact store: an s3:// URL or an absolute folder (see `search.artifacts`)."""
     keep_best: int | None = None
+    unfixed_base: dict[str, Any] | None = None
+    """The base train config before the space's `fixed:` values (None: the space fixes nothing)."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """Lines `sftune run` prints before it starts: what the study does with a key the user set elsewhere."""
+
+    def as_stored_by(self, stored: dict[str, list[Any]]) -> StudyConfig:
+        """This config as a study made before `fixed:` recorded it, given each param name's stored distributions.
+
+        The shipped spaces once fixed a value as a one-choice categorical (`peft.target_modules: {choices:
+        [all-linear]}`), a param of every trial and not part of the base. A fixed key that the stored trials
+        sampled only from that one choice, equal to the fixed value, was that: it is compared as the base had it,
+        so such a study resumes with the new space as no base change."""
+        if self.unfixed_base is None:
+            return self
+        legacy = [key for key, value in self.space.fixed.items()
+                  if stored.get(key) and all(list(getattr(d, "choices", ())) == [value] for d in stored[key])]
+        if not legacy:
+            return self
+        base = copy.deepcopy(self.base)
+        for key in legacy:
+            set_dotted(base, key, _dotted(self.unfixed_base, key))
+        return dataclasses.replace(self, base=base)
 
     @property
     def directions(self) -> list[str]:
@@ -318,6 +343,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
                                                        problems)
     if isinstance(study.base, dict):
         base_source = f"{source} (base)"
+    notes: list[str] = []
+    _study_set_keys(study.base, base_raw, base_source, parsed, source, problems, notes)
     base_raw = apply_overrides(base_raw or {}, {k[5:]: v for k, v in parsed.items() if k.startswith("base.")})
     base_cfg = None
     if base_raw:
@@ -328,6 +355,14 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     prefix = "" if space_source != source else "space."
     space = parse_space(space_raw, source=space_source, base_dir=space_dir, problems=problems,
                         prefix=prefix) if space_raw is not None else Space([])
+    unfixed_base = None
+    if base and space.fixed and not problems:
+        unfixed_base = base
+        base_cfg = _apply_fixed(space, base, base_root, prefix, problems) or base_cfg
+        # Only the fixed keys change (as the checked config holds them): the rest stays as a study made
+        # before them fingerprinted it.
+        checked = base_cfg.to_dict()
+        base = apply_overrides(base, {key: _dotted(checked, key) for key in space.fixed})
     if base and space.params and not problems:
         _check_space_values(space, base, base_root, prefix, problems)
         check_space_with_base(space, base_cfg, prefix, problems)
@@ -383,7 +418,80 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         output_dir=(output_dir := Path(study.output_dir or f"runs/{study.name}").resolve()),
         artifacts=_artifact_location(study.artifacts, output_dir),
         keep_best=study.keep_best,
+        unfixed_base=unfixed_base,
+        notes=notes,
     )
+
+
+def _study_set_keys(base: Any, base_raw: Any, base_source: str, parsed: dict[str, Any], source: str,
+                    problems: list[Problem], notes: list[str]) -> None:
+    """`output_dir` in the base config: the study sets each trial's own (<output_dir>/trials/NNNN). Given on the
+    command line (`--set base.output_dir`) it is refused; in the base (a `sftune train` config, inline or a file,
+    where it means something) it gets a note that the study's trials go elsewhere. Refusing that would break every
+    study whose base is a copied train config (test fixtures included)."""
+    if "base.output_dir" in parsed:
+        problems.append(Problem("--set", "base.output_dir", "the study sets each trial's output_dir "
+                                "(<output_dir>/trials/NNNN), so this one would be ignored; set the study's "
+                                "instead (--set output_dir=...)"))
+    raw = base if isinstance(base, dict) else base_raw
+    if isinstance(raw, dict) and "output_dir" in raw:
+        where = f"{source}: base.output_dir" if isinstance(base, dict) else f"{base_source}: output_dir"
+        notes.append(f"note: {where} ({raw['output_dir']}) is for `sftune train` and not used by this study, which "
+                     "puts each trial in <output_dir>/trials/ (set output_dir at the top of the study file to move "
+                     "them)")
+
+
+def writable_problems(cfg: StudyConfig) -> list[Problem]:
+    """The folders a run writes (output_dir with its data cache, and a local artifact folder when trials save
+    files), each created if need be and written once; every one that cannot be, with the reason. Checked before
+    Ray starts and before the study is created."""
+    folders = [("output_dir", cfg.output_dir)]
+    if cfg.base_config.save != "none" and "://" not in cfg.artifacts:
+        folders.append(("artifacts", Path(cfg.artifacts)))
+    problems = []
+    for key, folder in folders:
+        reason = _write_problem(folder)
+        if reason:
+            problems.append(Problem(str(cfg.path), key, f"cannot write to {folder}: {reason}; choose a folder "
+                                                        "sftune can create and write"))
+    return problems
+
+
+def _write_problem(folder: Path) -> str | None:
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sftune-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if exc.filename and Path(exc.filename) != folder:
+            reason += f" ({exc.filename})"
+        return reason
+    return None
+
+
+def _apply_fixed(space: Space, base: dict[str, Any], base_dir: Path, prefix: str,
+                 problems: list[Problem]) -> TrainConfig | None:
+    """The base train config with the space's `fixed:` values applied; a value the config refuses is the space's
+    problem, under `fixed.<key>`."""
+    sub: list[Problem] = []
+    cfg = config_from_dict(apply_overrides(base, space.fixed), source="", base_dir=base_dir, problems=sub)
+    for p in sub:
+        key = next((k for k in space.fixed if p.key == k or p.key.startswith(k + ".")), None)
+        if key is not None:
+            problems.append(Problem(space.source, f"{prefix}fixed.{key}", f"value {space.fixed[key]!r}: {p.message}"))
+        else:
+            problems.append(Problem(space.source, f"{prefix}fixed", f"with the fixed values, {p.key}: {p.message}"))
+    return None if sub else cfg
+
+
+def _dotted(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _artifact_location(value: str | None, output_dir: Path) -> str:

@@ -7,7 +7,7 @@ from typing import Callable
 
 import optuna
 
-from search.config import StudyConfig, load_study
+from search.config import StudyConfig, load_study, writable_problems
 from search.progress import LiveProgress, Progress, make_progress
 from search.report import next_hints, render_table, summary
 from search.data_report import data_report, short_form
@@ -15,7 +15,7 @@ from search.storage import (StorageFailure, base_changes, close_study, fail_stal
                             storage_problem)
 from search.study import open_study
 from search.testset import evaluate_best_on_test, has_test_split
-from trainer import Prepared, prepare_soon
+from trainer import ConfigError, Prepared, prepare_soon
 
 EXIT_INTERRUPTED = 130
 
@@ -35,6 +35,11 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
                address: str | None, say: Callable[[str], None], allow_base_change: bool,
                opened: list[optuna.Study]) -> int:
     cfg: StudyConfig = load_study(path, overrides, n_trials=n_trials, storage=storage)
+    unwritable = writable_problems(cfg)  # before Ray starts and before the study is created
+    if unwritable:
+        raise ConfigError(unwritable)
+    for note in cfg.notes:
+        say(note)
     # Model and data are checked now, before Ray starts. Then three things overlap: tokenizing
     # (cached for every trial), opening the study, and starting Ray, whose workers import the
     # training stack as they start. A bad input still ends the run before any trial.

@@ -63,6 +63,8 @@ class Space:
     params: list[Param]
     python: str | None = None
     """`module:function`, a `(trial) -> {dotted key: value}` function for anything else."""
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """`fixed:` {dotted key: value}: applied to every trial's config, never sampled nor stored as a param."""
     source: str = ""
     base_dir: Path | None = None
 
@@ -173,6 +175,9 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
         return space
     for key, spec in data.items():
         key = str(key)
+        if key == "fixed":
+            space.fixed = _parse_fixed(spec, bad)
+            continue
         if key == "python":
             if not isinstance(spec, str) or ":" not in spec:
                 bad(key, f"expected 'module:function', found {describe(spec)}")
@@ -265,9 +270,16 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
                 param.when = {str(k): (v if isinstance(v, list) else [v]) for k, v in when.items()}
         space.params.append(param)
     names = [p.name for p in space.params]
+    for name in names:
+        if name in space.fixed:
+            bad(f"fixed.{name}", f"{name} is both fixed and searched; keep one (fixed: one value for every trial, "
+                                 "or a parameter spec to search it)")
     for i, param in enumerate(space.params):
         for cond in param.when:
-            if cond not in names:
+            if cond in space.fixed:
+                bad(f"{param.name}.when", f"names '{cond}', which is fixed (to {space.fixed[cond]!r}), not searched: "
+                    "drop the condition, or search it")
+            elif cond not in names:
                 bad(f"{param.name}.when", f"names unknown parameter '{cond}'{did_you_mean(cond, names)}"
                     f" (parameters: {', '.join(names)})")
             elif names.index(cond) >= i:
@@ -277,6 +289,32 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
     if not space.params and not space.python:
         bad("", "the space has no parameters")
     return space
+
+
+STUDY_SET = {"output_dir": "the study sets each trial's output_dir (<output_dir>/trials/NNNN); set output_dir "
+                           "in the study file instead"}
+"""Train-config keys a space cannot fix, and why."""
+
+
+def _parse_fixed(spec: Any, bad: Callable[[str, str], None]) -> dict[str, Any]:
+    """`fixed: {dotted key: value}`; the values are checked against the train config in search/config.py."""
+    if not isinstance(spec, dict):
+        bad("fixed", f"expected a mapping of config keys to values, such as {{peft.target_modules: all-linear}}, "
+                     f"found {describe(spec)}")
+        return {}
+    fixed: dict[str, Any] = {}
+    for key, value in spec.items():
+        key = str(key)
+        if key in STUDY_SET:
+            bad(f"fixed.{key}", STUDY_SET[key])
+        elif key not in LEAF_FIELDS:
+            bad(f"fixed.{key}", f"not a train-config field{did_you_mean(key, LEAF_FIELDS)}")
+        elif isinstance(value, dict):
+            bad(f"fixed.{key}", f"expected a value, found a mapping {describe(value)}; a parameter spec belongs "
+                                "outside `fixed:`")
+        else:
+            fixed[key] = value
+    return fixed
 
 
 def check_space_with_base(space: Space, base: Any, prefix: str, problems: list[Problem]) -> None:

@@ -89,6 +89,10 @@ def base_changes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
     stored = study.user_attrs.get(BASE_ATTR)
     if not isinstance(stored, dict) or "fingerprint" not in stored:
         return []
+    if cfg.space.fixed:  # compare as a study made before `fixed:` recorded it (one-choice params, then)
+        from search.study import stored_distributions  # search.study imports this package: import on use
+
+        cfg = cfg.as_stored_by(stored_distributions(study))
     now = base_record(cfg)
     if now["fingerprint"] == stored["fingerprint"]:
         return []

@@ -55,6 +55,22 @@ def test_shipped_study_loads_by_name_from_another_folder(tmp_path: Path, monkeyp
     assert cfg.base_config.peft.method == "lora"
 
 
+def test_the_quickstart_holds_out_a_test_split_apart_from_train_and_validation() -> None:
+    import json
+
+    from search.testset import has_test_split
+
+    cfg = load_study("quickstart")
+    assert has_test_split(cfg.base_config) and cfg.base_config.data.test, "the quickstart shows a held-out test score"
+    texts = {}
+    for split in ("train", "validation", "test"):
+        lines = Path(getattr(cfg.base_config.data, split)).read_text().splitlines()
+        texts[split] = {json.loads(line)["text"] for line in lines}
+    assert len(texts["test"]) == 372
+    assert not texts["test"] & (texts["train"] | texts["validation"])  # never seen by the search
+    assert "test.jsonl" in (REPO / "studies" / "data" / "sst2" / "SOURCE.md").read_text()  # its provenance
+
+
 def test_an_unknown_study_name_lists_the_shipped_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
