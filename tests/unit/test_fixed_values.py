@@ -15,7 +15,8 @@ from conftest import REPO
 from search.cli import main
 from search.config import load_study
 from search.space import sample_params
-from search.study import base_changes, close_study, open_study
+from search.storage import close_study
+from search.study import base_changes, open_study
 
 # spaces/lora-classification.yaml before `fixed:` (its comments left out)
 OLD_LORA_CLASSIFICATION = """\

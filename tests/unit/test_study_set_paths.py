@@ -21,12 +21,12 @@ from search.config import load_study
 @pytest.fixture(autouse=True)
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray must not start: these runs end at their checks."""
-    import search._ray_cluster
+    import search._ray.cluster
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("Ray started")
 
-    monkeypatch.setattr(search._ray_cluster, "ray_cluster", refuse)
+    monkeypatch.setattr(search._ray.cluster, "ray_cluster", refuse)
 
 
 def _existing_db(tmp_path: Path) -> tuple[Path, bytes]:
