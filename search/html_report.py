@@ -146,6 +146,15 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _beside_base(table_id: str, first: str, values: dict[str, Any], base: dict[str, Any]) -> str:
+    """A table of {dotted key: this trial's value} beside the base config's value of each key."""
+    rows = "".join(f'<tr><th>{_esc(k)}</th><td class="num">{_esc(_num(v))}</td>'
+                   f'<td class="num">{_esc(_num(base[k])) if k in base else "(default)"}</td></tr>'
+                   for k, v in values.items())
+    return (f'<table id="{table_id}"><thead><tr><th>{first}</th><th>this trial</th><th>base config</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
 def _best_trial(best: FrozenTrial, cfg: StudyConfig) -> list[str]:
     """The best trial's searched values beside the base config's, what else differs from the base, and its whole
     config folded below."""
@@ -153,21 +162,14 @@ def _best_trial(best: FrozenTrial, cfg: StudyConfig) -> list[str]:
     parts = []
     searched = searched_params(best)
     if searched:
-        rows = "".join(f'<tr><th>{_esc(k)}</th><td class="num">{_esc(_num(best.params[k]))}</td>'
-                       f'<td class="num">{_esc(_num(base[k])) if k in base else "(default)"}</td></tr>'
-                       for k in searched)
-        parts.append('<table id="best-params"><thead><tr><th>searched</th><th>this trial</th><th>base config</th>'
-                     f"</tr></thead><tbody>{rows}</tbody></table>")
+        parts.append(_beside_base("best-params", "searched", {k: best.params[k] for k in searched}, base))
     config = best.user_attrs.get("config")
     if isinstance(config, dict):
         mine = _flat(config)
         differ = [k for k in mine if k not in searched and k not in PER_TRIAL_KEYS and mine[k] != base.get(k)]
         if differ:
-            rows = "".join(f'<tr><th>{_esc(k)}</th><td class="num">{_esc(_num(mine[k]))}</td>'
-                           f'<td class="num">{_esc(_num(base[k])) if k in base else "(default)"}</td></tr>'
-                           for k in differ)
-            parts.append('<p>Also different from the base config:</p><table id="best-changes"><thead><tr><th>key'
-                         f"</th><th>this trial</th><th>base config</th></tr></thead><tbody>{rows}</tbody></table>")
+            parts.append("<p>Also different from the base config:</p>"
+                         + _beside_base("best-changes", "key", {k: mine[k] for k in differ}, base))
         elif searched:
             parts.append('<p class="note" id="best-changes">Nothing else differs from the base config.</p>')
         parts.append(f"<details><summary>Trial {best.number}'s whole config</summary>"
