@@ -1,4 +1,5 @@
-"""Class-weighted cross-entropy for imbalanced classification (`train.class_weights: balanced`)."""
+"""Losses beside the model's own: class-weighted cross-entropy (`train.class_weights: balanced`), and the
+token-weighted evaluation loss of a causal LM (`TokenMean`)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,30 @@ def class_weighted_loss(weights: list[float]) -> Callable[..., Any]:
         return total / count
 
     return loss
+
+
+class TokenMean:
+    """One evaluation's loss as the mean over every target token of the split, whatever the batching.
+
+    A causal LM's loss on a batch is the mean over that batch's target tokens (labels other than -100,
+    shifted by one). Trainer averages those batch means weighted by rows, so a batch of short answers
+    counts as much as one of long answers and the result moves with the eval batch size and with how
+    rows fall into batches. `add` takes each batch's mean back to a sum; `mean` is sum over count.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.tokens = 0
+
+    def reset(self) -> None:
+        self.total, self.tokens = 0.0, 0
+
+    def add(self, batch_mean: Any, labels: Any) -> None:
+        """A batch's mean loss and its labels (batch x length, -100 where no target)."""
+        count = int((labels[..., 1:] != -100).sum())
+        if count:
+            self.total += float(batch_mean) * count
+            self.tokens += count
+
+    def mean(self) -> float | None:
+        return self.total / self.tokens if self.tokens else None

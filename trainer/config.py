@@ -74,6 +74,7 @@ class TrainParams:
     learning_rate: float = 3.0e-4
     batch_size: int = 16
     eval_batch_size: int | None = None
+    """Rows per evaluation batch; default the task's (32 classification, 8 sft), never `batch_size`."""
     gradient_accumulation: int = 1
     max_steps: int = 200
     epochs: float | None = None

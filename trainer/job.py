@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 import yaml
 
 from trainer import _memory
+from trainer._loss import TokenMean
 from trainer._metrics import evaluate_on_test
 from trainer._model import build_model, check_model, model_location
 from trainer._tokenize import data_warnings, tokenize
@@ -363,7 +364,27 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
                 state_box["stopped"] = True
                 control.should_training_stop = True
 
+    per_token = TokenMean() if task.eval_loss_per_token else None
+
     class _TimedTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            labels = inputs.get("labels")
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+            if per_token is not None and not model.training and labels is not None:
+                per_token.add((out[0] if return_outputs else out).detach(), labels)
+            return out
+
+        def evaluation_loop(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            if per_token is not None:
+                per_token.reset()
+            output = super().evaluation_loop(*args, **kwargs)
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            mean = per_token.mean() if per_token is not None else None
+            if mean is not None and f"{prefix}_loss" in output.metrics:
+                output.metrics[f"{prefix}_loss"] = _all_processes_mean(self.accelerator, per_token)
+            return output
+
         def evaluate(self, *args, **kwargs):  # noqa: ANN002, ANN003
             state_box["eval_start"] = time.perf_counter()
             try:
@@ -375,7 +396,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     args = TrainingArguments(
         output_dir=str(out / "_trainer"),
         per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size or max(t.batch_size, 32),
+        per_device_eval_batch_size=t.eval_batch_size or task.eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
@@ -436,6 +457,17 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return result
+
+
+def _all_processes_mean(accelerator: Any, per_token: TokenMean) -> float:
+    """The token-weighted mean over every process's share of the split (one process: its own)."""
+    if accelerator.num_processes <= 1:
+        return per_token.total / per_token.tokens
+    import torch
+
+    both = accelerator.reduce(torch.tensor([per_token.total, float(per_token.tokens)], dtype=torch.float64,
+                                           device=accelerator.device), reduction="sum")
+    return float(both[0] / both[1])
 
 
 def _evaluate_test(trainer: Any, prep: Prepared, cfg: TrainConfig, state_box: dict[str, Any],

@@ -35,6 +35,12 @@ class Task:
     """Each metric's natural direction: maximize | minimize."""
     default_objective: ClassVar[str] = "eval_loss"
     """The metric a study optimizes when its objective is not given."""
+    eval_loss_per_token: ClassVar[bool] = False
+    """True for a causal LM: `eval_loss` is the mean over all target tokens of the split (`TokenMean`), the
+    same whatever the eval batch size; False: the model's loss averaged over rows (one item per row)."""
+    eval_batch_size: ClassVar[int] = 32
+    """Rows per evaluation batch unless `train.eval_batch_size` says otherwise (never the searched
+    `train.batch_size`: a trial's evaluation is batched as every other trial's)."""
     prediction_loss_only: ClassVar[bool] = False
     """True: evaluation computes the loss only, keeping no predictions (and `compute_metrics` is not called)."""
     class_weights: ClassVar[bool] = False

@@ -23,6 +23,8 @@ class SFT(Task):
     directions = {"eval_loss": "minimize", "perplexity": "minimize"}
     default_objective = "eval_loss"
     prediction_loss_only = True
+    eval_loss_per_token = True
+    eval_batch_size = 8  # a causal LM's logits over a long sequence and a large vocabulary are big
     peft_task_type = "CAUSAL_LM"
     model_mapping = "MODEL_FOR_CAUSAL_LM_MAPPING"
     report_counts = ("dropped",)
