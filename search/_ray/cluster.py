@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from search._ray._internals import drop_tune_default_env_var, few_join_tries, init_with_preload
+from search._ray.interrupts import interrupts_held
 from search._ray.reaper import start_reaper, stop_reaper
 from search._ray.resources import joined_request, local_cluster_cpus, local_request
 from search.config import StudyConfig
@@ -257,7 +258,12 @@ class Cluster:
             return joined_request(self.cfg)
         began = time.time()
         joining = self.target.address is not None
-        per_trial, problem, what = self._join() if joining else self._start_local()
+        try:
+            with interrupts_held():  # a Ctrl-C now is raised once Ray has started (`interrupts`)
+                per_trial, problem, what = self._join() if joining else self._start_local()
+        except KeyboardInterrupt:
+            self.stop()
+            raise
         if problem is not None:
             self.stop()
             raise ConfigError(problem)
