@@ -70,6 +70,7 @@ class Driver:
         if self.progress is None:
             self.progress = LineProgress(print, self.cfg.metrics)
         self.outputs = TrialOutputs(self.cfg, self.study, guard=self.guard, say=self.say, job=self.job)
+        self.metric_names = _metric_names(self.cfg)
         set_live(self.study, self.live_ids)
 
     def live_ids(self) -> set[int]:
@@ -310,7 +311,7 @@ class Driver:
         """Keep one evaluation (history, progress, the first one's memory and precision); its objective values."""
         step = step_of(result)
         self.last_step[tune_id] = step
-        metrics = {m: float(result[m]) for m in _ALL_METRICS if m in result}
+        metrics = {m: float(result[m]) for m in self.metric_names if m in result}
         history = self.history.setdefault(tune_id, [])
         history.append({"step": step, **metrics, "at": time.time()})
         self.progress.trial_reported(trial.number, step, max_steps_of(result), metrics)
@@ -318,6 +319,8 @@ class Driver:
             self.note_memory(trial, memory_of(result))
             if result.get("precision"):
                 self.guard(trial.set_user_attr, "precision", str(result["precision"]))
+        if result.get("generations"):  # a few generated samples: what the trial's numbers mean
+            self.guard(trial.set_user_attr, "generations", {"step": step, "samples": result["generations"]})
         return [metrics[m] for m in self.cfg.metrics if m in metrics], step
 
     def _judge(self, tune_id: str, trial: optuna.Trial, values: list[float], step: int) -> bool:
@@ -372,10 +375,12 @@ class Driver:
             self.fail(trial, f"{reason}; its params are queued for the next run", retry=True)
 
 
-def _metric_names() -> set[str]:
+def _metric_names(cfg: StudyConfig) -> set[str]:
+    """Every metric a trial of this study may report: its task's, its `eval:` section's, and the objectives."""
     from trainer import METRICS
+    from trainer.tasks import get_task
 
-    return {m for names in METRICS.values() for m in names}
-
-
-_ALL_METRICS = _metric_names()
+    names = {m for metric_names in METRICS.values() for m in metric_names} | set(cfg.metrics)
+    if cfg.base_config is not None:
+        names |= set(get_task(cfg.base_config.task).reported_metrics(cfg.base_config))
+    return names

@@ -40,6 +40,8 @@ class EvaluationReport(TypedDict, total=False):
     seconds: dict[str, float]
     memory: dict[str, float]
     precision: str
+    generations: list[dict[str, str]]
+    """With `eval:` generation metrics: a few samples of this evaluation (prompt, reference, output)."""
 
 
 class FinalReport(TypedDict, total=False):
@@ -65,7 +67,8 @@ def ready_report(*, preloaded: bool, host: str, node: str, pid: int) -> dict[str
 
 
 def evaluation_report(metrics: dict[str, float], step: int, **more: Any) -> dict[str, Any]:
-    """`more`: the `EvaluationReport` keys a fine-tuning job knows (max_steps, seconds, memory, precision)."""
+    """`more`: the `EvaluationReport` keys a fine-tuning job knows (max_steps, seconds, memory, precision,
+    generations)."""
     return {**metrics, "step": step, **more}
 
 

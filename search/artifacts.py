@@ -238,16 +238,31 @@ def note_text(trial: FrozenTrial, cfg: StudyConfig, history: list[dict[str, floa
         lines.append("")
     history = history if history is not None else attrs.get("history")
     if history:
-        keys = [k for k in history[0] if k not in ("step", "at")]
+        keys = list(dict.fromkeys(k for h in history for k in h if k not in ("step", "at")))
         lines += ["| step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         lines += [f"| {h['step']} | " + " | ".join(_fmt(h.get(k)) for k in keys) + " |" for h in history]
     elif steps:
         lines += [f"| step | {cfg.metrics[0]} |", "|---|---|"]
         lines += [f"| {s} | {_fmt(trial.intermediate_values[s])} |" for s in steps]
+    lines += _generations(attrs.get("generations"))
     files = stored_files(trial)
     if files:
         lines += ["", "Files (Artifacts below): " + ", ".join(f"`{f}`" for f in sorted(files))]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _generations(kept: Any) -> list[str]:
+    """The latest evaluation's sample generations (`eval:`), as a table: what the metrics mean in words."""
+    if not isinstance(kept, dict) or not kept.get("samples"):
+        return []
+
+    def cell(text: Any) -> str:
+        return " ".join(str(text).split()).replace("|", "\\|")[-200:] or " "
+
+    lines = ["", f"Sample generations at step {kept.get('step')}:", "", "| prompt (its end) | output | reference |",
+             "|---|---|---|"]
+    return lines + [f"| {cell(s.get('prompt'))} | {cell(s.get('output'))} | {cell(s.get('reference'))} |"
+                    for s in kept["samples"]]
 
 
 def write_note(study: optuna.Study, cfg: StudyConfig, number: int,

@@ -237,8 +237,10 @@ def init_options(cls: type) -> list[str]:
     return out
 
 
-def _objectives(raw: Any, task: str, source: str, problems: list[Problem]) -> list[Objective]:
+def _objectives(raw: Any, task: str, source: str, problems: list[Problem],
+                base_cfg: Any = None) -> list[Objective]:
     spec = get_task(task)
+    reported = spec.reported_metrics(base_cfg)
     if raw is None:
         raw = {"metric": spec.default_objective}
     items = raw if isinstance(raw, list) else [raw]
@@ -252,9 +254,11 @@ def _objectives(raw: Any, task: str, source: str, problems: list[Problem]) -> li
         if obj is None or sub:
             problems.extend(sub or [Problem(source, key, f"expected {{metric, direction}}, found {describe(item)}")])
             continue
-        if obj.metric not in spec.metrics:
-            problems.append(Problem(source, f"{key}.metric", f"task {task} reports {', '.join(spec.metrics)}; "
-                                    f"found {obj.metric!r}{did_you_mean(obj.metric, spec.metrics)}"))
+        if obj.metric not in reported:
+            more = "" if spec.generates is False or reported.keys() - set(spec.metrics) else (
+                " (generation metrics such as exact_match are asked for in the base config's eval.metrics)")
+            problems.append(Problem(source, f"{key}.metric", f"task {task} reports {', '.join(reported)}; "
+                                    f"found {obj.metric!r}{did_you_mean(obj.metric, reported)}{more}"))
             continue
         if obj.use not in ("final", "best"):
             problems.append(Problem(source, f"{key}.use", f"expected final or best, found "
@@ -265,7 +269,7 @@ def _objectives(raw: Any, task: str, source: str, problems: list[Problem]) -> li
                                     "study has no one best evaluation); use final"))
             continue
         if obj.direction is None:
-            obj.direction = spec.directions[obj.metric]
+            obj.direction = reported[obj.metric]
         elif obj.direction not in ("maximize", "minimize"):
             problems.append(Problem(source, f"{key}.direction", f"expected maximize or minimize, found "
                                     f"{obj.direction!r}{did_you_mean(obj.direction, ['maximize', 'minimize'])}"))
@@ -368,7 +372,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         check_space_with_base(space, base_cfg, prefix, problems)
 
     task = base_cfg.task if base_cfg is not None else "classification"
-    objectives = _objectives(study.objective, task, source, problems)
+    objectives = _objectives(study.objective, task, source, problems, base_cfg)
     sampler = _options("sampler", study.sampler, SAMPLERS, "sampler", source, problems)
     pruner = _options("pruner", study.pruner, PRUNERS, "pruner", source, problems)
     if sampler and sampler["name"] == "grid":

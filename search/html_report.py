@@ -174,7 +174,21 @@ def _best_trial(best: FrozenTrial, cfg: StudyConfig) -> list[str]:
             parts.append('<p class="note" id="best-changes">Nothing else differs from the base config.</p>')
         parts.append(f"<details><summary>Trial {best.number}'s whole config</summary>"
                      f'<pre id="best-config">{_esc(yaml.safe_dump(config, sort_keys=False))}</pre></details>')
+    parts += _generations(best)
     return parts
+
+
+def _generations(trial: FrozenTrial) -> list[str]:
+    """The trial's last sample generations (`eval:` metrics): prompt, output and reference side by side."""
+    kept = trial.user_attrs.get("generations")
+    if not isinstance(kept, dict) or not kept.get("samples"):
+        return []
+    rows = "".join(f"<tr><td><pre>{_esc(s.get('prompt', ''))}</pre></td><td><pre>{_esc(s.get('output', ''))}</pre>"
+                   f"</td><td><pre>{_esc(s.get('reference', ''))}</pre></td></tr>" for s in kept["samples"])
+    return [f"<p>What trial {trial.number} wrote at step {_esc(kept.get('step'))} (a few of the validation rows "
+            "it generated for):</p>"
+            '<table id="best-generations"><tr><th>prompt (its end)</th><th>output</th><th>reference</th></tr>'
+            f"{rows}</table>"]
 
 
 def learning_curves(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> Any:

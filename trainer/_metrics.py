@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from typing import Any
 
 from trainer.tasks import TASKS, Task, get_task
@@ -14,10 +16,11 @@ DIRECTIONS: dict[str, str] = {metric: direction for name in TASKS
 """Each built-in metric's natural direction (a task's own: `Task.directions`)."""
 
 
-def evaluate_on_test(trainer: Any, rows: list[dict[str, Any]], task: Task) -> dict[str, float]:
+def evaluate_on_test(trainer: Any, rows: list[dict[str, Any]], task: Task,
+                     keep: Collection[str] | None = None) -> dict[str, float]:
     """Evaluate `trainer`'s model once on the held-out test rows: our metric names with a `test_` prefix.
 
     The caller makes sure no reporter sees this evaluation (it must never steer a search).
     """
     raw = trainer.evaluate(eval_dataset=rows)
-    return {f"test_{k}": v for k, v in task.clean_metrics(raw).items()}
+    return {f"test_{k}": v for k, v in task.clean_metrics(raw, keep).items()}

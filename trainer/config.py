@@ -103,6 +103,29 @@ class TrainParams:
 
 
 @dataclasses.dataclass
+class EvalConfig:
+    """What a causal LM generates at evaluation, and how it is scored (`trainer.generation`)."""
+
+    metrics: list[str] = dataclasses.field(default_factory=list)
+    """Generation metrics each evaluation reports: exact_match, rouge_l, chrf (empty: the loss only)."""
+    function: str | None = None
+    """`module:function(predictions, references, rows) -> {name: float}`: metrics of your own."""
+    directions: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Each of the function's metrics and its direction (maximize | minimize)."""
+    extract: str = "whole"
+    """The answer exact_match compares: whole | gsm8k (after `####`) | last_number | regex:<pattern> (group 1)."""
+    samples: int | None = None
+    """Validation rows generated for: a seeded sample of this many (default all, up to 256)."""
+    max_new_tokens: int = 64
+    every: int = 1
+    """Generate at every k-th evaluation (and always at the last): generating costs more than a loss."""
+    batch_size: int = 16
+    """Prompts generated at once (left-padded)."""
+    show: int = 3
+    """Sample generations (prompt, reference, output) kept with each evaluation."""
+
+
+@dataclasses.dataclass
 class TrainConfig:
     """One fine-tuning run: everything `sftune train` needs, and what every study trial stores."""
 
@@ -116,6 +139,8 @@ class TrainConfig:
     output_dir: str = "runs/train"
     save: Literal["none", "adapter", "model"] = "none"
     """What to keep after training besides metrics.json: nothing, the LoRA adapter, or the model."""
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """Generation-based metrics (sft): what is generated at evaluation and how it is scored."""
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -123,8 +148,11 @@ class TrainConfig:
 
 FIELDS = field_paths(TrainConfig)
 
-ADDED_DEFAULTS: dict[str, Any] = {f"train.{f.name}": f.default for f in dataclasses.fields(TrainParams)
-                                   if f.name in ("precision",)}
+ADDED_DEFAULTS: dict[str, Any] = {
+    **{f"train.{f.name}": f.default for f in dataclasses.fields(TrainParams) if f.name in ("precision",)},
+    **{f"eval.{f.name}": f.default for f in dataclasses.fields(EvalConfig) if f.default is not dataclasses.MISSING},
+    "eval.metrics": [],
+}
 """Fields added after 0.1.0 with their defaults (read from the dataclass): a study created before one existed
 resumes with it at this value."""
 
@@ -244,6 +272,9 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
         need(p.method == "lora", "save", "'adapter' needs peft.method: lora (use 'model' for full fine-tuning)")
     if task is not None:
         task.check_config(cfg, source, problems)
+        from trainer.generation import check_eval_config
+
+        check_eval_config(cfg, task, source, problems)
     if not cfg.model:
         problems.append(Problem(source, "model", "expected a model name, directory or hub id, found ''"))
 
@@ -286,6 +317,9 @@ def _task(cfg: TrainConfig, source: str, problems: list[Problem]) -> Task | None
 def resolve_paths(cfg: TrainConfig, base_dir: Path, source: str, problems: list[Problem]) -> None:
     """Make data and local model paths absolute (relative ones are read from the config's folder)."""
     d = cfg.data
+    module, _, name = (cfg.eval.function or "").rpartition(":")
+    if module.endswith(".py"):  # a file of your own: found from the config's folder, like the data
+        cfg.eval.function = f"{_resolve_path(module, base_dir)}:{name}"
     d.train = str(_resolve_path(d.train, base_dir))
     if d.validation:
         d.validation = str(_resolve_path(d.validation, base_dir))
@@ -320,6 +354,9 @@ def config_from_dict(data: dict[str, Any], *, source: str = "", base_dir: Path |
     if cfg is not None and isinstance(cfg.data, DataConfig):
         check_config(cfg, source, problems)
         resolve_paths(cfg, base_dir or Path.cwd(), source, problems)
+        from trainer.generation.checks import check_eval_function
+
+        check_eval_function(cfg, source, problems)
     if own and problems:
         raise ConfigError(problems)
     return cfg

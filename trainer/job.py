@@ -81,6 +81,9 @@ class JobResult:
     """With `keep_best`: the best evaluation's step and metrics (its weights are the ones saved)."""
     memory: dict[str, float] = field(default_factory=dict)
     """CUDA memory in MiB (see trainer._memory); empty on CPU."""
+    generations: list[dict[str, Any]] = field(default_factory=list)
+    """Each generating evaluation (`eval:`): its step, seconds spent generating, and a few samples
+    (prompt, reference, output)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +247,7 @@ def run_job(
     evaluate_test: bool = True,
     keep_best: tuple[str, str] | None = None,
     memory: dict[str, float] | None = None,
+    generations: list[dict[str, Any]] | None = None,
 ) -> JobResult:
     """Train and evaluate `cfg`; every evaluation goes to `reporter`, which may stop the run.
 
@@ -253,7 +257,8 @@ def run_job(
     `timing`, when given, is updated in place as the run goes (seconds of setup, train steps and
     evaluation; `started_at` and `first_step_at` as Unix times), so a caller can report it mid-run;
     `memory` likewise with the CUDA memory figures of `trainer._memory` (peak so far at each
-    evaluation, what is left at the end).
+    evaluation, what is left at the end). `generations`, when given, gets each generating evaluation's
+    `{step, seconds, samples}` (`eval:`) before the reporter sees that evaluation.
 
     When it returns or raises (a reporter that stops the run by raising, as Ray does for a pruned
     trial, included), the run's model, optimizer, Trainer and batches are released and the CUDA
@@ -288,7 +293,8 @@ def run_job(
     made: dict[str, Any] = {}
     try:
         return _train(cfg, reporter, prep, max_steps, device, precision, started, timing, memory, say, source,
-                      evaluate_test=evaluate_test, keep_best=keep_best, made=made)
+                      evaluate_test=evaluate_test, keep_best=keep_best, made=made,
+                      generations=generations if generations is not None else [])
     except BaseException as exc:
         # The frames the exception left (the training loop's, the callback's) hold the model and
         # the optimizer until the exception is gone: let go of their locals now.
@@ -315,7 +321,7 @@ def _unwrap_forward(model: Any) -> None:
 def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int, device: str, precision: str,
            started: float, timing: dict[str, float], memory: dict[str, float], say: Callable[[str], None],
            source: str, *, evaluate_test: bool, keep_best: tuple[str, str] | None,
-           made: dict[str, Any]) -> JobResult:
+           made: dict[str, Any], generations: list[dict[str, Any]]) -> JobResult:
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     t = cfg.train
@@ -327,6 +333,9 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     out.mkdir(parents=True, exist_ok=True)
 
     history: list[dict[str, float]] = []
+    reported = task.reported_metrics(cfg)
+    generating = _generators(cfg, task, prep, evaluate_test)
+    last_step = min(max_steps, t.stop_at_step or max_steps)
     best = _BestKeeper(keep_best, snapshot=cfg.save != "none") if keep_best else None
     state_box: dict[str, Any] = {"stopped": False, "step_start": None, "eval_start": None}
 
@@ -350,8 +359,11 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         def on_evaluate(self, args, state, control, metrics=None, **kw):  # noqa: ANN001
             if state_box.get("testing"):
                 return  # the held-out test evaluation is never reported
-            m = task.clean_metrics(metrics or {})
+            m = task.clean_metrics(metrics or {}, keep=reported)
             history.append({"step": state.global_step, **m})
+            fresh = generations[-1] if generations and generations[-1]["step"] == state.global_step else None
+            if fresh is not None:
+                history[-1]["generate_seconds"] = fresh["seconds"]
             if best is not None:
                 best.update(history[-1], kw.get("model"))
             if state_box["eval_start"] is not None:  # the report below carries this evaluation's time too
@@ -359,7 +371,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
                 state_box["eval_start"] = time.perf_counter()
             _memory.note_peak(memory)
             say(f"eval step {state.global_step}/{state.max_steps}  "
-                + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+                + "  ".join(f"{k} {v:.4f}" for k, v in m.items())
+                + (f"  (generated {len(generating['validation'].rows)} in {fresh['seconds']:.1f}s)" if fresh else ""))
+            for i, sample in enumerate(fresh["samples"] if fresh else [], 1):
+                say(_sample_line(i, sample))
             if reporter.report(state.global_step, m) and state.global_step < state.max_steps:
                 state_box["stopped"] = True
                 control.should_training_stop = True
@@ -380,6 +395,16 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
                 per_token.reset()
             output = super().evaluation_loop(*args, **kwargs)
             prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            split = "test" if state_box.get("testing") else "validation"
+            generator = generating.get(split)
+            final = split == "test" or state_box.get("final") or self.state.global_step >= last_step
+            if generator is not None and generator.due(final):
+                scores, samples, seconds = generator.run(self.model, self.compute_loss_context_manager())
+                output.metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
+                timing["generate"] = timing.get("generate", 0.0) + seconds
+                if split == "validation":
+                    generations.append({"step": self.state.global_step, "seconds": round(seconds, 3),
+                                        "samples": samples})
             mean = per_token.mean() if per_token is not None else None
             if mean is not None and f"{prefix}_loss" in output.metrics:
                 output.metrics[f"{prefix}_loss"] = _all_processes_mean(self.accelerator, per_token)
@@ -434,10 +459,11 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     trainer.train()
     step = trainer.state.global_step
     if not history or history[-1]["step"] != step:
+        state_box["final"] = True
         trainer.evaluate()  # stopped between evaluations: report the model we have
     tested = _evaluate_test(trainer, prep, cfg, state_box, timing, say) if evaluate_test and prep.test else {}
     result = JobResult(
-        metrics={k: v for k, v in history[-1].items() if k != "step"},
+        metrics={k: v for k, v in history[-1].items() if k not in ("step", "generate_seconds")},
         step=step,
         max_steps=max_steps,
         stopped=state_box["stopped"],
@@ -450,6 +476,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         data_warnings=prep.warnings,
         best=best.best if best is not None else None,
         memory=memory,
+        generations=generations,
     )
     if best is not None:
         best.restore(trainer.model)
@@ -457,6 +484,29 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return result
+
+
+def _generators(cfg: TrainConfig, task: Any, prep: Prepared, evaluate_test: bool) -> dict[str, Any]:
+    """Where `eval:` asks for generation metrics: a `Generator` over the validation rows (and the test rows)."""
+    from trainer.generation import Generator
+    from trainer.generation.checks import asks_generation
+
+    if not task.generates or not asks_generation(cfg.eval):
+        return {}
+    out = {"validation": Generator(cfg, task, prep.examples.validation, prep.tokenizer)}
+    if evaluate_test and prep.examples.test:
+        out["test"] = Generator(cfg, task, prep.examples.test, prep.tokenizer)
+    return out
+
+
+def _sample_line(i: int, sample: dict[str, str]) -> str:
+    """One kept generation on one line: the prompt's end, the output, the reference."""
+    def short(text: str, n: int) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= n else "…" + text[-(n - 1):]
+
+    return (f"  sample {i}: {short(sample['prompt'], 60)!r} -> {short(sample['output'], 60)!r} "
+            f"(reference {short(sample['reference'], 40)!r})")
 
 
 def _all_processes_mean(accelerator: Any, per_token: TokenMean) -> float:
@@ -476,7 +526,8 @@ def _evaluate_test(trainer: Any, prep: Prepared, cfg: TrainConfig, state_box: di
     eval_before, start = timing["eval"], time.perf_counter()
     state_box["testing"] = True
     try:
-        out = evaluate_on_test(trainer, prep.test, get_task(cfg.task))
+        task = get_task(cfg.task)
+        out = evaluate_on_test(trainer, prep.test, task, keep=task.reported_metrics(cfg))
     finally:
         state_box["testing"] = False
         timing["eval"], timing["test"] = eval_before, time.perf_counter() - start

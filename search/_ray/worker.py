@@ -49,15 +49,20 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         memory: dict[str, float] = {}  # CUDA figures (trainer._memory); empty on CPU
         precision = resolve_precision(cfg.train.precision)[1]  # what run_job will use: bf16 | fp32
 
+        generations: list[dict[str, Any]] = []  # each generating evaluation's samples (`eval:`)
+
         class TuneReporter:
             def report(self, step: int, metrics: dict[str, float]) -> bool:
+                fresh = generations[-1] if generations and generations[-1]["step"] == step else None
                 tune.report(evaluation_report(metrics, step, max_steps=timing.get("max_steps"), seconds=dict(timing),
-                                              memory=dict(memory), precision=precision))
+                                              memory=dict(memory), precision=precision,
+                                              **({"generations": fresh["samples"]} if fresh else {})))
                 return False  # the scheduler in the driver stops a pruned trial
 
         keep_best = tuple(spec["keep_best"]) if spec.get("keep_best") else None  # objective.use: best
         result = run_job(cfg, TuneReporter(), threads=cfg.train.threads, prepared=prepared, timing=timing,
-                         evaluate_test=False, keep_best=keep_best, memory=memory)  # never the test split
+                         evaluate_test=False, keep_best=keep_best, memory=memory,  # never the test split
+                         generations=generations)
         remote = spec.get("driver_node") not in (None, node)  # the driver cannot read this node's disk
         tune.report(final_report(result.metrics, step=result.step, seconds=result.seconds,
                                  data_warnings=result.data_warnings, memory=result.memory,

@@ -241,3 +241,22 @@ def test_multi_objective_report_has_the_pareto_front(tmp_path: Path, bert_dir: P
     assert plots[:3] == ["pareto", "history-accuracy", "history-eval_loss"]
     assert "2 trials on the Pareto front" in page
     assert len(re.findall(r'<tr class="best"', page)) == 2
+
+
+def test_the_best_trial_shows_what_it_generated(tmp_path: Path, bert_dir: Path) -> None:
+    """With `eval:` generation metrics each trial keeps a few samples: the report shows the best trial's, escaped."""
+    path = make_study(tmp_path, bert_dir)
+    study = optuna.load_study(study_name="rep", storage=f"sqlite:///{tmp_path / 'rep.db'}")
+    samples = [{"prompt": "add 3 and 4 :", "output": " 7 <i>", "reference": " 7"}]
+    dist = {"train.learning_rate": FloatDistribution(1e-3, 1e-2, log=True), "peft.r": IntDistribution(2, 8)}
+    study.add_trial(optuna.trial.create_trial(
+        params={"train.learning_rate": 0.005, "peft.r": 4}, distributions=dist, value=0.9,
+        intermediate_values={10: 0.9}, user_attrs={"config": {"model": "tiny"}, "final_step": 10,
+                                                   "generations": {"step": 30, "samples": samples}}))
+    best = study.best_trial
+    out = tmp_path / "report.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    page = out.read_text()
+    table = page[page.index('id="best-generations"'):]
+    assert f"What trial {best.number} wrote at step 30" in page
+    assert "add 3 and 4 :" in table and " 7 &lt;i&gt;" in table and "<i>" not in table.split("</table>")[0]

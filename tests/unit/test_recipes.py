@@ -25,7 +25,7 @@ TASK_OF_SPACE = {"lora-classification": ["classification"], "full-finetune": ["c
 
 def test_every_shipped_space_is_known_here() -> None:
     assert sorted(shipped_spaces()) == sorted(TASK_OF_SPACE)
-    assert sorted(shipped_studies()) == ["quickstart"]
+    assert sorted(shipped_studies()) == ["gsm8k", "quickstart"]
 
 
 @pytest.mark.parametrize("space", sorted(TASK_OF_SPACE))
@@ -69,6 +69,31 @@ def test_the_quickstart_holds_out_a_test_split_apart_from_train_and_validation()
     assert len(texts["test"]) == 372
     assert not texts["test"] & (texts["train"] | texts["validation"])  # never seen by the search
     assert "test.jsonl" in (REPO / "studies" / "data" / "sst2" / "SOURCE.md").read_text()  # its provenance
+
+
+def test_the_gsm8k_study_optimises_exact_match_on_its_bundled_data(tmp_path: Path, llama_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """As shipped, bar the model (the hub is out of reach here): a tiny local Llama. Its validation answers
+    all end in `#### N` (the extraction is checked on each), and its held-out rows are apart from the rest."""
+    import json
+
+    from trainer.data import load_examples
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_study("gsm8k", [f"base.model={llama_dir}", "base.train.max_length=128"])
+    assert cfg.metrics == ["exact_match"] and cfg.directions == ["maximize"]
+    base = cfg.base_config
+    assert base.task == "sft" and base.eval.metrics == ["exact_match"] and base.eval.extract == "gsm8k"
+    examples = load_examples(base)  # refuses an extraction that finds no answer in some validation reference
+    assert len(examples.validation) == 200 and len(examples.train) == 1000
+    problems = {}
+    for split in ("train", "validation", "test"):
+        lines = Path(getattr(base.data, split)).read_text().splitlines()
+        problems[split] = {json.loads(line)["instruction"] for line in lines}
+    assert not problems["test"] & (problems["train"] | problems["validation"])
+    assert not problems["validation"] & problems["train"]
+    assert "<<" not in Path(base.data.train).read_text()  # calculator annotations removed, as SOURCE.md says
+    assert "MIT" in (REPO / "studies" / "data" / "gsm8k" / "LICENSE").read_text()
 
 
 def test_an_unknown_study_name_lists_the_shipped_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class Task:
     eval_batch_size: ClassVar[int] = 32
     """Rows per evaluation batch unless `train.eval_batch_size` says otherwise (never the searched
     `train.batch_size`: a trial's evaluation is batched as every other trial's)."""
+    generates: ClassVar[bool] = False
+    """True when the model writes text (sft): `eval:` generation metrics apply (`generation_prompt`)."""
     prediction_loss_only: ClassVar[bool] = False
     """True: evaluation computes the loss only, keeping no predictions (and `compute_metrics` is not called)."""
     class_weights: ClassVar[bool] = False
@@ -111,16 +114,31 @@ class Task:
         """Trainer's `compute_metrics`: metrics from the predictions and labels of one evaluation."""
         return {}
 
-    def clean_metrics(self, raw: dict[str, Any]) -> dict[str, float]:
-        """Trainer's `eval_*` names to ours, keeping only this task's `metrics`."""
+    def reported_metrics(self, cfg: TrainConfig | None = None) -> dict[str, str]:
+        """Every metric a run of `cfg` reports, with its direction: the task's `metrics`, and where the task
+        generates, those its `eval:` section adds (each usable as a study objective)."""
+        out = {m: self.directions[m] for m in self.metrics}
+        if cfg is not None and self.generates:
+            from trainer.generation import generation_metrics
+
+            out.update(generation_metrics(cfg.eval))
+        return out
+
+    def clean_metrics(self, raw: dict[str, Any], keep: Collection[str] | None = None) -> dict[str, float]:
+        """Trainer's `eval_*` names to ours, keeping only `keep` (default: this task's `metrics`)."""
+        keep = self.metrics if keep is None else keep
         out: dict[str, float] = {}
         for key, value in raw.items():
-            if not isinstance(value, (int, float)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             name = key if key == "eval_loss" else key.removeprefix("eval_")
-            if name in self.metrics:
+            if name in keep:
                 out[name] = float(value)
         return out
+
+    def generation_prompt(self, row: dict[str, Any], tokenizer: Any) -> str:
+        """A task that generates: the text its model continues for `row` (formatted as in training)."""
+        raise NotImplementedError
 
     # --- words ----------------------------------------------------------------------------------------
 

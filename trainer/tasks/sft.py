@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from trainer._model import ENCODER_TYPES
@@ -24,6 +25,7 @@ class SFT(Task):
     default_objective = "eval_loss"
     prediction_loss_only = True
     eval_loss_per_token = True
+    generates = True
     eval_batch_size = 8  # a causal LM's logits over a long sequence and a large vocabulary are big
     peft_task_type = "CAUSAL_LM"
     model_mapping = "MODEL_FOR_CAUSAL_LM_MAPPING"
@@ -49,7 +51,24 @@ class SFT(Task):
 
     def load_examples(self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str],
                       source: str) -> Examples:
-        return read_pairs(cfg, splits, paths, source)
+        from trainer.generation import check_eval_data
+
+        examples = read_pairs(cfg, splits, paths, source)
+        problems = check_eval_data(cfg, examples.validation, source)
+        if problems:
+            raise ConfigError(problems)
+        return examples
+
+    def generation_prompt(self, row: dict[str, Any], tokenizer: Any) -> str:
+        if "messages" in row:
+            return _chat_prompt(tokenizer, row["messages"])[0]
+        return str(row["prompt"])
+
+    def clean_metrics(self, raw: dict[str, Any], keep: Collection[str] | None = None) -> dict[str, float]:
+        out = super().clean_metrics(raw, keep)
+        if "eval_loss" in out and (keep is None or "perplexity" in keep):
+            out["perplexity"] = math.exp(min(out["eval_loss"], 700.0))
+        return out
 
     def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any,
                  max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -59,12 +78,6 @@ class SFT(Task):
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(location)
-
-    def clean_metrics(self, raw: dict[str, Any]) -> dict[str, float]:
-        out = super().clean_metrics(raw)
-        if "eval_loss" in out:
-            out["perplexity"] = math.exp(min(out["eval_loss"], 700.0))
-        return out
 
     def warning_line(self, split: str, what: str, n: int, of: str, limit: str) -> str | None:
         if what == "truncated":
