@@ -233,7 +233,7 @@ class LiveProgress:
             if row is None:
                 row = self.rows[number] = _Row(number, {}, self.clock())
             row.step, row.max_steps = step, max_steps or row.max_steps
-            row.metrics = dict(metrics)
+            row.metrics.update(metrics)  # an evaluation that did not generate keeps the last generated values
             self.reported = True
         self._refresh()
 
