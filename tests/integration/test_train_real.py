@@ -52,10 +52,29 @@ def test_trec6_string_labels_full_finetune(tmp_path: Path) -> None:
     assert saved["metrics"]["accuracy"] > 0.35  # six classes; the largest is about 0.23
 
 
-def test_shipped_train_configs_are_valid() -> None:
-    configs = sorted((REPO / "studies").glob("*-train.yaml"))
-    assert configs
-    for path in configs:
+SHIPPED_TRAIN_CONFIGS = sorted((REPO / "studies").glob("*-train.yaml"))
+
+
+def test_shipped_train_configs_load_with_their_data() -> None:
+    """Every shipped train config is valid and its data passes the task's checks (gsm8k: its answers extract)."""
+    from trainer.data import load_examples
+
+    assert len(SHIPPED_TRAIN_CONFIGS) >= 2
+    for path in SHIPPED_TRAIN_CONFIGS:
         cfg = load_train_config(path)
-        prep = prepare(cfg, source=str(path))
-        assert len(prep.train) > 0 and len(prep.validation) > 0
+        examples = load_examples(cfg, source=str(path))
+        assert len(examples.train) > 0 and len(examples.validation) > 0
+
+
+@pytest.mark.parametrize("path", SHIPPED_TRAIN_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_train_configs_tokenize_with_their_own_model(path: Path) -> None:
+    from trainer import ConfigError
+    from trainer._model import model_location
+
+    cfg = load_train_config(path)
+    try:
+        model_location(cfg, str(path))
+    except ConfigError as exc:  # a hub model, where the hub cannot be reached
+        pytest.skip(f"{cfg.model} cannot be had on this machine: {exc.render()}")
+    prep = prepare(cfg, source=str(path))
+    assert len(prep.train) > 0 and len(prep.validation) > 0
