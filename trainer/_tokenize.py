@@ -62,7 +62,8 @@ def tokenize(examples: Examples, tokenizer: Any, max_length: int,
     out: dict[str, list[dict[str, Any]]] = {}
     stats: dict[str, dict[str, Any]] = {}
     for split, rows in examples.splits().items():
-        out[split], stats[split] = task.tokenize(rows, tokenizer, max_length)
+        more = {"options": examples.options} if examples.options else {}
+        out[split], stats[split] = task.tokenize(rows, tokenizer, max_length, **more)
         counts = task.label_counts(rows, examples)
         if counts is not None:
             stats[split]["label_counts"] = counts

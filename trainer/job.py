@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 import yaml
 
 from trainer import _memory
+from trainer._chat import is_file_setting as is_template_file
 from trainer._loss import TokenMean
 from trainer._metrics import evaluate_on_test
 from trainer._model import build_model, check_model, model_location
@@ -58,6 +59,12 @@ class Prepared:
         """Counted data warnings as data, e.g. {'train.truncated': 12, 'validation.dropped': 3}."""
         return data_warnings(self.stats)
 
+    @property
+    def template(self) -> dict[str, str]:
+        """The prompt format the task tokenized with (sft: the chat template's `name`, and for a Jinja file its
+        `path` and `sha256`), or {} for a task without one."""
+        return dict(self.stats.get("train", {}).get("template") or {})
+
 
 @dataclass
 class JobResult:
@@ -81,6 +88,8 @@ class JobResult:
     """With `keep_best`: the best evaluation's step and metrics (its weights are the ones saved)."""
     memory: dict[str, float] = field(default_factory=dict)
     """CUDA memory in MiB (see trainer._memory); empty on CPU."""
+    template: dict[str, str] = field(default_factory=dict)
+    """The prompt format the data was tokenized with (see `Prepared.template`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,12 +102,13 @@ _PREPARED: dict[str, Prepared] = {}
 def fingerprint(cfg: TrainConfig, location: str) -> str:
     """What the tokenized data depends on: the data files, the data settings, the tokenizer, max_length."""
     h = hashlib.sha256()
-    h.update(b"prepared-v2")  # the layout of Prepared: test split and stats
-    for path in (cfg.data.train, cfg.data.validation, cfg.data.test):
+    h.update(b"prepared-v3")  # the layout of Prepared: test split and stats; every assistant turn labelled
+    template = cfg.data.chat_template if is_template_file(cfg.data.chat_template) else None
+    for path in (cfg.data.train, cfg.data.validation, cfg.data.test, template):
         if path:
             p = Path(path)
             files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
-            for f in files:
+            for f in files if p.exists() else []:
                 st = f.stat()
                 h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
     loc = Path(location)
@@ -450,6 +460,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         data_warnings=prep.warnings,
         best=best.best if best is not None else None,
         memory=memory,
+        template=prep.template,
     )
     if best is not None:
         best.restore(trainer.model)
