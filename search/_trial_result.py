@@ -40,6 +40,8 @@ class EvaluationReport(TypedDict, total=False):
     seconds: dict[str, float]
     memory: dict[str, float]
     precision: str
+    template: str
+    """The prompt format the data was tokenized with, in one line (sft: `chatml`, `file <path> sha256:<hash>`)."""
 
 
 class FinalReport(TypedDict, total=False):
@@ -65,7 +67,7 @@ def ready_report(*, preloaded: bool, host: str, node: str, pid: int) -> dict[str
 
 
 def evaluation_report(metrics: dict[str, float], step: int, **more: Any) -> dict[str, Any]:
-    """`more`: the `EvaluationReport` keys a fine-tuning job knows (max_steps, seconds, memory, precision)."""
+    """`more`: the `EvaluationReport` keys a job knows (max_steps, seconds, memory, precision, template)."""
     return {**metrics, "step": step, **more}
 
 
