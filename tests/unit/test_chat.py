@@ -228,3 +228,17 @@ def test_chat_rows_whose_roles_do_not_alternate(tmp_path: Path, gpt2_dir: Path, 
     err = _bad(tmp_path, data, capsys)
     assert f"train.yaml: data: validation row 3 of '{tmp_path / 'data' / 'chat_val.jsonl'}': " in err
     assert found in err
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    ("{% for m in messages | reverse %}{{ m['content'] + '\n' }}{% endfor %}",
+     "ValueError: the chat template does not render this conversation turn by turn"),
+    ("{{ raise_exception('no system messages here') }}", "TemplateError: no system messages here"),
+])
+def test_a_template_that_cannot_render_the_rows(tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture,
+                                                text: str, found: str) -> None:
+    (tmp_path / "t.jinja").write_text(text)
+    err = _bad(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="t.jinja"), capsys)
+    assert (f"train.yaml: data.chat_template: train data: template file {tmp_path / 't.jinja'} sha256:"
+            f"{hashlib.sha256(text.encode()).hexdigest()[:12]} cannot render the conversation whose first user "
+            f"message is 'add 0 and 0 :': {found}") in err

@@ -169,8 +169,11 @@ def _pieces(r: dict[str, Any], template: ChatTemplate, tokenizer: Any) -> list[P
     try:
         return _chat.segments(template, tokenizer, r["messages"])
     except Exception as exc:  # a template that fails on a row: the data's or the template's problem
+        first = next((m["content"] for m in r["messages"] if m["role"] == "user"), "")
+        start = first if len(first) <= 60 else first[:57] + "..."
         raise ConfigError(Problem("", "data.chat_template", f"template {_chat.describe(template.record())} "
-                                  f"cannot render a conversation: {type(exc).__name__}: {exc}")) from None
+                                  f"cannot render the conversation whose first user message is {start!r}: "
+                                  f"{type(exc).__name__}: {exc}")) from None
 
 
 def _encode(pieces: list[list[Piece]], tokenizer: Any) -> list[list[tuple[list[int], bool]]]:
