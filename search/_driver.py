@@ -308,7 +308,8 @@ class Driver:
         return stop
 
     def _evaluated(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any]) -> tuple[list[float], int]:
-        """Keep one evaluation (history, progress, the first one's memory and precision); its objective values."""
+        """Keep one evaluation (history, progress, the first one's memory, precision and template); its objective
+        values."""
         step = step_of(result)
         self.last_step[tune_id] = step
         metrics = {m: float(result[m]) for m in self.metric_names if m in result}
@@ -317,8 +318,9 @@ class Driver:
         self.progress.trial_reported(trial.number, step, max_steps_of(result), metrics)
         if len(history) == 1:  # the peak of the first steps, recorded and judged once (again at the end)
             self.note_memory(trial, memory_of(result))
-            if result.get("precision"):
-                self.guard(trial.set_user_attr, "precision", str(result["precision"]))
+            for key in ("precision", "template"):  # the arithmetic; the prompt format (sft: the chat template)
+                if result.get(key):
+                    self.guard(trial.set_user_attr, key, str(result[key]))
         if result.get("generations"):  # a few generated samples: what the trial's numbers mean
             self.guard(trial.set_user_attr, "generations", {"step": step, "samples": result["generations"]})
         return [metrics[m] for m in self.cfg.metrics if m in metrics], step

@@ -42,6 +42,8 @@ class EvaluationReport(TypedDict, total=False):
     precision: str
     generations: list[dict[str, str]]
     """With `eval:` generation metrics: a few samples of this evaluation (prompt, reference, output)."""
+    template: str
+    """The prompt format the data was tokenized with, in one line (sft: `chatml`, `file <path> sha256:<hash>`)."""
 
 
 class FinalReport(TypedDict, total=False):
@@ -67,7 +69,7 @@ def ready_report(*, preloaded: bool, host: str, node: str, pid: int) -> dict[str
 
 
 def evaluation_report(metrics: dict[str, float], step: int, **more: Any) -> dict[str, Any]:
-    """`more`: the `EvaluationReport` keys a fine-tuning job knows (max_steps, seconds, memory, precision,
+    """`more`: the `EvaluationReport` keys a job knows (max_steps, seconds, memory, precision, template,
     generations)."""
     return {**metrics, "step": step, **more}
 

@@ -18,13 +18,15 @@ def _print(msg: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer import load_train_config, prepare, run_job
+    from trainer import describe_template, load_train_config, prepare, run_job
 
     cfg = load_train_config(args.config, args.set)
     prepared = prepare(cfg, source=args.config)
     _print(f"sftune train: {cfg.task} · model {cfg.model} · peft {cfg.peft.method} · "
            f"{len(prepared.train)} train / {len(prepared.validation)} validation examples"
            + (f" / {len(prepared.test)} held-out test" if prepared.test else ""))
+    if prepared.template:
+        _print(f"prompt format: {describe_template(prepared.template)}")
     _print_data_warnings(cfg, prepared)
     result = run_job(cfg, source=args.config, progress=_print, prepared=prepared)
     _print("final metrics (step {}/{}, {:.0f}s on {}, {}):".format(result.step, result.max_steps,

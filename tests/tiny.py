@@ -139,3 +139,45 @@ def study_file(tmp: Path, model_dir: Path, *, name: str = "s", n_trials: int = 4
         **extra,
     }
     return write_config(tmp / f"{name}.yaml", data)
+
+
+def chat_rows() -> list[dict[str, Any]]:
+    """16 two-exchange conversations of sums in the tiny vocabulary (user asks, assistant answers, twice)."""
+    return [{"messages": [{"role": "user", "content": f"add {a} and {b} :"},
+                          {"role": "assistant", "content": str(a + b)},
+                          {"role": "user", "content": f"add {b} and {a} :"},
+                          {"role": "assistant", "content": str(a + b)}]} for a in range(4) for b in range(4)]
+
+
+def chat_config(tmp: Path, model_dir: Path, **data: Any) -> dict[str, Any]:
+    """The tiny SFT config over `chat_rows` (12 train, 4 validation), 2 steps; `data` adds data keys."""
+    cfg = sft_config(tmp, model_dir, max_steps=2, eval_every=2, max_length=64)
+    rows = chat_rows()
+    write_jsonl(tmp / "data" / "chat_train.jsonl", rows[:12])
+    write_jsonl(tmp / "data" / "chat_val.jsonl", rows[12:])
+    cfg["data"] = {"train": "data/chat_train.jsonl", "validation": "data/chat_val.jsonl", **data}
+    return cfg
+
+
+def make_bpe_tokenizer(texts: list[str], out: Path | None = None, *, bos: bool = True,
+                       chat_template: str | None = None) -> Any:
+    """A byte-level BPE tokenizer (GPT-2's kind: it decodes back to the exact text) trained on `texts`, with
+    <s> added in front of each text when `bos`, and `chat_template` as its own template; saved in `out`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    if out is not None:
+        fast.save_pretrained(out)
+    return fast

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from trainer._chat import describe as describe_template
 from trainer._metrics import DIRECTIONS, METRICS
 from trainer.schema import ConfigError, Problem
 from trainer.config import ADDED_DEFAULTS, FIELDS, TrainConfig, config_from_dict, load_train_config, read_yaml
@@ -25,6 +26,7 @@ __all__ = [
     "Task",
     "TrainConfig",
     "config_from_dict",
+    "describe_template",
     "describe_warnings",
     "get_task",
     "load_train_config",

@@ -62,7 +62,12 @@ def tokenize(examples: Examples, tokenizer: Any, max_length: int,
     out: dict[str, list[dict[str, Any]]] = {}
     stats: dict[str, dict[str, Any]] = {}
     for split, rows in examples.splits().items():
-        out[split], stats[split] = task.tokenize(rows, tokenizer, max_length)
+        more = {"options": examples.options} if examples.options else {}
+        try:
+            out[split], stats[split] = task.tokenize(rows, tokenizer, max_length, **more)
+        except ConfigError as exc:  # a row the task cannot tokenize: name the config and the split
+            raise ConfigError([Problem(p.source or source, p.key, p.message if p.source else f"{split} data: "
+                                       f"{p.message}") for p in exc.problems]) from None
         counts = task.label_counts(rows, examples)
         if counts is not None:
             stats[split]["label_counts"] = counts

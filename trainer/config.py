@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import yaml
 
+from trainer._chat import check_setting as check_template_setting
+from trainer._chat import is_file_setting as is_template_file
 from trainer._yaml import load_yaml
 from trainer.tasks import DEFAULT_TASK, Task, get_task, task_names
 from trainer.schema import (
@@ -46,7 +48,13 @@ class DataConfig:
     instruction/input/output, or messages columns."""
     response_column: str | None = None
     messages_column: str | None = None
-    """SFT: a list of {role, content} chat messages; the last assistant turn is the response."""
+    """SFT: a list of {role, content} chat messages (an optional system message, then user and assistant
+    turns alternating, the last the assistant's); every assistant turn is trained on."""
+    chat_template: str = "auto"
+    """SFT messages rows: how a conversation becomes text. `auto`: the tokenizer's chat template when it has
+    one, else `chatml`; `chatml`; `alpaca`; or a path to a Jinja file (relative to the config's folder)."""
+    train_on_prompt: bool = False
+    """SFT: learn every token (prompt, user and system turns too), not only the responses."""
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     test: str | None = None
@@ -152,6 +160,8 @@ ADDED_DEFAULTS: dict[str, Any] = {
     **{f"train.{f.name}": f.default for f in dataclasses.fields(TrainParams) if f.name in ("precision",)},
     **{f"eval.{f.name}": f.default for f in dataclasses.fields(EvalConfig) if f.default is not dataclasses.MISSING},
     "eval.metrics": [],
+    **{f"data.{f.name}": f.default for f in dataclasses.fields(DataConfig)
+       if f.name in ("chat_template", "train_on_prompt")},
 }
 """Fields added after 0.1.0 with their defaults (read from the dataclass): a study created before one existed
 resumes with it at this value."""
@@ -265,6 +275,10 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
     need(0 < d.validation_fraction < 1, "data.validation_fraction",
          f"must be in (0, 1), found {d.validation_fraction}")
     check_held_out(cfg, source, problems)
+    if isinstance(d.chat_template, str):
+        wrong = check_template_setting(d.chat_template)
+        if wrong:
+            problems.append(Problem(source, "data.chat_template", wrong))
     for key in ("max_train_samples", "max_eval_samples"):
         v = getattr(d, key)
         need(v is None or v >= 1, f"data.{key}", f"must be >= 1, found {v}")
@@ -325,6 +339,8 @@ def resolve_paths(cfg: TrainConfig, base_dir: Path, source: str, problems: list[
         d.validation = str(_resolve_path(d.validation, base_dir))
     if d.test:
         d.test = str(_resolve_path(d.test, base_dir))
+    if is_template_file(d.chat_template):
+        d.chat_template = str(_resolve_path(d.chat_template, base_dir))
     bundled = bundled_model_path(cfg.model)
     if cfg.model.lower() in BUNDLED_MODELS:
         if bundled is None:

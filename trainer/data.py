@@ -109,6 +109,9 @@ class Examples:
     """The held-out test split (empty when the config has none); no trial evaluates on it."""
     paths: dict[str, str] = field(default_factory=dict)
     """Where each split was read from: a file, or 'held out of <train file>'."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Settings of the config that the task's `tokenize` needs (sft: the chat template, train_on_prompt);
+    a task whose `load_examples` sets them receives them as `tokenize(..., options=)`."""
 
     def splits(self) -> dict[str, list[dict[str, Any]]]:
         """train, validation and (when present) test, in that order."""

@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 import yaml
 
 from trainer import _memory
+from trainer._chat import is_file_setting as is_template_file
 from trainer._loss import TokenMean
 from trainer._metrics import evaluate_on_test
 from trainer._model import build_model, check_model, model_location
@@ -58,6 +59,12 @@ class Prepared:
         """Counted data warnings as data, e.g. {'train.truncated': 12, 'validation.dropped': 3}."""
         return data_warnings(self.stats)
 
+    @property
+    def template(self) -> dict[str, str]:
+        """The prompt format the task tokenized with (sft: the chat template's `name`, and for a Jinja file its
+        `path` and `sha256`), or {} for a task without one."""
+        return dict(self.stats.get("train", {}).get("template") or {})
+
 
 @dataclass
 class JobResult:
@@ -84,6 +91,8 @@ class JobResult:
     generations: list[dict[str, Any]] = field(default_factory=list)
     """Each generating evaluation (`eval:`): its step, seconds spent generating, and a few samples
     (prompt, reference, output)."""
+    template: dict[str, str] = field(default_factory=dict)
+    """The prompt format the data was tokenized with (see `Prepared.template`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,12 +105,13 @@ _PREPARED: dict[str, Prepared] = {}
 def fingerprint(cfg: TrainConfig, location: str) -> str:
     """What the tokenized data depends on: the data files, the data settings, the tokenizer, max_length."""
     h = hashlib.sha256()
-    h.update(b"prepared-v2")  # the layout of Prepared: test split and stats
-    for path in (cfg.data.train, cfg.data.validation, cfg.data.test):
+    h.update(b"prepared-v3")  # the layout of Prepared: test split and stats; every assistant turn labelled
+    template = cfg.data.chat_template if is_template_file(cfg.data.chat_template) else None
+    for path in (cfg.data.train, cfg.data.validation, cfg.data.test, template):
         if path:
             p = Path(path)
             files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
-            for f in files:
+            for f in files if p.exists() else []:
                 st = f.stat()
                 h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
     loc = Path(location)
@@ -477,6 +487,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         best=best.best if best is not None else None,
         memory=memory,
         generations=generations,
+        template=prep.template,
     )
     if best is not None:
         best.restore(trainer.model)
@@ -493,9 +504,10 @@ def _generators(cfg: TrainConfig, task: Any, prep: Prepared, evaluate_test: bool
 
     if not task.generates or not asks_generation(cfg.eval):
         return {}
-    out = {"validation": Generator(cfg, task, prep.examples.validation, prep.tokenizer)}
+    options = prep.examples.options
+    out = {"validation": Generator(cfg, task, prep.examples.validation, prep.tokenizer, options)}
     if evaluate_test and prep.examples.test:
-        out["test"] = Generator(cfg, task, prep.examples.test, prep.tokenizer)
+        out["test"] = Generator(cfg, task, prep.examples.test, prep.tokenizer, options)
     return out
 
 

@@ -40,7 +40,7 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         if spec.get("job"):
             _run_stub(spec, tune)
             return
-        from trainer import config_from_dict, resolve_precision, run_job
+        from trainer import config_from_dict, describe_template, resolve_precision, run_job
 
         number = spec["number"]
         cfg = config_from_dict(spec["config"], source=f"trial {number}")
@@ -48,6 +48,7 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         timing: dict[str, float] = {}
         memory: dict[str, float] = {}  # CUDA figures (trainer._memory); empty on CPU
         precision = resolve_precision(cfg.train.precision)[1]  # what run_job will use: bf16 | fp32
+        template = describe_template(prepared.template) if prepared is not None else ""  # e.g. chatml
 
         generations: list[dict[str, Any]] = []  # each generating evaluation's samples (`eval:`)
 
@@ -56,6 +57,7 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
                 fresh = generations[-1] if generations and generations[-1]["step"] == step else None
                 tune.report(evaluation_report(metrics, step, max_steps=timing.get("max_steps"), seconds=dict(timing),
                                               memory=dict(memory), precision=precision,
+                                              **({"template": template} if template else {}),
                                               **({"generations": fresh["samples"]} if fresh else {})))
                 return False  # the scheduler in the driver stops a pruned trial
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import tiny
+import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -40,6 +41,17 @@ def test_states_values_and_configs_in_the_database(tmp_path: Path, bert_dir: Pat
     assert json.loads((tmp_path / "runs" / "trials" / "0000" / "metrics.json").read_text())["precision"] \
         == resolve_precision("auto")[1]
     assert not (Path.home() / "ray_results" / "plain").exists()
+
+
+def test_a_chat_trial_records_its_template(tmp_path: Path, gpt2_dir: Path, ray_cluster: None) -> None:
+    path = tiny.study_file(tmp_path, gpt2_dir, name="chat", n_trials=1, concurrency=1)
+    data = yaml.safe_load(path.read_text())
+    data["base"] = tiny.chat_config(tmp_path, gpt2_dir, chat_template="alpaca")
+    data["objective"] = {"metric": "eval_loss", "direction": "minimize"}
+    tiny.write_config(path, data)
+    assert main(["run", str(path)]) == 0
+    (trial,) = _study(tmp_path, "chat").trials
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["template"] == "alpaca"
 
 
 def test_a_pruner_that_must_prune_prunes_promptly(tmp_path: Path, bert_dir: Path, ray_cluster: None) -> None:

@@ -59,7 +59,7 @@ def _ready(d: Driver, tid: str) -> None:
 
 def _eval(d: Driver, tid: str, step: int, acc: float) -> bool:
     return d.result(tid, {"accuracy": acc, "f1_macro": acc, "eval_loss": 1 - acc, "step": step, "max_steps": 30,
-                          "precision": "bf16"})
+                          "precision": "bf16", "template": "file /x/chat.jinja sha256:0123456789ab"})
 
 
 def _done(acc: float, step: int = 30) -> dict[str, Any]:
@@ -81,6 +81,7 @@ def test_ask_report_complete_stores_the_exact_trial(tmp_path: Path, bert_dir: Pa
     assert t.intermediate_values == {10: 0.6, 30: 0.7}
     assert t.user_attrs["node"] == "n1" and t.user_attrs["host"] == "h1" and t.user_attrs["worker_preloaded"]
     assert t.user_attrs["precision"] == "bf16"  # the arithmetic the worker reported
+    assert t.user_attrs["template"] == "file /x/chat.jinja sha256:0123456789ab"  # its prompt format
     assert t.user_attrs["config"]["train"]["learning_rate"] == t.params["train.learning_rate"]
     assert ("reported", (0, 30, 30)) in d.progress.lines
 

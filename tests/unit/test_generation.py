@@ -140,3 +140,20 @@ def test_a_generation_objective_without_eval_metrics_says_where_to_ask(tmp_path:
         load_study(path)
     assert "objective.metric: task sft reports eval_loss, perplexity; found 'exact_match' (generation metrics " \
            "such as exact_match are asked for in the base config's eval.metrics)" in caught.value.render()
+
+
+def test_a_chat_is_generated_for_with_the_template_it_was_trained_with(tmp_path: Path, llama_dir: Path) -> None:
+    from trainer import prepare
+    from trainer.generation import Generator
+    from trainer.tasks import get_task
+
+    chats = [{"messages": [{"role": "user", "content": f"add {a} and 2 :"},
+                           {"role": "assistant", "content": f" {a + 2}"}]} for a in range(8)]
+    tiny.write_jsonl(tmp_path / "chats.jsonl", chats)
+    data = _sft(tmp_path, llama_dir, metrics=["exact_match"], extract="last_number")
+    data["data"] = {"train": "chats.jsonl", "validation": "chats.jsonl", "chat_template": "chatml"}
+    cfg = config_from_dict(data, base_dir=tmp_path)
+    prep = prepare(cfg)
+    generator = Generator(cfg, get_task("sft"), prep.examples.validation, prep.tokenizer, prep.examples.options)
+    assert generator.prompts[0].endswith("<|im_start|>assistant\n") and "add 0 and 2 :" in generator.prompts[0]
+    assert generator.references[0] == " 2"

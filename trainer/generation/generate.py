@@ -20,21 +20,23 @@ SHOWN_CHARS = 600
 """A kept sample's prompt is cut to its last this many characters (its output and reference are whole)."""
 
 
-def prompt_and_reference(task: Task, row: dict[str, Any], tokenizer: Any) -> tuple[str, str]:
+def prompt_and_reference(task: Task, row: dict[str, Any], tokenizer: Any,
+                         options: dict[str, Any] | None = None) -> tuple[str, str]:
     """The text a row's generation starts from (as training formats it), and what it is compared with."""
-    return task.generation_prompt(row, tokenizer), reference_of(row)
+    return task.generation_prompt(row, tokenizer, options), reference_of(row)
 
 
 class Generator:
     """One split's generation at evaluation: which rows (seeded), their prompts' tokens, and their scoring."""
 
-    def __init__(self, cfg: TrainConfig, task: Task, rows: list[dict[str, Any]], tokenizer: Any) -> None:
+    def __init__(self, cfg: TrainConfig, task: Task, rows: list[dict[str, Any]], tokenizer: Any,
+                 options: dict[str, Any] | None = None) -> None:
         e = cfg.eval
         self.cfg, self.tokenizer = cfg, tokenizer
         n = min(len(rows), e.samples or DEFAULT_SAMPLES)
         chosen = sorted(random.Random(cfg.train.seed).sample(range(len(rows)), n)) if n < len(rows) else range(n)
         self.rows = [rows[i] for i in chosen]
-        pairs = [prompt_and_reference(task, r, tokenizer) for r in self.rows]
+        pairs = [prompt_and_reference(task, r, tokenizer, options) for r in self.rows]
         self.prompts = [p for p, _ in pairs]
         self.references = [r for _, r in pairs]
         ids = tokenizer(self.prompts, add_special_tokens=True)["input_ids"] if self.prompts else []

@@ -85,7 +85,11 @@ class Task:
 
     def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any,
                  max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """One split's examples to model inputs, and what that cost (see the class docstring for the stats)."""
+        """One split's examples to model inputs, and what that cost (see the class docstring for the stats).
+
+        A task whose `load_examples` sets `Examples.options` (settings from the config) gets them as a
+        keyword argument `options`; a `template` entry in the stats (a mapping: `name`, ...) names the
+        prompt format, recorded on every trial."""
         raise NotImplementedError
 
     def collator(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
@@ -136,8 +140,9 @@ class Task:
                 out[name] = float(value)
         return out
 
-    def generation_prompt(self, row: dict[str, Any], tokenizer: Any) -> str:
-        """A task that generates: the text its model continues for `row` (formatted as in training)."""
+    def generation_prompt(self, row: dict[str, Any], tokenizer: Any, options: dict[str, Any] | None = None) -> str:
+        """A task that generates: the text its model continues for `row`, formatted as in training
+        (`options`: the examples' `Examples.options`, such as the chat template)."""
         raise NotImplementedError
 
     # --- words ----------------------------------------------------------------------------------------

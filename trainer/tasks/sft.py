@@ -6,6 +6,8 @@ import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from trainer import _chat
+from trainer._chat import ChatTemplate
 from trainer._model import ENCODER_TYPES
 from trainer._tokenize import length_stats, quiet, unknown_tokens
 from trainer.data import Examples, columns
@@ -59,9 +61,9 @@ class SFT(Task):
             raise ConfigError(problems)
         return examples
 
-    def generation_prompt(self, row: dict[str, Any], tokenizer: Any) -> str:
-        if "messages" in row:
-            return _chat_prompt(tokenizer, row["messages"])[0]
+    def generation_prompt(self, row: dict[str, Any], tokenizer: Any, options: dict[str, Any] | None = None) -> str:
+        if "messages" in row:  # rendered with the template the data was trained with
+            return _chat_prompt(tokenizer, row["messages"], (options or {}).get("chat_template", "auto"))[0]
         return str(row["prompt"])
 
     def clean_metrics(self, raw: dict[str, Any], keep: Collection[str] | None = None) -> dict[str, float]:
@@ -70,9 +72,9 @@ class SFT(Task):
             out["perplexity"] = math.exp(min(out["eval_loss"], 700.0))
         return out
 
-    def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any,
-                 max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        return sft_with_stats(rows, tokenizer, max_length)
+    def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
+                 options: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        return sft_with_stats(rows, tokenizer, max_length, options)
 
     def load_model(self, location: str, labels: list[str]) -> Any:
         from transformers import AutoModelForCausalLM
@@ -82,68 +84,167 @@ class SFT(Task):
     def warning_line(self, split: str, what: str, n: int, of: str, limit: str) -> str | None:
         if what == "truncated":
             return (f"{split}: {n}{of} rows are longer than{limit} tokens: their prompt loses its start "
-                    "(the response is kept whole)")
+                    "(a conversation its earliest exchanges first; the last response is kept whole)")
         if what == "empty_texts":
             return f"{split}: {n}{of} rows have an empty response"
         return None
 
     def over_length_words(self, info: dict[str, Any]) -> str:
         return (f": {info['truncated']} keep their response and lose the start of their prompt, "
-                f"{info['dropped']} are dropped (response alone too long)")
+                f"{info['dropped']} are dropped (response alone too long; a conversation loses its earliest "
+                "exchanges before its prompt is cut)")
 
 
-def _chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, str]:
-    history, last = messages[:-1], messages[-1]["content"]
-    if getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
-    else:
-        prompt = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in history) + "<|assistant|>\n"
-    return prompt, last
+def _chat_prompt(tokenizer: Any, messages: list[dict[str, str]],
+                 template: ChatTemplate | str = "auto") -> tuple[str, str]:
+    """A conversation's prompt (every message before the last, then the template's generation prompt) and
+    its last message's content: what a model is asked, and the reference answer."""
+    chosen = _chat.resolve(template, tokenizer)
+    return _chat.render(chosen, tokenizer, messages[:-1], True), messages[-1]["content"]
 
 
-def sft_with_stats(rows: list[dict[str, Any]], tokenizer: Any,
-                   max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Prompt + response token ids; the labels mask the prompt so only response tokens are learned.
+def _template_record(options: dict[str, Any], tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """What names the prompt format on a trial: the chat template of messages rows, else the fixed format."""
+    fmt = options.get("format", "")
+    if fmt == "messages" or (not fmt and rows and "messages" in rows[0]):
+        return _chat.resolve(options.get("chat_template", "auto"), tokenizer).record()
+    if fmt == "instruction":
+        return {"name": "alpaca", "format": "instruction"}
+    return {"name": "none", "format": "prompt_response"}
 
-    A row longer than max_length keeps its whole response (and end-of-sequence token) and loses the
-    start of its prompt (a leading BOS token is kept); it is dropped only when the response alone
-    does not fit. Both are counted in the stats (`prompt_cut`, `dropped`), never silent.
+
+def sft_with_stats(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
+                   options: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Token ids of every row, and labels that mark what is learned (-100 elsewhere).
+
+    Prompt/response (and instruction) rows: the response and an end-of-sequence token are learned.
+    Messages rows: rendered with the chat template (`options['chat_template']`, see trainer._chat); every
+    assistant turn is learned, with the end-of-turn text the template puts after it (and an EOS token after
+    the last turn unless the template ends with one); system and user turns and the template's markers
+    around them are not. `options['train_on_prompt']`: every token is learned.
+
+    A row longer than max_length: a conversation first loses its earliest exchanges (user turn and
+    assistant reply; a system message is kept); a single prompt/response (or the last exchange) keeps its
+    whole response and loses the start of its prompt (a leading BOS token is kept); a row is dropped only
+    when its response alone does not fit. All are counted in the stats (`truncated`, of which `turns_cut`
+    and `prompt_cut`; `dropped`), never silent.
     """
-    out = []
-    prompts, responses = [], []
-    for r in rows:
-        if "messages" in r:
-            p, q = _chat_prompt(tokenizer, r["messages"])
-        else:
-            p, q = r["prompt"], r["response"]
-        prompts.append(p)
-        responses.append(q)
+    options = options or {}
     if not rows:
         return [], {"rows": 0}
-    p_ids = quiet(lambda: tokenizer(prompts, add_special_tokens=True)["input_ids"])
-    q_ids = quiet(lambda: tokenizer(responses, add_special_tokens=False)["input_ids"])
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    template = _chat.resolve(options.get("chat_template", "auto"), tokenizer)
+    whole = bool(options.get("train_on_prompt"))
+    pieces = [_pieces(r, template, tokenizer) for r in rows]
+    ids = _encode(pieces, tokenizer)
+    eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id
-    full, cut, dropped = [], 0, 0
-    for p, q in zip(p_ids, q_ids):
-        p, q = list(p), list(q) + eos
-        full.append(len(p) + len(q))
-        head = p[:1] if bos is not None and p[:1] == [bos] else []
-        room = max_length - len(q) - len(head)
-        if room < 0:
-            dropped += 1  # the response alone is longer than max_length
-            continue
-        if len(p) + len(q) > max_length:
-            p = head + (p[len(head):][-room:] if room > 0 else [])
+    out, full, all_ids = [], [], []
+    cut = turns = dropped = 0
+    for r, row_ids in zip(rows, ids, strict=True):
+        row_ids = _end_with_eos(row_ids, eos)
+        full.append(sum(len(p) for p, _ in row_ids))
+        all_ids.append([t for p, _ in row_ids for t in p])
+        if full[-1] > max_length and "messages" in r:
+            fitted = _drop_turns(r["messages"], template, tokenizer, max_length, eos)
+            if fitted is not None:
+                row_ids, turns = fitted, turns + 1
+        if sum(len(p) for p, _ in row_ids) > max_length:
+            row_ids = _cut_prompt(row_ids, max_length, bos)
+            if row_ids is None:
+                dropped += 1  # the (last) response alone is longer than max_length
+                continue
             cut += 1
-        ids = p + q
-        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(p) + q})
+        tokens = [t for p, _ in row_ids for t in p]
+        labels = [t if (learn or whole) else -100 for p, learn in row_ids for t in p]
+        out.append({"input_ids": tokens, "attention_mask": [1] * len(tokens), "labels": labels})
     stats = length_stats(full, max_length)
-    stats.update({"prompt_cut": cut, "dropped": dropped, "truncated": cut})
-    stats["unknown_tokens"], stats["tokens"] = unknown_tokens([a + b for a, b in zip(p_ids, q_ids)], tokenizer)
-    stats["empty_texts"] = sum(1 for q in responses if not q.strip())
+    stats.update({"prompt_cut": cut, "turns_cut": turns, "dropped": dropped,
+                  "truncated": sum(1 for n in full if n > max_length) - dropped})
+    stats["unknown_tokens"], stats["tokens"] = unknown_tokens(all_ids, tokenizer)
+    stats["empty_texts"] = sum(1 for r in rows if _has_empty_response(r))
+    stats["template"] = _template_record(options, tokenizer, rows)
     return out, stats
 
+
+def _has_empty_response(r: dict[str, Any]) -> bool:
+    if "messages" in r:
+        return any(m["role"] == "assistant" and not m["content"].strip() for m in r["messages"])
+    return not r["response"].strip()
+
+
+Piece = tuple[str, bool]
+"""A run of a row's text and whether it is learned (a response, an assistant turn)."""
+
+
+def _pieces(r: dict[str, Any], template: ChatTemplate, tokenizer: Any) -> list[Piece]:
+    if "messages" not in r:
+        return [(r["prompt"], False), (r["response"], True)]
+    try:
+        return _chat.segments(template, tokenizer, r["messages"])
+    except Exception as exc:  # a template that fails on a row: the data's or the template's problem
+        first = next((m["content"] for m in r["messages"] if m["role"] == "user"), "")
+        start = first if len(first) <= 60 else first[:57] + "..."
+        raise ConfigError(Problem("", "data.chat_template", f"template {_chat.describe(template.record())} "
+                                  f"cannot render the conversation whose first user message is {start!r}: "
+                                  f"{type(exc).__name__}: {exc}")) from None
+
+
+def _encode(pieces: list[list[Piece]], tokenizer: Any) -> list[list[tuple[list[int], bool]]]:
+    """Each piece's token ids, tokenized apart (as a prompt is at generation time), in batched calls.
+
+    The first piece of a row gets the tokenizer's special tokens (a BOS) unless its text starts with the
+    BOS token already (a chat template that writes it); the others get none.
+    """
+    bos_text = tokenizer.bos_token or None
+    firsts = [i for i, p in enumerate(pieces) if p and not (bos_text and p[0][0].startswith(bos_text))]
+    flat = [(i, j) for i, p in enumerate(pieces) for j in range(len(p))]
+    special = set(firsts)
+    with_special = [(i, j) for i, j in flat if j == 0 and i in special]
+    without = [(i, j) for i, j in flat if not (j == 0 and i in special)]
+    got: dict[tuple[int, int], list[int]] = {}
+    for group, add in ((with_special, True), (without, False)):
+        if group:
+            texts = [pieces[i][j][0] for i, j in group]
+            enc = quiet(lambda texts=texts, add=add: tokenizer(texts, add_special_tokens=add)["input_ids"])
+            got.update(zip(group, map(list, enc), strict=True))
+    return [[(got[(i, j)], learn) for j, (_, learn) in enumerate(p)] for i, p in enumerate(pieces)]
+
+
+def _end_with_eos(row: list[tuple[list[int], bool]], eos: int | None) -> list[tuple[list[int], bool]]:
+    """An EOS token learned after the last learned piece, unless that piece holds one already (a template that
+    ends each assistant turn with EOS, perhaps then a newline)."""
+    last = max((k for k, (_, learn) in enumerate(row) if learn), default=None)
+    if eos is None or last is None or eos in row[last][0]:
+        return row
+    return [*row[:last], (row[last][0] + [eos], True), *row[last + 1:]]
+
+
+def _drop_turns(messages: list[dict[str, Any]], template: ChatTemplate, tokenizer: Any, max_length: int,
+                eos: int | None) -> list[tuple[list[int], bool]] | None:
+    """The conversation without its earliest exchanges, as few dropped as fit max_length (a system message
+    kept); None when it has one exchange or even its last one does not fit."""
+    head = messages[:1] if messages[0]["role"] == "system" else []
+    starts = [i for i, m in enumerate(messages) if m["role"] == "user"][1:]
+    for k in starts:
+        row = _end_with_eos(_encode([_pieces({"messages": head + messages[k:]}, template, tokenizer)],
+                                    tokenizer)[0], eos)
+        if sum(len(p) for p, _ in row) <= max_length or k == starts[-1]:
+            return row  # the last exchange may still be too long: its prompt is cut next
+    return None
+
+
+def _cut_prompt(row: list[tuple[list[int], bool]], max_length: int,
+                bos: int | None) -> list[tuple[list[int], bool]] | None:
+    """The row with the start of what comes before its last learned piece cut to fit (a BOS kept); None when
+    the last learned piece and what follows it do not fit alone."""
+    last = max(k for k, (_, learn) in enumerate(row) if learn)
+    prompt = [t for p, _ in row[:last] for t in p]
+    kept = row[last:]
+    head = prompt[:1] if bos is not None and prompt[:1] == [bos] else []
+    room = max_length - sum(len(p) for p, _ in kept) - len(head)
+    if room < 0:
+        return None
+    return [(head + (prompt[len(head):][-room:] if room > 0 else []), False), *kept]
 
 
 def _sft_format(cfg: TrainConfig, cols: list[str]) -> tuple[str, dict[str, str]]:
@@ -174,6 +275,11 @@ def read_pairs(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, str],
     problems: list[Problem] = []
     out: dict[str, list] = {}
     fmt = ""
+    try:
+        template = _chat.load_setting(cfg.data.chat_template)
+    except ValueError as exc:
+        problems.append(Problem(source, "data.chat_template", str(exc)))
+        template = "auto"
     for split, rows in splits.items():
         path = paths[split]
         cols = columns(rows)
@@ -200,8 +306,9 @@ def read_pairs(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, str],
         out[split] = pairs
     if problems:
         raise ConfigError(problems)
+    options = {"format": fmt, "chat_template": template, "train_on_prompt": cfg.data.train_on_prompt}
     return Examples(task=cfg.task, train=out["train"], validation=out["validation"], sft_format=fmt,
-                    test=out.get("test", []))
+                    test=out.get("test", []), options=options)
 
 
 def _to_pair(fmt: str, names: dict[str, str], r: dict[str, Any]) -> dict[str, Any]:
@@ -219,6 +326,11 @@ def _to_pair(fmt: str, names: dict[str, str], r: dict[str, Any]) -> dict[str, An
     if (not isinstance(msgs, list) or not msgs
             or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
         raise ValueError(f"messages must be a list of {{role, content}} objects, found {describe(msgs)}")
-    if msgs[-1]["role"] != "assistant":
-        raise ValueError("the last message must be the assistant's (it is the response trained on)")
-    return {"messages": msgs}
+    for k, m in enumerate(msgs):
+        if m["role"] not in _chat.ROLES or not isinstance(m["content"], str):
+            raise ValueError(f"message {k + 1}: expected role system, user or assistant and text content, "
+                             f"found role {describe(m['role'])} and content {describe(m['content'])}")
+    wrong = _chat.check_roles(msgs)
+    if wrong:
+        raise ValueError(wrong)
+    return {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]}
