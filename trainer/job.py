@@ -382,7 +382,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
             _memory.note_peak(memory)
             say(f"eval step {state.global_step}/{state.max_steps}  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in m.items())
-                + (f"  (generated {len(generating['validation'].rows)} in {fresh['seconds']:.1f}s)" if fresh else ""))
+                + (f"  (generated {len(generating['validation'].rows)} in {fresh['seconds']:.2f}s)" if fresh else ""))
             for i, sample in enumerate(fresh["samples"] if fresh else [], 1):
                 say(_sample_line(i, sample))
             if reporter.report(state.global_step, m) and state.global_step < state.max_steps:
