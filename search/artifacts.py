@@ -213,11 +213,11 @@ def note_text(trial: FrozenTrial, cfg: StudyConfig, history: list[dict[str, floa
     if trial.state == TrialState.COMPLETE and trial.values:
         which = "best evaluation" if cfg.use == "best" else "final evaluation"
         at = attrs.get("best_step") if cfg.use == "best" else attrs.get("final_step")
-        shown = ", ".join(f"**{m}** {_fmt(v)}" for m, v in zip(cfg.metrics, trial.values))
+        shown = ", ".join(f"**{m}** {_fmt(v)}" for m, v in zip(cfg.metrics, trial.values, strict=False))
         lines.append(f"{shown} ({which}{f', step {at}' if at is not None else ''})")
     elif trial.state == TrialState.PRUNED:
-        last = steps[-1] if steps else None
-        where = f" at step {last} ({cfg.metrics[0]} {_fmt(trial.intermediate_values[last])} there)" if steps else ""
+        where = (f" at step {steps[-1]} ({cfg.metrics[0]} {_fmt(trial.intermediate_values[steps[-1]])} there)"
+                 if steps else "")
         lines.append(f"Pruned by the {cfg.pruner.get('name', '?')} pruner{where}: its learning curve fell behind "
                      "the trials before it at the same step.")
     elif trial.state == TrialState.FAIL:
@@ -229,10 +229,10 @@ def note_text(trial: FrozenTrial, cfg: StudyConfig, history: list[dict[str, floa
         lines += ["| param | value |", "|---|---|"]
         lines += [f"| `{k}` | {_fmt(v)} |" for k, v in trial.params.items()]
         lines.append("")
-    where = [f"host `{attrs['host']}`" if attrs.get("host") else "",
-             f"Ray node `{str(attrs['node'])[:12]}`" if attrs.get("node") else ""]
+    places = [f"host `{attrs['host']}`" if attrs.get("host") else "",
+              f"Ray node `{str(attrs['node'])[:12]}`" if attrs.get("node") else ""]
     seconds = trial.duration.total_seconds() if trial.duration else None
-    ran = " · ".join(w for w in where if w)
+    ran = " · ".join(w for w in places if w)
     if ran or seconds is not None:
         lines.append("Ran " + (f"on {ran}" if ran else "") + (f" for {seconds:.0f} s" if seconds is not None else ""))
         lines.append("")

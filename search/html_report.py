@@ -11,8 +11,9 @@ from __future__ import annotations
 import html
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import yaml
@@ -88,7 +89,7 @@ def _header(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) ->
     b = cfg.budget
     rows = [
         ("model", base.model), ("task", base.task),
-        ("objective", ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions))
+        ("objective", ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions, strict=False))
          + (f" · value: {cfg.use} evaluation" if not cfg.multi_objective else "")),
         ("sampler", _options(cfg.sampler)), ("pruner", _options(cfg.pruner)),
         ("budget", f"n_trials {b.n_trials} · concurrency {b.concurrency}"
@@ -125,7 +126,8 @@ def _trial_table(cfg: StudyConfig, trials: list[FrozenTrial], best: set[int]) ->
     for t in trials:
         values = list(t.values or [])
         cells = [f'<td class="num">{t.number}</td>', f'<td class="state-{t.state.name}">{t.state.name}</td>']
-        cells += [f'<td class="num">{_num(values[i]) if i < len(values) else "-"}</td>' for i in range(len(cfg.metrics))]
+        cells += [f'<td class="num">{_num(values[i]) if i < len(values) else "-"}</td>'
+                  for i in range(len(cfg.metrics))]
         cells += [f'<td class="num">{_esc(_num(t.params[p])) if p in t.params else "-"}</td>' for p in params]
         seconds = t.duration.total_seconds() if t.duration else None
         cells += [f'<td class="num">{_steps(t)}</td>', f'<td class="num">{_duration(seconds)}</td>',
@@ -216,7 +218,8 @@ def learning_curves(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTr
     return fig
 
 
-def _plots(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> list[tuple[str, str, Callable[[], Any]]]:
+def _plots(study: optuna.Study, cfg: StudyConfig,
+           trials: list[FrozenTrial]) -> list[tuple[str, str, Callable[[], Any]]]:
     """(key, caption, make-figure) for every plot the study can have now."""
     from optuna import visualization as vis
 
@@ -230,9 +233,7 @@ def _plots(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> 
             plots.append(("pareto", "Pareto front: the trials no other trial beats on every objective",
                           lambda: vis.plot_pareto_front(study, target_names=names)))
             for i, name in enumerate(names):
-                plots.append((f"history-{name}", f"Optimization history of {name}",
-                              lambda i=i, name=name: vis.plot_optimization_history(
-                                  study, target=lambda t: t.values[i], target_name=name)))
+                plots.append((f"history-{name}", f"Optimization history of {name}", _history_of(vis, study, i, name)))
         else:
             plots.append(("history", f"Optimization history: each complete trial's {names[0]} and the best so far",
                           lambda: vis.plot_optimization_history(study, target_name=names[0])))
@@ -249,6 +250,11 @@ def _plots(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> 
         plots.append(("slice", f"{names[0]} against each parameter",
                       lambda: vis.plot_slice(study, params=searched, target=target, target_name=names[0])))
     return plots
+
+
+def _history_of(vis: Any, study: optuna.Study, i: int, name: str) -> Callable[[], Any]:
+    """The optimization history of objective `i` of a multi-objective study, drawn when called."""
+    return lambda: vis.plot_optimization_history(study, target=lambda t: t.values[i], target_name=name)
 
 
 def _lower_is_better(cfg: StudyConfig) -> Callable[[FrozenTrial], float] | None:
@@ -299,7 +305,7 @@ def report_html(study: optuna.Study, cfg: StudyConfig) -> str:
     if best is None:
         parts.append('<p class="note">No complete trial yet.</p>')
     else:
-        values = ", ".join(f"{m} {_num(v)}" for m, v in zip(cfg.metrics, best.values))
+        values = ", ".join(f"{m} {_num(v)}" for m, v in zip(cfg.metrics, best.values, strict=False))
         parts.append(f'<p id="best">Trial {best.number}: {_esc(values)}'
                      + (f" ({len(front)} trials on the Pareto front, highlighted below)" if front else "") + "</p>")
         parts += _best_trial(best, cfg)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import optuna
 
@@ -58,8 +59,7 @@ def write_plots(study: optuna.Study, cfg: StudyConfig, out: Path) -> list[Path]:
     if cfg.multi_objective and complete:
         plots.append(("pareto_front.png", lambda: vis.plot_pareto_front(study, target_names=names)))
         for i, name in enumerate(names):
-            plots.append((f"history_{name}.png", lambda i=i, name=name: vis.plot_optimization_history(
-                study, target=lambda t: t.values[i], target_name=name)))
+            plots.append((f"history_{name}.png", _history_of(vis, study, i, name)))
     elif complete:
         plots.append(("history.png", lambda: vis.plot_optimization_history(study, target_name=names[0])))
     if evaluated and not cfg.multi_objective:
@@ -90,3 +90,8 @@ def write_plots(study: optuna.Study, cfg: StudyConfig, out: Path) -> list[Path]:
         plt.close("all")
         written.append(path)
     return written
+
+
+def _history_of(vis: Any, study: Any, i: int, name: str) -> Callable[[], object]:
+    """The optimization history of objective `i` of a multi-objective study, drawn when called."""
+    return lambda: vis.plot_optimization_history(study, target=lambda t: t.values[i], target_name=name)

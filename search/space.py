@@ -8,8 +8,9 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 from trainer import FIELDS, Problem
 from trainer.schema import describe, did_you_mean
@@ -36,15 +37,21 @@ class Param:
     choices: list[Any] = dataclasses.field(default_factory=list)
     when: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
+    def bounds(self) -> tuple[float, float]:
+        """`low` and `high` of a float or int parameter (set by `parse_space` for those)."""
+        assert self.low is not None and self.high is not None, f"{self.name} is {self.type}: it has no bounds"
+        return self.low, self.high
+
     def active(self, sampled: dict[str, Any]) -> bool:
         return all(key in sampled and sampled[key] in values for key, values in self.when.items())
 
     def sample(self, trial: Any) -> Any:
         if self.type == "float":
-            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+            low, high = self.bounds()
+            return trial.suggest_float(self.name, low, high, log=self.log, step=self.step)
         if self.type == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
-                                     step=int(self.step or 1))
+            low, high = self.bounds()
+            return trial.suggest_int(self.name, int(low), int(high), log=self.log, step=int(self.step or 1))
         return trial.suggest_categorical(self.name, self.choices)
 
     def grid_values(self) -> list[Any] | None:
@@ -53,8 +60,9 @@ class Param:
         if self.step is None and self.type == "float":
             return None
         step = self.step or 1
-        n = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
-        values = [self.low + i * step for i in range(n)]
+        low, high = self.bounds()
+        n = math.floor((high - low) / step + 1e-9) + 1
+        values = [low + i * step for i in range(n)]
         return [int(v) for v in values] if self.type == "int" else values
 
 
@@ -67,6 +75,10 @@ class Space:
     """`fixed:` {dotted key: value}: applied to every trial's config, never sampled nor stored as a param."""
     source: str = ""
     base_dir: Path | None = None
+
+    def __contains__(self, key: object) -> bool:
+        """Whether `key` (a dotted config path) is one of the searched params."""
+        return key in self.keys()
 
     def keys(self) -> list[str]:
         return [p.name for p in self.params]
@@ -226,18 +238,18 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
                 if not _number(v):
                     bad(f"{key}.{name}", f"expected a number, found {describe(v)}")
                     ok = False
-                elif kind == "int" and not float(v).is_integer():
+                elif kind == "int" and not float(cast(float, v)).is_integer():
                     bad(f"{key}.{name}", f"expected an integer for an int parameter, found {v!r}")
                     ok = False
                 else:
-                    setattr(param, name, float(v) if kind == "float" else int(v))
+                    setattr(param, name, float(cast(float, v)) if kind == "float" else int(cast(float, v)))
             log = spec.get("log", False)
             if not isinstance(log, bool):
                 bad(f"{key}.log", f"expected true/false, found {describe(log)}")
                 ok = False
             param.log = bool(log)
             step = spec.get("step")
-            if step is not None and (not _number(step) or not math.isfinite(step) or step <= 0):
+            if step is not None and (not _number(step) or not math.isfinite(float(step)) or step <= 0):
                 bad(f"{key}.step", f"expected a number > 0, found {describe(step)}")
                 ok = False
             elif step is not None and kind == "int" and not float(step).is_integer():
@@ -246,7 +258,7 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
             elif step is not None and kind == "int":
                 step = int(step)
             param.step = step
-            if ok and not all(math.isfinite(v) for v in (param.low, param.high)):
+            if ok and not all(math.isfinite(v) for v in param.bounds()):
                 bad(key, f"low and high must be finite numbers, found (low={low}, high={high})")
                 ok = False
             if kind == "float" and _is_int_field(key):
@@ -254,13 +266,14 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
                                    "4.7; use type: int (or categorical choices)")
                 ok = False
             if ok:
-                if param.low > param.high:
-                    bad(key, f"`low <= high` must hold, but got (low={param.low}, high={param.high})")
-                if param.log and param.low <= 0:
-                    bad(key, f"log scale needs low > 0, but got low={param.low}")
+                p_low, p_high = param.bounds()
+                if p_low > p_high:
+                    bad(key, f"`low <= high` must hold, but got (low={p_low}, high={p_high})")
+                if param.log and p_low <= 0:
+                    bad(key, f"log scale needs low > 0, but got low={p_low}")
                 if param.log and step is not None:
                     bad(key, "`step` and `log: true` cannot be used together")
-                elif step is not None and param.low <= param.high:
+                elif step is not None and p_low <= p_high:
                     _check_step(param, key, bad)
         when = spec.get("when")
         if when is not None:
@@ -321,7 +334,7 @@ def check_space_with_base(space: Space, base: Any, prefix: str, problems: list[P
     """Rules between the space and the base train config (a TrainConfig)."""
     d = base.data
     drawn = [name for name, held in (("validation", not d.validation), ("test", bool(d.test_fraction))) if held]
-    if "train.seed" in space.keys() and drawn and d.split_seed is None:
+    if "train.seed" in space and drawn and d.split_seed is None:
         splits = " and ".join(drawn) + (" splits are" if len(drawn) > 1 else " split is")
         problems.append(Problem(space.source, f"{prefix}train.seed", f"train.seed is searched, and the {splits} "
                                 "held out of train with train.seed: every trial would hold out other rows, so "

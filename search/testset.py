@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 
@@ -65,10 +66,11 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, top: int = 1,
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         store_on_finished_trial(storage, trial_id, "test_metrics", metrics)
         by_trial[str(trial.number)] = metrics
-        row = {"number": trial.number, "values": dict(zip(cfg.metrics, trial.values or [])),
-               "test_metrics": metrics, "retrained": {m: result.metrics.get(m) for m in cfg.metrics}}
+        values = dict(zip(cfg.metrics, trial.values or [], strict=False))
+        row = {"number": trial.number, "values": values, "test_metrics": metrics,
+               "retrained": {m: result.metrics.get(m) for m in cfg.metrics}}
         results.append(row)
-        say(f"trial {trial.number}: validation " + _fmt(row["values"]) + " · held-out test " + _fmt(metrics))
+        say(f"trial {trial.number}: validation " + _fmt(values) + " · held-out test " + _fmt(metrics))
     if results:
         study.set_user_attr("test_results", by_trial)
         study.set_user_attr("test_metrics", results[0]["test_metrics"])

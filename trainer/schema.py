@@ -7,7 +7,7 @@ import difflib
 import math
 import types
 import typing
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, cast, get_args, get_origin, get_type_hints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _coerce(tp: Any, value: Any, key: str, source: str, problems: list[Problem])
         if not isinstance(value, dict):
             problems.append(Problem(source, key, f"expected a mapping, found {describe(value)}"))
             return _MISSING
-        return build(tp, value, source=source, prefix=key, problems=problems)
+        return build(cast(type, tp), value, source=source, prefix=key, problems=problems)
     if origin in (Union, types.UnionType):
         options = get_args(tp)
         if value is None and type(None) in options:
@@ -149,9 +149,8 @@ def _coerce(tp: Any, value: Any, key: str, source: str, problems: list[Problem])
                 return number
             problems.append(Problem(source, key, f"expected a finite number, found {describe(value)}"))
             return _MISSING
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+    elif tp is str and isinstance(value, str):
+        return value
     problems.append(Problem(source, key, f"expected {_type_name(tp)}, found {describe(value)}"))
     return _MISSING
 
@@ -203,7 +202,7 @@ def field_paths(cls: type, prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}.{name}" if prefix else name
         out[key] = tp
         if dataclasses.is_dataclass(tp):
-            out.update(field_paths(tp, key))
+            out.update(field_paths(cast(type, tp), key))
     return out
 
 
