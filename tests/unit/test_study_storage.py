@@ -67,6 +67,63 @@ def test_driver_study_reads_running_trials_less_often_but_sees_its_own_writes(tm
     assert [t.number for t in study.get_trials(states=(TrialState.RUNNING,))] == [theirs.number]
 
 
+def test_driver_cache_shows_this_process_writes_at_once(tmp_path: Path, bert_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An intermediate value, a user attribute and a system attribute written by this process are in its
+    next `get_trials`, without waiting for REFRESH_S; another driver's still waits for it (the cache stays)."""
+    monkeypatch.setattr(sftune_storage.ReadLessOften, "REFRESH_S", 3600.0)
+    cfg = _cfg(tmp_path, bert_dir)
+    study, other = open_study(cfg), open_study(cfg)
+    trial = study.ask()
+    study.get_trials()  # the cache has read the running trial
+    trial.report(0.25, 3)
+    trial.set_user_attr("history", [{"step": 3}])
+    sftune_storage.StudyHandle.of(study).storage.set_trial_system_attr(trial._trial_id, "rung_0", 0.25)
+    [seen] = study.get_trials(deepcopy=False)
+    assert seen.intermediate_values == {3: 0.25}
+    assert seen.user_attrs["history"] == [{"step": 3}] and seen.system_attrs["rung_0"] == 0.25
+    # another driver writes to the same trial: not seen before REFRESH_S
+    sftune_storage.StudyHandle.of(other).storage.set_trial_user_attr(trial._trial_id, "theirs", 1)
+    assert "theirs" not in study.get_trials(deepcopy=False)[0].user_attrs
+
+
+def _decisions(study: optuna.Study) -> list[tuple[int, int, bool]]:
+    """Four trials reporting side by side, step by step, as a driver judges them; each (trial, step, pruned)."""
+    values = {0: [0.9, 0.8, 0.85, 0.9], 1: [0.1, 0.2, 0.3, 0.4], 2: [0.5, 0.6, 0.9, 0.95], 3: [0.7, 0.2, 0.1, 0.3]}
+    trials = [study.ask() for _ in values]
+    out, alive = [], set(values)
+    for step in range(4):
+        for n in sorted(alive):
+            trials[n].report(values[n][step], step + 1)
+            pruned = trials[n].should_prune()
+            out.append((n, step + 1, pruned))
+            if pruned:
+                study.tell(trials[n], state=TrialState.PRUNED)
+                alive.discard(n)
+    for n in alive:
+        study.tell(trials[n], values[n][-1])
+    return out
+
+
+@pytest.mark.parametrize("pruner", [
+    lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+    lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=4, reduction_factor=2),
+], ids=["successive-halving", "hyperband"])
+def test_rung_pruners_decide_on_the_driver_cache_as_in_plain_optuna(tmp_path: Path, pruner,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Successive halving and hyperband write each rung value as a system attribute and read the others'
+    back through get_trials: on the driver's cache every one is seen at once, so each decision is plain
+    Optuna's (before, a rung value written within REFRESH_S was missed and a trial was promoted)."""
+    monkeypatch.setattr(sftune_storage.ReadLessOften, "REFRESH_S", 3600.0)
+    plain = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'plain.db'}", direction="maximize",
+                                pruner=pruner())
+    ours = optuna.create_study(storage=sftune_storage.ReadLessOften(open_storage(f"sqlite:///{tmp_path / 'o.db'}")),
+                               study_name="s", direction="maximize", pruner=pruner())  # hyperband: brackets by name
+    expected = _decisions(plain)
+    assert any(pruned for *_, pruned in expected)
+    assert _decisions(ours) == expected
+
+
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_seeded_sampler_reproduces_fresh_and_continues_on_resume(tmp_path: Path, bert_dir: Path,
                                                                   sampler: str) -> None:
