@@ -371,6 +371,21 @@ def test_cli_turns_a_storage_failure_into_one_line_and_exit_1(tmp_path: Path, be
     assert db.read_bytes() == bytes(data)
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_works_as_with_optuna_storage(url: str) -> None:
+    """sftune's storage keeps the one connection an in-memory database lives in (it used to close it right
+    after creating the tables: "no such table: studies" on the first call); close_study leaves it open."""
+    for storage in (_rdb.SftuneStorage(url), open_storage(url)):
+        study = optuna.create_study(storage=sftune_storage.ReadLessOften(storage), study_name="m")
+        for x in (0.5, 0.25):
+            trial = study.ask()
+            trial.report(x, 1)
+            study.tell(trial, x)
+        close_study(study)
+        again = optuna.load_study(study_name="m", storage=storage)
+        assert [t.value for t in again.trials] == [0.5, 0.25] and again.trials[0].intermediate_values == {1: 0.5}
+
+
 def test_bad_heartbeat_setting_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SFTUNE_HEARTBEAT_INTERVAL", "soon")
     with pytest.raises(ConfigError, match="SFTUNE_HEARTBEAT_INTERVAL"):
