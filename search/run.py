@@ -44,7 +44,7 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
     # (cached for every trial), opening the study, and starting Ray, whose workers import the
     # training stack as they start. A bad input still ends the run before any trial.
     base = cfg.base_config
-    pending = prepare_soon(base, source=str(cfg.path), cache_dir=cfg.cache_dir)
+    pending = prepare_soon(base, source=str(cfg.path), cache_dir=cfg.cache_dir, say=say)
     new_study = _is_new_sqlite(cfg.storage)
     with ThreadPoolExecutor(1, thread_name_prefix="sftune-open") as pool:
         opening: Future = pool.submit(_open, cfg, say, allow_base_change, opened)
