@@ -63,6 +63,8 @@ class Driver:
     waiting_for_others: bool = False
     packing_said: bool = False
     last_beat: float = 0.0
+    last_counts: tuple[dict[str, int], str] = ({}, "")
+    """The trial counts and best line storage last gave (the counts line keeps them once it has failed)."""
     started: float = field(default_factory=time.time)
     timings: dict[str, list[float]] = field(default_factory=lambda: {"ask": [], "tell": [], "decide": []})
 
@@ -103,10 +105,12 @@ class Driver:
         return f"best {self.cfg.metrics[0]} {best.value:.4f} (trial {best.number}: {params})"
 
     def show_counts(self) -> None:
-        c = self.guard(self.counts) or {}
+        c, best = self.guard(self.counts), self.guard(self.best_line)
+        if c is None or best is None:  # the storage failed: what it last said, not zeros
+            c, best = c or self.last_counts[0], best or self.last_counts[1]
+        self.last_counts = (c, best)
         self.progress.counts(finished=c.get("COMPLETE", 0) + c.get("PRUNED", 0), n_trials=self.cfg.budget.n_trials,
-                             running=len(self.trials), pruned=self.n_pruned, failed=self.failed,
-                             best=self.guard(self.best_line) or "")
+                             running=len(self.trials), pruned=self.n_pruned, failed=self.failed, best=best)
 
     # ---- storage guard ------------------------------------------------------------------------
     def guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -33,6 +33,8 @@ class SftuneStorage(RDBStorageBase):
     fault. `retries` counts the retried calls (measured by tests/benchmarks/storage_contention.py)."""
 
     retries = 0
+    failing_since: float | None = None
+    """When (time.monotonic) the database began failing with a retried fault; None while it answers."""
 
     def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(url, *args, **kwargs)

@@ -305,6 +305,43 @@ def test_a_locked_database_is_retried_not_failed(tmp_path: Path, bert_dir: Path,
         holder.execute("COMMIT")
 
 
+def test_once_the_database_has_failed_no_call_waits_out_retries_of_its_own(tmp_path: Path, bert_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """One deadline for every call on the storage, from the first failure: the first blocked call waits
+    RETRY_FOR_S, each later one (any thread) fails at once; a call the fault does not touch (a read, in
+    write-ahead-log mode) still goes through. A lock that clears within the window is retried through."""
+    monkeypatch.setattr(_rdb, "SQLITE_BUSY_S", 0)
+    monkeypatch.setattr(_faults, "RETRY_FOR_S", 1.5)
+    cfg = _cfg(tmp_path, bert_dir)
+    study = open_study(cfg)
+    trials = [study.ask() for _ in range(4)]
+    holder = sqlite3.connect(tmp_path / "s.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    threading.Timer(0.7, lambda: holder.execute("COMMIT")).start()
+    study.tell(trials[0], 0.5)  # a lock shorter than RETRY_FOR_S: retried through, the deadline cleared
+    holder.execute("BEGIN EXCLUSIVE")  # now the database stays locked: as good as gone for writers
+
+    def failing_tell(trial: optuna.Trial) -> float:
+        started = time.monotonic()
+        with pytest.raises(StorageFailure, match=r"stayed locked by other writers \(retried for 1.5 s\)"):
+            study.tell(trial, 0.5)
+        return time.monotonic() - started
+
+    try:
+        assert failing_tell(trials[1]) >= 1.4  # the whole window, counted afresh
+        later: list[float] = []
+        threads = [threading.Thread(target=lambda t=t: later.append(failing_tell(t))) for t in trials[2:]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(later) == 2 and max(later) < 1.0, later  # no second window, in any thread
+        assert len(study.get_trials()) == 4  # reads are not blocked: they go through
+    finally:
+        holder.execute("COMMIT")
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] + [TrialState.RUNNING] * 3
+
+
 FULL_DISK_DRIVER = textwrap.dedent("""
     import resource, sqlite3, sys, os
     from sqlalchemy import event
