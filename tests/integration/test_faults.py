@@ -251,3 +251,44 @@ def test_a_database_gone_for_good_ends_the_run_within_one_retry_window(tmp_path:
     assert took < 2 * window + 25, (took, out)
     counts = [line for line in out.splitlines() if "finished " in line and "/4" in line]
     assert counts and all("finished 0/4" not in line for line in counts[-2:]), out
+
+
+@pytest.mark.parametrize("vital", ["raylet", "gcs_server"])
+def test_a_local_cluster_that_dies_mid_study_ends_the_run_and_a_rerun_finishes(tmp_path: Path, bert_dir: Path,
+                                                                              vital: str) -> None:
+    """The local cluster's raylet (or GCS) killed mid-trial: one `error:` line with the hint, exit 1, the trials
+    that ran FAIL with the reason and their params queued, no trial started on the dead cluster, no traceback;
+    running the same command again finishes the study."""
+    path = tiny.study_file(tmp_path, bert_dir, name="dead", n_trials=2, concurrency=2, max_steps=STEPS,
+                           eval_every=EVERY)
+    storage = f"sqlite:///{tmp_path / 'dead.db'}"
+    proc = _start(path)
+    lines = _Lines(proc)
+    try:
+        lines.wait_for(lambda: _running_trial(storage, "dead") is not None)
+        victims = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == vital]
+        assert len(victims) == 1, victims
+        victims[0].kill()
+        code, out = lines.finish(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: the local Ray cluster died (its {vital} ended): its running trials were marked FAIL "
+                      "and their params queued; run the same command again to finish the study"], out
+    assert "Traceback" not in out, out
+    trials = optuna.load_study(study_name="dead", storage=storage).trials
+    started = [t for t in trials if t.state != TrialState.WAITING]
+    assert started and all(t.state == TrialState.FAIL for t in started), out  # none RUNNING, none new
+    assert all(t.user_attrs["error"].startswith(f"the local Ray cluster died (its {vital} ended)") for t in started)
+    queued = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.WAITING]
+    assert sorted(map(str, queued)) == sorted(str(t.params) for t in started)
+
+    again = subprocess.run([sys.executable, "-m", "search", "run", str(path)],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trials = optuna.load_study(study_name="dead", storage=storage).trials
+    assert TrialState.RUNNING not in [t.state for t in trials]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert sorted(str(t.params) for t in trials if t.state == TrialState.COMPLETE) == sorted(map(str, queued))
