@@ -63,6 +63,13 @@ class Driver:
     waiting_for_others: bool = False
     packing_said: bool = False
     last_beat: float = 0.0
+    last_counts: tuple[dict[str, int], str] = ({}, "")
+    """The trial counts and best line storage last gave (the counts line keeps them once it has failed)."""
+    cluster_gone: Any = None
+    """`() -> str | None`: why the cluster the trials run on is dead (None while it lives); no trial is
+    started on a dead cluster."""
+    lock: Any = field(default_factory=threading.RLock)
+    """Held by each call Tune makes into the driver (`search._ray.shells`) and by `abandon_all`."""
     started: float = field(default_factory=time.time)
     timings: dict[str, list[float]] = field(default_factory=lambda: {"ask": [], "tell": [], "decide": []})
 
@@ -72,6 +79,13 @@ class Driver:
         self.outputs = TrialOutputs(self.cfg, self.study, guard=self.guard, say=self.say, job=self.job)
         self.metric_names = _metric_names(self.cfg)
         set_live(self.study, self.live_ids)
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher (and so this) for its checkpoints
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
 
     def live_ids(self) -> set[int]:
         """The Optuna trial ids this driver runs now (its own stale check spares them)."""
@@ -104,10 +118,12 @@ class Driver:
         return f"best {self.cfg.metrics[0]} {best.value:.4f} (trial {best.number}: {params})"
 
     def show_counts(self) -> None:
-        c = self.guard(self.counts) or {}
+        c, best = self.guard(self.counts), self.guard(self.best_line)
+        if c is None or best is None:  # the storage failed: what it last said, not zeros
+            c, best = c or self.last_counts[0], best or self.last_counts[1]
+        self.last_counts = (c, best)
         self.progress.counts(finished=c.get("COMPLETE", 0) + c.get("PRUNED", 0), n_trials=self.cfg.budget.n_trials,
-                             running=len(self.trials), pruned=self.n_pruned, failed=self.failed,
-                             best=self.guard(self.best_line) or "")
+                             running=len(self.trials), pruned=self.n_pruned, failed=self.failed, best=best)
 
     # ---- storage guard ------------------------------------------------------------------------
     def guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -136,6 +152,8 @@ class Driver:
         done = FINISHED if not self.trials else None
         if self.stop_reason:
             return done
+        if self.cluster_gone is not None and self.cluster_gone():
+            return None  # the run is being ended (`abandon_all`): start nothing on a dead cluster
         if self.failed > self.cfg.max_failures:
             self.gave_up = True
             self.stop_reason = (f"{self.failed} trials failed in this run (budget.max_failures="
@@ -369,6 +387,14 @@ class Driver:
         for frozen in self.guard(fail_stale, self.study) or []:
             self.progress.message(f"trial {frozen.number} was left RUNNING by a driver that died: marked FAIL, "
                                   "its params queued again")
+
+    def abandon_all(self, reason: str, wait: float = 30.0) -> None:
+        """From another thread: stop taking Tune's calls (the lock is kept), then FAIL every running trial with
+        `reason` and queue its params. A call Tune is making is waited for (at most `wait` seconds)."""
+        self.lock.acquire(timeout=wait)
+        self.stop_reason = reason
+        self.abandon(reason)
+        self.outputs.finish()
 
     def abandon(self, reason: str) -> None:
         """The run ends with trials still running (timeout, interrupt): FAIL them and queue their params."""

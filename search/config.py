@@ -160,6 +160,27 @@ def default_storage(path: Path, name: str) -> str:
     return f"sqlite:///{folder / f'{name}.db'}"
 
 
+def in_memory_sqlite(url: str) -> bool:
+    """A SQLite URL whose database lives in one process's memory (`sqlite://`, `sqlite:///:memory:`,
+    `sqlite:///file::memory:?uri=true`, `...?mode=memory`): gone when the process ends."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+")[0].lower() != "sqlite":
+        return False
+    name, _, query = rest[1:].partition("?") if rest.startswith("/") else rest.partition("?")
+    return name in ("", ":memory:") or name.startswith("file::memory:") or "mode=memory" in query.split("&")
+
+
+def _storage_problems(url: str, source: str, default: str) -> list[Problem]:
+    """An in-memory SQLite URL is refused: a study must outlive the command that runs it."""
+    if not in_memory_sqlite(url):
+        return []
+    return [Problem(source, "storage", f"expected a database that outlives one command, such as a SQLite file "
+                    f"({default}) or a server (postgresql://...), found {url!r}, an in-memory SQLite database: it "
+                    "lives inside one process and is gone when it ends, so a rerun could not resume the study, "
+                    "`sftune status`, `export`, `report`, `plot`, `test` and the dashboard would find no study in "
+                    "it, and the driver's own threads would each see an empty one")]
+
+
 def find_study_file(value: str | Path) -> Path:
     """A study file path, or the name of a shipped study (`quickstart`) when no such file exists."""
     path = Path(value)
@@ -340,6 +361,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     study = build(StudyFile, raw, source=source, problems=problems)
     if study is None:
         raise ConfigError(problems)
+    problems += _storage_problems(study.storage or "", "--storage" if storage is not None else source,
+                                  default_storage(path, study.name or "study"))
     base_dir = path.resolve().parent
 
     # The base train config and the space: each inline, or a path to its own file.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
@@ -44,7 +46,7 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
     # (cached for every trial), opening the study, and starting Ray, whose workers import the
     # training stack as they start. A bad input still ends the run before any trial.
     base = cfg.base_config
-    pending = prepare_soon(base, source=str(cfg.path), cache_dir=cfg.cache_dir)
+    pending = prepare_soon(base, source=str(cfg.path), cache_dir=cfg.cache_dir, say=say)
     new_study = _is_new_sqlite(cfg.storage)
     with ThreadPoolExecutor(1, thread_name_prefix="sftune-open") as pool:
         opening: Future = pool.submit(_open, cfg, say, allow_base_change, opened)
@@ -67,7 +69,8 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
                     progress.message(_header(cfg, done))
                     prepared = pending.result()  # a tokenizing error ends the run here, before any trial
                     _describe_data(cfg, study, prepared, progress.message)
-                    driver = run_trials(cfg, study, progress=progress, resources=per_trial, prepared=prepared)
+                    driver = run_trials(cfg, study, progress=progress, resources=per_trial, prepared=prepared,
+                                        cluster_died=lambda reason: _cluster_died(reason, progress, say, opened))
             except KeyboardInterrupt:
                 progress.close()
                 say("interrupted: running trials were marked FAIL and their params queued; run the same command "
@@ -86,6 +89,19 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
     say(render_table(summary(study, cfg)))
     say("\n" + next_hints(path, overrides, storage))
     return 1 if gave_up else 0
+
+
+def _cluster_died(reason: str, progress: Progress, say: Callable[[str], None], opened: list[optuna.Study]) -> None:
+    """The local cluster died mid-study and its running trials are failed and queued (`watch_cluster`): one
+    `error:` line, the study's database closed, exit 1 at once (Ray would end this process abruptly anyway)."""
+    progress.close()
+    say(f"error: {reason}: its running trials were marked FAIL and their params queued; run the same command "
+        "again to finish the study")
+    for study in opened:
+        close_study(study)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _describe_data(cfg: StudyConfig, study: optuna.Study, prepared: Prepared, say: Callable[[str], None]) -> None:

@@ -7,12 +7,13 @@ import json
 import math
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
 import warnings
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -127,13 +128,15 @@ def fingerprint(cfg: TrainConfig, location: str) -> str:
     return h.hexdigest()[:20]
 
 
-def prepare(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = None) -> Prepared:
+def prepare(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = None,
+            say: Callable[[str], None] | None = None) -> Prepared:
     """Check the data and the model of `cfg` and tokenize; raises ConfigError before any training.
 
     With `cache_dir`, the result is cached on disk by `fingerprint` (and in memory for this process),
-    so a study tokenizes once and every trial, in any worker, reads the same token ids.
+    so a study tokenizes once and every trial, in any worker, reads the same token ids. A cache file
+    that cannot be read or does not hold prepared data is rebuilt, and `say` (default: stderr) says so.
     """
-    return _plan(cfg, source, cache_dir)[1]()
+    return _plan(cfg, source, cache_dir, say)[1]()
 
 
 @dataclass
@@ -147,13 +150,14 @@ class Preparing:
         return self.future.result()
 
 
-def prepare_soon(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = None) -> Preparing:
+def prepare_soon(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = None,
+                 say: Callable[[str], None] | None = None) -> Preparing:
     """`prepare`, with the slow half in a background thread so the caller can start other work.
 
     The model location and the data are checked here (a ConfigError is raised now); loading the
     tokenizer and tokenizing run in a thread, and `result()` raises their errors.
     """
-    location, build = _plan(cfg, source, cache_dir)
+    location, build = _plan(cfg, source, cache_dir, say)
     done: Future = Future()
 
     def work() -> None:
@@ -166,7 +170,8 @@ def prepare_soon(cfg: TrainConfig, source: str = "", cache_dir: str | Path | Non
     return Preparing(location, done)
 
 
-def _plan(cfg: TrainConfig, source: str, cache_dir: str | Path | None) -> tuple[str, Callable[[], Prepared]]:
+def _plan(cfg: TrainConfig, source: str, cache_dir: str | Path | None,
+          say: Callable[[str], None] | None = None) -> tuple[str, Callable[[], Prepared]]:
     """Check the model location and the data now; return the location and what builds the rest."""
     location = model_location(cfg, source)
     check_model(cfg, location, source)
@@ -175,19 +180,39 @@ def _plan(cfg: TrainConfig, source: str, cache_dir: str | Path | None) -> tuple[
         return location, lambda: _PREPARED[key]
     cached = Path(cache_dir) / f"prepared-{key}.pkl" if key else None
     examples = None if cached is not None and cached.exists() else load_examples(cfg, source)
-    return location, lambda: _build(cfg, source, location, key, cached, examples)
+    return location, lambda: _build(cfg, source, location, key, cached, examples, say or _to_stderr)
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _read_cache(cached: Path, location: str) -> tuple[Prepared | None, str]:
+    """The prepared data in a cache file, or None and why it cannot be used (torn, another version's, not ours)."""
+    try:
+        with cached.open("rb") as fh:
+            prep = pickle.load(fh)
+    except Exception as exc:  # noqa: BLE001 - anything unreadable is rebuilt
+        return None, f"unreadable: {type(exc).__name__}"
+    if not isinstance(prep, Prepared):
+        return None, f"it holds a {type(prep).__name__}, not prepared data"
+    missing = [f.name for f in fields(Prepared) if f.name not in vars(prep)]
+    if missing:
+        return None, f"written by another version (no {', '.join(missing)})"
+    if prep.location != location or not isinstance(prep.train, list) or not isinstance(prep.validation, list):
+        return None, "it holds another model's or a damaged copy of the data"
+    return prep, ""
 
 
 def _build(cfg: TrainConfig, source: str, location: str, key: str, cached: Path | None,
-           examples: Examples | None) -> Prepared:
+           examples: Examples | None, say: Callable[[str], None]) -> Prepared:
     if cached is not None and cached.exists():
-        try:
-            with cached.open("rb") as fh:
-                prep = pickle.load(fh)
+        prep, why = _read_cache(cached, location)
+        if prep is not None:
             _PREPARED[key] = prep
             return prep
-        except Exception:  # noqa: BLE001 - a torn or stale cache file is rebuilt
-            pass
+        say(f"note: the tokenized-data cache {cached} cannot be used ({why}): discarded, tokenizing again")
+        cached.unlink(missing_ok=True)
     if examples is None:
         examples = load_examples(cfg, source)
     tokenizer = get_task(cfg.task, source).load_processor(location, source)
@@ -293,7 +318,7 @@ def run_job(
         torch.set_num_threads(threads)
     reporter = reporter or NeverStop()
     say = progress or (lambda _msg: None)
-    prep = prepared or prepare(cfg, source, cache_dir=cache_dir)
+    prep = prepared or prepare(cfg, source, cache_dir=cache_dir, say=progress)
     t = cfg.train
     max_steps = total_steps(cfg, len(prep.train))
     timing["max_steps"] = max_steps

@@ -300,6 +300,7 @@ class Cluster:
             os.environ.pop("SFTUNE_WARM", None)
             raise ConfigError(Problem("ray", "", f"could not start a local Ray cluster: {exc}")) from None
         self.started_ray = True
+        note_vitals()
         per_trial = local_request(self.cfg)  # one slot per concurrent trial
         problem = local_gpu_problem(self.cfg.resources.gpu, ray.cluster_resources().get("GPU", 0),
                                     str(self.cfg.path))
@@ -307,6 +308,7 @@ class Cluster:
 
     def stop(self) -> None:
         """Leave the cluster; a local one is shut down and whatever Ray left of it is ended."""
+        _VITALS.clear()
         if self.started_ray:
             import ray
 
@@ -315,6 +317,44 @@ class Cluster:
         stop_reaper(self._reaper)
         self._reaper = None
         os.environ.pop("SFTUNE_WARM", None)
+
+
+VITAL = ("raylet", "gcs_server")
+"""The processes of a local cluster without which it is dead (a worker's death fails one trial only)."""
+
+_VITALS: dict[int, tuple[str, int]] = {}
+"""The vital processes of the local cluster this process runs now: pid -> (name, start time)."""
+
+
+def note_vitals() -> None:
+    """Note the local cluster's vital processes (children of this driver, found in /proc: Linux only)."""
+    from search._ray.reaper import PROC, descendants, process_table
+
+    _VITALS.clear()
+    for pid, started in descendants(os.getpid(), process_table()).items():
+        try:
+            name = (PROC / str(pid) / "comm").read_text().strip()
+        except OSError:
+            continue
+        if name in VITAL:
+            _VITALS[pid] = (name, started)
+
+
+def cluster_gone() -> str | None:
+    """Why the local cluster this driver started is dead ("its raylet ended"), or None while it lives (and
+    for a joined cluster, whose nodes Ray itself watches)."""
+    from search._ray.reaper import PROC
+
+    for pid, (name, started) in list(_VITALS.items()):
+        try:
+            stat = (PROC / str(pid) / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            alive = fields[0] not in ("Z", "X") and int(fields[19]) == started
+        except (OSError, ValueError, IndexError):
+            alive = False
+        if not alive:
+            return f"its {name} ended"
+    return None
 
 
 REUSE_WAIT_S = 60

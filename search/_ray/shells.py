@@ -27,11 +27,13 @@ class OptunaSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        out = self.driver.suggest(trial_id)
+        with self.driver.lock:
+            out = self.driver.suggest(trial_id)
         return Searcher.FINISHED if out == FINISHED else out
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self.driver.complete(trial_id, result, error)
+        with self.driver.lock:
+            self.driver.complete(trial_id, result, error)
 
 
 class OptunaPruningScheduler(FIFOScheduler):
@@ -45,7 +47,8 @@ class OptunaPruningScheduler(FIFOScheduler):
         return True
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        stop = self.driver.result(trial.trial_id, result)
+        with self.driver.lock:
+            stop = self.driver.result(trial.trial_id, result)
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
@@ -53,7 +56,8 @@ class OptunaPruningScheduler(FIFOScheduler):
             error = trial.get_error()
         except Exception:  # noqa: BLE001 - the error file may be gone with its node
             error = None
-        self.driver.worker_error(trial.trial_id, error)
+        with self.driver.lock:
+            self.driver.worker_error(trial.trial_id, error)
 
 
 class DriverTick(Callback):
@@ -63,4 +67,5 @@ class DriverTick(Callback):
         self.driver = driver
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        self.driver.tick()
+        with self.driver.lock:
+            self.driver.tick()

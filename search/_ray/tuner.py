@@ -8,6 +8,9 @@ joins the cluster. The driver is the only writer to the study.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -16,26 +19,62 @@ from search._driver import Driver
 from search.config import StudyConfig
 from search.progress import Progress
 
+WATCH_S = 0.5
+"""How often the driver checks that the local cluster it started still lives (`cluster_gone`)."""
+
+
+def _exit_now(reason: str) -> None:
+    print(f"error: {reason}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def watch_cluster(driver: Driver, ended: Callable[[str], None]) -> threading.Event:
+    """Check every `WATCH_S` that the local cluster lives; when it has died (its raylet or GCS killed),
+    stop the driver taking Tune's calls, FAIL each running trial with the reason and queue its params,
+    then `ended(reason)`, which must end the process: Ray ends a driver whose cluster is gone abruptly
+    (at its next object-store access), so nothing is left to Tune. Set the returned event to stop."""
+    from search._ray.cluster import cluster_gone
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(WATCH_S):
+            why = cluster_gone()
+            if why is not None:
+                reason = f"the local Ray cluster died ({why})"
+                driver.abandon_all(reason)
+                ended(reason)
+                return
+
+    threading.Thread(target=watch, name="sftune-cluster-watch", daemon=True).start()
+    return stop
+
 
 def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
-               resources: dict[str, float] | None = None, prepared: Any = None, job: str | None = None) -> Driver:
+               resources: dict[str, float] | None = None, prepared: Any = None, job: str | None = None,
+               cluster_died: Callable[[str], None] = _exit_now) -> Driver:
     """Run the study's remaining trials through Ray Tune (inside `ray_cluster`); returns what happened.
 
     `resources`: what each trial asks Ray for (from `ray_cluster`; default as on a joined cluster,
     `search._ray.resources.joined_request`);
     `prepared`: the study's tokenized data, sent once through Ray's object store to every trial;
-    `job`: a `module:function` stub run instead of the fine-tuning job (benchmarks of the driver).
+    `job`: a `module:function` stub run instead of the fine-tuning job (benchmarks of the driver);
+    `cluster_died(reason)`: called (on a thread of its own) once a local cluster has died and the running
+    trials are failed and queued; it must end the process (default: one `error:` line, exit 1).
     """
     import ray
     from ray import tune
 
+    from search._ray.cluster import cluster_gone
     from search._ray.resources import joined_request
     from search._ray.shells import DriverTick, OptunaPruningScheduler, OptunaSearcher
     from search._ray.worker import trainable
 
-    driver = Driver(cfg=cfg, study=study, progress=progress, job=job, node=ray.get_runtime_context().get_node_id())
+    driver = Driver(cfg=cfg, study=study, progress=progress, job=job, node=ray.get_runtime_context().get_node_id(),
+                    cluster_gone=cluster_gone)
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts fit(): exit 130, not 0
     beating = driver.heartbeats()
+    watching = watch_cluster(driver, cluster_died)
     try:
         runnable = tune.with_parameters(trainable, prepared=prepared) if prepared is not None else trainable
         resourced = tune.with_resources(runnable, resources or joined_request(cfg))
@@ -66,6 +105,7 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
         driver.abandon("interrupted (Ctrl-C)")
         raise
     finally:
+        watching.set()
         beating.set()
         # Anything Tune left unreported (a timeout) must not stay RUNNING in the database.
         if driver.trials:

@@ -3,7 +3,8 @@
 `StorageFailure` is raised by any storage call whose database fails mid-run (full disk, read-only,
 corrupted, connection lost, locked for too long); `storage_problem(exc)` turns such an error into a
 sentence. A locked SQLite database or a lost connection is retried with backoff (`with_retries`) and
-never reaches the caller unless it lasts `RETRY_FOR_S` seconds.
+never reaches the caller unless it lasts `RETRY_FOR_S` seconds: one deadline for every call on the
+storage, counted from the first failure, so once the database has failed every later call fails at once.
 """
 
 from __future__ import annotations
@@ -111,23 +112,37 @@ def retrying(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def with_retries(storage: Any, method: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """`method(storage, *args, **kwargs)`, retried with backoff (counted in `storage.retries`) while the
-    database is locked or the connection drops, up to `RETRY_FOR_S`; any database fault then, or any
-    other at once, is raised as a StorageFailure with one sentence. Other errors pass through."""
-    started, delay = time.monotonic(), 0.02
+    database is locked or the connection drops; any database fault then, or any other at once, is raised
+    as a StorageFailure with one sentence. Other errors pass through.
+
+    The retries of every call on one storage share one deadline: `RETRY_FOR_S` after the database first
+    failed (`storage.failing_since`; a call that failed and then went through clears it). Once the
+    deadline has passed the database is known to have failed: a later call is still tried, once, and a
+    fault fails it at once, so a run whose database is gone ends within `RETRY_FOR_S`, not after each
+    of its calls has waited out retries of its own."""
+    delay, failed = 0.02, False
     while True:
         try:
-            return method(storage, *args, **kwargs)
+            result = method(storage, *args, **kwargs)
         except StorageFailure:
             raise
         except Exception as exc:  # noqa: BLE001 - sorted below: only database faults are ours
             problem = storage_problem(exc)
             if problem is None:
                 raise
-            if problem in _RETRYABLE and time.monotonic() - started < RETRY_FOR_S:
-                storage.retries += 1
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
-                continue
             if problem in _RETRYABLE:
+                now = time.monotonic()
+                since = getattr(storage, "failing_since", None)
+                if since is None:
+                    storage.failing_since = since = now
+                if now - since < RETRY_FOR_S:
+                    failed = True
+                    storage.retries += 1
+                    time.sleep(min(delay * (0.5 + random.random()), max(0.0, since + RETRY_FOR_S - now)))
+                    delay = min(delay * 2, 2.0)
+                    continue
                 problem += f" (retried for {RETRY_FOR_S:g} s)"
             raise StorageFailure(f"study storage {safe_url(storage.url)}: {problem}") from exc
+        if failed:  # this call met the fault and then went through: the database answers again
+            storage.failing_since = None
+        return result

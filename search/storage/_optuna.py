@@ -17,7 +17,9 @@ The reaches:
 - `rdb_models()`: `optuna.storages._rdb.models`, the table models of an RDB storage, for grouped
   queries and for the rows Optuna has no API to write (attributes of finished trials).
 - `CachedStorageBase`: a subclass of `_CachedStorage` whose private
-  `_read_trials_from_remote_storage` hook is the public `read_trials` / `read_trials_now`.
+  `_read_trials_from_remote_storage` hook is the public `read_trials` / `read_trials_now`, and whose
+  `update_cached_trial` replaces the copy of a trial kept in `_studies` (under `_lock`, found through
+  `_trial_id_to_study_id_and_number`).
 - `CACHE_CALLS_ON_BACKEND`: the private RDBStorage methods `_CachedStorage` calls on its backend
   (`_create_new_trial`, `_get_best_trial_id`, `_get_trials`, `_set_trial_param`,
   `_get_stale_trial_ids`), so a storage that wraps every call (retries) wraps these too.
@@ -31,6 +33,7 @@ The reaches:
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 import optuna
@@ -100,6 +103,19 @@ class CachedStorageBase(_CachedStorage):
     def read_trials_now(self, study_id: int) -> None:
         """Read the study's new and unfinished trials from the database into the cache."""
         super()._read_trials_from_remote_storage(study_id)
+
+    def update_cached_trial(self, trial_id: int, change: Callable[[FrozenTrial], None]) -> None:
+        """Replace the cache's copy of a trial by a shallow copy of it that `change` has changed (a trial
+        not in the cache: nothing). Lists the cache handed out before keep the copy they had, as a new read
+        from the database would: `change` must set new containers (`t.user_attrs = {...}`), not mutate."""
+        with self._lock:
+            where = self._trial_id_to_study_id_and_number.get(trial_id)
+            trials = self._studies[where[0]].trials if where is not None and where[0] in self._studies else {}
+            if where is None or where[1] not in trials:
+                return
+            fresh = copy.copy(trials[where[1]])
+            change(fresh)
+            trials[where[1]] = fresh
 
 
 class RDBStorageBase(optuna.storages.RDBStorage):

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import optuna
 
+from search.config import in_memory_sqlite
 from search.storage import _faults, _heartbeats
 from search.storage._faults import LOCKED, safe_url, storage_problem
 from search.storage._optuna import CACHE_CALLS_ON_BACKEND, RDBStorageBase, backend_of, storage_of
@@ -32,6 +33,8 @@ class SftuneStorage(RDBStorageBase):
     fault. `retries` counts the retried calls (measured by tests/benchmarks/storage_contention.py)."""
 
     retries = 0
+    failing_since: float | None = None
+    """When (time.monotonic) the database began failing with a retried fault; None while it answers."""
 
     def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(url, *args, **kwargs)
@@ -58,6 +61,8 @@ class SftuneStorage(RDBStorageBase):
         from sqlalchemy import event
 
         setup = {"postgresql": _utc_session, "sqlite": _sqlite_wal}.get(self.engine.dialect.name)
+        if in_memory_sqlite(self.url):  # its one connection is the database: closing it would lose the tables
+            return
         if setup is not None:
             event.listen(self.engine, "connect", setup)
             self.engine.dispose()
@@ -175,8 +180,10 @@ def study_id(study: optuna.Study) -> int:
 def close_study(study: optuna.Study) -> None:
     """Close the study's database connections (a SQLite file folds its write-ahead log back in: the
     `.db` file alone then holds the whole study, to copy or send). The study object stays usable: a
-    later call opens new connections."""
+    later call opens new connections. An in-memory SQLite database is left open (closing it would lose it)."""
     try:
-        rdb_storage(study).engine.dispose()
+        storage = rdb_storage(study)
     except TypeError:
-        pass
+        return
+    if not in_memory_sqlite(storage.url):  # an in-memory database is its connection: it stays open
+        storage.engine.dispose()

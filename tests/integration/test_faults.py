@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -195,3 +196,99 @@ def test_ctrl_c_exits_130_fails_running_trials_and_a_rerun_finishes(tmp_path: Pa
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == n_trials
     finished = [t.params for t in trials if t.state == TrialState.COMPLETE]
     assert all(t.params in finished for t in cut)  # the interrupted params were run again
+
+
+LOCKED_FOR_GOOD = """
+import sys
+from search.storage import _faults, _rdb
+_faults.RETRY_FOR_S = float(sys.argv[2])  # the documented 120 s, shortened for the test
+_rdb.SQLITE_BUSY_S = 0  # SQLite's own wait off: every write meets the lock at once
+from search.cli import main
+sys.exit(main(["run", sys.argv[1]]))
+"""
+
+
+def test_a_database_gone_for_good_ends_the_run_within_one_retry_window(tmp_path: Path, bert_dir: Path) -> None:
+    """The study database stops taking writes for good mid-study (locked by another process, as a stopped
+    server refuses every call): the run ends with one `error:` line and exit 1 about one retry window after,
+    not after each storage call has waited out a window of its own; the counts line keeps the finished
+    trials storage last gave."""
+    window = 15.0
+    path = tiny.study_file(tmp_path, bert_dir, name="gone", n_trials=4, concurrency=1, max_steps=STEPS,
+                           eval_every=EVERY)
+    db = tmp_path / "gone.db"
+    proc = subprocess.Popen([sys.executable, "-c", LOCKED_FOR_GOOD, str(path), str(window)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = _Lines(proc)
+    holder = None
+    try:
+        def one_complete_one_running() -> bool:
+            try:
+                trials = optuna.load_study(study_name="gone", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+            except Exception:  # not created yet
+                return False
+            states = [t.state for t in trials]
+            return TrialState.COMPLETE in states and any(t.state == TrialState.RUNNING and t.intermediate_values
+                                                         for t in trials)
+
+        lines.wait_for(one_complete_one_running, timeout=400)
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        locked = time.monotonic()
+        code, out = lines.finish(timeout=300)
+        took = time.monotonic() - locked
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if holder is not None:
+            holder.close()
+    assert code == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stayed locked by other writers" in errors[0], out
+    assert "Traceback" not in out, out
+    # the rest of the trial (up to its next evaluation), one window, then Ray's shutdown; before, every call
+    # (history, error, tell, counts, best line, stale check...) waited a window of its own
+    assert took < 2 * window + 25, (took, out)
+    counts = [line for line in out.splitlines() if "finished " in line and "/4" in line]
+    assert counts and all("finished 0/4" not in line for line in counts[-2:]), out
+
+
+@pytest.mark.parametrize("vital", ["raylet", "gcs_server"])
+def test_a_local_cluster_that_dies_mid_study_ends_the_run_and_a_rerun_finishes(tmp_path: Path, bert_dir: Path,
+                                                                              vital: str) -> None:
+    """The local cluster's raylet (or GCS) killed mid-trial: one `error:` line with the hint, exit 1, the trials
+    that ran FAIL with the reason and their params queued, no trial started on the dead cluster, no traceback;
+    running the same command again finishes the study."""
+    path = tiny.study_file(tmp_path, bert_dir, name="dead", n_trials=2, concurrency=2, max_steps=STEPS,
+                           eval_every=EVERY)
+    storage = f"sqlite:///{tmp_path / 'dead.db'}"
+    proc = _start(path)
+    lines = _Lines(proc)
+    try:
+        lines.wait_for(lambda: _running_trial(storage, "dead") is not None)
+        victims = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == vital]
+        assert len(victims) == 1, victims
+        victims[0].kill()
+        code, out = lines.finish(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: the local Ray cluster died (its {vital} ended): its running trials were marked FAIL "
+                      "and their params queued; run the same command again to finish the study"], out
+    assert "Traceback" not in out, out
+    trials = optuna.load_study(study_name="dead", storage=storage).trials
+    started = [t for t in trials if t.state != TrialState.WAITING]
+    assert started and all(t.state == TrialState.FAIL for t in started), out  # none RUNNING, none new
+    assert all(t.user_attrs["error"].startswith(f"the local Ray cluster died (its {vital} ended)") for t in started)
+    queued = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.WAITING]
+    assert sorted(map(str, queued)) == sorted(str(t.params) for t in started)
+
+    again = subprocess.run([sys.executable, "-m", "search", "run", str(path)],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trials = optuna.load_study(study_name="dead", storage=storage).trials
+    assert TrialState.RUNNING not in [t.state for t in trials]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert sorted(str(t.params) for t in trials if t.state == TrialState.COMPLETE) == sorted(map(str, queued))

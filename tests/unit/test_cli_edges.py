@@ -46,6 +46,24 @@ def test_a_missing_study_creates_no_database(tmp_path: Path, bert_dir: Path, com
     assert not (tmp_path / "nothing.db").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "status", "export", "plot", "report", "dashboard", "test"])
+@pytest.mark.parametrize("url,given", [("sqlite://", "--storage"), ("sqlite:///:memory:", "file")])
+def test_an_in_memory_database_is_refused_by_every_command(tmp_path: Path, bert_dir: Path, command: str, url: str,
+                                                           given: str, capsys: pytest.CaptureFixture) -> None:
+    """A study in an in-memory SQLite database would be gone when the command ends: refused before anything
+    runs (exit 2, no Ray, no file), naming where it came from and the file URL to use instead."""
+    path = tiny.study_file(tmp_path, bert_dir, name="mem", **({"storage": url} if given == "file" else {}))
+    extra = ["--out", str(tmp_path / "x.yaml")] if command == "export" else []
+    where = ["--storage", url] if given == "--storage" else []
+    assert main([command, str(path), *where, *extra]) == 2
+    err = capsys.readouterr().err
+    source = "--storage" if given == "--storage" else str(path)
+    assert f"{source}: storage: expected a database that outlives one command" in err
+    assert f"found {url!r}, an in-memory SQLite database" in err and f"sqlite:///{tmp_path / 'mem.db'}" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mem.yaml"]  # no database, no runs/
+
+
 def test_set_and_storage_find_a_renamed_study_in_every_command(tmp_path: Path, bert_dir: Path,
                                                                capsys: pytest.CaptureFixture) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="orig")

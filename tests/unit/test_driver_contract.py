@@ -119,6 +119,37 @@ def test_a_dead_worker_fails_its_trial_and_queues_its_params(tmp_path: Path, ber
     assert retry["sftune"]["number"] == 1 and d.study.trials[1].params == failed.params
 
 
+def test_a_dead_cluster_starts_nothing_and_its_trials_fail_and_are_queued(tmp_path: Path, bert_dir: Path) -> None:
+    """Once the cluster is gone, suggest starts no trial; abandon_all (the watcher's thread) waits for the call
+    Tune is making, then fails every running trial with the reason and queues its params; Tune's later calls
+    wait (the lock stays held: the process ends next)."""
+    import threading
+
+    d = _driver(tmp_path, bert_dir, n_trials=4)
+    gone: list[str] = []
+    d.cluster_gone = lambda: gone[0] if gone else None
+    d.suggest("t1")
+    d.suggest("t2")
+    _ready(d, "t1")
+    assert _eval(d, "t1", 10, 0.6) is False
+    gone.append("its raylet ended")
+    assert d.suggest("t3") is None and len(d.study.trials) == 2
+    with d.lock:  # Tune is inside a call: abandon_all waits for it
+        watcher = threading.Thread(target=d.abandon_all, args=("the local Ray cluster died (its raylet ended)",))
+        watcher.start()
+        watcher.join(0.3)
+        assert watcher.is_alive() and not d.stop_reason
+    watcher.join(10)
+    assert not watcher.is_alive() and not d.trials
+    started = [t for t in d.study.trials if t.state != TrialState.WAITING]
+    assert [t.state for t in started] == [TrialState.FAIL, TrialState.FAIL]
+    assert all(t.user_attrs["error"] == "the local Ray cluster died (its raylet ended); its params are queued for "
+               "the next run" for t in started)
+    queued = [t.system_attrs["fixed_params"] for t in d.study.get_trials(states=(TrialState.WAITING,))]
+    assert sorted(map(str, queued)) == sorted(str(t.params) for t in started)
+    assert not d.lock.acquire(blocking=False)  # Tune's next call (here, this thread's) is held off
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_a_non_finite_metric_stops_and_fails_the_trial(tmp_path: Path, bert_dir: Path, bad: float) -> None:
     d = _driver(tmp_path, bert_dir, n_trials=2)

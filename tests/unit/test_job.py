@@ -136,6 +136,34 @@ def test_tokenized_data_is_cached_by_fingerprint(tmp_path: Path, bert_dir: Path)
     assert max(len(r["input_ids"]) for r in shorter.train) <= 8
 
 
+@pytest.mark.parametrize("content", [b"\x80\x04garbage", "dict", "old"], ids=["torn", "another-object", "old-layout"])
+def test_a_cache_file_that_does_not_hold_prepared_data_is_rebuilt(tmp_path: Path, bert_dir: Path, content) -> None:
+    """A torn file, a valid pickle of another object, or a Prepared of an older layout: discarded and rebuilt,
+    said in one line, never a traceback; the rebuilt file is read back as usual."""
+    import pickle
+
+    from trainer import job
+
+    cfg = _cfg(tiny.classification_config(tmp_path, bert_dir), tmp_path)
+    first = prepare(cfg, cache_dir=tmp_path / "cache")
+    [cached] = (tmp_path / "cache").glob("prepared-*.pkl")
+    if content == "dict":
+        content = pickle.dumps({"train": [1, 2]})
+    elif content == "old":
+        old = job.Prepared.__new__(job.Prepared)
+        old.__dict__.update({k: v for k, v in vars(first).items() if k != "stats"})
+        content = pickle.dumps(old)
+    cached.write_bytes(content)
+    job._PREPARED.clear()
+    said: list[str] = []
+    again = prepare(cfg, cache_dir=tmp_path / "cache", say=said.append)
+    assert again.train == first.train and again.stats == first.stats
+    assert len(said) == 1 and said[0].startswith(f"note: the tokenized-data cache {cached} cannot be used (")
+    assert said[0].endswith("discarded, tokenizing again")
+    job._PREPARED.clear()
+    assert prepare(cfg, cache_dir=tmp_path / "cache", say=said.append).train == first.train and len(said) == 1
+
+
 def test_timing_is_reported_while_running(tmp_path: Path, bert_dir: Path) -> None:
     seen: list[dict] = []
     timing: dict = {}

@@ -142,6 +142,28 @@ def test_cached_storage_base_reads_through_the_hook_get_all_trials_calls(tmp_pat
     assert Counting.reads, "get_all_trials no longer reads through _read_trials_from_remote_storage"
 
 
+def test_cached_storage_base_updates_the_copy_the_cache_keeps(tmp_path: Path) -> None:
+    """_CachedStorage._studies[...].trials, found through _trial_id_to_study_id_and_number, under _lock."""
+    url = f"sqlite:///{tmp_path / 'door.db'}"
+    optuna.create_study(study_name="another", storage=url).ask()  # ids and numbers differ
+    storage = door.CachedStorageBase(optuna.storages.RDBStorage(url))
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    before = study.get_trials(deepcopy=False)
+    assert door.trial_id_of(before[0]) in storage._trial_id_to_study_id_and_number, \
+        "_CachedStorage no longer maps trial ids in `_trial_id_to_study_id_and_number`"
+
+    def change(t: FrozenTrial) -> None:
+        t.user_attrs = {"seen": 1}
+
+    storage.update_cached_trial(door.trial_id_of(trial), change)
+    storage.update_cached_trial(10_000, change)  # not cached: nothing
+    after = storage._studies[door.study_id_of(study)].trials[0]
+    assert after.user_attrs == {"seen": 1} and after is not before[0], \
+        "_CachedStorage no longer keeps its trials in `_studies[study_id].trials[number]`"
+    assert before[0].user_attrs == {}  # what was handed out before keeps its copy
+
+
 def test_every_private_backend_method_the_cache_calls_is_listed_and_retried(tmp_path: Path, bert_dir: Path) -> None:
     """Fails loudly when Optuna moves what sftune reaches privately (study._storage, its _backend, the
     table models and RDBStorage._get_stale_trial_ids that fail_stale_trials calls). (Folded in from

@@ -249,3 +249,27 @@ def test_trial_workers_wait_long_enough_to_reuse_an_actor(monkeypatch: pytest.Mo
     assert worker_env() == {"TUNE_FUNCTION_THREAD_TIMEOUT_S": str(REUSE_WAIT_S)} and REUSE_WAIT_S >= 30
     _quiet_ray_defaults(SimpleNamespace(budget=SimpleNamespace(concurrency=2)))  # before ray.init: workers inherit
     assert os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] == str(REUSE_WAIT_S)
+
+
+def test_cluster_gone_names_the_vital_process_that_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local cluster's vital processes (raylet, GCS) are noted once, children of the driver; the first
+    one that ends (or is a zombie) makes the cluster dead, by name; nothing noted (a joined cluster): alive."""
+    from search._ray import cluster
+
+    monkeypatch.setattr(cluster, "_VITALS", {})
+    assert cluster.cluster_gone() is None
+    monkeypatch.setattr(cluster, "VITAL", ("sleep",))
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        cluster.note_vitals()
+        assert list(cluster._VITALS) == [child.pid]
+        assert cluster.cluster_gone() is None
+        child.kill()  # not reaped yet: a zombie is dead too
+        deadline = time.time() + 10
+        while cluster.cluster_gone() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert cluster.cluster_gone() == "its sleep ended"
+    finally:
+        child.kill()
+        child.wait()
+    assert cluster.cluster_gone() == "its sleep ended"

@@ -67,6 +67,63 @@ def test_driver_study_reads_running_trials_less_often_but_sees_its_own_writes(tm
     assert [t.number for t in study.get_trials(states=(TrialState.RUNNING,))] == [theirs.number]
 
 
+def test_driver_cache_shows_this_process_writes_at_once(tmp_path: Path, bert_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An intermediate value, a user attribute and a system attribute written by this process are in its
+    next `get_trials`, without waiting for REFRESH_S; another driver's still waits for it (the cache stays)."""
+    monkeypatch.setattr(sftune_storage.ReadLessOften, "REFRESH_S", 3600.0)
+    cfg = _cfg(tmp_path, bert_dir)
+    study, other = open_study(cfg), open_study(cfg)
+    trial = study.ask()
+    study.get_trials()  # the cache has read the running trial
+    trial.report(0.25, 3)
+    trial.set_user_attr("history", [{"step": 3}])
+    sftune_storage.StudyHandle.of(study).storage.set_trial_system_attr(trial._trial_id, "rung_0", 0.25)
+    [seen] = study.get_trials(deepcopy=False)
+    assert seen.intermediate_values == {3: 0.25}
+    assert seen.user_attrs["history"] == [{"step": 3}] and seen.system_attrs["rung_0"] == 0.25
+    # another driver writes to the same trial: not seen before REFRESH_S
+    sftune_storage.StudyHandle.of(other).storage.set_trial_user_attr(trial._trial_id, "theirs", 1)
+    assert "theirs" not in study.get_trials(deepcopy=False)[0].user_attrs
+
+
+def _decisions(study: optuna.Study) -> list[tuple[int, int, bool]]:
+    """Four trials reporting side by side, step by step, as a driver judges them; each (trial, step, pruned)."""
+    values = {0: [0.9, 0.8, 0.85, 0.9], 1: [0.1, 0.2, 0.3, 0.4], 2: [0.5, 0.6, 0.9, 0.95], 3: [0.7, 0.2, 0.1, 0.3]}
+    trials = [study.ask() for _ in values]
+    out, alive = [], set(values)
+    for step in range(4):
+        for n in sorted(alive):
+            trials[n].report(values[n][step], step + 1)
+            pruned = trials[n].should_prune()
+            out.append((n, step + 1, pruned))
+            if pruned:
+                study.tell(trials[n], state=TrialState.PRUNED)
+                alive.discard(n)
+    for n in alive:
+        study.tell(trials[n], values[n][-1])
+    return out
+
+
+@pytest.mark.parametrize("pruner", [
+    lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+    lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=4, reduction_factor=2),
+], ids=["successive-halving", "hyperband"])
+def test_rung_pruners_decide_on_the_driver_cache_as_in_plain_optuna(tmp_path: Path, pruner,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Successive halving and hyperband write each rung value as a system attribute and read the others'
+    back through get_trials: on the driver's cache every one is seen at once, so each decision is plain
+    Optuna's (before, a rung value written within REFRESH_S was missed and a trial was promoted)."""
+    monkeypatch.setattr(sftune_storage.ReadLessOften, "REFRESH_S", 3600.0)
+    plain = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'plain.db'}", direction="maximize",
+                                pruner=pruner())
+    ours = optuna.create_study(storage=sftune_storage.ReadLessOften(open_storage(f"sqlite:///{tmp_path / 'o.db'}")),
+                               study_name="s", direction="maximize", pruner=pruner())  # hyperband: brackets by name
+    expected = _decisions(plain)
+    assert any(pruned for *_, pruned in expected)
+    assert _decisions(ours) == expected
+
+
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_seeded_sampler_reproduces_fresh_and_continues_on_resume(tmp_path: Path, bert_dir: Path,
                                                                   sampler: str) -> None:
@@ -248,6 +305,43 @@ def test_a_locked_database_is_retried_not_failed(tmp_path: Path, bert_dir: Path,
         holder.execute("COMMIT")
 
 
+def test_once_the_database_has_failed_no_call_waits_out_retries_of_its_own(tmp_path: Path, bert_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """One deadline for every call on the storage, from the first failure: the first blocked call waits
+    RETRY_FOR_S, each later one (any thread) fails at once; a call the fault does not touch (a read, in
+    write-ahead-log mode) still goes through. A lock that clears within the window is retried through."""
+    monkeypatch.setattr(_rdb, "SQLITE_BUSY_S", 0)
+    monkeypatch.setattr(_faults, "RETRY_FOR_S", 1.5)
+    cfg = _cfg(tmp_path, bert_dir)
+    study = open_study(cfg)
+    trials = [study.ask() for _ in range(4)]
+    holder = sqlite3.connect(tmp_path / "s.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    threading.Timer(0.7, lambda: holder.execute("COMMIT")).start()
+    study.tell(trials[0], 0.5)  # a lock shorter than RETRY_FOR_S: retried through, the deadline cleared
+    holder.execute("BEGIN EXCLUSIVE")  # now the database stays locked: as good as gone for writers
+
+    def failing_tell(trial: optuna.Trial) -> float:
+        started = time.monotonic()
+        with pytest.raises(StorageFailure, match=r"stayed locked by other writers \(retried for 1.5 s\)"):
+            study.tell(trial, 0.5)
+        return time.monotonic() - started
+
+    try:
+        assert failing_tell(trials[1]) >= 1.4  # the whole window, counted afresh
+        later: list[float] = []
+        threads = [threading.Thread(target=lambda t=t: later.append(failing_tell(t))) for t in trials[2:]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(later) == 2 and max(later) < 1.0, later  # no second window, in any thread
+        assert len(study.get_trials()) == 4  # reads are not blocked: they go through
+    finally:
+        holder.execute("COMMIT")
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] + [TrialState.RUNNING] * 3
+
+
 FULL_DISK_DRIVER = textwrap.dedent("""
     import resource, sqlite3, sys, os
     from sqlalchemy import event
@@ -312,6 +406,21 @@ def test_cli_turns_a_storage_failure_into_one_line_and_exit_1(tmp_path: Path, be
         f"error: study storage sqlite:///{db}: the study database file is corrupted (or is not a SQLite database); "
         "the study cannot be read"]
     assert db.read_bytes() == bytes(data)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_works_as_with_optuna_storage(url: str) -> None:
+    """sftune's storage keeps the one connection an in-memory database lives in (it used to close it right
+    after creating the tables: "no such table: studies" on the first call); close_study leaves it open."""
+    for storage in (_rdb.SftuneStorage(url), open_storage(url)):
+        study = optuna.create_study(storage=sftune_storage.ReadLessOften(storage), study_name="m")
+        for x in (0.5, 0.25):
+            trial = study.ask()
+            trial.report(x, 1)
+            study.tell(trial, x)
+        close_study(study)
+        again = optuna.load_study(study_name="m", storage=storage)
+        assert [t.value for t in again.trials] == [0.5, 0.25] and again.trials[0].intermediate_values == {1: 0.5}
 
 
 def test_bad_heartbeat_setting_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
