@@ -40,7 +40,7 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         if spec.get("job"):
             _run_stub(spec, tune)
             return
-        from trainer import config_from_dict, resolve_precision, run_job
+        from trainer import config_from_dict, resolve_model_dtype, resolve_precision, run_job
 
         number = spec["number"]
         cfg = config_from_dict(spec["config"], source=f"trial {number}")
@@ -48,6 +48,7 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         timing: dict[str, float] = {}
         memory: dict[str, float] = {}  # CUDA figures (trainer._memory); empty on CPU
         precision = resolve_precision(cfg.train.precision)[1]  # what run_job will use: bf16 | fp32
+        model_dtype = resolve_model_dtype(cfg.train.model_dtype, cfg.peft.method)  # fp32 | bf16 | fp16
 
         generations: list[dict[str, Any]] = []  # each generating evaluation's samples (`eval:`)
 
@@ -55,7 +56,7 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
             def report(self, step: int, metrics: dict[str, float]) -> bool:
                 fresh = generations[-1] if generations and generations[-1]["step"] == step else None
                 tune.report(evaluation_report(metrics, step, max_steps=timing.get("max_steps"), seconds=dict(timing),
-                                              memory=dict(memory), precision=precision,
+                                              memory=dict(memory), precision=precision, model_dtype=model_dtype,
                                               **({"generations": fresh["samples"]} if fresh else {})))
                 return False  # the scheduler in the driver stops a pruned trial
 
@@ -71,6 +72,8 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         if type(exc).__name__ in ("SessionTerminatedError", "StopIteration"):
             raise
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        if type(exc).__name__ == "OutOfMemory":  # trainer's: its message is the outcome ("out of memory at step N")
+            last = str(exc)
         tune.report(error_report(last, traceback.format_exc()[-4000:]))
 
 
