@@ -58,3 +58,32 @@ def test_out_of_memory_trial_fails_alone_and_is_not_retried(tmp_path: Path, llam
     assert oom.user_attrs["error"].startswith("out of memory at step 3 (peak ")
     assert "MiB" in oom.user_attrs["error"]
     assert by_batch[4].state == by_batch[8].state == TrialState.COMPLETE
+
+
+def test_a_study_searching_the_job_options_records_faithful_trials(tmp_path: Path, llama_dir: Path,
+                                                                   ray_cluster: None) -> None:
+    base = tiny.sft_config(tmp_path, llama_dir, max_steps=4, eval_every=2, model_dtype="bf16")
+    study = {
+        "name": "options",
+        "objective": {"metric": "eval_loss", "direction": "minimize"},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "budget": {"n_trials": 3, "concurrency": 1},
+        "resources": {"cpu": 1},
+        "base": base,
+        "space": {"train.optimizer": {"type": "categorical", "choices": ["adamw", "sgd", "adafactor"]},
+                  "peft.use_rslora": {"type": "categorical", "choices": [True, False]},
+                  "peft.use_dora": {"type": "categorical", "choices": [True, False]},
+                  "train.label_smoothing": {"type": "float", "low": 0.0, "high": 0.2}},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    path = tiny.write_config(tmp_path / "options.yaml", study)
+    assert main(["run", str(path)]) == 0
+    trials = optuna.load_study(study_name="options", storage=f"sqlite:///{tmp_path / 'options.db'}").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        config = t.user_attrs["config"]
+        assert config["train"]["optimizer"] == t.params["train.optimizer"]
+        assert config["peft"]["use_dora"] == t.params["peft.use_dora"]
+        assert config["train"]["label_smoothing"] == t.params["train.label_smoothing"]
+        assert t.user_attrs["model_dtype"] == "bf16"
