@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search._outcome import failure, not_finite, outcome_state, told_values
+from search._outcome import failure, killed_for_memory, not_finite, outcome_state, told_values
 from search._ray.gpu import check_packing
 from search._ray.resources import trial_threads
 from search._trial_outputs import TrialOutputs
@@ -326,8 +326,8 @@ class Driver:
         return stop
 
     def _evaluated(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any]) -> tuple[list[float], int]:
-        """Keep one evaluation (history, progress, the first one's memory, precision and template); its objective
-        values."""
+        """Keep one evaluation (history, progress, the first one's memory, precision, model dtype and template); its
+        objective values."""
         step = step_of(result)
         self.last_step[tune_id] = step
         metrics = {m: float(result[m]) for m in self.metric_names if m in result}
@@ -336,7 +336,7 @@ class Driver:
         self.progress.trial_reported(trial.number, step, max_steps_of(result), metrics)
         if len(history) == 1:  # the peak of the first steps, recorded and judged once (again at the end)
             self.note_memory(trial, memory_of(result))
-            for key in ("precision", "template"):  # the arithmetic; the prompt format (sft: the chat template)
+            for key in ("precision", "model_dtype", "template"):  # arithmetic, weights, prompt format (sft)
                 if result.get(key):
                     self.guard(trial.set_user_attr, key, str(result[key]))
         if result.get("generations"):  # a few generated samples: what the trial's numbers mean
@@ -360,6 +360,8 @@ class Driver:
         if error is not None:
             text = str(error).strip().splitlines()
             self.errors[tune_id] = f"the trial's Ray worker died: {text[-1] if text else type(error).__name__}"
+            if killed_for_memory(error):  # Ray's memory monitor (or the kernel) killed it: its params' outcome
+                self.errors[tune_id] = f"out of memory: {self.errors[tune_id]}"
 
     # ---- the driver's loop --------------------------------------------------------------------
     def heartbeats(self) -> threading.Event:

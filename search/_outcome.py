@@ -63,6 +63,8 @@ def failure(*, stopped: str | None, result: dict[str, Any] | None, error: bool, 
     job_error = error_of(result)
     if job_error is not None:
         return job_error, False
+    if error and worker_error is not None and worker_error.startswith("out of memory"):
+        return worker_error + "; not retried (its params would run out of memory again)", False
     if error:
         retry = retries() < MAX_RETRIES
         note = "; its params are queued to run again" if retry else f"; not retried again ({MAX_RETRIES} retries)"
@@ -70,3 +72,9 @@ def failure(*, stopped: str | None, result: dict[str, Any] | None, error: bool, 
     if timed_out:
         return timed_out, True
     return (stop_reason or "stopped before it finished") + "; its params are queued for the next run", True
+
+
+def killed_for_memory(error: BaseException) -> bool:
+    """Whether Ray says a trial's worker was killed for memory (its memory monitor's OutOfMemoryError)."""
+    text = f"{type(error).__name__} {error}"
+    return "OutOfMemoryError" in text or "low on memory" in text

@@ -40,6 +40,7 @@ class EvaluationReport(TypedDict, total=False):
     seconds: dict[str, float]
     memory: dict[str, float]
     precision: str
+    model_dtype: str
     generations: list[dict[str, str]]
     """With `eval:` generation metrics: a few samples of this evaluation (prompt, reference, output)."""
     template: str
@@ -69,8 +70,8 @@ def ready_report(*, preloaded: bool, host: str, node: str, pid: int) -> dict[str
 
 
 def evaluation_report(metrics: dict[str, float], step: int, **more: Any) -> dict[str, Any]:
-    """`more`: the `EvaluationReport` keys a job knows (max_steps, seconds, memory, precision, template,
-    generations)."""
+    """`more`: the `EvaluationReport` keys a job knows (max_steps, seconds, memory, precision, model_dtype,
+    template, generations)."""
     return {**metrics, "step": step, **more}
 
 

@@ -29,9 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print(f"prompt format: {describe_template(prepared.template)}")
     _print_data_warnings(cfg, prepared)
     result = run_job(cfg, source=args.config, progress=_print, prepared=prepared)
-    _print("final metrics (step {}/{}, {:.0f}s on {}, {}):".format(result.step, result.max_steps,
-                                                                  result.seconds["total"], result.device,
-                                                                  result.precision))
+    _print("final metrics (step {}/{}, {:.0f}s on {}, {}, weights {}):".format(
+        result.step, result.max_steps, result.seconds["total"], result.device, result.precision, result.model_dtype))
     for key, value in result.metrics.items():
         _print(f"  {key:<10} {value:.4f}")
     if result.test_metrics:

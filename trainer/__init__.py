@@ -7,6 +7,8 @@ from trainer._metrics import DIRECTIONS, METRICS
 from trainer.schema import ConfigError, Problem
 from trainer.config import ADDED_DEFAULTS, FIELDS, TrainConfig, config_from_dict, load_train_config, read_yaml
 from trainer._model import warm
+from trainer._oom import OutOfMemory
+from trainer._precision import resolve_model_dtype
 from trainer._tokenize import describe_warnings
 from trainer.tasks import Task, get_task, task_names
 from trainer.job import (JobResult, NeverStop, Prepared, Reporter, prepare, prepare_soon, resolve_precision,
@@ -20,6 +22,7 @@ __all__ = [
     "ConfigError",
     "JobResult",
     "NeverStop",
+    "OutOfMemory",
     "Prepared",
     "Problem",
     "Reporter",
@@ -33,6 +36,7 @@ __all__ = [
     "prepare",
     "prepare_soon",
     "read_yaml",
+    "resolve_model_dtype",
     "resolve_precision",
     "run_job",
     "task_names",

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from trainer._options import check_fit, dropout_options, enable_gradient_checkpointing
+from trainer._precision import resolve_model_dtype, torch_dtype, trainable_to_fp32
 from trainer.schema import ConfigError, Problem
 from trainer.config import BUNDLED_MODELS, TrainConfig, bundled_model_path
 from trainer.tasks import DEFAULT_TASK, get_task
@@ -143,7 +145,9 @@ def check_model(cfg: TrainConfig, location: str, source: str = "") -> None:
                                 "(tokenizer.save_pretrained(folder))"))
     settings = model_settings(location)
     model_type = settings.get("model_type", "")
-    get_task(cfg.task, source).check_model(cfg, settings, source, problems)
+    task = get_task(cfg.task, source)
+    task.check_model(cfg, settings, source, problems)
+    check_fit(cfg, settings, task.model_mapping, source, problems)
     limit = position_limit(settings)
     if limit is not None and cfg.train.max_length > limit:
         problems.append(Problem(source, "train.max_length", f"must be <= {limit}, the longest input "
@@ -208,18 +212,33 @@ def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> li
 
 def build_model(cfg: TrainConfig, location: str, tokenizer: Any, num_labels: int, labels: list[str],
                 source: str = "") -> Any:
-    """Load the model with the task's head and wrap it with LoRA when asked."""
-    import torch
-
+    """Load the model with the task's head, its weights in `train.model_dtype`, and wrap it with LoRA when asked."""
     task = get_task(cfg.task, source)
+    dtype = torch_dtype(resolve_model_dtype(cfg.train.model_dtype, cfg.peft.method))
+    qlora = cfg.peft.method == "qlora"
+    options: dict[str, Any] = dropout_options(cfg, model_settings(location))  # config fields, set as it loads
+    if qlora:  # quantized as the weights load; what is not quantized is held in `dtype`
+        from trainer._quant import bnb_config
+
+        options.update(quantization_config=bnb_config(cfg.peft.quantization), dtype=dtype)
     try:
-        model = task.load_model(location, labels)
+        model = task.load_model(location, labels, **options) if options else task.load_model(location, labels)
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(Problem(source, "model", f"cannot load '{location}' for task {cfg.task}: "
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")) from None
-    model = model.to(torch.float32)
+    if not qlora:
+        model = model.to(dtype)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if qlora:  # peft's recipe: norms and the head to fp32, input grads on, checkpointing as asked
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.train.gradient_checkpointing:
+            model.config.use_cache = False
+    elif cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if cfg.peft.method == "full":
         return model
     from peft import LoraConfig, TaskType, get_peft_model
@@ -230,9 +249,14 @@ def build_model(cfg: TrainConfig, location: str, tokenizer: Any, num_labels: int
         lora_alpha=cfg.peft.alpha,
         lora_dropout=cfg.peft.dropout,
         target_modules=resolve_target_modules(model, cfg, source),
-        modules_to_save=task.modules_to_save(model),
+        modules_to_save=(task.modules_to_save(model) or []) + (cfg.peft.modules_to_save or []) or None,
+        use_rslora=cfg.peft.use_rslora,
+        use_dora=cfg.peft.use_dora,
+        init_lora_weights=cfg.peft.init_lora_weights,
     )
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    trainable_to_fp32(model)  # the adapter (and a saved head) train in fp32 whatever the weights are held in
+    return model
 
 
 def warm(location: str | None = None, task: str | None = None) -> None:

@@ -12,6 +12,7 @@ import yaml
 
 from trainer._chat import check_setting as check_template_setting
 from trainer._chat import is_file_setting as is_template_file
+from trainer._options import check_options
 from trainer._yaml import load_yaml
 from trainer.tasks import DEFAULT_TASK, Task, get_task, task_names
 from trainer.schema import (
@@ -67,14 +68,46 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class QuantizationConfig:
+    """QLoRA (`peft.method: qlora`): how bitsandbytes stores the frozen weights (Dettmers et al. 2023's recipe
+    is the default: 4-bit NF4, double quantization, bf16 compute)."""
+
+    bits: Literal[4, 8] = 4
+    type: Literal["nf4", "fp4"] = "nf4"
+    """4 bits: NF4 (normal float, the QLoRA paper's) or FP4."""
+    double_quant: bool = True
+    """4 bits: quantize the quantization constants too (about 0.4 bits per weight saved)."""
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """4 bits: what the dequantized weights are multiplied in."""
+
+
+@dataclasses.dataclass
 class PeftConfig:
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "qlora", "full"] = "lora"
+    """lora: adapters on the frozen weights; qlora: the same on weights quantized by bitsandbytes
+    (`quantization`; pip install "sftune[qlora]"); full: every weight trains."""
     r: int = 8
     alpha: float = 16
     dropout: float = 0.05
     target_modules: str | list[str] = "auto"
     """`auto` picks the attention projections of the architecture; `all-linear` adapts every linear layer
     (attention and MLP) but the head; a list is used as given."""
+    quantization: QuantizationConfig = dataclasses.field(default_factory=QuantizationConfig)
+    """qlora: bits, type, double_quant, compute_dtype."""
+    use_rslora: bool = False
+    """rsLoRA: scale the adapter by alpha/sqrt(r) instead of alpha/r, so that its effect does not shrink as r
+    grows (Kalajdzievski 2023): `alpha` can then stay fixed while `r` is searched."""
+    use_dora: bool = False
+    """DoRA: train a magnitude vector beside the LoRA direction (Liu et al. 2024); slower per step."""
+    init_lora_weights: bool | Literal["gaussian", "pissa", "olora"] = True
+    """How the adapter starts: true (peft's default: A Kaiming-uniform, B zero), gaussian, pissa (from the
+    weight's principal singular vectors), olora (from its QR decomposition); pissa and olora move the base
+    weights by what the adapter starts with."""
+    loraplus_ratio: float | None = None
+    """LoRA+: the learning rate of the B matrices is this many times that of A (Hayou et al. 2024 suggest 16)."""
+    modules_to_save: list[str] | None = None
+    """Modules trained in full beside the adapter and saved with it (e.g. [lm_head, embed_tokens]), added to
+    those the task keeps (a classification head)."""
 
 
 @dataclasses.dataclass
@@ -92,8 +125,28 @@ class TrainParams:
     weight_decay: float = 0.0
     lr_scheduler: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-        "inverse_sqrt",
+        "inverse_sqrt", "warmup_stable_decay",
     ] = "linear"
+    """transformers' schedulers; `warmup_stable_decay` warms up, holds the peak rate, and decays over the last
+    `decay_ratio` of the steps (cosine) to `min_lr_ratio` of the peak."""
+    min_lr_ratio: float = 0.0
+    """cosine and warmup_stable_decay: the rate they end at, as a fraction of `learning_rate`
+    (cosine: transformers' cosine_with_min_lr)."""
+    decay_ratio: float = 0.1
+    """warmup_stable_decay: the fraction of the steps spent decaying."""
+    optimizer: Literal["adamw", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    """adamw (torch's), adafactor (no relative step), sgd (momentum 0.9), adamw_8bit and paged_adamw_8bit
+    (bitsandbytes: 8-bit optimizer state; paged pages it to host memory under pressure)."""
+    adam_beta2: float = 0.999
+    """AdamW's (and the 8-bit variants') second-moment decay."""
+    label_smoothing: float = 0.0
+    """Training loss only: the target's probability is 1 - label_smoothing, the rest spread over the other
+    classes (tokens); evaluation reports the plain loss, so trials compare."""
+    dropout: float | None = None
+    """The model's own dropout, set on every dropout field its config has (hidden, attention, ...); default:
+    what the checkpoint says."""
+    neftune_alpha: float | None = None
+    """NEFTune (sft): noise of this scale on the input embeddings while training (Jain et al. 2023 use 5)."""
     max_grad_norm: float = 1.0
     max_length: int = 128
     seed: int = 0
@@ -103,6 +156,13 @@ class TrainParams:
     """Arithmetic of training and evaluation. `auto`: bf16 mixed precision where the hardware does bf16
     natively (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX, where it trains about 1.8x
     faster), else fp32. `fp32` always; `bf16` always. The weights and the optimizer stay fp32."""
+    model_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """What the model's weights are held in. `auto`: bf16 where the device computes bf16 natively (as
+    `precision: auto` judges it) and the job trains adapters (peft.method lora or qlora), else fp32. The
+    adapter, a head in `modules_to_save` and the optimizer state stay fp32. `fp16` needs a CUDA GPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them (non-reentrant, so it works with
+    LoRA): less activation memory for about a third more compute; the KV cache is off while training."""
     class_weights: Literal["none", "balanced"] = "none"
     """Classification: `balanced` weights the training loss by n / (classes * class count)."""
     stop_at_step: int | None = None
@@ -156,12 +216,18 @@ class TrainConfig:
 
 FIELDS = field_paths(TrainConfig)
 
+_ADDED_TRAIN = ("precision", "model_dtype", "gradient_checkpointing", "min_lr_ratio", "decay_ratio", "optimizer",
+                "adam_beta2", "label_smoothing", "dropout", "neftune_alpha")
+_ADDED_PEFT = ("use_rslora", "use_dora", "init_lora_weights", "loraplus_ratio", "modules_to_save")
+
 ADDED_DEFAULTS: dict[str, Any] = {
-    **{f"train.{f.name}": f.default for f in dataclasses.fields(TrainParams) if f.name in ("precision",)},
+    **{f"train.{f.name}": f.default for f in dataclasses.fields(TrainParams) if f.name in _ADDED_TRAIN},
     **{f"eval.{f.name}": f.default for f in dataclasses.fields(EvalConfig) if f.default is not dataclasses.MISSING},
     "eval.metrics": [],
     **{f"data.{f.name}": f.default for f in dataclasses.fields(DataConfig)
        if f.name in ("chat_template", "train_on_prompt")},
+    **{f"peft.quantization.{k}": v for k, v in dataclasses.asdict(QuantizationConfig()).items()},
+    **{f"peft.{f.name}": f.default for f in dataclasses.fields(PeftConfig) if f.name in _ADDED_PEFT},
 }
 """Fields added after 0.1.0 with their defaults (read from the dataclass): a study created before one existed
 resumes with it at this value."""
@@ -283,7 +349,9 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
         v = getattr(d, key)
         need(v is None or v >= 1, f"data.{key}", f"must be >= 1, found {v}")
     if cfg.save == "adapter":
-        need(p.method == "lora", "save", "'adapter' needs peft.method: lora (use 'model' for full fine-tuning)")
+        need(p.method != "full", "save", "'adapter' needs peft.method: lora or qlora (use 'model' for full "
+             "fine-tuning)")
+    check_options(cfg, source, problems)
     if task is not None:
         task.check_config(cfg, source, problems)
         from trainer.generation import check_eval_config

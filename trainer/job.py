@@ -24,6 +24,9 @@ from trainer._chat import is_file_setting as is_template_file
 from trainer._loss import TokenMean
 from trainer._metrics import evaluate_on_test
 from trainer._model import build_model, check_model, model_location
+from trainer._oom import is_out_of_memory, out_of_memory
+from trainer._optim import label_smoothed, loraplus_optimizer, trainer_options
+from trainer._precision import parameter_bytes, resolve_model_dtype
 from trainer._tokenize import data_warnings, tokenize
 from trainer.config import TrainConfig
 from trainer.data import Examples, load_examples
@@ -80,6 +83,10 @@ class JobResult:
     device: str = "cpu"
     precision: str = "fp32"
     """The arithmetic the run used: bf16 (mixed precision) or fp32 (see `train.precision`)."""
+    model_dtype: str = "fp32"
+    """What the model's weights were held in: fp32 | bf16 | fp16 (see `train.model_dtype`)."""
+    parameters: dict[str, int] = field(default_factory=dict)
+    """Bytes of the model's parameters as trained: `bytes` (all) and `trainable_bytes`."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time split: setup (data/model), train (optimizer steps), eval."""
     test_metrics: dict[str, float] = field(default_factory=dict)
@@ -334,8 +341,12 @@ def run_job(
         # The frames the exception left (the training loop's, the callback's) hold the model and
         # the optimizer until the exception is gone: let go of their locals now.
         traceback.clear_frames(exc.__traceback__)
+        if is_out_of_memory(exc):  # an outcome of these params (trainer._oom), said as one line
+            trainer = made.get("trainer")
+            raise out_of_memory(exc, getattr(trainer, "state", None), made.get("model"), device) from None
         raise
     finally:
+        made.pop("trainer", None)
         _unwrap_forward(made.pop("model", None))
         _memory.release(memory)
 
@@ -459,7 +470,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         per_device_eval_batch_size=t.eval_batch_size or task.eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
+        **trainer_options(cfg, max_steps),  # optimizer, scheduler options, NEFTune (trainer._optim)
         warmup_steps=int(round(t.warmup_ratio * max_steps)),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
@@ -487,10 +498,13 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         eval_dataset=prep.validation,
         data_collator=task.collator(prep.tokenizer),
         compute_metrics=None if task.prediction_loss_only else task.compute_metrics,
-        compute_loss_func=task.loss(cfg, prep.train, prep.examples),
+        compute_loss_func=label_smoothed(t.label_smoothing, task.peft_task_type == "CAUSAL_LM",
+                                         task.loss(cfg, prep.train, prep.examples), model),
+        optimizers=(loraplus_optimizer(cfg, model, args), None),
         callbacks=[_Report(), *_stop_at(t.stop_at_step)],
     )
     trainer.remove_callback(PrinterCallback)
+    made["trainer"] = trainer  # the step an out-of-memory error stopped at (trainer.state, made anew by train())
     trainer.train()
     step = trainer.state.global_step
     if not history or history[-1]["step"] != step:
@@ -506,6 +520,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         labels=prep.examples.labels,
         device=device,
         precision=precision,
+        model_dtype=resolve_model_dtype(t.model_dtype, cfg.peft.method),
+        parameters=parameter_bytes(model),
         seconds={**timing, "total": time.perf_counter() - started},
         test_metrics=tested,
         data_warnings=prep.warnings,
@@ -586,7 +602,7 @@ def _save(cfg: TrainConfig, model: Any, tokenizer: Any, out: Path) -> None:
         model.save_pretrained(out / "adapter")
         tokenizer.save_pretrained(out / "adapter")
         return
-    if cfg.peft.method == "lora":
+    if cfg.peft.method != "full":
         model = model.merge_and_unload()
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")

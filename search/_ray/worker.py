@@ -40,7 +40,7 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         if spec.get("job"):
             _run_stub(spec, tune)
             return
-        from trainer import config_from_dict, describe_template, resolve_precision, run_job
+        from trainer import config_from_dict, describe_template, resolve_model_dtype, resolve_precision, run_job
 
         number = spec["number"]
         cfg = config_from_dict(spec["config"], source=f"trial {number}")
@@ -49,6 +49,7 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         memory: dict[str, float] = {}  # CUDA figures (trainer._memory); empty on CPU
         precision = resolve_precision(cfg.train.precision)[1]  # what run_job will use: bf16 | fp32
         template = describe_template(prepared.template) if prepared is not None else ""  # e.g. chatml
+        model_dtype = resolve_model_dtype(cfg.train.model_dtype, cfg.peft.method)  # fp32 | bf16 | fp16
 
         generations: list[dict[str, Any]] = []  # each generating evaluation's samples (`eval:`)
 
@@ -56,7 +57,7 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
             def report(self, step: int, metrics: dict[str, float]) -> bool:
                 fresh = generations[-1] if generations and generations[-1]["step"] == step else None
                 tune.report(evaluation_report(metrics, step, max_steps=timing.get("max_steps"), seconds=dict(timing),
-                                              memory=dict(memory), precision=precision,
+                                              memory=dict(memory), precision=precision, model_dtype=model_dtype,
                                               **({"template": template} if template else {}),
                                               **({"generations": fresh["samples"]} if fresh else {})))
                 return False  # the scheduler in the driver stops a pruned trial
@@ -73,6 +74,8 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         if type(exc).__name__ in ("SessionTerminatedError", "StopIteration"):
             raise
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        if type(exc).__name__ == "OutOfMemory":  # trainer's: its message is the outcome ("out of memory at step N")
+            last = str(exc)
         tune.report(error_report(last, traceback.format_exc()[-4000:]))
 
 

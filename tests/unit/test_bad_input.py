@@ -46,7 +46,7 @@ def test_all_problems_listed_at_once(tmp_path: Path, good: dict, capsys: pytest.
     err = _run(tmp_path, good, capsys)
     assert "4 problems" in err
     assert "task: expected one of classification, sft, found 'regression'" in err
-    assert "peft.method: expected one of lora, full, found 'lorra' (str); did you mean 'lora'?" in err
+    assert "peft.method: expected one of lora, qlora, full, found 'lorra' (str); did you mean 'lora'?" in err
     assert "train.warmup_ratio: must be in [0, 1), found 2.0" in err
 
 
@@ -123,11 +123,11 @@ def test_set_overrides_are_type_checked(tmp_path: Path, good: dict, capsys: pyte
 
 
 def test_exit_code_and_no_traceback_from_the_real_command(tmp_path: Path, good: dict) -> None:
-    good["peft"]["method"] = "qlora"
+    good["peft"]["method"] = "dora"
     path = tiny.write_config(tmp_path / "train.yaml", good)
     proc = subprocess.run([sys.executable, "-m", "search", "train", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "peft.method: expected one of lora, full, found 'qlora'" in proc.stderr
+    assert "peft.method: expected one of lora, qlora, full, found 'dora'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

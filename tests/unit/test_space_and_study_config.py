@@ -90,8 +90,8 @@ def _bad(path: Path, capsys: pytest.CaptureFixture, *extra: str) -> str:
      "space.train.batch_size.choices: expected a non-empty list, found []"),
     ({"space": {"peft.r": {"type": "int", "low": 2, "high": 8, "when": {"peft.methd": "lora"}}}},
      "space.peft.r.when: names unknown parameter 'peft.methd'"),
-    ({"space": {"peft.method": {"type": "categorical", "choices": ["lora", "qlora"]}}},
-     "space.peft.method: value 'qlora': expected one of lora, full"),
+    ({"space": {"peft.method": {"type": "categorical", "choices": ["lora", "dora"]}}},
+     "space.peft.method: value 'dora': expected one of lora, qlora, full"),
     ({"objective": {"metric": "perplexity"}}, "objective.metric: task classification reports accuracy, f1_macro, "
                                                "eval_loss; found 'perplexity'"),
     ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage: cannot open study storage"),

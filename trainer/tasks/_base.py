@@ -100,8 +100,10 @@ class Task:
 
     # --- model ----------------------------------------------------------------------------------------
 
-    def load_model(self, location: str, labels: list[str]) -> Any:
-        """The model with this task's head, from `location` (`labels`: class names in id order, or [])."""
+    def load_model(self, location: str, labels: list[str], **options: Any) -> Any:
+        """The model with this task's head, from `location` (`labels`: class names in id order, or []).
+        `options` go to `from_pretrained` as given (QLoRA: `quantization_config` and `dtype`); a task that
+        takes none runs every job but QLoRA."""
         raise NotImplementedError
 
     def modules_to_save(self, model: Any) -> list[str] | None:

@@ -41,12 +41,12 @@ class Classification(Task):
                  max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return classification_with_stats(rows, tokenizer, max_length)
 
-    def load_model(self, location: str, labels: list[str]) -> Any:
+    def load_model(self, location: str, labels: list[str], **options: Any) -> Any:
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(
             location, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True,
+            label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True, **options,
         )
 
     def modules_to_save(self, model: Any) -> list[str] | None:

@@ -76,10 +76,10 @@ class SFT(Task):
                  options: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return sft_with_stats(rows, tokenizer, max_length, options)
 
-    def load_model(self, location: str, labels: list[str]) -> Any:
+    def load_model(self, location: str, labels: list[str], **options: Any) -> Any:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(location)
+        return AutoModelForCausalLM.from_pretrained(location, **options)
 
     def warning_line(self, split: str, what: str, n: int, of: str, limit: str) -> str | None:
         if what == "truncated":
