@@ -139,3 +139,69 @@ def study_file(tmp: Path, model_dir: Path, *, name: str = "s", n_trials: int = 4
         **extra,
     }
     return write_config(tmp / f"{name}.yaml", data)
+
+
+def regression_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """Sentiment-like texts with float scores: `score` about 40 (negative) or 60 (positive), `second` = score / 10."""
+    rng = random.Random(seed)
+    rows = []
+    for r in sentiment_rows(n, seed):
+        score = 40.0 + 20.0 * r["label"] + rng.gauss(0, 1)
+        rows.append({"text": r["text"], "score": round(score, 3), "second": round(score / 10 + rng.gauss(0, .1), 3)})
+    return rows
+
+
+def regression_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
+    write_jsonl(tmp / "data" / "reg_train.jsonl", regression_rows(240, seed=1))
+    write_jsonl(tmp / "data" / "reg_val.jsonl", regression_rows(80, seed=2))
+    return {
+        "model": str(model_dir),
+        "task": "regression",
+        "data": {"train": "data/reg_train.jsonl", "validation": "data/reg_val.jsonl", "label_column": "score"},
+        "task_options": {"standardize": True},
+        "peft": {"method": "full"},
+        "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 30, "eval_every": 10,
+                  "max_length": 16, "seed": 0, **train},
+        "output_dir": str(tmp / "out"),
+    }
+
+
+TASK_CONFIGS = {"regression": regression_config}
+"""The tiny base config of each task beyond classification and sft, by task name."""
+
+
+def multilabel_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """Texts with a list of labels each: positive / negative when such a word is in it, film when film or movie is."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.sample(FILLER, 3)
+        if rng.random() < 0.5:
+            words.append(rng.choice(POSITIVE))
+        if rng.random() < 0.5:
+            words.append(rng.choice(NEGATIVE))
+        rng.shuffle(words)
+        labels = [name for name, hit in (("positive", set(words) & set(POSITIVE)),
+                                         ("negative", set(words) & set(NEGATIVE)),
+                                         ("film", set(words) & {"film", "movie"})) if hit]
+        rows.append({"text": " ".join(words), "labels": labels})
+    return rows
+
+
+def multilabel_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
+    write_jsonl(tmp / "data" / "ml_train.jsonl", multilabel_rows(240, seed=1))
+    write_jsonl(tmp / "data" / "ml_val.jsonl", multilabel_rows(80, seed=2))
+    return {
+        "model": str(model_dir),
+        "task": "multilabel",
+        "data": {"train": "data/ml_train.jsonl", "validation": "data/ml_val.jsonl", "label_column": "labels"},
+        "task_options": {"threshold": "tune"},
+        "peft": {"method": "full"},
+        "train": {"learning_rate": 1e-2, "batch_size": 16, "max_steps": 30, "eval_every": 10,
+                  "max_length": 16, "seed": 0, **train},
+        "output_dir": str(tmp / "out"),
+    }
+
+
+TASK_CONFIGS["multilabel"] = multilabel_config
+

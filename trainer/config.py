@@ -12,6 +12,7 @@ import yaml
 
 from trainer._yaml import load_yaml
 from trainer.tasks import DEFAULT_TASK, Task, get_task, task_names
+from trainer.tasks._options import TaskOptions
 from trainer.schema import (
     ConfigError,
     Problem,
@@ -141,6 +142,8 @@ class TrainConfig:
     """What to keep after training besides metrics.json: nothing, the LoRA adapter, or the model."""
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     """Generation-based metrics (sft): what is generated at evaluation and how it is scored."""
+    task_options: TaskOptions = dataclasses.field(default_factory=TaskOptions)
+    """What only one task reads: regression targets and loss, a multilabel threshold."""
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -152,6 +155,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     **{f"train.{f.name}": f.default for f in dataclasses.fields(TrainParams) if f.name in ("precision",)},
     **{f"eval.{f.name}": f.default for f in dataclasses.fields(EvalConfig) if f.default is not dataclasses.MISSING},
     "eval.metrics": [],
+    **{f"task_options.{f.name}": f.default for f in dataclasses.fields(TaskOptions)},
 }
 """Fields added after 0.1.0 with their defaults (read from the dataclass): a study created before one existed
 resumes with it at this value."""

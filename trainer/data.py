@@ -109,6 +109,8 @@ class Examples:
     """The held-out test split (empty when the config has none); no trial evaluates on it."""
     paths: dict[str, str] = field(default_factory=dict)
     """Where each split was read from: a file, or 'held out of <train file>'."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """What a task learned from the data and its run needs (regression: target columns, mean and std)."""
 
     def splits(self) -> dict[str, list[dict[str, Any]]]:
         """train, validation and (when present) test, in that order."""

@@ -11,6 +11,8 @@ from trainer.tasks._base import Task
 TASKS: dict[str, str] = {
     "classification": "trainer.tasks.classification:Classification",
     "sft": "trainer.tasks.sft:SFT",
+    "regression": "trainer.tasks.regression:Regression",
+    "multilabel": "trainer.tasks.multilabel:Multilabel",
 }
 """Built-in tasks: `task:` name to the `module:ClassName` that implements it (imported when first used)."""
 
