@@ -64,9 +64,17 @@ def _load(spec: str) -> Task:
     return task
 
 
+REQUIRED = ("load_examples", "tokenize", "load_model")
+"""The hooks a task must implement itself (the others have defaults)."""
+
+
 def _check_task(task: Task, spec: str) -> list[Problem]:
-    """A task's declared metrics must be usable as study objectives."""
+    """A task implements the required hooks, and its declared metrics are usable as study objectives."""
     problems = []
+    for method in REQUIRED:
+        if getattr(type(task), method, None) is getattr(Task, method):
+            problems.append(Problem("", "task", f"{spec}: expected a method {method}() (every task implements "
+                                    f"{', '.join(REQUIRED)}), found none"))
     if not task.metrics:
         problems.append(Problem("", "task", f"{spec}: expected at least one name in `metrics`, found none"))
     for metric in task.metrics:
