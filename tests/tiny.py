@@ -205,3 +205,63 @@ def multilabel_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any
 
 TASK_CONFIGS["multilabel"] = multilabel_config
 
+
+TREC_NAMES = Path(__file__).parent / "data" / "trec6_names"
+
+
+def name_tags(words: list[str], scheme: str = "bio") -> list[str]:
+    """NAME for each capitalised word after the first (a run of them one entity), O for the rest."""
+    tags: list[str] = []
+    for i, w in enumerate(words):
+        if i > 0 and w[0].isupper():
+            tags.append("NAME" if scheme == "plain" else ("I-NAME" if tags[-1] != "O" else "B-NAME"))
+        else:
+            tags.append("O")
+    return tags
+
+
+def tagging_rows(file: str, scheme: str = "bio") -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (TREC_NAMES / file).read_text().splitlines()]
+    return [{"tokens": r["text"].split(), "tags": name_tags(r["text"].split(), scheme)} for r in rows]
+
+
+def make_char_model(out: Path, seed: int = 0) -> Path:
+    """A 2-layer random BERT whose (fast) tokenizer splits each word into characters: the first sub-word of a
+    word is its first character, `##`-prefixed characters follow; case is kept."""
+    import string
+
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertForTokenClassification, PreTrainedTokenizerFast
+
+    chars = sorted(set(string.printable.strip()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + chars + ["##" + c for c in chars]
+    tok = Tokenizer(models.WordPiece(vocab={w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]")
+    fast.save_pretrained(out)
+    torch.manual_seed(seed)
+    model = BertForTokenClassification(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                                  num_attention_heads=2, intermediate_size=64,
+                                                  max_position_embeddings=128, pad_token_id=0))
+    model.save_pretrained(out)
+    return out
+
+
+def tagging_config(tmp: Path, model_dir: Path, scheme: str = "bio", **train: Any) -> dict[str, Any]:
+    write_jsonl(tmp / "data" / "tag_train.jsonl", tagging_rows("questions.jsonl", scheme))
+    write_jsonl(tmp / "data" / "tag_val.jsonl", tagging_rows("questions_val.jsonl", scheme))
+    return {
+        "model": str(model_dir),
+        "task": "token-classification",
+        "data": {"train": "data/tag_train.jsonl", "validation": "data/tag_val.jsonl"},
+        "task_options": {"tag_scheme": scheme},
+        "peft": {"method": "full"},
+        "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 60, "eval_every": 20,
+                  "max_length": 96, "seed": 0, **train},
+        "output_dir": str(tmp / "out"),
+    }
+
+
+TASK_CONFIGS["token-classification"] = tagging_config

@@ -143,7 +143,7 @@ class TrainConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     """Generation-based metrics (sft): what is generated at evaluation and how it is scored."""
     task_options: TaskOptions = dataclasses.field(default_factory=TaskOptions)
-    """What only one task reads: regression targets and loss, a multilabel threshold."""
+    """What only one task reads: regression targets and loss, a multilabel threshold, token tag columns."""
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -20,7 +20,8 @@ from search.config import load_study
 from search.recipes import shipped_spaces, shipped_studies
 
 TASK_OF_SPACE = {"lora-classification": ["classification"], "full-finetune": ["classification", "sft"],
-                 "lora-sft": ["sft"], "regression": ["regression"], "multilabel": ["multilabel"]}
+                 "lora-sft": ["sft"], "regression": ["regression"], "multilabel": ["multilabel"],
+                 "token-classification": ["token-classification"]}
 
 
 def test_every_shipped_space_is_known_here() -> None:

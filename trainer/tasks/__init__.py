@@ -13,6 +13,7 @@ TASKS: dict[str, str] = {
     "sft": "trainer.tasks.sft:SFT",
     "regression": "trainer.tasks.regression:Regression",
     "multilabel": "trainer.tasks.multilabel:Multilabel",
+    "token-classification": "trainer.tasks.token_classification:TokenClassification",
 }
 """Built-in tasks: `task:` name to the `module:ClassName` that implements it (imported when first used)."""
 

@@ -1,4 +1,4 @@
-"""`task_options:` of a train config: the settings that belong to one task (regression, multilabel)."""
+"""`task_options:` of a train config: the settings that belong to one task (regression, multilabel, token labels)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,16 @@ class TaskOptions:
     threshold: float | Literal["tune"] = 0.5
     """multilabel: a label is predicted when its probability is >= this; `tune` picks, at each evaluation, the
     threshold of best f1_micro on validation (reported as `threshold`; a test split uses the last one tuned)."""
+    tokens_column: str = "tokens"
+    """token-classification: a list of words per row."""
+    tags_column: str = "tags"
+    """token-classification: a list of tags per row (names or ids), one per word."""
+    tag_scheme: Literal["bio", "plain"] = "bio"
+    """token-classification: `bio` (B-X starts an entity, I-X continues it, O is outside) or `plain` (a run of the
+    same tag is one entity; O is outside)."""
 
 
-DATA_FIELDS = ("target_columns", "standardize")
+DATA_FIELDS = ("target_columns", "standardize", "tokens_column", "tags_column", "tag_scheme")
 """The options that change the prepared (checked, tokenized) data, so they are part of its cache key."""
 
 
