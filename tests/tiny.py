@@ -265,3 +265,59 @@ def tagging_config(tmp: Path, model_dir: Path, scheme: str = "bio", **train: Any
 
 
 TASK_CONFIGS["token-classification"] = tagging_config
+
+
+def digits_folder(out: Path, per_class: int, offset: int = 0) -> Path:
+    """scikit-learn's bundled 8x8 digits as PNG files, one folder per class (`per_class` each, from `offset`)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in range(10):
+        (out / str(label)).mkdir(parents=True, exist_ok=True)
+        idx = np.flatnonzero(digits.target == label)[offset:offset + per_class]
+        for i in idx:
+            image = Image.fromarray((digits.images[i] * 255 / 16).astype("uint8"), mode="L")
+            image.save(out / str(label) / f"{i}.png")
+    return out
+
+
+def make_image_model(out: Path, arch: str = "resnet", seed: int = 0) -> Path:
+    """A tiny random ResNet or ViT image classifier with its image processor (resize to 32, normalise)."""
+    import torch
+    from transformers import (
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessorPil,
+    )
+
+    torch.manual_seed(seed)
+    if arch == "resnet":
+        model = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[16, 32],
+                                                          depths=[1, 1], layer_type="basic", num_labels=2))
+    else:
+        model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=64, num_labels=2))
+    model.save_pretrained(out)
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(out)
+    return out
+
+
+def image_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
+    digits_folder(tmp / "data" / "digits_train", 40)
+    digits_folder(tmp / "data" / "digits_val", 10, offset=100)
+    return {
+        "model": str(model_dir),
+        "task": "image-classification",
+        "data": {"train": "data/digits_train", "validation": "data/digits_val"},
+        "peft": {"method": "full"},
+        "train": {"learning_rate": 3e-3, "batch_size": 32, "max_steps": 40, "eval_every": 10, "seed": 0, **train},
+        "output_dir": str(tmp / "out"),
+    }
+
+
+TASK_CONFIGS["image-classification"] = image_config

@@ -135,7 +135,8 @@ def check_model(cfg: TrainConfig, location: str, source: str = "") -> None:
     """What the model's config and folder tell before loading any weights: tokenizer files, task, length."""
     problems: list[Problem] = []
     folder = Path(location)
-    if folder.is_dir() and not any((folder / name).exists() for name in TOKENIZER_FILES) \
+    if get_task(cfg.task, source).reads_text and folder.is_dir() \
+            and not any((folder / name).exists() for name in TOKENIZER_FILES) \
             and not any(folder.glob("*.tiktoken")):
         problems.append(Problem(source, "model", f"model folder '{location}' has no tokenizer files (none of "
                                 f"{', '.join(TOKENIZER_FILES[:4])}, ...): transformers would build a tokenizer of "
@@ -218,7 +219,7 @@ def build_model(cfg: TrainConfig, location: str, tokenizer: Any, num_labels: int
         raise ConfigError(Problem(source, "model", f"cannot load '{location}' for task {cfg.task}: "
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")) from None
     model = model.to(torch.float32)
-    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+    if getattr(model.config, "pad_token_id", None) is None and getattr(tokenizer, "pad_token_id", None) is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.peft.method == "full":
         return model

@@ -1,4 +1,4 @@
-"""A tiny study per task beyond classification and sft (regression, multilabel, token-classification): two
+"""A tiny study per task beyond classification and sft (regression, multilabel, token and image classification): two
 trials each through a real local Ray cluster and a real SQLite database, the objective one of the task's own
 metrics; the best exported and re-run; the HTML report written."""
 
@@ -21,6 +21,7 @@ CASES = {  # task: (objective, direction, a searched task option or None)
     "regression": ("r2", "maximize", {"task_options.loss": {"type": "categorical", "choices": ["mse", "huber"]}}),
     "multilabel": ("f1_macro", "maximize", {}),
     "token-classification": ("entity_f1", "maximize", {}),
+    "image-classification": ("accuracy", "maximize", {}),
 }
 
 
@@ -28,9 +29,10 @@ CASES = {  # task: (objective, direction, a searched task option or None)
 def test_a_study_of_each_task(task: str, tmp_path: Path, bert_dir: Path, ray_cluster: None,
                               capsys: pytest.CaptureFixture) -> None:
     metric, direction, extra = CASES[task]
-    model = tiny.make_char_model(tmp_path / "char-bert") if task == "token-classification" else bert_dir
+    model = {"token-classification": lambda: tiny.make_char_model(tmp_path / "char-bert"),
+             "image-classification": lambda: tiny.make_image_model(tmp_path / "resnet")}.get(task, lambda: bert_dir)()
     base = tiny.TASK_CONFIGS[task](tmp_path, model, max_steps=20, eval_every=10)
-    base["peft"] = {"method": "lora", "r": 4}
+    base["peft"] = {"method": "full"} if task == "image-classification" else {"method": "lora", "r": 4}
     space = {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True}, **extra}
     path = tiny.write_config(tmp_path / "s.yaml", {
         "name": "s", "objective": {"metric": metric, "direction": direction}, "sampler": {"name": "tpe", "seed": 0},

@@ -21,7 +21,8 @@ from search.recipes import shipped_spaces, shipped_studies
 
 TASK_OF_SPACE = {"lora-classification": ["classification"], "full-finetune": ["classification", "sft"],
                  "lora-sft": ["sft"], "regression": ["regression"], "multilabel": ["multilabel"],
-                 "token-classification": ["token-classification"]}
+                 "token-classification": ["token-classification"],
+                 "image-classification": ["image-classification"]}
 
 
 def test_every_shipped_space_is_known_here() -> None:
@@ -35,6 +36,8 @@ def test_shipped_space_validates_against_a_base_config_of_its_task(space: str, t
     for task in TASK_OF_SPACE[space]:
         if task == "classification":
             base = tiny.classification_config(tmp_path, bert_dir)
+        elif task == "image-classification":
+            base = tiny.image_config(tmp_path, tiny.make_image_model(tmp_path / "resnet"))
         elif task != "sft":
             base = tiny.TASK_CONFIGS[task](tmp_path, bert_dir)
         else:

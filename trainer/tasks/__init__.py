@@ -14,6 +14,7 @@ TASKS: dict[str, str] = {
     "regression": "trainer.tasks.regression:Regression",
     "multilabel": "trainer.tasks.multilabel:Multilabel",
     "token-classification": "trainer.tasks.token_classification:TokenClassification",
+    "image-classification": "trainer.tasks.image_classification:ImageClassification",
 }
 """Built-in tasks: `task:` name to the `module:ClassName` that implements it (imported when first used)."""
 

@@ -52,6 +52,8 @@ class Task:
     """The peft `TaskType` name LoRA wraps the model as (SEQ_CLS, CAUSAL_LM, TOKEN_CLS, ...), or None."""
     model_mapping: ClassVar[str] = ""
     """The transformers `modeling_auto` mapping of the model class (a worker imports its code ahead of time)."""
+    reads_text: ClassVar[bool] = True
+    """False for a task whose inputs are not text (images): its model folder needs no tokenizer files."""
     report_counts: ClassVar[tuple[str, ...]] = ()
     """Per-split stats beside `truncated` that the data report counts (sft: `dropped`)."""
 
@@ -70,6 +72,13 @@ class Task:
         """Check the raw rows of every split ({split: rows}; `paths` says where each came from) and turn
         them into this task's examples; raise ConfigError listing every problem."""
         raise NotImplementedError
+
+    def read_split(self, cfg: TrainConfig, path: str, key: str, source: str) -> list[dict[str, Any]]:
+        """One split's raw rows from `path` (config key `key`): a data file, or what else the task reads (a
+        folder of images per class)."""
+        from trainer.data import read_rows
+
+        return read_rows(path, key, source)
 
     def label_counts(self, rows: list[dict[str, Any]], examples: Examples) -> list[int] | None:
         """Rows per class of one split in id order (for the rare and absent class warnings), or None."""

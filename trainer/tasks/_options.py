@@ -28,9 +28,11 @@ class TaskOptions:
     tag_scheme: Literal["bio", "plain"] = "bio"
     """token-classification: `bio` (B-X starts an entity, I-X continues it, O is outside) or `plain` (a run of the
     same tag is one entity; O is outside)."""
+    image_column: str = "image"
+    """image-classification: the image path column of a table (relative paths from the table's folder)."""
 
 
-DATA_FIELDS = ("target_columns", "standardize", "tokens_column", "tags_column", "tag_scheme")
+DATA_FIELDS = ("target_columns", "standardize", "tokens_column", "tags_column", "tag_scheme", "image_column")
 """The options that change the prepared (checked, tokenized) data, so they are part of its cache key."""
 
 
