@@ -23,19 +23,24 @@ def _key(row: dict[str, Any]) -> str:
     return json.dumps(row, sort_keys=True, ensure_ascii=False)
 
 
-def _show(row: dict[str, Any], labels: list[str]) -> str:
+def _show(row: dict[str, Any], labels: list[str], task: Any = None) -> str:
+    own = task.show_row(row, labels) if task is not None else None
+    if own is not None:
+        return own
     if "text" in row:
         text = row["text"] if "text_pair" not in row else f"{row['text']} || {row['text_pair']}"
         out = text if len(text) <= 80 else text[:77] + "..."
-        return f"{out!r} ({labels[row['label']]})" if labels else repr(out)
+        return f"{out!r} ({labels[row['label']]})" if labels and "label" in row else repr(out)
     if "messages" in row:
         text = row["messages"][-1]["content"]
-    else:
+    elif "prompt" in row:
         text = f"{row['prompt']} -> {row['response']}"
+    else:
+        text = json.dumps(row, ensure_ascii=False)
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
-def _duplicates(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
+def _duplicates(rows: list[dict[str, Any]], labels: list[str], task: Any = None) -> dict[str, Any]:
     """Rows that repeat an earlier row of the same split, and texts given with more than one label."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
@@ -44,7 +49,7 @@ def _duplicates(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]
     out: dict[str, Any] = {
         "rows": sum(len(idx) - 1 for idx in repeated),
         "texts": len(repeated),
-        "examples": [_show(rows[idx[0]], labels) + f" x{len(idx)}" for idx in repeated[:EXAMPLES]],
+        "examples": [_show(rows[idx[0]], labels, task) + f" x{len(idx)}" for idx in repeated[:EXAMPLES]],
     }
     if rows and "label" in rows[0]:
         conflicting = [idx for idx in repeated if len({rows[i]["label"] for i in idx}) > 1]
@@ -55,9 +60,9 @@ def _duplicates(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]
     return out
 
 
-def _leak(rows: list[dict[str, Any]], seen: set[str], labels: list[str]) -> dict[str, Any]:
+def _leak(rows: list[dict[str, Any]], seen: set[str], labels: list[str], task: Any = None) -> dict[str, Any]:
     hits = [r for r in rows if _key(r) in seen]
-    return {"rows": len(hits), "examples": [_show(r, labels) for r in hits[:EXAMPLES]]}
+    return {"rows": len(hits), "examples": [_show(r, labels, task) for r in hits[:EXAMPLES]]}
 
 
 def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = None) -> dict[str, Any]:
@@ -78,8 +83,9 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
     for split, rows in splits.items():
         stats = prep.stats.get(split, {})
         info: dict[str, Any] = {"rows": len(rows), "from": ex.paths.get(split, "")}
-        if labels:
-            counts = Counter(r["label"] for r in rows)
+        per_class = task.label_counts(rows, ex) if labels else None
+        if per_class is not None:
+            counts = Counter(dict(enumerate(per_class)))
             info["labels"] = {name: counts.get(i, 0) for i, name in enumerate(labels)}
             for i, name in enumerate(labels):
                 share = counts.get(i, 0) / len(rows) if rows else 0.0
@@ -88,7 +94,7 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
                 elif share < RARE_SHARE:
                     warnings.append(f"{split}: class {name!r} is {share:.1%} of the rows ({counts[i]} of {len(rows)})")
         info["empty"] = int(stats.get("empty_texts", 0))
-        info["duplicates"] = _duplicates(rows, labels)
+        info["duplicates"] = _duplicates(rows, labels, task)
         info["tokens"] = {k.removeprefix("length_"): v for k, v in stats.items()
                           if k.startswith("length_") or k == "over_max_length"}
         info["truncated"] = int(stats.get("truncated", 0))
@@ -96,6 +102,9 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
             info[count] = int(stats.get(count, 0))
         if stats.get("tokens"):
             info["unknown_token_share"] = round(stats.get("unknown_tokens", 0) / stats["tokens"], 4)
+        own = task.describe_split(rows, ex)
+        if own:
+            info["task"] = own
         report["splits"][split] = info
         dup = info["duplicates"]
         if dup["rows"]:
@@ -107,7 +116,7 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
     keys = {split: {_key(r) for r in rows} for split, rows in splits.items()}
     pairs = [("validation", "train")] + ([("test", "train"), ("test", "validation")] if "test" in splits else [])
     for split, other in pairs:
-        leak = _leak(splits[split], keys[other], labels)
+        leak = _leak(splits[split], keys[other], labels, task)
         report["leakage"][f"{split}_in_{other}"] = leak
         if leak["rows"]:
             warnings.append(f"leakage: {leak['rows']} of {len(splits[split])} {split} rows also appear in {other}, "
@@ -117,7 +126,7 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
     per_class = (".absent_classes", ".rare_classes")  # said above, class by class
     warnings.extend(describe_warnings({k: v for k, v in counted.items() if not k.endswith(per_class)},
                                       prep.stats, cfg.train.max_length, ex.task))
-    if labels:
+    if "labels" in report["splits"]["train"] and task.class_weights:
         train_counts = [c for c in report["splits"]["train"]["labels"].values() if c]
         ratio = max(train_counts) / min(train_counts) if train_counts else 1.0
         report["imbalance_ratio"] = round(ratio, 2)
@@ -173,6 +182,7 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  tokens: p50 {tok['p50']} · p90 {tok['p90']} · p99 {tok['p99']} · max {tok['max']}; "
                          f"{over} rows over max_length {report['max_length']}"
                          + (task.over_length_words(info) if over else ""))
+        lines += [f"  {line}" for line in task.describe_lines(info.get("task") or {})]
         dup = info["duplicates"]
         lines.append(f"  empty: {info['empty']} · duplicate rows: {dup['rows']}"
                      + (f" · texts with conflicting labels: {dup['conflicting_labels']}" if "conflicting_labels" in dup

@@ -181,3 +181,185 @@ def make_bpe_tokenizer(texts: list[str], out: Path | None = None, *, bos: bool =
     if out is not None:
         fast.save_pretrained(out)
     return fast
+
+
+def regression_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """Sentiment-like texts with float scores: `score` about 40 (negative) or 60 (positive), `second` = score / 10."""
+    rng = random.Random(seed)
+    rows = []
+    for r in sentiment_rows(n, seed):
+        score = 40.0 + 20.0 * r["label"] + rng.gauss(0, 1)
+        rows.append({"text": r["text"], "score": round(score, 3), "second": round(score / 10 + rng.gauss(0, .1), 3)})
+    return rows
+
+
+def regression_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
+    write_jsonl(tmp / "data" / "reg_train.jsonl", regression_rows(240, seed=1))
+    write_jsonl(tmp / "data" / "reg_val.jsonl", regression_rows(80, seed=2))
+    return {
+        "model": str(model_dir),
+        "task": "regression",
+        "data": {"train": "data/reg_train.jsonl", "validation": "data/reg_val.jsonl", "label_column": "score"},
+        "task_options": {"standardize": True},
+        "peft": {"method": "full"},
+        "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 30, "eval_every": 10,
+                  "max_length": 16, "seed": 0, **train},
+        "output_dir": str(tmp / "out"),
+    }
+
+
+TASK_CONFIGS = {"regression": regression_config}
+"""The tiny base config of each task beyond classification and sft, by task name."""
+
+
+def multilabel_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """Texts with a list of labels each: positive / negative when such a word is in it, film when film or movie is."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.sample(FILLER, 3)
+        if rng.random() < 0.5:
+            words.append(rng.choice(POSITIVE))
+        if rng.random() < 0.5:
+            words.append(rng.choice(NEGATIVE))
+        rng.shuffle(words)
+        labels = [name for name, hit in (("positive", set(words) & set(POSITIVE)),
+                                         ("negative", set(words) & set(NEGATIVE)),
+                                         ("film", set(words) & {"film", "movie"})) if hit]
+        rows.append({"text": " ".join(words), "labels": labels})
+    return rows
+
+
+def multilabel_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
+    write_jsonl(tmp / "data" / "ml_train.jsonl", multilabel_rows(240, seed=1))
+    write_jsonl(tmp / "data" / "ml_val.jsonl", multilabel_rows(80, seed=2))
+    return {
+        "model": str(model_dir),
+        "task": "multilabel",
+        "data": {"train": "data/ml_train.jsonl", "validation": "data/ml_val.jsonl", "label_column": "labels"},
+        "task_options": {"threshold": "tune"},
+        "peft": {"method": "full"},
+        "train": {"learning_rate": 1e-2, "batch_size": 16, "max_steps": 30, "eval_every": 10,
+                  "max_length": 16, "seed": 0, **train},
+        "output_dir": str(tmp / "out"),
+    }
+
+
+TASK_CONFIGS["multilabel"] = multilabel_config
+
+
+TREC_NAMES = Path(__file__).parent / "data" / "trec6_names"
+
+
+def name_tags(words: list[str], scheme: str = "bio") -> list[str]:
+    """NAME for each capitalised word after the first (a run of them one entity), O for the rest."""
+    tags: list[str] = []
+    for i, w in enumerate(words):
+        if i > 0 and w[0].isupper():
+            tags.append("NAME" if scheme == "plain" else ("I-NAME" if tags[-1] != "O" else "B-NAME"))
+        else:
+            tags.append("O")
+    return tags
+
+
+def tagging_rows(file: str, scheme: str = "bio") -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (TREC_NAMES / file).read_text().splitlines()]
+    return [{"tokens": r["text"].split(), "tags": name_tags(r["text"].split(), scheme)} for r in rows]
+
+
+def make_char_model(out: Path, seed: int = 0) -> Path:
+    """A 2-layer random BERT whose (fast) tokenizer splits each word into characters: the first sub-word of a
+    word is its first character, `##`-prefixed characters follow; case is kept."""
+    import string
+
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertForTokenClassification, PreTrainedTokenizerFast
+
+    chars = sorted(set(string.printable.strip()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + chars + ["##" + c for c in chars]
+    tok = Tokenizer(models.WordPiece(vocab={w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]")
+    fast.save_pretrained(out)
+    torch.manual_seed(seed)
+    model = BertForTokenClassification(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                                  num_attention_heads=2, intermediate_size=64,
+                                                  max_position_embeddings=128, pad_token_id=0))
+    model.save_pretrained(out)
+    return out
+
+
+def tagging_config(tmp: Path, model_dir: Path, scheme: str = "bio", **train: Any) -> dict[str, Any]:
+    write_jsonl(tmp / "data" / "tag_train.jsonl", tagging_rows("questions.jsonl", scheme))
+    write_jsonl(tmp / "data" / "tag_val.jsonl", tagging_rows("questions_val.jsonl", scheme))
+    return {
+        "model": str(model_dir),
+        "task": "token-classification",
+        "data": {"train": "data/tag_train.jsonl", "validation": "data/tag_val.jsonl"},
+        "task_options": {"tag_scheme": scheme},
+        "peft": {"method": "full"},
+        "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 60, "eval_every": 20,
+                  "max_length": 96, "seed": 0, **train},
+        "output_dir": str(tmp / "out"),
+    }
+
+
+TASK_CONFIGS["token-classification"] = tagging_config
+
+
+def digits_folder(out: Path, per_class: int, offset: int = 0) -> Path:
+    """scikit-learn's bundled 8x8 digits as PNG files, one folder per class (`per_class` each, from `offset`)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in range(10):
+        (out / str(label)).mkdir(parents=True, exist_ok=True)
+        idx = np.flatnonzero(digits.target == label)[offset:offset + per_class]
+        for i in idx:
+            image = Image.fromarray((digits.images[i] * 255 / 16).astype("uint8"), mode="L")
+            image.save(out / str(label) / f"{i}.png")
+    return out
+
+
+def make_image_model(out: Path, arch: str = "resnet", seed: int = 0) -> Path:
+    """A tiny random ResNet or ViT image classifier with its image processor (resize to 32, normalise)."""
+    import torch
+    from transformers import (
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessorPil,
+    )
+
+    torch.manual_seed(seed)
+    if arch == "resnet":
+        model = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[16, 32],
+                                                          depths=[1, 1], layer_type="basic", num_labels=2))
+    else:
+        model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=64, num_labels=2))
+    model.save_pretrained(out)
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(out)
+    return out
+
+
+def image_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
+    digits_folder(tmp / "data" / "digits_train", 40)
+    digits_folder(tmp / "data" / "digits_val", 10, offset=100)
+    return {
+        "model": str(model_dir),
+        "task": "image-classification",
+        "data": {"train": "data/digits_train", "validation": "data/digits_val"},
+        "peft": {"method": "full"},
+        "train": {"learning_rate": 3e-3, "batch_size": 32, "max_steps": 40, "eval_every": 10, "seed": 0, **train},
+        "output_dir": str(tmp / "out"),
+    }
+
+
+TASK_CONFIGS["image-classification"] = image_config

@@ -137,7 +137,8 @@ def check_model(cfg: TrainConfig, location: str, source: str = "") -> None:
     """What the model's config and folder tell before loading any weights: tokenizer files, task, length."""
     problems: list[Problem] = []
     folder = Path(location)
-    if folder.is_dir() and not any((folder / name).exists() for name in TOKENIZER_FILES) \
+    if get_task(cfg.task, source).reads_text and folder.is_dir() \
+            and not any((folder / name).exists() for name in TOKENIZER_FILES) \
             and not any(folder.glob("*.tiktoken")):
         problems.append(Problem(source, "model", f"model folder '{location}' has no tokenizer files (none of "
                                 f"{', '.join(TOKENIZER_FILES[:4])}, ...): transformers would build a tokenizer of "
@@ -228,7 +229,7 @@ def build_model(cfg: TrainConfig, location: str, tokenizer: Any, num_labels: int
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")) from None
     if not qlora:
         model = model.to(dtype)
-    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+    if getattr(model.config, "pad_token_id", None) is None and getattr(tokenizer, "pad_token_id", None) is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if qlora:  # peft's recipe: norms and the head to fp32, input grads on, checkpointing as asked
         from peft import prepare_model_for_kbit_training

@@ -74,7 +74,7 @@ def tokenize(examples: Examples, tokenizer: Any, max_length: int,
         # Evaluation batches of similar lengths waste little on padding (about 1.7x faster on SST-2);
         # every metric is computed over the whole set, so the order does not change them.
         if split != "train":
-            out[split].sort(key=lambda r: len(r["input_ids"]))
+            out[split].sort(key=lambda r: len(r.get("input_ids", ())))
     for split, rows in out.items():
         if not rows:
             raise ConfigError(Problem(source, "train.max_length", f"every {split} response is longer than "

@@ -15,6 +15,7 @@ from trainer._chat import is_file_setting as is_template_file
 from trainer._options import check_options
 from trainer._yaml import load_yaml
 from trainer.tasks import DEFAULT_TASK, Task, get_task, task_names
+from trainer.tasks._options import TaskOptions
 from trainer.schema import (
     ConfigError,
     Problem,
@@ -209,6 +210,8 @@ class TrainConfig:
     """What to keep after training besides metrics.json: nothing, the LoRA adapter, or the model."""
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     """Generation-based metrics (sft): what is generated at evaluation and how it is scored."""
+    task_options: TaskOptions = dataclasses.field(default_factory=TaskOptions)
+    """What only one task reads: regression targets and loss, a multilabel threshold, token tag columns."""
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -228,6 +231,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
        if f.name in ("chat_template", "train_on_prompt")},
     **{f"peft.quantization.{k}": v for k, v in dataclasses.asdict(QuantizationConfig()).items()},
     **{f"peft.{f.name}": f.default for f in dataclasses.fields(PeftConfig) if f.name in _ADDED_PEFT},
+    **{f"task_options.{f.name}": f.default for f in dataclasses.fields(TaskOptions)},
 }
 """Fields added after 0.1.0 with their defaults (read from the dataclass): a study created before one existed
 resumes with it at this value."""

@@ -112,6 +112,8 @@ class Examples:
     options: dict[str, Any] = field(default_factory=dict)
     """Settings of the config that the task's `tokenize` needs (sft: the chat template, train_on_prompt);
     a task whose `load_examples` sets them receives them as `tokenize(..., options=)`."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """What a task learned from the data and its run needs (regression: target columns, mean and std)."""
 
     def splits(self) -> dict[str, list[dict[str, Any]]]:
         """train, validation and (when present) test, in that order."""
@@ -153,18 +155,19 @@ def load_examples(cfg: TrainConfig, source: str = "") -> Examples:
     """
     d = cfg.data
     seed = d.split_seed if d.split_seed is not None else cfg.train.seed
-    train = read_rows(d.train, "data.train", source)
+    task = get_task(cfg.task, source)
+    train = task.read_split(cfg, d.train, "data.train", source)
     paths = {"train": d.train}
     test: list[dict[str, Any]] = []
     if d.test:
-        test = read_rows(d.test, "data.test", source)
+        test = task.read_split(cfg, d.test, "data.test", source)
         paths["test"] = d.test
     elif d.test_fraction:
         train, test = _hold_out(train, d.test_fraction, seed + 1_000_003, "test", "data.test_fraction", d.train,
                                 source)
         paths["test"] = f"held out of {d.train}"
     if d.validation:
-        validation = read_rows(d.validation, "data.validation", source)
+        validation = task.read_split(cfg, d.validation, "data.validation", source)
         paths["validation"] = d.validation
     else:
         train, validation = _hold_out(train, d.validation_fraction, seed, "validation", "data.train", d.train,
@@ -173,6 +176,6 @@ def load_examples(cfg: TrainConfig, source: str = "") -> Examples:
     train = _cap(train, d.max_train_samples, cfg.train.seed)
     validation = _cap(validation, d.max_eval_samples, cfg.train.seed)
     splits = {"train": train, "validation": validation, **({"test": test} if test else {})}
-    examples = get_task(cfg.task, source).load_examples(cfg, splits, paths, source)
+    examples = task.load_examples(cfg, splits, paths, source)
     examples.paths = paths
     return examples

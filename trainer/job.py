@@ -31,6 +31,7 @@ from trainer._tokenize import data_warnings, tokenize
 from trainer.config import TrainConfig
 from trainer.data import Examples, load_examples
 from trainer.tasks import get_task
+from trainer.tasks._options import data_options
 
 
 class Reporter(Protocol):
@@ -132,6 +133,7 @@ def fingerprint(cfg: TrainConfig, location: str) -> str:
     data = cfg.data
     h.update(json.dumps([location, cfg.task, cfg.train.max_length, cfg.train.seed, asdict(data)],
                         sort_keys=True, default=str).encode())
+    h.update(json.dumps(data_options(cfg.task_options), sort_keys=True).encode())
     return h.hexdigest()[:20]
 
 
@@ -497,7 +499,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         train_dataset=prep.train,
         eval_dataset=prep.validation,
         data_collator=task.collator(prep.tokenizer),
-        compute_metrics=None if task.prediction_loss_only else task.compute_metrics,
+        compute_metrics=None if task.prediction_loss_only else task.metric_function(cfg, prep.examples),
         compute_loss_func=label_smoothed(t.label_smoothing, task.peft_task_type == "CAUSAL_LM",
                                          task.loss(cfg, prep.train, prep.examples), model),
         optimizers=(loraplus_optimizer(cfg, model, args), None),
@@ -532,6 +534,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     )
     if best is not None:
         best.restore(trainer.model)
+    task.finish_model(trainer.model, cfg, prep.examples)
     _save(cfg, trainer.model, prep.tokenizer, out)
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -40,12 +40,12 @@ def test_wrong_type(tmp_path: Path, good: dict, capsys: pytest.CaptureFixture) -
 
 def test_all_problems_listed_at_once(tmp_path: Path, good: dict, capsys: pytest.CaptureFixture) -> None:
     good["train"]["batch_size"] = "x"
-    good["task"] = "regression"
+    good["task"] = "ranking"
     good["peft"]["method"] = "lorra"
     good["train"]["warmup_ratio"] = 2.0
     err = _run(tmp_path, good, capsys)
     assert "4 problems" in err
-    assert "task: expected one of classification, sft, found 'regression'" in err
+    assert "task: expected one of classification, sft, regression" in err and "found 'ranking'" in err
     assert "peft.method: expected one of lora, qlora, full, found 'lorra' (str); did you mean 'lora'?" in err
     assert "train.warmup_ratio: must be in [0, 1), found 2.0" in err
 

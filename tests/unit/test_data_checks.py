@@ -126,7 +126,7 @@ def test_class_weights_need_classification(tmp_path: Path, gpt2_dir: Path, capsy
     data = tiny.sft_config(tmp_path, gpt2_dir)
     data["train"]["class_weights"] = "balanced"
     err = _train(tmp_path, data, capsys)
-    assert "train.class_weights: applies to task classification only" in err
+    assert "train.class_weights: applies to task classification, multilabel" in err and "task is sft" in err
 
 
 @pytest.mark.parametrize("space,expected", [

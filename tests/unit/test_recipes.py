@@ -20,7 +20,9 @@ from search.config import load_study
 from search.recipes import shipped_spaces, shipped_studies
 
 TASK_OF_SPACE = {"lora-classification": ["classification"], "full-finetune": ["classification", "sft"],
-                 "lora-sft": ["sft"]}
+                 "lora-sft": ["sft"], "regression": ["regression"], "multilabel": ["multilabel"],
+                 "token-classification": ["token-classification"],
+                 "image-classification": ["image-classification"]}
 
 
 def test_every_shipped_space_is_known_here() -> None:
@@ -34,12 +36,17 @@ def test_shipped_space_validates_against_a_base_config_of_its_task(space: str, t
     for task in TASK_OF_SPACE[space]:
         if task == "classification":
             base = tiny.classification_config(tmp_path, bert_dir)
+        elif task == "image-classification":
+            base = tiny.image_config(tmp_path, tiny.make_image_model(tmp_path / "resnet"))
+        elif task != "sft":
+            base = tiny.TASK_CONFIGS[task](tmp_path, bert_dir)
         else:
             base = tiny.sft_config(tmp_path, gpt2_dir)
         path = tiny.write_config(tmp_path / f"{space}-{task}.yaml", {"name": "s", "base": base, "space": space})
         cfg = load_study(path)  # every choice and bound is checked against the train config
         assert cfg.space.source == str(shipped_spaces()[space])
-        assert cfg.space.params and all(p.name.split(".")[0] in ("train", "peft") for p in cfg.space.params)
+        sections = ("train", "peft", "task_options")
+        assert cfg.space.params and all(p.name.split(".")[0] in sections for p in cfg.space.params)
         for param in cfg.space.params:
             if param.type == "float":
                 assert param.low < param.high or param.low == param.high

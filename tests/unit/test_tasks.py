@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/unit/_own_task.py as a u
 
 
 def test_registry_names_and_lookup() -> None:
-    assert task_names() == ["classification", "sft"] == list(TASKS)
+    assert task_names()[:2] == ["classification", "sft"] and task_names() == list(TASKS)
     for name in task_names():
         task = get_task(name)
         assert isinstance(task, Task) and task.name == name
@@ -45,8 +45,8 @@ def test_sft_adds_perplexity_and_drops_other_metrics() -> None:
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("regression", "task: expected one of classification, sft, found 'regression' (str); a task of your own"),
-    ("clasification", "task: expected one of classification, sft, found 'clasification' (str); did you mean "
+    ("ranking", f"task: expected one of {', '.join(TASKS)}, found 'ranking' (str); a task of your own"),
+    ("clasification", f"task: expected one of {', '.join(TASKS)}, found 'clasification' (str); did you mean "
                       "'classification'?"),
     ("no_such_module_xyz:Task", "task: cannot import module 'no_such_module_xyz' of task"),
     ("_own_task:OwnTsk", "task: module '_own_task' has no 'OwnTsk'; did you mean 'OwnTask'?"),
@@ -108,3 +108,30 @@ def test_nothing_outside_the_task_modules_branches_on_a_task_name() -> None:
                 if BRANCH.search(line):
                     found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not found, "task branches outside trainer/tasks:\n" + "\n".join(found)
+
+
+def test_a_metric_may_not_take_a_name_the_trial_report_keeps() -> None:
+    """A metric called `precision` was read as the trial's arithmetic ('bf16') by the driver and failed every
+    trial; such names are refused when the task loads, and the list follows the report's own keys."""
+    from search._trial_result import EvaluationReport, ErrorReport, FinalReport, ReadyReport
+    from trainer.tasks import RESERVED_METRIC_NAMES
+
+    keys = {k for td in (ReadyReport, EvaluationReport, FinalReport, ErrorReport) for k in td.__annotations__}
+    assert {k for k in keys if not k.startswith("sftune_")} <= RESERVED_METRIC_NAMES
+
+    class Clash(Task):
+        metrics = ("precision", "eval_loss")
+        directions = {"precision": "maximize", "eval_loss": "minimize"}
+
+        def load_examples(self, *a):  # noqa: ANN002, ANN201
+            raise NotImplementedError
+
+        tokenize = load_model = load_examples
+
+    sys.modules["_clash_task"] = type(sys)("_clash_task")
+    sys.modules["_clash_task"].Clash = Clash  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError) as err:
+        get_task("_clash_task:Clash")
+    assert "metric 'precision' is a name a trial's report keeps for itself" in str(err.value)
+    for name in task_names():
+        assert not set(get_task(name).metrics) & RESERVED_METRIC_NAMES

@@ -11,6 +11,10 @@ from trainer.tasks._base import Task
 TASKS: dict[str, str] = {
     "classification": "trainer.tasks.classification:Classification",
     "sft": "trainer.tasks.sft:SFT",
+    "regression": "trainer.tasks.regression:Regression",
+    "multilabel": "trainer.tasks.multilabel:Multilabel",
+    "token-classification": "trainer.tasks.token_classification:TokenClassification",
+    "image-classification": "trainer.tasks.image_classification:ImageClassification",
 }
 """Built-in tasks: `task:` name to the `module:ClassName` that implements it (imported when first used)."""
 
@@ -62,9 +66,34 @@ def _load(spec: str) -> Task:
     return task
 
 
+REQUIRED = ("load_examples", "tokenize", "load_model")
+"""The hooks a task must implement itself (the others have defaults)."""
+
+RESERVED_METRIC_NAMES = frozenset({
+    # what a trial's reports carry beside its metrics (search/_trial_result.py; a test keeps the two in step)
+    "step", "max_steps", "seconds", "memory", "precision", "model_dtype", "template", "generations",
+    "data_warnings", "traceback",
+    "preloaded", "host", "node", "pid",
+    # what Ray Tune adds to every result
+    "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
+    "timestamp", "done", "trial_id", "date", "hostname", "node_ip", "config", "experiment_tag",
+    "checkpoint_dir_name", "should_checkpoint",
+})
+"""Names a metric cannot have: a trial's report holds them beside the metrics (`precision` is the arithmetic a
+trial trained in), so a metric of that name would be read as the other. Names starting `sftune_` are kept too."""
+
+
 def _check_task(task: Task, spec: str) -> list[Problem]:
-    """A task's declared metrics must be usable as study objectives."""
+    """A task implements the required hooks, and its declared metrics are usable as study objectives."""
     problems = []
+    for method in REQUIRED:
+        if getattr(type(task), method, None) is getattr(Task, method):
+            problems.append(Problem("", "task", f"{spec}: expected a method {method}() (every task implements "
+                                    f"{', '.join(REQUIRED)}), found none"))
+    for metric in task.metrics:
+        if metric in RESERVED_METRIC_NAMES or metric.startswith("sftune_"):
+            problems.append(Problem("", "task", f"{spec}: metric {metric!r} is a name a trial's report keeps for "
+                                    "itself; expected another name (entity_precision, say)"))
     if not task.metrics:
         problems.append(Problem("", "task", f"{spec}: expected at least one name in `metrics`, found none"))
     for metric in task.metrics:

@@ -52,6 +52,8 @@ class Task:
     """The peft `TaskType` name LoRA wraps the model as (SEQ_CLS, CAUSAL_LM, TOKEN_CLS, ...), or None."""
     model_mapping: ClassVar[str] = ""
     """The transformers `modeling_auto` mapping of the model class (a worker imports its code ahead of time)."""
+    reads_text: ClassVar[bool] = True
+    """False for a task whose inputs are not text (images): its model folder needs no tokenizer files."""
     report_counts: ClassVar[tuple[str, ...]] = ()
     """Per-split stats beside `truncated` that the data report counts (sft: `dropped`)."""
 
@@ -70,6 +72,13 @@ class Task:
         """Check the raw rows of every split ({split: rows}; `paths` says where each came from) and turn
         them into this task's examples; raise ConfigError listing every problem."""
         raise NotImplementedError
+
+    def read_split(self, cfg: TrainConfig, path: str, key: str, source: str) -> list[dict[str, Any]]:
+        """One split's raw rows from `path` (config key `key`): a data file, or what else the task reads (a
+        folder of images per class)."""
+        from trainer.data import read_rows
+
+        return read_rows(path, key, source)
 
     def label_counts(self, rows: list[dict[str, Any]], examples: Examples) -> list[int] | None:
         """Rows per class of one split in id order (for the rare and absent class warnings), or None."""
@@ -110,6 +119,10 @@ class Task:
         """Modules LoRA trains in full and saves beside the adapter (a new head), or None."""
         return None
 
+    def finish_model(self, model: Any, cfg: TrainConfig, examples: Examples) -> None:
+        """After training, before the model is saved: make the weights stand alone (regression folds its
+        standardisation into the head, so a saved model predicts in the data's units)."""
+
     def loss(self, cfg: TrainConfig, train_rows: list[dict[str, Any]], examples: Examples) -> Callable[..., Any] | None:
         """A Trainer `compute_loss_func` (class weights, say), or None for the model's own loss."""
         return None
@@ -119,6 +132,11 @@ class Task:
     def compute_metrics(self, pred: Any) -> dict[str, float]:
         """Trainer's `compute_metrics`: metrics from the predictions and labels of one evaluation."""
         return {}
+
+    def metric_function(self, cfg: TrainConfig, examples: Examples) -> Callable[[Any], dict[str, float]]:
+        """Trainer's `compute_metrics` for one run: a task whose metrics need the run's config or data (a
+        tuned threshold, the target's scale in `examples.meta`) returns its own; default `compute_metrics`."""
+        return self.compute_metrics
 
     def reported_metrics(self, cfg: TrainConfig | None = None) -> dict[str, str]:
         """Every metric a run of `cfg` reports, with its direction: the task's `metrics`, and where the task
@@ -146,6 +164,20 @@ class Task:
         """A task that generates: the text its model continues for `row`, formatted as in training
         (`options`: the examples' `Examples.options`, such as the chat template)."""
         raise NotImplementedError
+
+    # --- the data report ---------------------------------------------------------------------------------
+
+    def describe_split(self, rows: list[dict[str, Any]], examples: Examples) -> dict[str, Any]:
+        """What the data report adds about one split's examples (JSON-serialisable), e.g. a target's spread."""
+        return {}
+
+    def describe_lines(self, info: dict[str, Any]) -> list[str]:
+        """Lines for `sftune data` from `describe_split`'s mapping (under `info['task']`)."""
+        return []
+
+    def show_row(self, row: dict[str, Any], labels: list[str]) -> str | None:
+        """One example in a few words for the data report, or None for the shared rendering."""
+        return None
 
     # --- words ----------------------------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ def read_labelled(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, st
         if bad:
             problems.append(Problem(source, "data.label_column", f"{split} labels in column '{d.label_column}' of "
                                     f"'{path}' must be integer ids >= 0 or names, found {describe(bad[0])}"
-                                    f" ({len(bad)} such rows)"))
+                                    f" ({len(bad)} such rows)" + _float_hint(bad)))
     if problems:
         raise ConfigError(problems)
 
@@ -176,6 +176,15 @@ def read_labelled(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, st
         return out
 
     return names, {split: convert(rows, split, paths[split]) for split, rows in splits.items()}
+
+
+def _float_hint(bad: list[Any]) -> str:
+    """Point float labels to the task that takes them."""
+    if any(isinstance(v, float) for v in bad):
+        return "; float targets are scores: use task: regression"
+    if any(isinstance(v, list) for v in bad):
+        return "; a list of labels per row is task: multilabel"
+    return ""
 
 
 def is_label(v: Any) -> bool:

@@ -1,0 +1,75 @@
+"""task: image-classification on real images (scikit-learn's bundled 8x8 digits) with tiny random ResNet and ViT
+models: an image folder or a table of paths, the model's image processor, bad images named before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tiny
+
+from search.cli import main
+from trainer import config_from_dict, prepare, run_job
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.make_image_model(tmp_path_factory.mktemp("resnet"), "resnet")
+
+
+def test_a_resnet_learns_digits_from_a_class_folder(tmp_path: Path, resnet: Path) -> None:
+    cfg = config_from_dict(tiny.image_config(tmp_path, resnet), base_dir=tmp_path)
+    prep = prepare(cfg)
+    assert prep.examples.labels == [str(i) for i in range(10)] and len(prep.examples.train) == 400
+    assert prep.train[0]["pixel_values"].shape == (3, 32, 32)  # the processor's resize, 8x8 grey to RGB 32x32
+    assert prep.train[0]["pixel_values"].min() >= -1.01 and prep.train[0]["pixel_values"].max() <= 1.01  # normalised
+    result = run_job(cfg, prepared=prep)
+    first, last = result.history[0], result.history[-1]
+    assert set(result.metrics) == {"accuracy", "f1_macro", "eval_loss"}
+    assert last["accuracy"] > first["accuracy"] and last["accuracy"] > 0.6, result.history  # chance is 0.1
+
+
+def test_a_vit_with_lora_from_a_table_of_paths(tmp_path: Path) -> None:
+    vit = tiny.make_image_model(tmp_path / "vit", "vit")
+    data = tiny.image_config(tmp_path, vit, learning_rate=3e-3, max_steps=120, eval_every=40)
+    rows = [{"path": str(p.relative_to(tmp_path / "data")), "digit": int(p.parent.name)}
+            for p in sorted((tmp_path / "data" / "digits_train").glob("*/*.png"))]
+    tiny.write_jsonl(tmp_path / "data" / "train.jsonl", rows)
+    data["data"].update({"train": "data/train.jsonl", "label_column": "digit"})
+    data["data"]["validation"] = "data/digits_val"
+    data["task_options"] = {"image_column": "path"}
+    data["data"]["labels"] = [str(i) for i in range(10)]
+    data["peft"] = {"method": "lora", "r": 4}
+    result = run_job(config_from_dict(data, base_dir=tmp_path))
+    assert result.history[-1]["accuracy"] > max(0.15, result.history[0]["accuracy"]), result.history
+
+
+def _bad(tmp: Path, data: dict, capsys: pytest.CaptureFixture) -> str:
+    path = tiny.write_config(tmp / "train.yaml", data)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not (tmp / "out" / "metrics.json").exists()
+    return err
+
+
+def test_bad_images_exit_2(tmp_path: Path, resnet: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tiny.image_config(tmp_path, resnet)
+    (tmp_path / "data" / "digits_train" / "3" / "notes.png").write_text("not an image")
+    err = _bad(tmp_path, data, capsys)
+    assert "train.yaml: task_options.image_column: train row" in err and "notes.png', which is not one" in err
+    (tmp_path / "data" / "digits_train" / "3" / "notes.png").unlink()
+    (tmp_path / "data" / "digits_train" / "empty").mkdir()
+    err = _bad(tmp_path, data, capsys)
+    assert "data.train: image folder '" in err and "class folder 'empty' has no images" in err
+    (tmp_path / "data" / "digits_train" / "empty").rmdir()
+    tiny.write_jsonl(tmp_path / "data" / "train.jsonl", [{"image": "digits_train/0/nope.png", "label": "0"}] * 3)
+    data["data"]["train"] = "data/train.jsonl"
+    err = _bad(tmp_path, data, capsys)
+    assert "train row 1 of '" in err and "nope.png', which does not exist" in err
+
+
+def test_data_report_of_images(tmp_path: Path, resnet: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tiny.write_config(tmp_path / "train.yaml", tiny.image_config(tmp_path, resnet))
+    assert main(["data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 400 rows" in out and "labels: 0 40 (10.0%)" in out
