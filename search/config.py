@@ -74,6 +74,8 @@ class StudyFile:
     default <output_dir>/artifacts."""
     keep_best: int | None = None
     """Keep the stored files of only this many best trials (default: every complete trial's)."""
+    warm_start: Any = None
+    """Earlier studies whose best trials run first: [{study, storage, top}] (search/warm_start.py)."""
 
 
 @dataclasses.dataclass
@@ -101,6 +103,8 @@ class StudyConfig:
     """The base train config before the space's `fixed:` values (None: the space fixes nothing)."""
     notes: list[str] = dataclasses.field(default_factory=list)
     """Lines `sftune run` prints before it starts: what the study does with a key the user set elsewhere."""
+    warm_start: list[Any] = dataclasses.field(default_factory=list)
+    """Earlier studies to start from (`search.warm_start.WarmStart`)."""
 
     def as_stored_by(self, stored: dict[str, list[Any]]) -> StudyConfig:
         """This config as a study made before `fixed:` recorded it, given each param name's stored distributions.
@@ -175,7 +179,7 @@ def find_study_file(value: str | Path) -> Path:
 STUDY_FIELDS = {f.name for f in dataclasses.fields(StudyFile)}
 STUDY_KEYS = {"name", "storage", "output_dir", "sampler", "pruner", "base", "space", "objective",
               "objective.metric", "objective.direction", "objective.use", "artifacts", "keep_best", "budget.n_trials", "budget.timeout",
-              "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu"}
+              "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu", "warm_start"}
 
 
 def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
@@ -405,6 +409,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
                                 f"found {study.keep_best}"))
     if not study.name or not isinstance(study.name, str):
         problems.append(Problem(source, "name", "expected a non-empty study name"))
+    from search.warm_start import parse_warm_start
+
+    warm_start = parse_warm_start(study.warm_start, source, problems)
     if problems:
         raise ConfigError(problems)
     return StudyConfig(
@@ -424,6 +431,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         keep_best=study.keep_best,
         unfixed_base=unfixed_base,
         notes=notes,
+        warm_start=warm_start,
     )
 
 

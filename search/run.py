@@ -15,6 +15,7 @@ from search.storage import (StorageFailure, base_changes, close_study, fail_stal
                             storage_problem)
 from search.study import open_study
 from search.testset import evaluate_best_on_test, has_test_split
+from search.warm_start import Carried, enqueue_warm_start, plan_warm_start
 from trainer import ConfigError, Prepared, prepare_soon
 
 EXIT_INTERRUPTED = 130
@@ -38,6 +39,7 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
     unwritable = writable_problems(cfg)  # before Ray starts and before the study is created
     if unwritable:
         raise ConfigError(unwritable)
+    carried = plan_warm_start(cfg)  # the earlier studies are read now: a bad one ends the run before anything
     for note in cfg.notes:
         say(note)
     # Model and data are checked now, before Ray starts. Then three things overlap: tokenizing
@@ -47,7 +49,7 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
     pending = prepare_soon(base, source=str(cfg.path), cache_dir=cfg.cache_dir)
     new_study = _is_new_sqlite(cfg.storage)
     with ThreadPoolExecutor(1, thread_name_prefix="sftune-open") as pool:
-        opening: Future = pool.submit(_open, cfg, say, allow_base_change, opened)
+        opening: Future = pool.submit(_open, cfg, say, allow_base_change, opened, carried)
         # An existing study may have nothing left to run: know that before starting Ray.
         if not new_study and cfg.budget.n_trials - opening.result()[1] <= 0:
             pending.result()
@@ -126,10 +128,12 @@ def _header(cfg: StudyConfig, done: int) -> str:
 
 
 def _open(cfg: StudyConfig, say: Callable[[str], None], allow_base_change: bool,
-          opened: list[optuna.Study]) -> tuple[optuna.Study, int]:
-    """Open (or create) the study and recover a dead driver's trials; returns it and its finished count."""
+          opened: list[optuna.Study], carried: list[Carried] | None = None) -> tuple[optuna.Study, int]:
+    """Open (or create) the study, queue warm-start trials and recover a dead driver's trials; returns it and its
+    finished count."""
     study = open_study(cfg, allow_base_change=allow_base_change)
     opened.append(study)
+    enqueue_warm_start(study, carried or [], say)
     if allow_base_change:
         for change in base_changes(study, cfg):
             say(f"note: continuing with a changed base config (--allow-base-change): {change}")
