@@ -25,7 +25,7 @@ SAMPLERS = {
 PRUNERS = {
     "median": "MedianPruner", "percentile": "PercentilePruner", "successive-halving": "SuccessiveHalvingPruner",
     "hyperband": "HyperbandPruner", "wilcoxon": "WilcoxonPruner", "threshold": "ThresholdPruner",
-    "none": "NopPruner",
+    "none": "NopPruner", "mo-successive-halving": "MOSuccessiveHalving",
 }
 
 
@@ -197,7 +197,7 @@ def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
         problems.append(Problem(source, f"{key}.name", f"unknown {kind} {name!r}{did_you_mean(str(name), table)}"
                                 f" (known: {', '.join(table)})"))
         return None
-    cls = sampler_class(name) if kind == "sampler" else getattr(optuna.pruners, table[name])
+    cls = sampler_class(name) if kind == "sampler" else pruner_class(name)
     allowed = init_options(cls)
     allowed = [p for p in allowed if not (kind == "sampler" and name == "grid" and p == "search_space")]
     ok = True
@@ -225,6 +225,16 @@ def sampler_class(name: str) -> type:
     from search.tpe import TPESampler
 
     return TPESampler if name == "tpe" else getattr(optuna.samplers, SAMPLERS[name])
+
+
+def pruner_class(name: str) -> type:
+    """The class a pruner name builds (whose signature lists its options): Optuna's, except sftune's pruner of
+    multi-objective studies (`search.pruners`)."""
+    import optuna
+
+    from search.pruners import MO_PRUNERS, MOSuccessiveHalving
+
+    return MOSuccessiveHalving if name in MO_PRUNERS else getattr(optuna.pruners, PRUNERS[name])
 
 
 def init_options(cls: type) -> list[str]:
@@ -387,6 +397,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     if sampler and sampler["name"] in ("cmaes", "gp", "qmc") and len(objectives) > 1 and sampler["name"] != "gp":
         problems.append(Problem(source, "sampler.name", f"{sampler['name']} handles one objective; use tpe, "
                                 "nsga2, gp or random for a multi-objective study"))
+    if pruner:
+        _check_mo_pruner(pruner, objectives, source, problems)
     b = study.budget
     if b.n_trials < 1:
         problems.append(Problem(source, "budget.n_trials", f"must be >= 1, found {b.n_trials}"))
@@ -433,6 +445,24 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         notes=notes,
         warm_start=warm_start,
     )
+
+
+def _check_mo_pruner(pruner: dict[str, Any], objectives: list[Objective], source: str,
+                     problems: list[Problem]) -> None:
+    """A pruner of multi-objective studies needs several objectives, and options its rule accepts."""
+    from search.pruners import MO_PRUNERS, MOSuccessiveHalving
+
+    if pruner["name"] not in MO_PRUNERS:
+        return
+    if len(objectives) == 1:
+        problems.append(Problem(source, "pruner.name", f"{pruner['name']} prunes multi-objective studies, but this "
+                                f"study has one objective ({objectives[0].metric}); use successive-halving (or "
+                                "another single-objective pruner), or add an objective"))
+        return
+    try:
+        MOSuccessiveHalving(**{k: v for k, v in pruner.items() if k != "name"})
+    except ValueError as exc:
+        problems.append(Problem(source, "pruner", f"{pruner['name']}: {exc}"))
 
 
 def _study_set_keys(base: Any, base_raw: Any, base_source: str, parsed: dict[str, Any], source: str,

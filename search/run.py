@@ -8,6 +8,7 @@ from typing import Callable
 import optuna
 
 from search.config import StudyConfig, load_study, writable_problems
+from search.pruners import MO_PRUNERS
 from search.progress import LiveProgress, Progress, make_progress
 from search.report import next_hints, render_table, summary
 from search.data_report import data_report, short_form
@@ -137,8 +138,9 @@ def _open(cfg: StudyConfig, say: Callable[[str], None], allow_base_change: bool,
     if allow_base_change:
         for change in base_changes(study, cfg):
             say(f"note: continuing with a changed base config (--allow-base-change): {change}")
-    if cfg.multi_objective and cfg.pruner.get("name") != "none":
-        say(f"note: pruner {cfg.pruner['name']!r} is not used: Optuna prunes single-objective studies only")
+    if cfg.multi_objective and cfg.pruner.get("name") not in ("none", *MO_PRUNERS):
+        say(f"note: pruner {cfg.pruner['name']!r} is not used: Optuna prunes single-objective studies only "
+            "(mo-successive-halving prunes this one)")
     recovered = fail_stale(study)  # later ones are recovered by the driver's loop as their grace ends
     for trial in recovered:
         say(f"trial {trial.number} was left RUNNING by a driver that died: marked FAIL, its params queued again")

@@ -1,5 +1,5 @@
 """Studies that carry over, through a real local Ray cluster and tiny models: the Python API's notebook
-(docs/python-api.md, its code cells run as they are), and a warm-started study."""
+(docs/python-api.md, its code cells run as they are), a warm-started study and a pruned two-objective study."""
 
 from __future__ import annotations
 
@@ -59,4 +59,39 @@ def test_a_warm_started_study_runs_the_earlier_best_first(tmp_path: Path, bert_d
     assert main(["run", str(new), "--n-trials", "4"]) == 0
     study = optuna.load_study(study_name="new", storage=f"sqlite:///{tmp_path / 'new' / 'new.db'}")
     assert sum("warm_start_of" in t.user_attrs for t in study.trials) == 2 and len(study.trials) == 4
+
+
+ORDER = """
+def space(trial):
+    return {"train.learning_rate": [1e-2, 1e-7, 1e-2, 1e-7][trial.number % 4]}
+"""
+
+
+def test_a_two_objective_study_is_pruned(tmp_path: Path, bert_dir: Path, ray_cluster: None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accuracy and eval_loss on the tiny classification data: a trial that barely learns (lr 1e-7) is dominated
+    at a rung by one that learns (lr 1e-2) and pruned there (tiny trials report fast, so that may be a late
+    rung); the ones that learn run to the end."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from search.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mo_order.py").write_text(ORDER)
+    path = tiny.study_file(tmp_path, bert_dir, name="two", n_trials=4, concurrency=1, max_steps=40,
+                           objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}],
+                           space={"python": "mo_order:space"},
+                           pruner={"name": "mo-successive-halving", "min_resource": 10, "reduction_factor": 2})
+    assert main(["run", str(path)]) == 0
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path / 'two.db'}")
+    states = {t.number: t.state for t in study.trials}
+    assert states[0] == states[2] == TrialState.COMPLETE
+    assert states[1] == states[3] == TrialState.PRUNED
+    best = study.trials[0].user_attrs["mo_rungs"]
+    assert best.keys() == {"10", "20", "40"}
+    for number in (1, 3):  # pruned at the last rung it recorded, where trial 0 dominates it
+        rungs = study.trials[number].user_attrs["mo_rungs"]
+        (acc, loss), (acc0, loss0) = rungs[max(rungs, key=int)], best[max(rungs, key=int)]
+        assert acc0 >= acc and loss0 <= loss and (acc0, loss0) != (acc, loss)
 
