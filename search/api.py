@@ -170,13 +170,14 @@ def _say(say: Say | None) -> Say:
 
 
 def run(study: str | Path, *, n_trials: int | None = None, storage: str | None = None, address: str | None = None,
-        allow_base_change: bool = False, warm_start: str | list[str] | None = None, say: Say | None = print,
-        _items: list[str] | None = None, **overrides: Any) -> RunResult:
+        allow_base_change: bool = False, warm_start: str | list[str] | None = None, no_tracking: bool = False,
+        say: Say | None = print, _items: list[str] | None = None, **overrides: Any) -> RunResult:
     """Run (or resume) a study until it holds its budget of finished trials; `sftune run`.
 
     `study`: a study file, or a shipped study's name. `warm_start`: `STUDY[@STORAGE]` (or a list of them) in
-    place of the study file's `warm_start:`, as `--warm-start`. Raises ConfigError on bad input (before any trial),
-    RunFailed when the run ends early."""
+    place of the study file's `warm_start:`, as `--warm-start`; `no_tracking`: without the study file's
+    `tracking:`, as `--no-tracking`. Raises ConfigError on bad input (before any trial), RunFailed when the run
+    ends early."""
     from search.run import run_study
 
     said: list[str] = []
@@ -192,6 +193,8 @@ def run(study: str | Path, *, n_trials: int | None = None, storage: str | None =
 
         entries = [warm_start] if isinstance(warm_start, str) else list(warm_start)
         items.append(f"warm_start={json.dumps([parse_entry(e) for e in entries])}")
+    if no_tracking:
+        items.append("tracking=null")
     code = run_study(str(study), items, n_trials=n_trials, storage=storage, address=address, say=record,
                      allow_base_change=allow_base_change)
     if code != 0:

@@ -29,7 +29,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         run(args.study, n_trials=args.n_trials, storage=args.storage, address=args.address, say=_print,
-            allow_base_change=args.allow_base_change, warm_start=args.warm_start, _items=args.set)
+            allow_base_change=args.allow_base_change, warm_start=args.warm_start,
+            no_tracking=args.no_tracking, _items=args.set)
     except RunFailed as exc:
         return exc.exit_code
     return 0
@@ -201,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start", action="append", default=None, metavar="STUDY[@STORAGE]",
                    help="run the best trials of an earlier study first (its storage: this study's by default); "
                         "repeatable; replaces the study file's warm_start")
+    p.add_argument("--no-tracking", action="store_true",
+                   help="run without the study file's tracking (MLflow, W&B), e.g. while its server is down")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="counts by state, the best and top trials, why trials failed")

@@ -76,6 +76,8 @@ class StudyFile:
     """Keep the stored files of only this many best trials (default: every complete trial's)."""
     warm_start: Any = None
     """Earlier studies whose best trials run first: [{study, storage, top}] (search/warm_start.py)."""
+    tracking: Any = None
+    """{mlflow: URI} and/or {wandb: {project, mode}}: trials in MLflow / W&B as well (search/tracking.py)."""
 
 
 @dataclasses.dataclass
@@ -105,6 +107,8 @@ class StudyConfig:
     """Lines `sftune run` prints before it starts: what the study does with a key the user set elsewhere."""
     warm_start: list[Any] = dataclasses.field(default_factory=list)
     """Earlier studies to start from (`search.warm_start.WarmStart`)."""
+    tracking: Any = None
+    """Where trials are tracked as well (`search.tracking.TrackingConfig`)."""
 
     def as_stored_by(self, stored: dict[str, list[Any]]) -> StudyConfig:
         """This config as a study made before `fixed:` recorded it, given each param name's stored distributions.
@@ -179,7 +183,8 @@ def find_study_file(value: str | Path) -> Path:
 STUDY_FIELDS = {f.name for f in dataclasses.fields(StudyFile)}
 STUDY_KEYS = {"name", "storage", "output_dir", "sampler", "pruner", "base", "space", "objective",
               "objective.metric", "objective.direction", "objective.use", "artifacts", "keep_best", "budget.n_trials", "budget.timeout",
-              "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu", "warm_start"}
+              "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu", "warm_start",
+              "tracking"}
 
 
 def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
@@ -343,7 +348,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     known = {**{k: None for k in STUDY_KEYS}, **{f"base.{k}": v for k, v in FIELDS.items()}}
     # Sampler and pruner options and space entries are free-form here; they are checked below.
     known.update({item.split("=", 1)[0].strip(): None for item in overrides or []
-                  if item.startswith(("sampler.", "pruner.", "space."))})
+                  if item.startswith(("sampler.", "pruner.", "space.", "tracking."))})
     parsed = parse_overrides(overrides, known, problems)
     raw = read_yaml(path, "study")
     raw = apply_overrides(raw, {k: v for k, v in parsed.items() if not k.startswith("base.")})
@@ -424,6 +429,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     from search.warm_start import parse_warm_start
 
     warm_start = parse_warm_start(study.warm_start, source, problems)
+    from search.tracking import parse_tracking
+
+    tracking = parse_tracking(study.tracking, source, problems)
     if problems:
         raise ConfigError(problems)
     return StudyConfig(
@@ -444,6 +452,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         unfixed_base=unfixed_base,
         notes=notes,
         warm_start=warm_start,
+        tracking=tracking,
     )
 
 

@@ -16,6 +16,7 @@ from search.storage import (StorageFailure, base_changes, close_study, fail_stal
                             storage_problem)
 from search.study import open_study
 from search.testset import evaluate_best_on_test, has_test_split
+from search.tracking import check_tracking, track
 from search.warm_start import Carried, enqueue_warm_start, plan_warm_start
 from trainer import ConfigError, Prepared, prepare_soon
 
@@ -41,6 +42,7 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
     if unwritable:
         raise ConfigError(unwritable)
     carried = plan_warm_start(cfg)  # the earlier studies are read now: a bad one ends the run before anything
+    check_tracking(cfg)  # an MLflow server that does not answer ends the run here (--no-tracking runs without)
     for note in cfg.notes:
         say(note)
     # Model and data are checked now, before Ray starts. Then three things overlap: tokenizing
@@ -70,6 +72,7 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
                     progress.message(_header(cfg, done))
                     prepared = pending.result()  # a tokenizing error ends the run here, before any trial
                     _describe_data(cfg, study, prepared, progress.message)
+                    progress = track(progress, cfg, study)  # MLflow / W&B beside the study (search/tracking.py)
                     driver = run_trials(cfg, study, progress=progress, resources=per_trial, prepared=prepared)
             except KeyboardInterrupt:
                 progress.close()

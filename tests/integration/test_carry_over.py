@@ -1,5 +1,6 @@
 """Studies that carry over, through a real local Ray cluster and tiny models: the Python API's notebook
-(docs/python-api.md, its code cells run as they are), a warm-started study and a pruned two-objective study."""
+(docs/python-api.md, its code cells run as they are), a warm-started study, a pruned two-objective study, and
+trials tracked in a real MLflow server and W&B offline."""
 
 from __future__ import annotations
 
@@ -95,3 +96,77 @@ def test_a_two_objective_study_is_pruned(tmp_path: Path, bert_dir: Path, ray_clu
         (acc, loss), (acc0, loss0) = rungs[max(rungs, key=int)], best[max(rungs, key=int)]
         assert acc0 >= acc and loss0 <= loss and (acc0, loss0) != (acc, loss)
 
+
+def test_trials_in_a_real_mlflow_server_and_wandb_offline(tmp_path: Path, bert_dir: Path, ray_cluster: None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parent run per study, a nested run per trial with its params, its metrics by step, its state (PRUNED
+    included) and its metrics.json; W&B's offline files, one run per trial and one for the study."""
+    import _servers
+    import optuna
+
+    from search.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "mo_order.py").write_text(ORDER)
+    with _servers.mlflow_server(tmp_path / "mlflow") as uri:
+        path = tiny.study_file(tmp_path, bert_dir, name="tracked", n_trials=3, concurrency=1, max_steps=40,
+                               objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}],
+                               space={"python": "mo_order:space"},
+                               pruner={"name": "mo-successive-halving", "min_resource": 10, "reduction_factor": 2},
+                               tracking={"mlflow": uri, "wandb": {"project": "sftune-test", "mode": "offline"}})
+        assert main(["run", str(path)]) == 0
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("tracked")
+        runs = client.search_runs([experiment.experiment_id])
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        trials = {int(r.data.tags["sftune.trial"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
+        assert len(parents) == 1 and sorted(trials) == [0, 1, 2]
+        assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials.values())
+        study = optuna.load_study(study_name="tracked", storage=f"sqlite:///{tmp_path / 'tracked.db'}")
+        assert study.user_attrs["tracking_runs"]["mlflow"]["run_id"] == parents[0].info.run_id
+        for number, run in trials.items():
+            trial = study.trials[number]
+            assert run.data.tags["state"] == trial.state.name
+            assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[trial.state.name]
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]
+            assert steps == [h["step"] for h in trial.user_attrs["history"]]
+            assert run.data.tags["host"] == trial.user_attrs["host"]
+        assert trials[1].data.tags["state"] == "PRUNED" and trials[0].data.tags["state"] == "COMPLETE"
+        assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "eval_loss")] == [10, 20, 30, 40]
+        assert "metrics.json" in [a.path for a in client.list_artifacts(trials[0].info.run_id)]
+        assert trials[0].data.metrics["final_accuracy"] == study.trials[0].values[0]
+        assert trials[1].data.params == {"train.learning_rate": "1e-07"}
+
+        # A second run of the same study continues the same parent.
+        assert main(["run", str(path), "--n-trials", "4"]) == 0
+        runs = client.search_runs([experiment.experiment_id])
+        assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1 and len(runs) == 5
+
+    offline = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 6  # the study's run and one per trial, then the study's again on resume and trial 3
+    records = [next(folder.glob("*.wandb")).read_bytes() for folder in offline]
+    assert sum(b"train.learning_rate" in r and b"eval_loss" in r for r in records) == 4  # params, metrics
+    assert sum(b"PRUNED" in r for r in records) == 2 and sum(b"COMPLETE" in r for r in records) == 2
+    assert sum((folder / "files" / "metrics.json").exists() for folder in offline) == 2
+
+
+def test_an_unreachable_tracking_server_exits_2_and_no_tracking_runs_without(tmp_path: Path, bert_dir: Path,
+                                                                             ray_cluster: None,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once closed
+    path = tiny.study_file(tmp_path, bert_dir, name="untracked", n_trials=1, max_steps=10,
+                           tracking={"mlflow": f"http://127.0.0.1:{port}"})
+    from search.cli import main
+
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"tracking.mlflow: the MLflow tracking server http://127.0.0.1:{port} cannot be reached" in err
+    assert "--no-tracking" in err and not (tmp_path / "untracked.db").exists()
+    assert main(["run", str(path), "--no-tracking"]) == 0
