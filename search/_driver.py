@@ -26,6 +26,7 @@ from search._trial_result import (data_warnings_of, error_of, is_done, is_ready,
 from search.artifacts import apply_retention, write_note
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
+from search.pruners import build_mo_pruner
 from search.space import sample_params
 from search.storage import (count_states, fail_stale, heartbeat_settings, record_heartbeats, requeue, set_live,
                             storage_problem, trial_id_of)
@@ -78,6 +79,7 @@ class Driver:
             self.progress = LineProgress(print, self.cfg.metrics)
         self.outputs = TrialOutputs(self.cfg, self.study, guard=self.guard, say=self.say, job=self.job)
         self.metric_names = _metric_names(self.cfg)
+        self.mo_pruner = build_mo_pruner(self.cfg)
         set_live(self.study, self.live_ids)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher (and so this) for its checkpoints
@@ -350,6 +352,10 @@ class Driver:
             if self.guard(trial.should_prune):
                 self.pruned.add(tune_id)
                 return True
+        elif self.mo_pruner is not None and (tune_id in self.pruned
+                                             or self.guard(self.mo_pruner.judge, self.study, trial, values, step)):
+            self.pruned.add(tune_id)  # several objectives: search/pruners.py's rule (judged once: it stops now)
+            return True
         bad = not_finite(values)
         if bad:
             self.stopped[tune_id] = f"metric was {bad} at step {step}"

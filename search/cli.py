@@ -18,80 +18,45 @@ def _print(msg: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer import describe_template, load_train_config, prepare, run_job
+    from search.api import train
 
-    cfg = load_train_config(args.config, args.set)
-    prepared = prepare(cfg, source=args.config)
-    _print(f"sftune train: {cfg.task} · model {cfg.model} · peft {cfg.peft.method} · "
-           f"{len(prepared.train)} train / {len(prepared.validation)} validation examples"
-           + (f" / {len(prepared.test)} held-out test" if prepared.test else ""))
-    if prepared.template:
-        _print(f"prompt format: {describe_template(prepared.template)}")
-    _print_data_warnings(cfg, prepared)
-    result = run_job(cfg, source=args.config, progress=_print, prepared=prepared)
-    _print("final metrics (step {}/{}, {:.0f}s on {}, {}, weights {}):".format(
-        result.step, result.max_steps, result.seconds["total"], result.device, result.precision, result.model_dtype))
-    for key, value in result.metrics.items():
-        _print(f"  {key:<10} {value:.4f}")
-    if result.test_metrics:
-        _print(f"held-out test ({len(prepared.test)} examples, evaluated once at the end):")
-        for key, value in result.test_metrics.items():
-            _print(f"  {key:<15} {value:.4f}")
-    _print(f"wrote {cfg.output_dir}/metrics.json")
+    train(args.config, say=_print, _items=args.set)
     return 0
 
 
-def _print_data_warnings(cfg, prepared) -> None:  # noqa: ANN001
-    from trainer import describe_warnings
-
-    for line in describe_warnings(prepared.warnings, prepared.stats, cfg.train.max_length, cfg.task):
-        _print(f"warning: {line}")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.run import run_study
+    from search.api import RunFailed, run
 
-    return run_study(args.study, args.set, n_trials=args.n_trials, storage=args.storage, address=args.address,
-                     say=_print, allow_base_change=args.allow_base_change)
+    try:
+        run(args.study, n_trials=args.n_trials, storage=args.storage, address=args.address, say=_print,
+            allow_base_change=args.allow_base_change, warm_start=args.warm_start,
+            no_tracking=args.no_tracking, _items=args.set)
+    except RunFailed as exc:
+        return exc.exit_code
+    return 0
 
 
 def _open(args: argparse.Namespace):  # noqa: ANN202
     """The study file (with --set / --storage) and its existing study; never creates a database."""
-    from search.config import load_study
-    from search.report import missing_database
-    from search.study import load_existing
+    from search.api import open_existing
 
-    cfg = load_study(args.study, args.set, storage=args.storage)
-    problem = missing_database(cfg)
-    if problem is not None:
-        raise ConfigError(problem)
-    return cfg, load_existing(cfg)
+    return open_existing(args.study, args.set, args.storage)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from search.report import render_table, summary
+    from search.api import status
 
-    cfg, study = _open(args)
-    info = summary(study, cfg, top=args.top)
-    _print(json.dumps(info, indent=2, default=str) if args.json else render_table(info))
+    info = status(args.study, storage=args.storage, top=args.top, _items=args.set)
+    _print(json.dumps(info.summary, indent=2, default=str) if args.json else info.table())
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from search.artifacts import fetch_trial_files
-    from search.report import export_path, export_trial
+    from search.api import export
 
-    cfg, study = _open(args)
-    out = export_path(args.out, args.trial)
-    trial = export_trial(study, cfg, out, args.trial)
-    values = ", ".join(f"{m} {v:.4f}" for m, v in zip(cfg.metrics, trial.values or []))
-    _print(f"exported trial {trial.number} ({trial.state.name}{', ' + values if values else ''}) to {out}")
-    fetched = fetch_trial_files(study, cfg, trial.number, out)
-    if fetched is not None:
-        _print(f"its {fetched.name.rsplit('-', 1)[-1]} (from the study's artifact store): {fetched}")
-    _print(f"re-run it: sftune train {out}")
+    export(args.study, args.out, trial=args.trial, storage=args.storage, say=_print, _items=args.set)
     return 0
 
 
@@ -234,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-base-change", action="store_true",
                    help="resume a study whose base config changed since it was created (its trials will not "
                         "all compare); without it such a resume is refused")
+    p.add_argument("--warm-start", action="append", default=None, metavar="STUDY[@STORAGE]",
+                   help="run the best trials of an earlier study first (its storage: this study's by default); "
+                        "repeatable; replaces the study file's warm_start")
+    p.add_argument("--no-tracking", action="store_true",
+                   help="run without the study file's tracking (MLflow, W&B), e.g. while its server is down")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="counts by state, the best and top trials, why trials failed")

@@ -25,7 +25,7 @@ SAMPLERS = {
 PRUNERS = {
     "median": "MedianPruner", "percentile": "PercentilePruner", "successive-halving": "SuccessiveHalvingPruner",
     "hyperband": "HyperbandPruner", "wilcoxon": "WilcoxonPruner", "threshold": "ThresholdPruner",
-    "none": "NopPruner",
+    "none": "NopPruner", "mo-successive-halving": "MOSuccessiveHalving",
 }
 
 
@@ -74,6 +74,10 @@ class StudyFile:
     default <output_dir>/artifacts."""
     keep_best: int | None = None
     """Keep the stored files of only this many best trials (default: every complete trial's)."""
+    warm_start: Any = None
+    """Earlier studies whose best trials run first: [{study, storage, top}] (search/warm_start.py)."""
+    tracking: Any = None
+    """{mlflow: URI} and/or {wandb: {project, mode}}: trials in MLflow / W&B as well (search/tracking.py)."""
 
 
 @dataclasses.dataclass
@@ -101,6 +105,10 @@ class StudyConfig:
     """The base train config before the space's `fixed:` values (None: the space fixes nothing)."""
     notes: list[str] = dataclasses.field(default_factory=list)
     """Lines `sftune run` prints before it starts: what the study does with a key the user set elsewhere."""
+    warm_start: list[Any] = dataclasses.field(default_factory=list)
+    """Earlier studies to start from (`search.warm_start.WarmStart`)."""
+    tracking: Any = None
+    """Where trials are tracked as well (`search.tracking.TrackingConfig`)."""
 
     def as_stored_by(self, stored: dict[str, list[Any]]) -> StudyConfig:
         """This config as a study made before `fixed:` recorded it, given each param name's stored distributions.
@@ -196,7 +204,8 @@ def find_study_file(value: str | Path) -> Path:
 STUDY_FIELDS = {f.name for f in dataclasses.fields(StudyFile)}
 STUDY_KEYS = {"name", "storage", "output_dir", "sampler", "pruner", "base", "space", "objective",
               "objective.metric", "objective.direction", "objective.use", "artifacts", "keep_best", "budget.n_trials", "budget.timeout",
-              "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu"}
+              "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu", "warm_start",
+              "tracking"}
 
 
 def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
@@ -214,7 +223,7 @@ def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
         problems.append(Problem(source, f"{key}.name", f"unknown {kind} {name!r}{did_you_mean(str(name), table)}"
                                 f" (known: {', '.join(table)})"))
         return None
-    cls = sampler_class(name) if kind == "sampler" else getattr(optuna.pruners, table[name])
+    cls = sampler_class(name) if kind == "sampler" else pruner_class(name)
     allowed = init_options(cls)
     allowed = [p for p in allowed if not (kind == "sampler" and name == "grid" and p == "search_space")]
     ok = True
@@ -242,6 +251,16 @@ def sampler_class(name: str) -> type:
     from search.tpe import TPESampler
 
     return TPESampler if name == "tpe" else getattr(optuna.samplers, SAMPLERS[name])
+
+
+def pruner_class(name: str) -> type:
+    """The class a pruner name builds (whose signature lists its options): Optuna's, except sftune's pruner of
+    multi-objective studies (`search.pruners`)."""
+    import optuna
+
+    from search.pruners import MO_PRUNERS, MOSuccessiveHalving
+
+    return MOSuccessiveHalving if name in MO_PRUNERS else getattr(optuna.pruners, PRUNERS[name])
 
 
 def init_options(cls: type) -> list[str]:
@@ -350,7 +369,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     known = {**{k: None for k in STUDY_KEYS}, **{f"base.{k}": v for k, v in FIELDS.items()}}
     # Sampler and pruner options and space entries are free-form here; they are checked below.
     known.update({item.split("=", 1)[0].strip(): None for item in overrides or []
-                  if item.startswith(("sampler.", "pruner.", "space."))})
+                  if item.startswith(("sampler.", "pruner.", "space.", "tracking."))})
     parsed = parse_overrides(overrides, known, problems)
     raw = read_yaml(path, "study")
     raw = apply_overrides(raw, {k: v for k, v in parsed.items() if not k.startswith("base.")})
@@ -406,6 +425,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     if sampler and sampler["name"] in ("cmaes", "gp", "qmc") and len(objectives) > 1 and sampler["name"] != "gp":
         problems.append(Problem(source, "sampler.name", f"{sampler['name']} handles one objective; use tpe, "
                                 "nsga2, gp or random for a multi-objective study"))
+    if pruner:
+        _check_mo_pruner(pruner, objectives, source, problems)
     b = study.budget
     if b.n_trials < 1:
         problems.append(Problem(source, "budget.n_trials", f"must be >= 1, found {b.n_trials}"))
@@ -428,6 +449,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
                                 f"found {study.keep_best}"))
     if not study.name or not isinstance(study.name, str):
         problems.append(Problem(source, "name", "expected a non-empty study name"))
+    from search.warm_start import parse_warm_start
+
+    warm_start = parse_warm_start(study.warm_start, source, problems)
+    from search.tracking import parse_tracking
+
+    tracking = parse_tracking(study.tracking, source, problems)
     if problems:
         raise ConfigError(problems)
     return StudyConfig(
@@ -447,7 +474,27 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         keep_best=study.keep_best,
         unfixed_base=unfixed_base,
         notes=notes,
+        warm_start=warm_start,
+        tracking=tracking,
     )
+
+
+def _check_mo_pruner(pruner: dict[str, Any], objectives: list[Objective], source: str,
+                     problems: list[Problem]) -> None:
+    """A pruner of multi-objective studies needs several objectives, and options its rule accepts."""
+    from search.pruners import MO_PRUNERS, MOSuccessiveHalving
+
+    if pruner["name"] not in MO_PRUNERS:
+        return
+    if len(objectives) == 1:
+        problems.append(Problem(source, "pruner.name", f"{pruner['name']} prunes multi-objective studies, but this "
+                                f"study has one objective ({objectives[0].metric}); use successive-halving (or "
+                                "another single-objective pruner), or add an objective"))
+        return
+    try:
+        MOSuccessiveHalving(**{k: v for k, v in pruner.items() if k != "name"})
+    except ValueError as exc:
+        problems.append(Problem(source, "pruner", f"{pruner['name']}: {exc}"))
 
 
 def _study_set_keys(base: Any, base_raw: Any, base_source: str, parsed: dict[str, Any], source: str,

@@ -10,6 +10,7 @@ from typing import Callable
 import optuna
 
 from search.config import StudyConfig, load_study, writable_problems
+from search.pruners import MO_PRUNERS
 from search.progress import LiveProgress, Progress, make_progress
 from search.report import next_hints, render_table, summary
 from search.data_report import data_report, short_form
@@ -17,6 +18,8 @@ from search.storage import (StorageFailure, base_changes, close_study, fail_stal
                             storage_problem)
 from search.study import open_study
 from search.testset import evaluate_best_on_test, has_test_split
+from search.tracking import check_tracking, track
+from search.warm_start import Carried, enqueue_warm_start, plan_warm_start
 from trainer import ConfigError, Prepared, prepare_soon
 
 EXIT_INTERRUPTED = 130
@@ -40,6 +43,8 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
     unwritable = writable_problems(cfg)  # before Ray starts and before the study is created
     if unwritable:
         raise ConfigError(unwritable)
+    carried = plan_warm_start(cfg)  # the earlier studies are read now: a bad one ends the run before anything
+    check_tracking(cfg)  # an MLflow server that does not answer ends the run here (--no-tracking runs without)
     for note in cfg.notes:
         say(note)
     # Model and data are checked now, before Ray starts. Then three things overlap: tokenizing
@@ -49,7 +54,7 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
     pending = prepare_soon(base, source=str(cfg.path), cache_dir=cfg.cache_dir, say=say)
     new_study = _is_new_sqlite(cfg.storage)
     with ThreadPoolExecutor(1, thread_name_prefix="sftune-open") as pool:
-        opening: Future = pool.submit(_open, cfg, say, allow_base_change, opened)
+        opening: Future = pool.submit(_open, cfg, say, allow_base_change, opened, carried)
         # An existing study may have nothing left to run: know that before starting Ray.
         if not new_study and cfg.budget.n_trials - opening.result()[1] <= 0:
             pending.result()
@@ -69,6 +74,7 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
                     progress.message(_header(cfg, done))
                     prepared = pending.result()  # a tokenizing error ends the run here, before any trial
                     _describe_data(cfg, study, prepared, progress.message)
+                    progress = track(progress, cfg, study)  # MLflow / W&B beside the study (search/tracking.py)
                     driver = run_trials(cfg, study, progress=progress, resources=per_trial, prepared=prepared,
                                         cluster_died=lambda reason: _cluster_died(reason, progress, say, opened))
             except KeyboardInterrupt:
@@ -142,15 +148,18 @@ def _header(cfg: StudyConfig, done: int) -> str:
 
 
 def _open(cfg: StudyConfig, say: Callable[[str], None], allow_base_change: bool,
-          opened: list[optuna.Study]) -> tuple[optuna.Study, int]:
-    """Open (or create) the study and recover a dead driver's trials; returns it and its finished count."""
+          opened: list[optuna.Study], carried: list[Carried] | None = None) -> tuple[optuna.Study, int]:
+    """Open (or create) the study, queue warm-start trials and recover a dead driver's trials; returns it and its
+    finished count."""
     study = open_study(cfg, allow_base_change=allow_base_change)
     opened.append(study)
+    enqueue_warm_start(study, carried or [], say)
     if allow_base_change:
         for change in base_changes(study, cfg):
             say(f"note: continuing with a changed base config (--allow-base-change): {change}")
-    if cfg.multi_objective and cfg.pruner.get("name") != "none":
-        say(f"note: pruner {cfg.pruner['name']!r} is not used: Optuna prunes single-objective studies only")
+    if cfg.multi_objective and cfg.pruner.get("name") not in ("none", *MO_PRUNERS):
+        say(f"note: pruner {cfg.pruner['name']!r} is not used: Optuna prunes single-objective studies only "
+            "(mo-successive-halving prunes this one)")
     recovered = fail_stale(study)  # later ones are recovered by the driver's loop as their grace ends
     for trial in recovered:
         say(f"trial {trial.number} was left RUNNING by a driver that died: marked FAIL, its params queued again")

@@ -84,3 +84,46 @@ def start_postgres() -> Postgres | str:
         return f"pgserver or psycopg is not installed ({exc}); pip install -e '.[dev]'"
     except Exception as exc:  # noqa: BLE001 - any failure to start is the reason to skip
         return f"PostgreSQL from the pgserver wheel could not start: {type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite backend, artifacts served by it) on a free local port; yields its
+    URI. Skips the test, with the reason, when MLflow is not installed or the server does not answer."""
+    import socket
+    import time
+    import urllib.request
+
+    import pytest
+
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    if mlflow is None:
+        pytest.skip("MLflow is not installed (pip install 'sftune[mlflow]')")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    log = (folder / "mlflow-server.log").open("w")
+    proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"mlflow server did not start: {(folder / 'mlflow-server.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        log.close()

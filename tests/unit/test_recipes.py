@@ -132,7 +132,7 @@ def test_spaces_command_lists_each_shipped_space(capsys: pytest.CaptureFixture) 
 def _build_wheel(tmp: Path) -> Path:
     """`pip wheel . --no-deps` on a clean copy of the sources (no stale build/ folder)."""
     src = tmp / "src"
-    for name in ("search", "trainer", "spaces", "studies"):
+    for name in ("search", "trainer", "sftune", "spaces", "studies"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.db", "runs"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
@@ -153,7 +153,7 @@ def test_wheel_installs_no_spaces_or_studies_package_and_works_beside_hf_spaces(
     wheel = _build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/", 1)[0] for n in names}
-    assert {t for t in top if not t.endswith(".dist-info")} == {"search", "trainer"}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"search", "trainer", "sftune"}  # import sftune: the API
     assert "search/_recipes/spaces/lora-classification.yaml" in names
     assert "search/_recipes/studies/data/sst2/train.jsonl" in names
 

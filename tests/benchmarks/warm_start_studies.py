@@ -1,0 +1,138 @@
+"""Warm start from an earlier study (issue 23): does a study warm-started from a study of the same task on
+another data subset reach 99% of its best sooner than a cold one?
+
+    python tests/benchmarks/warm_start_studies.py --seeds 0,1,2          # MiniLM + LoRA on SST-2 subsets
+    python tests/benchmarks/warm_start_studies.py --quick --seeds 0,1,2  # tiny random model, a smoke run
+
+Per seed: an earlier study on training subset A (`--n-trials` trials), then the same study on subset B (same
+validation rows, a disjoint training sample) twice: cold, and warm-started from the earlier one's `--top` best.
+Each of the two is scored against the better final best of the pair: the trials and the seconds (from the
+first trial's start) until a complete trial reached 99% of it. Prints each seed's figures and the medians.
+The runs are real `sftune run` commands, one after another (2 at a time within each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+SHARED = REPO.parent / "shared" / "data"
+
+
+def write_subsets(out: Path, quick: bool, seed: int, n_train: int, n_val: int) -> tuple[str, dict[str, Path]]:
+    """The model, and the validation rows with two disjoint training subsets (A for the earlier study, B for
+    the new one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if quick:
+        import tiny
+
+        model = str(tiny.make_model(out / "model", "bert"))
+        train = [json.dumps(r) for r in tiny.sentiment_rows(2 * n_train, seed=seed + 10)]
+        val = [json.dumps(r) for r in tiny.sentiment_rows(n_val, seed=seed + 99)]
+    else:
+        model = "minilm-l6"  # the quickstart's bundled model
+        train = (SHARED / "sst2" / "train.jsonl").read_text().splitlines()
+        val = (SHARED / "sst2" / "validation.jsonl").read_text().splitlines()
+        rng = random.Random(seed)
+        train = rng.sample(train, 2 * n_train)
+        val = rng.sample(val, min(n_val, len(val)))
+    files = {}
+    for name, rows in (("a", train[:n_train]), ("b", train[n_train:2 * n_train]), ("val", val)):
+        files[name] = out / f"{name}.jsonl"
+        files[name].write_text("\n".join(rows) + "\n")
+    return model, files
+
+
+def study(out: Path, name: str, model: str, train: Path, val: Path, args: argparse.Namespace, seed: int,
+          warm: str | None = None) -> Path:
+    data: dict[str, Any] = {
+        "name": name, "storage": f"sqlite:///{out / 'studies.db'}",
+        "objective": {"metric": "accuracy", "direction": "maximize"},
+        "sampler": {"name": "tpe", "seed": seed}, "pruner": {"name": "none"},
+        "budget": {"n_trials": args.n_trials, "concurrency": 2}, "resources": {"cpu": 1},
+        "base": {"model": model, "task": "classification", "data": {"train": str(train), "validation": str(val)},
+                 "peft": {"method": "lora", "r": 8, "alpha": 16},
+                 "train": {"learning_rate": 3e-4, "batch_size": 16, "max_steps": args.max_steps,
+                           "eval_every": args.max_steps // 2, "max_length": 64, "seed": 0}},
+        "space": "lora-classification" if not args.quick else {
+            "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+            "peft.r": {"type": "int", "low": 2, "high": 16}},
+        "output_dir": str(out / "runs" / name),
+    }
+    if warm:
+        data["warm_start"] = [{"study": warm, "top": args.top}]
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run(path: Path, out: Path) -> None:
+    with (out / f"{path.stem}.log").open("w") as log:
+        subprocess.run([sys.executable, "-m", "search", "run", str(path)], check=True, stdout=log,
+                       stderr=subprocess.STDOUT, cwd=out)
+
+
+def curve(out: Path, name: str) -> list[tuple[int, float, float]]:
+    """(trial number, seconds from the first trial's start to its end, value) of each complete trial."""
+    import optuna
+
+    s = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'studies.db'}")
+    done = [t for t in s.trials if t.state.name == "COMPLETE" and t.datetime_complete]
+    start = min(t.datetime_start for t in s.trials if t.datetime_start)
+    return sorted((t.number, (t.datetime_complete - start).total_seconds(), t.value) for t in done)
+
+
+def reach(points: list[tuple[int, float, float]], target: float) -> tuple[int, float]:
+    """Trials run and seconds until a complete trial reached `target` (by completion time)."""
+    for i, (_, seconds, value) in enumerate(sorted(points, key=lambda p: p[1])):
+        if value >= target:
+            return i + 1, seconds
+    return len(points) + 1, float("inf")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data")
+    parser.add_argument("--n-trials", type=int, default=8)
+    parser.add_argument("--top", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=60)
+    parser.add_argument("--train-samples", type=int, default=800)
+    parser.add_argument("--eval-samples", type=int, default=300)
+    args = parser.parse_args()
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        with tempfile.TemporaryDirectory(prefix="sftune-warmstart-") as tmp:
+            out = Path(tmp)
+            model, files = write_subsets(out, args.quick, seed, args.train_samples, args.eval_samples)
+            run(study(out, "earlier", model, files["a"], files["val"], args, seed), out)
+            run(study(out, "cold", model, files["b"], files["val"], args, seed), out)
+            run(study(out, "warm", model, files["b"], files["val"], args, seed, warm="earlier"), out)
+            cold, warm = curve(out, "cold"), curve(out, "warm")
+            target = 0.99 * max(v for *_, v in cold + warm)
+            row = {"seed": seed, "target": target, "cold_best": max(v for *_, v in cold),
+                   "warm_best": max(v for *_, v in warm), "cold": reach(cold, target), "warm": reach(warm, target)}
+            rows.append(row)
+            print(f"seed {seed}: 99% of {target / 0.99:.4f} = {target:.4f} · cold best {row['cold_best']:.4f}, "
+                  f"reached after {row['cold'][0]} trials / {row['cold'][1]:.0f} s · warm best "
+                  f"{row['warm_best']:.4f}, reached after {row['warm'][0]} trials / {row['warm'][1]:.0f} s",
+                  flush=True)
+    med = {k: (statistics.median(r[k][0] for r in rows), statistics.median(r[k][1] for r in rows))
+           for k in ("cold", "warm")}
+    print(f"median over {len(rows)} seeds: trials to 99%: cold {med['cold'][0]}, warm {med['warm'][0]}; "
+          f"seconds: cold {med['cold'][1]:.0f}, warm {med['warm'][1]:.0f}")
+
+
+if __name__ == "__main__":
+    main()
