@@ -54,6 +54,10 @@ class Task:
     """The transformers `modeling_auto` mapping of the model class (a worker imports its code ahead of time)."""
     report_counts: ClassVar[tuple[str, ...]] = ()
     """Per-split stats beside `truncated` that the data report counts (sft: `dropped`)."""
+    data_parallel: ClassVar[bool] = True
+    """Whether a run may train data-parallel (a study's `resources.workers` > 1: one process per rank, each on its
+    share of the batches, the HF Trainer's DDP); a task whose hooks cannot (say, a loss that needs the whole batch
+    in one process) sets False and such a study is refused before any trial."""
 
     # --- config and model checks, before any data is read or weight loaded -------------------------------
 
