@@ -120,9 +120,12 @@ def worker_attrs(ready: dict[str, Any]) -> dict[str, Any]:
         attrs["worker_pid"] = int(ready["pid"])
     if ready.get("effective_batch"):
         attrs["effective_batch"] = int(ready["effective_batch"])
-    if ready.get("ranks"):  # a trial over several workers: worker_pid and node are rank 0's
-        attrs["workers"] = len(ready["ranks"])
-        attrs["ranks"] = [dict(r) for r in ready["ranks"]]
+    if ready.get("ranks"):  # a trial over several workers: worker_pid, node and host are rank 0's
+        ranks = [dict(r) for r in ready["ranks"]]
+        attrs.update({"workers": len(ranks), "ranks": ranks, "worker_pid": int(ranks[0]["pid"])})
+        if ready.get("pid"):  # Tune's own pid of the trial's actor: the coordinator that waits on the ranks
+            attrs["coordinator_pid"] = int(ready["pid"])
+        attrs.update({key: ranks[0][key] for key in ("node", "host") if ranks[0].get(key)})
     return attrs
 
 

@@ -245,6 +245,27 @@ def runnable(cfg: Any, prepared: Any, per_rank: Mapping[str, float]) -> Any:
                                {"cpu": COORDINATOR_CPU})
 
 
+GROUP_KEY = "placement_group"
+"""The ready report's key for the ranks' placement group (its id, hex)."""
+
+
+def release_group(group: str | None) -> None:
+    """Remove the ranks' placement group `group` (an id, hex), if it is still there.
+
+    Ray Train removes it when a run ends; after a killed controller only a cleaner of Ray Train's that needs Ray's
+    state API (a dashboard) would. The trial removes it when Tune stops it, and the driver's scheduler when the
+    trial ends in any way (its coordinator killed included): whichever comes first; the rest find it gone."""
+    if not group:
+        return
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    try:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group))))
+    except Exception:
+        pass
+
+
 POLL_S = 0.5
 """How often a waiting trial looks whether its Train run ended without a report."""
 
@@ -259,7 +280,6 @@ def _trial_class() -> type:
     """
     import ray
     from ray import tune
-    from ray.util import remove_placement_group
     from ray.util.queue import Empty, Queue
 
     from search._trial_result import error_report, is_done, is_ready, lost_report
@@ -281,7 +301,7 @@ def _trial_class() -> type:
                         return self._ended(ray.get(self.fitted))
                     continue
                 if is_ready(report):
-                    self.group = report.pop("placement_group", None)
+                    self.group = report.get(GROUP_KEY)
                 if is_done(report):
                     return {**report, "done": True}
                 return report
@@ -299,13 +319,7 @@ def _trial_class() -> type:
                     ray.kill(actor, no_restart=True)
                 except Exception:
                     pass
-            # Ray Train removes its placement group when a run ends, and a cleaner of its own that needs Ray's state
-            # API (a dashboard) would remove it after a killed controller; remove it here, whichever ran.
-            if self.group is not None:
-                try:
-                    remove_placement_group(self.group)
-                except Exception:
-                    pass
+            release_group(self.group)
 
     return RanksTrial
 
@@ -381,8 +395,9 @@ def rank_loop(loop_config: dict[str, Any]) -> None:
     dist.all_gather_object(everyone, me)  # the process group is up: every rank's pid and node, for the trial
     shared = loop_config.get("prepared")
     prepared = ray.get(shared["ref"]) if isinstance(shared, dict) and "ref" in shared else shared
-    group = ray.util.get_current_placement_group() if rank == 0 else None  # the trial removes it when it ends
+    group = ray.util.get_current_placement_group() if rank == 0 else None  # removed when the trial ends
     ray.train.report(ready_report(preloaded=False, host=me["host"], node=node, pid=me["pid"], ranks=everyone,
-                                  effective_batch=effective_batch(spec["config"], workers), placement_group=group))
+                                  effective_batch=effective_batch(spec["config"], workers),
+                                  **{GROUP_KEY: group.id.hex() if group is not None else None}))
     # An error raised here fails the Train run, which the trial judges (`judge_failure`).
     run_trial_job(spec, prepared, ray.train.report, node=node, files=rank == 0, fsdp=loop_config.get("fsdp"))

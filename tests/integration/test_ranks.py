@@ -96,6 +96,8 @@ def test_a_study_of_two_worker_trials_counts_one_trial_each_and_a_pruned_one_lea
 
 def test_a_killed_rank_fails_its_trial_naming_the_rank_and_its_params_run_again(
         tmp_path: Path, bert_dir: Path, ray_ranks_cluster: None) -> None:
+    import ray
+
     space = {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
     # A sampler with more to propose (grid's space would be spent), and ~10 s of steps to kill a rank in.
     path = _study_file(tmp_path, bert_dir, "rkill", space, sampler="tpe", max_steps=400, eval_every=20)
@@ -129,6 +131,11 @@ def test_a_killed_rank_fails_its_trial_naming_the_rank_and_its_params_run_again(
     retried = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert retried and retried[0].params == victim.params and retried[0].state == TrialState.COMPLETE
     assert TrialState.RUNNING not in [t.state for t in trials]
+    assert victim.user_attrs["worker_pid"] == victim.user_attrs["ranks"][0]["pid"]  # a trial's worker: rank 0
+    ranks = [r["pid"] for t in trials for r in t.user_attrs.get("ranks", [])]
+    _wait(lambda: not _alive(ranks), 30, f"rank processes left running: {_alive(ranks)}")
+    _wait(lambda: ray.available_resources().get("CPU", 0) >= CPUS, 30,
+          f"the ranks' CPUs were not freed: {ray.available_resources()}")
 
 
 def _gpus() -> int:
