@@ -1,15 +1,17 @@
 """A trial over several workers (`resources.workers` > 1): one Tune trial, N data-parallel ranks through Ray Train.
 
-The Tune trial's function (`trainable`) is a coordinator: it builds a Ray Train `TorchTrainer` with one rank per
-worker (each asking Ray for the per-worker `resources.cpu` and `resources.gpu`, gloo on CPU, NCCL on GPUs) and fits
-it, the pattern Ray documents for Train V2 inside Tune. Every rank runs the same config, the one the driver asked
-Optuna for once, on the data the driver prepared once (an object-store reference every rank reads); the HF Trainer
-inside each rank trains with DDP over the process group Ray Train set up. Every rank reports each evaluation in
-step (Ray Train's report is collective) and Tune receives rank 0's (`TuneReportCallback`), so the driver judges
-one trial as any other. A pruned trial's coordinator actor is ended by Tune (trials over several workers are never
-reused), and Ray ends what it owns with it: the Train controller, then every rank and their placement group. A rank
-that dies fails the trial as a dead worker does (its params queued again), naming the rank; a rank whose job
-raised fails it with that error. Only rank 0 writes the trial's files (`trainer.job` saves on the main process).
+The Tune trial (`RanksTrial`, a class trainable) starts a `TrainRun` actor that builds a Ray Train `TorchTrainer`
+with one rank per worker (each asking Ray for the per-worker `resources.cpu` and `resources.gpu`; gloo on CPU,
+NCCL on GPUs) and fits it: Train V2 started from inside a Tune trial. Every rank runs the same config, the one the
+driver asked Optuna for once, on the data the driver prepared once (an object-store reference every rank reads);
+the HF Trainer inside each rank trains with DDP over the process group Ray Train set up. Every rank reports each
+evaluation in step (Ray Train's report is collective), and a Train callback in the controller hands rank 0's to the
+trial (`TuneReportCallback` does the same for a function trainable, which cannot be stopped: see `_trial_class`), so
+the driver judges one trial as any other. When Tune stops the trial (pruned, ended), its `cleanup` kills the
+`TrainRun` actor and Ray ends what it owns, the controller and every rank; the ranks' placement group is removed by
+the trial and by the driver's scheduler (`release_group`). A rank that dies fails the trial as a dead worker does
+(its params queued again), naming the rank; a rank whose job raised fails it with that error. Only rank 0 writes
+the trial's files (`trainer.job` saves on the main process).
 
 Nothing here imports Optuna; the checks (`ranks_problems`, `placement_problem`) import no Ray.
 """
