@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from optuna.trial import TrialState
 
-from search._trial_result import error_of, is_done
+from search._trial_result import error_of, is_done, lost_of
 from search.config import StudyConfig
 
 MAX_RETRIES = 2
@@ -60,6 +60,9 @@ def failure(*, stopped: str | None, result: dict[str, Any] | None, error: bool, 
     """
     if stopped is not None:
         return stopped, False
+    lost = lost_of(result)  # a rank of a multi-worker trial died: as a dead worker
+    if lost is not None:
+        error, worker_error = True, f"the trial lost a rank: {lost}"
     job_error = error_of(result)
     if job_error is not None:
         return job_error, False

@@ -18,6 +18,8 @@ ERROR_KEY = "sftune_error"
 DONE_KEY = "sftune_done"
 READY_KEY = "sftune_ready"
 FILES_KEY = "sftune_files"
+LOST_KEY = "sftune_lost"
+"""A trial over several workers whose rank died: why (the trial fails as a dead worker does, its params queued)."""
 MAX_FILES_BYTES = 512 * 2**20
 """Trial outputs larger than this stay on their node (a LoRA adapter is a few MB; a full model may not be)."""
 
@@ -65,8 +67,10 @@ class ErrorReport(TypedDict):
     traceback: str
 
 
-def ready_report(*, preloaded: bool, host: str, node: str, pid: int) -> dict[str, Any]:
-    return dict(ReadyReport(sftune_ready=True, preloaded=preloaded, host=host, node=node, pid=pid))
+def ready_report(*, preloaded: bool, host: str, node: str, pid: int, **more: Any) -> dict[str, Any]:
+    """`more`: `effective_batch` (rows per optimizer step) and, for a trial over several workers, `ranks` (each
+    rank's rank, pid, host and node)."""
+    return {**ReadyReport(sftune_ready=True, preloaded=preloaded, host=host, node=node, pid=pid), **more}
 
 
 def evaluation_report(metrics: dict[str, float], step: int, **more: Any) -> dict[str, Any]:
@@ -88,6 +92,16 @@ def error_report(error: str, traceback: str) -> dict[str, Any]:
     return dict(ErrorReport(sftune_error=error, traceback=traceback))
 
 
+def lost_report(why: str) -> dict[str, Any]:
+    """The end of a multi-worker trial whose rank died (or whose ranks could not start): not the job's error."""
+    return {LOST_KEY: why}
+
+
+def lost_of(result: dict[str, Any] | None) -> str | None:
+    """Why a multi-worker trial lost a rank, when it did, else None."""
+    return str(result[LOST_KEY]) if result and LOST_KEY in result else None
+
+
 def is_ready(result: dict[str, Any]) -> bool:
     return bool(result.get(READY_KEY))
 
@@ -107,6 +121,14 @@ def worker_attrs(ready: dict[str, Any]) -> dict[str, Any]:
     attrs["worker_preloaded"] = bool(ready.get("preloaded"))
     if ready.get("pid"):
         attrs["worker_pid"] = int(ready["pid"])
+    if ready.get("effective_batch"):
+        attrs["effective_batch"] = int(ready["effective_batch"])
+    if ready.get("ranks"):  # a trial over several workers: worker_pid, node and host are rank 0's
+        ranks = [dict(r) for r in ready["ranks"]]
+        attrs.update({"workers": len(ranks), "ranks": ranks, "worker_pid": int(ranks[0]["pid"])})
+        if ready.get("pid"):  # Tune's own pid of the trial's actor: the coordinator that waits on the ranks
+            attrs["coordinator_pid"] = int(ready["pid"])
+        attrs.update({key: ranks[0][key] for key in ("node", "host") if ranks[0].get(key)})
     return attrs
 
 

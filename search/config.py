@@ -53,6 +53,15 @@ class Budget:
 class Resources:
     cpu: float = 1
     gpu: float = 0
+    workers: int = 1
+    """Ranks per trial: above 1 a trial trains data-parallel through Ray Train, each rank with `cpu` and `gpu`
+    (`search._ray.ranks`); 1 runs the trial in its Tune worker."""
+    batch: str = "per_worker"
+    """per_worker | effective: what `train.batch_size` (base, fixed and searched) means. `effective`: rows per
+    optimizer step, whatever `workers` is; each rank then takes batch_size / (workers x gradient_accumulation)."""
+    fsdp: str | None = None
+    """The HF Trainer's `fsdp` option for a full fine-tune sharded over the ranks (`full_shard auto_wrap`); needs
+    workers > 1 and a GPU per rank. Unchecked without GPUs (docs/clusters.md)."""
 
 
 @dataclasses.dataclass
@@ -159,6 +168,12 @@ class StudyConfig:
         """The complete train config of one trial: base plus sampled values, its own output_dir."""
         data = apply_overrides(self.base, sampled)
         data["output_dir"] = str(self.output_dir / "trials" / f"{number:04d}")
+        if self.resources.batch == "effective":  # each rank's share of the effective batch (checked on load)
+            from search._ray.ranks import per_worker_batch
+
+            train = data.setdefault("train", {})
+            train["batch_size"] = per_worker_batch(train.get("batch_size", 16), self.resources.workers,
+                                                   train.get("gradient_accumulation", 1))
         return data
 
 
@@ -204,8 +219,8 @@ def find_study_file(value: str | Path) -> Path:
 STUDY_FIELDS = {f.name for f in dataclasses.fields(StudyFile)}
 STUDY_KEYS = {"name", "storage", "output_dir", "sampler", "pruner", "base", "space", "objective",
               "objective.metric", "objective.direction", "objective.use", "artifacts", "keep_best", "budget.n_trials", "budget.timeout",
-              "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu", "warm_start",
-              "tracking"}
+              "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu",
+              "resources.workers", "resources.batch", "resources.fsdp", "warm_start", "tracking"}
 
 
 def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
@@ -441,6 +456,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
         problems.append(Problem(source, "resources.cpu", f"must be > 0, found {r.cpu}"))
     if r.gpu < 0:
         problems.append(Problem(source, "resources.gpu", f"must be >= 0, found {r.gpu}"))
+    if r.workers != 1 or r.batch != "per_worker" or r.fsdp:
+        from search._ray.ranks import ranks_problems
+
+        problems.extend(ranks_problems(r, base_cfg, space, source))
     if study.artifacts and "://" in study.artifacts and not study.artifacts.startswith("s3://"):
         problems.append(Problem(source, "artifacts", f"expected a folder or s3://bucket/prefix, found "
                                 f"{study.artifacts!r}"))

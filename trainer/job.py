@@ -238,11 +238,13 @@ def _build(cfg: TrainConfig, source: str, location: str, key: str, cached: Path 
     return prep
 
 
-def total_steps(cfg: TrainConfig, n_train: int) -> int:
+def total_steps(cfg: TrainConfig, n_train: int, processes: int = 1) -> int:
+    """Optimizer steps of a run: `max_steps`, or `epochs` over `n_train` rows shared by `processes` data-parallel
+    processes (each takes batch_size rows per micro-batch)."""
     t = cfg.train
     if t.epochs is None:
         return t.max_steps
-    per_epoch = math.ceil(n_train / (t.batch_size * t.gradient_accumulation))
+    per_epoch = math.ceil(n_train / (t.batch_size * t.gradient_accumulation * max(1, processes)))
     return max(1, math.ceil(t.epochs * per_epoch))
 
 
@@ -292,6 +294,7 @@ def run_job(
     keep_best: tuple[str, str] | None = None,
     memory: dict[str, float] | None = None,
     generations: list[dict[str, Any]] | None = None,
+    fsdp: str | None = None,
 ) -> JobResult:
     """Train and evaluate `cfg`; every evaluation goes to `reporter`, which may stop the run.
 
@@ -302,7 +305,8 @@ def run_job(
     evaluation; `started_at` and `first_step_at` as Unix times), so a caller can report it mid-run;
     `memory` likewise with the CUDA memory figures of `trainer._memory` (peak so far at each
     evaluation, what is left at the end). `generations`, when given, gets each generating evaluation's
-    `{step, seconds, samples}` (`eval:`) before the reporter sees that evaluation.
+    `{step, seconds, samples}` (`eval:`) before the reporter sees that evaluation. `fsdp`: the Trainer's own
+    `fsdp` option (`full_shard auto_wrap`, ...) for a full fine-tune sharded over data-parallel processes.
 
     When it returns or raises (a reporter that stops the run by raising, as Ray does for a pruned
     trial, included), the run's model, optimizer, Trainer and batches are released and the CUDA
@@ -329,7 +333,7 @@ def run_job(
     say = progress or (lambda _msg: None)
     prep = prepared or prepare(cfg, source, cache_dir=cache_dir, say=progress)
     t = cfg.train
-    max_steps = total_steps(cfg, len(prep.train))
+    max_steps = total_steps(cfg, len(prep.train), int(os.environ.get("WORLD_SIZE", "1")))  # torchrun, Ray Train
     timing["max_steps"] = max_steps
     transformers.set_seed(t.seed)
     device, precision = resolve_precision(t.precision)
@@ -338,7 +342,7 @@ def run_job(
     try:
         return _train(cfg, reporter, prep, max_steps, device, precision, started, timing, memory, say, source,
                       evaluate_test=evaluate_test, keep_best=keep_best, made=made,
-                      generations=generations if generations is not None else [])
+                      generations=generations if generations is not None else [], fsdp=fsdp)
     except BaseException as exc:
         # The frames the exception left (the training loop's, the callback's) hold the model and
         # the optimizer until the exception is gone: let go of their locals now.
@@ -369,7 +373,7 @@ def _unwrap_forward(model: Any) -> None:
 def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int, device: str, precision: str,
            started: float, timing: dict[str, float], memory: dict[str, float], say: Callable[[str], None],
            source: str, *, evaluate_test: bool, keep_best: tuple[str, str] | None,
-           made: dict[str, Any], generations: list[dict[str, Any]]) -> JobResult:
+           made: dict[str, Any], generations: list[dict[str, Any]], fsdp: str | None = None) -> JobResult:
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     t = cfg.train
@@ -492,6 +496,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         remove_unused_columns=False,
         label_names=["labels"],
         prediction_loss_only=task.prediction_loss_only,
+        **({"fsdp": fsdp} if fsdp else {}),
     )
     trainer = _TimedTrainer(
         model=model,
@@ -535,6 +540,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     if best is not None:
         best.restore(trainer.model)
     task.finish_model(trainer.model, cfg, prep.examples)
+    if not trainer.is_world_process_zero():  # data-parallel: the main process alone writes the run's files
+        return result
     _save(cfg, trainer.model, prep.tokenizer, out)
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

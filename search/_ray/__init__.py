@@ -2,10 +2,11 @@
 
 Its rooms: `cluster` starts or joins the cluster and checks it, `reaper` ends what a dead driver left,
 `preload` warms a local cluster's workers, `tuner` builds the Tuner, `shells` are Tune's searcher,
-scheduler and callback over `search._driver.Driver`, `worker` is what each trial runs, `resources` says
-what `resources.cpu` and `resources.gpu` mean, `gpu` judges trials packed on one GPU, and `_internals`
-is the one module that touches Ray's private names. The names below load on first use: a Ray worker
-importing `search._ray.worker` (or the preload module) gets neither Optuna nor the driver with it.
+scheduler and callback over `search._driver.Driver`, `worker` is what each trial runs, `ranks` runs a trial
+over several workers (Ray Train), `resources` says what `resources.cpu` and `resources.gpu` mean, `gpu`
+judges trials packed on one GPU, and `_internals` is the one module that touches Ray's private names. The
+names below load on first use: a Ray worker importing `search._ray.worker` (or the preload module) gets
+neither Optuna nor the driver with it.
 """
 
 from __future__ import annotations

@@ -281,6 +281,7 @@ class Cluster:
         self.started_ray = True
         per_trial = joined_request(self.cfg)
         problem = node_problem(per_trial, ray.nodes(), f"the cluster at {self.target.address}", str(self.cfg.path))
+        problem = problem or self._ranks_problem(per_trial, f"the cluster at {self.target.address}")
         origin = "" if self.target.source == "--address" else (
             " (from RAY_ADDRESS; unset it or pass --address local to run on a local cluster)")
         return per_trial, problem, f"joined the cluster at {self.target.address}{origin}"
@@ -304,7 +305,18 @@ class Cluster:
         per_trial = local_request(self.cfg)  # one slot per concurrent trial
         problem = local_gpu_problem(self.cfg.resources.gpu, ray.cluster_resources().get("GPU", 0),
                                     str(self.cfg.path))
+        problem = problem or self._ranks_problem(per_trial, "this machine")
         return per_trial, problem, "started a local cluster"
+
+    def _ranks_problem(self, per_rank: dict[str, float], where: str) -> Problem | None:
+        """With `resources.workers` > 1: a Problem when the cluster can never place one trial's ranks at once."""
+        if self.cfg.resources.workers <= 1:
+            return None
+        import ray
+
+        from search._ray.ranks import placement_problem
+
+        return placement_problem(self.cfg.resources.workers, per_rank, ray.nodes(), where, str(self.cfg.path))
 
     def stop(self) -> None:
         """Leave the cluster; a local one is shut down and whatever Ray left of it is ended."""

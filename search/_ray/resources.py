@@ -10,6 +10,8 @@
   workers the trials will use are started (and warmed); the trial still runs `resources.cpu` threads.
 
 `resources.gpu` means the same everywhere: the GPU share each trial asks Ray for.
+
+With `resources.workers` > 1 each of these is what one rank of a trial asks for (`search._ray.ranks`).
 """
 
 from __future__ import annotations
@@ -39,5 +41,9 @@ def local_request(cfg: StudyConfig) -> dict[str, float]:
 
 
 def local_cluster_cpus(cfg: StudyConfig) -> int:
-    """The CPUs a local cluster offers Ray: one slot per concurrent trial (`budget.concurrency`)."""
+    """The CPUs a local cluster offers Ray: one slot per concurrent trial (`budget.concurrency`), or per rank of
+    each when trials run over several workers (`resources.workers`), with one more CPU for their coordinators
+    (`search._ray.ranks.COORDINATOR_CPU` each)."""
+    if cfg.resources.workers > 1:
+        return cfg.budget.concurrency * LOCAL_SLOT_CPUS * cfg.resources.workers + 1
     return cfg.budget.concurrency * LOCAL_SLOT_CPUS

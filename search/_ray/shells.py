@@ -14,6 +14,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search._driver import FINISHED, Driver
+from search._ray.ranks import GROUP_KEY, release_group
 
 
 class OptunaSearcher(Searcher):
@@ -42,16 +43,27 @@ class OptunaPruningScheduler(FIFOScheduler):
     def __init__(self, driver: Driver) -> None:
         super().__init__()
         self.driver = driver
+        self.groups: dict[str, str] = {}
+        """A multi-worker trial's ranks' placement group (`search._ray.ranks`), removed when the trial ends."""
 
     def set_search_properties(self, metric: Any, mode: Any, **spec: Any) -> bool:
         return True
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(GROUP_KEY):
+            self.groups[trial.trial_id] = str(result[GROUP_KEY])
         with self.driver.lock:
             stop = self.driver.result(trial.trial_id, result)
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        release_group(self.groups.pop(trial.trial_id, None))
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        release_group(self.groups.pop(trial.trial_id, None))
+
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        release_group(self.groups.pop(trial.trial_id, None))
         try:
             error = trial.get_error()
         except Exception:  # noqa: BLE001 - the error file may be gone with its node

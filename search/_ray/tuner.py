@@ -76,8 +76,13 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
     beating = driver.heartbeats()
     watching = watch_cluster(driver, cluster_died)
     try:
-        runnable = tune.with_parameters(trainable, prepared=prepared) if prepared is not None else trainable
-        resourced = tune.with_resources(runnable, resources or joined_request(cfg))
+        if cfg.resources.workers > 1:  # each trial a Ray Train run of several ranks (`search._ray.ranks`)
+            from search._ray.ranks import runnable as over_ranks
+
+            resourced = over_ranks(cfg, prepared, resources or joined_request(cfg))
+        else:
+            runnable = tune.with_parameters(trainable, prepared=prepared) if prepared is not None else trainable
+            resourced = tune.with_resources(runnable, resources or joined_request(cfg))
         tuner = tune.Tuner(
             resourced,
             param_space={},
@@ -87,7 +92,7 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
                 num_samples=-1,
                 max_concurrent_trials=cfg.budget.concurrency,
                 time_budget_s=cfg.budget.timeout,
-                reuse_actors=True,
+                reuse_actors=cfg.resources.workers == 1,  # a pruned multi-worker trial's actor must end
                 trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
                 trial_name_creator=lambda t: f"trial_{t.trial_id}",
             ),

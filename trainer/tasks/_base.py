@@ -56,6 +56,10 @@ class Task:
     """False for a task whose inputs are not text (images): its model folder needs no tokenizer files."""
     report_counts: ClassVar[tuple[str, ...]] = ()
     """Per-split stats beside `truncated` that the data report counts (sft: `dropped`)."""
+    data_parallel: ClassVar[bool] = True
+    """Whether a run may train data-parallel (a study's `resources.workers` > 1: one process per rank, each on its
+    share of the batches, the HF Trainer's DDP); a task whose hooks cannot (say, a loss that needs the whole batch
+    in one process) sets False and such a study is refused before any trial."""
 
     # --- config and model checks, before any data is read or weight loaded -------------------------------
 
