@@ -363,3 +363,15 @@ def image_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
 
 
 TASK_CONFIGS["image-classification"] = image_config
+
+
+def refused_train(tmp: Path, data: dict[str, Any], capsys: Any) -> str:
+    """`sftune train` on `data` written to tmp/train.yaml must exit 2 with no traceback and train nothing;
+    returns what it printed on stderr."""
+    from search.cli import main
+
+    path = write_config(tmp / "train.yaml", data)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not (tmp / "out" / "metrics.json").exists()
+    return err

@@ -182,30 +182,23 @@ def test_the_template_is_recorded_and_printed(tmp_path: Path, gpt2_dir: Path, ca
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["template"] == {"name": name}
 
 
-def _bad(tmp: Path, data: dict, capsys: pytest.CaptureFixture) -> str:
-    path = tiny.write_config(tmp / "train.yaml", data)
-    assert main(["train", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and not (tmp / "out" / "metrics.json").exists()
-    return err
-
 
 def test_unknown_template_name_lists_the_known_ones(tmp_path: Path, gpt2_dir: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
-    err = _bad(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="chatlm"), capsys)
+    err = tiny.refused_train(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="chatlm"), capsys)
     assert ("train.yaml: data.chat_template: expected auto, chatml, alpaca or a path to a Jinja file (.jinja), "
             "found 'chatlm'; did you mean 'chatml'?") in err
 
 
 def test_missing_template_file(tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    err = _bad(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="nope.jinja"), capsys)
+    err = tiny.refused_train(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="nope.jinja"), capsys)
     assert (f"train.yaml: data.chat_template: expected a Jinja template file, found no file at "
             f"'{tmp_path / 'nope.jinja'}'") in err
 
 
 def test_template_file_that_is_not_jinja(tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "bad.jinja").write_text("{% for m in messages %}{{ m['content'] }}")
-    err = _bad(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="bad.jinja"), capsys)
+    err = tiny.refused_train(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="bad.jinja"), capsys)
     assert "data.chat_template: " in err and "bad.jinja' is not a valid Jinja template: line 1" in err
 
 
@@ -225,7 +218,7 @@ def test_chat_rows_whose_roles_do_not_alternate(tmp_path: Path, gpt2_dir: Path, 
     rows = [json.loads(line) for line in (tmp_path / "data" / "chat_val.jsonl").read_text().splitlines()]
     rows[2] = {"messages": [{"role": r, "content": "add 1 and 2 :"} for r in roles]}
     tiny.write_jsonl(tmp_path / "data" / "chat_val.jsonl", rows)
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert f"train.yaml: data: validation row 3 of '{tmp_path / 'data' / 'chat_val.jsonl'}': " in err
     assert found in err
 
@@ -238,7 +231,7 @@ def test_chat_rows_whose_roles_do_not_alternate(tmp_path: Path, gpt2_dir: Path, 
 def test_a_template_that_cannot_render_the_rows(tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture,
                                                 text: str, found: str) -> None:
     (tmp_path / "t.jinja").write_text(text)
-    err = _bad(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="t.jinja"), capsys)
+    err = tiny.refused_train(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="t.jinja"), capsys)
     assert (f"train.yaml: data.chat_template: train data: template file {tmp_path / 't.jinja'} sha256:"
             f"{hashlib.sha256(text.encode()).hexdigest()[:12]} cannot render the conversation whose first user "
             f"message is 'add 0 and 0 :': {found}") in err

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import tiny
 
-from search.cli import main
 from trainer import config_from_dict, run_job
 from trainer.generation.scores import chrf, exact_match, extract, rouge_l
 
@@ -82,25 +81,18 @@ def test_a_study_can_optimise_a_generation_metric(tmp_path: Path, llama_dir: Pat
     assert cfg.metrics == ["exact_match", "eval_loss"] and cfg.directions == ["maximize", "minimize"]
 
 
-def _refused(tmp: Path, data: dict, capsys: pytest.CaptureFixture) -> str:
-    path = tiny.write_config(tmp / "train.yaml", data)
-    assert main(["train", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and not (tmp / "out" / "metrics.json").exists()
-    return err
-
 
 def test_a_generation_metric_on_classification_is_refused(tmp_path: Path, bert_dir: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     data = tiny.classification_config(tmp_path, bert_dir)
     data["eval"] = {"metrics": ["exact_match"]}
-    err = _refused(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "train.yaml: eval.metrics: generation metrics need a task whose model writes text (sft)" in err
 
 
 def test_an_extraction_that_finds_no_answer_says_on_how_many_rows(tmp_path: Path, gpt2_dir: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
-    err = _refused(tmp_path, _sft(tmp_path, gpt2_dir, metrics=["exact_match"], extract="gsm8k"), capsys)
+    err = tiny.refused_train(tmp_path, _sft(tmp_path, gpt2_dir, metrics=["exact_match"], extract="gsm8k"), capsys)
     assert "eval.extract: gsm8k finds no answer in 40 of 40 validation references (the first: row 1" in err
 
 
@@ -118,12 +110,12 @@ def test_a_user_metric_that_cannot_work_is_refused(tmp_path: Path, gpt2_dir: Pat
     if code:
         (tmp_path / "m.py").write_text(code)
     data = _sft(tmp_path, gpt2_dir, function=ref, directions={"answer_length": "minimize"})
-    assert expected in _refused(tmp_path, data, capsys)
+    assert expected in tiny.refused_train(tmp_path, data, capsys)
 
 
 def test_eval_fields_out_of_range_are_refused(tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture) -> None:
     data = _sft(tmp_path, gpt2_dir, metrics=["exact_mach"], max_new_tokens=0, extract="first_number")
-    err = _refused(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "eval.max_new_tokens: must be >= 1, found 0" in err
     assert "eval.metrics: expected metrics among exact_match, rouge_l, chrf, found 'exact_mach'" in err
     assert "eval.extract: expected one of whole, gsm8k, last_number, regex:<pattern>, found 'first_number'" in err

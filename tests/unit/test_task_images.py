@@ -44,27 +44,20 @@ def test_a_vit_with_lora_from_a_table_of_paths(tmp_path: Path) -> None:
     assert result.history[-1]["accuracy"] > max(0.15, result.history[0]["accuracy"]), result.history
 
 
-def _bad(tmp: Path, data: dict, capsys: pytest.CaptureFixture) -> str:
-    path = tiny.write_config(tmp / "train.yaml", data)
-    assert main(["train", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and not (tmp / "out" / "metrics.json").exists()
-    return err
-
 
 def test_bad_images_exit_2(tmp_path: Path, resnet: Path, capsys: pytest.CaptureFixture) -> None:
     data = tiny.image_config(tmp_path, resnet)
     (tmp_path / "data" / "digits_train" / "3" / "notes.png").write_text("not an image")
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "train.yaml: task_options.image_column: train row" in err and "notes.png', which is not one" in err
     (tmp_path / "data" / "digits_train" / "3" / "notes.png").unlink()
     (tmp_path / "data" / "digits_train" / "empty").mkdir()
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "data.train: image folder '" in err and "class folder 'empty' has no images" in err
     (tmp_path / "data" / "digits_train" / "empty").rmdir()
     tiny.write_jsonl(tmp_path / "data" / "train.jsonl", [{"image": "digits_train/0/nope.png", "label": "0"}] * 3)
     data["data"]["train"] = "data/train.jsonl"
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "train row 1 of '" in err and "nope.png', which does not exist" in err
 
 

@@ -61,20 +61,13 @@ def test_training_learns_with_tuned_threshold_and_pos_weight(tmp_path: Path, ber
     assert set(result.metrics) == {"f1_micro", "f1_macro", "exact_match", "eval_loss", "threshold"}
 
 
-def _bad(tmp: Path, data: dict, capsys: pytest.CaptureFixture) -> str:
-    path = tiny.write_config(tmp / "train.yaml", data)
-    assert main(["train", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and not (tmp / "out" / "metrics.json").exists()
-    return err
-
 
 def test_bad_multilabel_input_exits_2(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
     data = tiny.multilabel_config(tmp_path, bert_dir)
     rows = tiny.multilabel_rows(20, seed=3)
     rows[6]["labels"] = "positive"
     tiny.write_jsonl(tmp_path / "data" / "ml_train.jsonl", rows)
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert ("train.yaml: data.label_column: train row 7 of '" in err and "ml_train.jsonl': column 'labels' expected "
             "a list of label names or ids, found 'positive' (str)" in err)
     rows[6]["labels"] = ["positive"]
@@ -82,16 +75,16 @@ def test_bad_multilabel_input_exits_2(tmp_path: Path, bert_dir: Path, capsys: py
     val = tiny.multilabel_rows(10, seed=4)
     val[2]["labels"] = ["sports"]
     tiny.write_jsonl(tmp_path / "data" / "ml_val.jsonl", val)
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "validation row 3 of" in err and "label 'sports' is not among the labels ['film', 'negative', 'positive']" \
         in err
     data["task_options"] = {"threshold": 1.5}
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "task_options.threshold: expected a number in (0, 1) or tune, found 1.5" in err
     # a list of labels given to task: classification points to multilabel
     tiny.write_jsonl(tmp_path / "data" / "ml_val.jsonl", tiny.multilabel_rows(10, seed=4))
     data["task"], data["task_options"] = "classification", {}
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "task: multilabel" in err
 
 

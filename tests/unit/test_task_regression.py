@@ -74,27 +74,20 @@ def test_two_targets_huber_unstandardised(tmp_path: Path, bert_dir: Path) -> Non
     assert rmse > 10 and rmse**2 <= loss * 1.01 and loss <= 2 * rmse**2 * 1.01
 
 
-def _bad(tmp: Path, data: dict, capsys: pytest.CaptureFixture) -> str:
-    path = tiny.write_config(tmp / "train.yaml", data)
-    assert main(["train", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and not (tmp / "out" / "metrics.json").exists()
-    return err
-
 
 def test_bad_regression_input_exits_2(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
     data = tiny.regression_config(tmp_path, bert_dir)
     rows = tiny.regression_rows(20, seed=3)
     rows[4]["score"] = "high"
     tiny.write_jsonl(tmp_path / "data" / "reg_train.jsonl", rows)
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "train.yaml: data.label_column: train row 5 of '" in err
     assert "reg_train.jsonl': target column 'score' expected a finite number, found 'high' (str)" in err
     data["task_options"] = {"target_columns": ["score", "nope"]}
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "task_options.target_columns: column 'nope' not found in train data" in err
     data["task_options"] = {"standardize": True, "loss": "hubber"}
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "task_options.loss: expected one of mse, huber, found 'hubber' (str); did you mean 'huber'?" in err
 
 
@@ -102,7 +95,7 @@ def test_float_labels_for_classification_point_to_regression(tmp_path: Path, ber
                                                              capsys: pytest.CaptureFixture) -> None:
     data = tiny.regression_config(tmp_path, bert_dir)
     data["task"] = "classification"
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "data.label_column: train labels in column 'score'" in err and "task: regression" in err
 
 

@@ -60,31 +60,24 @@ def test_tagging_names_in_trec_questions_is_learned(tmp_path: Path, char_bert: P
     assert last["accuracy"] > 0.95
 
 
-def _bad(tmp: Path, data: dict, capsys: pytest.CaptureFixture) -> str:
-    path = tiny.write_config(tmp / "train.yaml", data)
-    assert main(["train", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and not (tmp / "out" / "metrics.json").exists()
-    return err
-
 
 def test_bad_tagging_input_exits_2(tmp_path: Path, char_bert: Path, capsys: pytest.CaptureFixture) -> None:
     data = tiny.tagging_config(tmp_path, char_bert)
     rows = tiny.tagging_rows("questions.jsonl")[:30]
     rows[3]["tags"] = rows[3]["tags"][:-1]
     tiny.write_jsonl(tmp_path / "data" / "tag_train.jsonl", rows)
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     n = len(rows[3]["tokens"])
     assert "train.yaml: task_options.tags_column: train row 4 of '" in err
     assert f"tag_train.jsonl': expected one tag per word, found {n} words in 'tokens' and {n - 1} tags in 'tags'" in err
     rows[3] = {"tokens": "Who is he ?", "tags": ["O"] * 4}
     tiny.write_jsonl(tmp_path / "data" / "tag_train.jsonl", rows)
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "task_options.tokens_column: train row 4 of" in err and "expected a list of non-empty words, found " \
         "'Who is he ?' (str)" in err
     plain = tiny.tagging_rows("questions.jsonl", "plain")[:30]
     tiny.write_jsonl(tmp_path / "data" / "tag_train.jsonl", plain)
-    err = _bad(tmp_path, data, capsys)
+    err = tiny.refused_train(tmp_path, data, capsys)
     assert "task_options.tag_scheme: expected BIO tags (O, B-X, I-X) in" in err and "found 'NAME'" in err
 
 
