@@ -52,6 +52,14 @@ class TrackingConfig:
         return bool(self.mlflow or self.wandb_project)
 
 
+def _unknown_keys(spec: dict[str, Any], allowed: list[str], key: str, source: str, problems: list[Problem]) -> None:
+    """One problem per key of `spec` that is not in `allowed`, with the nearest allowed one."""
+    for option in spec:
+        if option not in allowed:
+            problems.append(Problem(source, f"{key}.{option}", f"unknown key{did_you_mean(str(option), allowed)} "
+                                    f"(keys: {', '.join(allowed)})"))
+
+
 def parse_tracking(raw: Any, source: str, problems: list[Problem]) -> TrackingConfig:
     """The `tracking:` value: {mlflow: URI | {uri, experiment}, wandb: {project, mode, entity}}."""
     if raw is None:
@@ -68,11 +76,7 @@ def parse_tracking(raw: Any, source: str, problems: list[Problem]) -> TrackingCo
                 problems.append(Problem(source, "tracking.mlflow", f"expected a tracking URI (http://host:5000) or "
                                         f"{{uri, experiment}}, found {describe(value)}"))
                 continue
-            for option in spec:
-                if option not in ("uri", "experiment"):
-                    problems.append(Problem(source, f"tracking.mlflow.{option}", f"unknown key"
-                                            f"{did_you_mean(str(option), ['uri', 'experiment'])} (keys: uri, "
-                                            "experiment)"))
+            _unknown_keys(spec, ["uri", "experiment"], "tracking.mlflow", source, problems)
             out.update(mlflow=spec["uri"], experiment=spec.get("experiment"))
         elif key == "wandb":
             spec = {"project": value} if isinstance(value, str) else value
@@ -80,11 +84,7 @@ def parse_tracking(raw: Any, source: str, problems: list[Problem]) -> TrackingCo
                 problems.append(Problem(source, "tracking.wandb", f"expected {{project: NAME, mode: online | "
                                         f"offline}}, found {describe(value)}"))
                 continue
-            for option in spec:
-                if option not in ("project", "mode", "entity"):
-                    problems.append(Problem(source, f"tracking.wandb.{option}", f"unknown key"
-                                            f"{did_you_mean(str(option), ['project', 'mode', 'entity'])} (keys: "
-                                            "project, mode, entity)"))
+            _unknown_keys(spec, ["project", "mode", "entity"], "tracking.wandb", source, problems)
             mode = spec.get("mode", "online")
             if mode not in MODES:
                 problems.append(Problem(source, "tracking.wandb.mode", f"expected online or offline, found "

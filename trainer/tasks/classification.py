@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from trainer._loss import balanced_weights, class_weighted_loss
 from trainer._tokenize import length_stats, quiet, unknown_tokens
-from trainer.data import Examples, columns
+from trainer.data import Examples
 from trainer.schema import ConfigError, Problem, describe
 from trainer.tasks._base import Task
+from trainer.tasks._common import check_columns, check_texts
 
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
@@ -99,27 +100,12 @@ def read_labelled(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, st
     train = splits["train"]
     for split, rows in splits.items():
         path = paths[split]
-        cols = columns(rows)
         wanted = [("data.text_column", d.text_column), ("data.label_column", d.label_column)]
         if d.text_pair_column:
             wanted.append(("data.text_pair_column", d.text_pair_column))
-        for key, col in wanted:
-            missing = sum(1 for r in rows if col not in r)
-            if missing == len(rows):
-                problems.append(Problem(source, key, f"column '{col}' not found in {split} data '{path}' "
-                                        f"(columns: {', '.join(cols)})"))
-            elif missing:
-                problems.append(Problem(source, key, f"column '{col}' is missing from {missing} of {len(rows)} "
-                                        f"rows of {split} data '{path}'"))
-        for i, r in enumerate(rows):
-            for col in [d.text_column] + ([d.text_pair_column] if d.text_pair_column else []):
-                if col in r and not isinstance(r[col], str):
-                    problems.append(Problem(source, "data.text_column", f"{split} row {i + 1} of '{path}': column "
-                                            f"'{col}' must be text, found {describe(r[col])}"))
-                    break
-            else:
-                continue
-            break
+        check_columns(rows, wanted, split, path, source, problems)
+        check_texts(rows, [d.text_column] + ([d.text_pair_column] if d.text_pair_column else []), split, path,
+                    source, problems)
         bad = [r[d.label_column] for r in rows if d.label_column in r and not is_label(r[d.label_column])]
         if bad:
             problems.append(Problem(source, "data.label_column", f"{split} labels in column '{d.label_column}' of "
