@@ -65,8 +65,7 @@ def check_eval_config(cfg: TrainConfig, task: Task, source: str, problems: list[
 
 def _check_directions(e: EvalConfig, task: Task, source: str, problems: list[Problem]) -> None:
     if not e.function:
-        need_none = not e.directions
-        if not need_none:
+        if e.directions:
             problems.append(Problem(source, "eval.directions", "directions are those of eval.function's metrics, "
                                     "but no eval.function is given"))
         return
