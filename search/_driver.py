@@ -21,15 +21,32 @@ from search._outcome import failure, killed_for_memory, not_finite, outcome_stat
 from search._ray.gpu import check_packing
 from search._ray.resources import trial_threads
 from search._trial_outputs import TrialOutputs
-from search._trial_result import (data_warnings_of, error_of, is_done, is_ready, max_steps_of, memory_of, seconds_of,
-                                  step_of, worker_attrs)
+from search._trial_result import (
+    data_warnings_of,
+    error_of,
+    is_done,
+    is_ready,
+    max_steps_of,
+    memory_of,
+    seconds_of,
+    step_of,
+    worker_attrs,
+)
 from search.artifacts import apply_retention, write_note
 from search.config import StudyConfig
 from search.progress import LineProgress, Progress, short
 from search.pruners import build_mo_pruner
 from search.space import sample_params
-from search.storage import (count_states, fail_stale, heartbeat_settings, record_heartbeats, requeue, set_live,
-                            storage_problem, trial_id_of)
+from search.storage import (
+    count_states,
+    fail_stale,
+    heartbeat_settings,
+    record_heartbeats,
+    requeue,
+    set_live,
+    storage_problem,
+    trial_id_of,
+)
 
 FINISHED = "FINISHED"
 """What `suggest` returns when this driver will start no more trials (Tune's Searcher.FINISHED)."""
@@ -124,15 +141,21 @@ class Driver:
         if c is None or best is None:  # the storage failed: what it last said, not zeros
             c, best = c or self.last_counts[0], best or self.last_counts[1]
         self.last_counts = (c, best)
-        self.progress.counts(finished=c.get("COMPLETE", 0) + c.get("PRUNED", 0), n_trials=self.cfg.budget.n_trials,
-                             running=len(self.trials), pruned=self.n_pruned, failed=self.failed, best=best)
+        self.progress.counts(
+            finished=c.get("COMPLETE", 0) + c.get("PRUNED", 0),
+            n_trials=self.cfg.budget.n_trials,
+            running=len(self.trials),
+            pruned=self.n_pruned,
+            failed=self.failed,
+            best=best,
+        )
 
     # ---- storage guard ------------------------------------------------------------------------
     def guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a storage call; a storage failure (disk full, read-only, lost connection) ends the run."""
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - classified below; anything else is a bug and re-raised
+        except Exception as exc:  # classified below; anything else is a bug and re-raised
             problem = storage_problem(exc)
             if problem is None:
                 raise
@@ -158,8 +181,10 @@ class Driver:
             return None  # the run is being ended (`abandon_all`): start nothing on a dead cluster
         if self.failed > self.cfg.max_failures:
             self.gave_up = True
-            self.stop_reason = (f"{self.failed} trials failed in this run (budget.max_failures="
-                                f"{self.cfg.max_failures}); see `sftune status` for their errors")
+            self.stop_reason = (
+                f"{self.failed} trials failed in this run (budget.max_failures="
+                f"{self.cfg.max_failures}); see `sftune status` for their errors"
+            )
             return done
         c = self.guard(self.counts)
         if c is None:
@@ -198,8 +223,15 @@ class Driver:
         self.timings["ask"].append(time.perf_counter() - started)
         self.progress.trial_started(trial.number, sampled)
         keep_best = [self.cfg.metrics[0], self.cfg.directions[0]] if self.cfg.use == "best" else None
-        return {"sftune": {"number": trial.number, "config": config, "job": self.job, "driver_node": self.node,
-                           "keep_best": keep_best}}
+        return {
+            "sftune": {
+                "number": trial.number,
+                "config": config,
+                "job": self.job,
+                "driver_node": self.node,
+                "keep_best": keep_best,
+            }
+        }
 
     def complete(self, tune_id: str, result: dict[str, Any] | None, error: bool) -> None:
         """Tune says a trial ended (ran out, was stopped, or its worker failed): tell Optuna its exact state."""
@@ -259,16 +291,25 @@ class Driver:
             prefix = "warning: " if packing.verdict in ("over", "tight") else ""
             self.progress.message(f"{prefix}GPU memory: {packing.message}")
 
-    def _failure(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any] | None,
-                 error: bool) -> tuple[str, bool]:
+    def _failure(
+        self, tune_id: str, trial: optuna.Trial, result: dict[str, Any] | None, error: bool
+    ) -> tuple[str, bool]:
         """Why a trial failed, and whether its params deserve another try (True when the job itself did not fail)."""
         timeout = self.cfg.budget.timeout
-        timed_out = (f"stopped by budget.timeout ({timeout:g} s); its params are queued for the next run"
-                     if timeout and time.time() - self.started >= timeout else None)
-        return failure(stopped=self.stopped.pop(tune_id, None), result=result, error=error,
-                       worker_error=self.errors.pop(tune_id, None),
-                       retries=lambda: int(self._attr(trial, "retries", 0)), timed_out=timed_out,
-                       stop_reason=self.stop_reason)
+        timed_out = (
+            f"stopped by budget.timeout ({timeout:g} s); its params are queued for the next run"
+            if timeout and time.time() - self.started >= timeout
+            else None
+        )
+        return failure(
+            stopped=self.stopped.pop(tune_id, None),
+            result=result,
+            error=error,
+            worker_error=self.errors.pop(tune_id, None),
+            retries=lambda: int(self._attr(trial, "retries", 0)),
+            timed_out=timed_out,
+            stop_reason=self.stop_reason,
+        )
 
     def _attr(self, trial: optuna.Trial, key: str, default: Any) -> Any:
         return (self.guard(lambda: trial.user_attrs) or {}).get(key, default)
@@ -352,8 +393,9 @@ class Driver:
             if self.guard(trial.should_prune):
                 self.pruned.add(tune_id)
                 return True
-        elif self.mo_pruner is not None and (tune_id in self.pruned
-                                             or self.guard(self.mo_pruner.judge, self.study, trial, values, step)):
+        elif self.mo_pruner is not None and (
+            tune_id in self.pruned or self.guard(self.mo_pruner.judge, self.study, trial, values, step)
+        ):
             self.pruned.add(tune_id)  # several objectives: search/pruners.py's rule (judged once: it stops now)
             return True
         bad = not_finite(values)
@@ -393,8 +435,9 @@ class Driver:
             return
         self.last_beat = now
         for frozen in self.guard(fail_stale, self.study) or []:
-            self.progress.message(f"trial {frozen.number} was left RUNNING by a driver that died: marked FAIL, "
-                                  "its params queued again")
+            self.progress.message(
+                f"trial {frozen.number} was left RUNNING by a driver that died: marked FAIL, its params queued again"
+            )
 
     def abandon_all(self, reason: str, wait: float = 30.0) -> None:
         """From another thread: stop taking Tune's calls (the lock is kept), then FAIL every running trial with

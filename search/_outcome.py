@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from optuna.trial import TrialState
 
@@ -33,8 +34,9 @@ def not_finite(values: list[float]) -> str | None:
     return None
 
 
-def told_values(cfg: StudyConfig, result: dict[str, Any],
-                history: list[dict[str, float]]) -> tuple[list[float], int | None]:
+def told_values(
+    cfg: StudyConfig, result: dict[str, Any], history: list[dict[str, float]]
+) -> tuple[list[float], int | None]:
     """A complete trial's values and, with `objective.use: best`, the step they come from (else None).
 
     The final evaluation's values, or with `use: best` the best evaluation's (by the first objective;
@@ -50,8 +52,16 @@ def told_values(cfg: StudyConfig, result: dict[str, Any],
     return [float(best[m]) for m in cfg.metrics], int(best["step"])
 
 
-def failure(*, stopped: str | None, result: dict[str, Any] | None, error: bool, worker_error: str | None,
-            retries: Callable[[], int], timed_out: str | None, stop_reason: str) -> tuple[str, bool]:
+def failure(
+    *,
+    stopped: str | None,
+    result: dict[str, Any] | None,
+    error: bool,
+    worker_error: str | None,
+    retries: Callable[[], int],
+    timed_out: str | None,
+    stop_reason: str,
+) -> tuple[str, bool]:
     """Why a trial failed, and whether its params deserve another try (True when the job itself did not fail).
 
     `stopped`: why this driver stopped it; `worker_error`: what Tune said of its dead worker;

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
@@ -19,8 +20,15 @@ class TrialOutputs:
     `guard` runs a storage call (a storage failure ends the run, as the driver decides); `say` tells the user.
     """
 
-    def __init__(self, cfg: StudyConfig, study: optuna.Study, *, guard: Callable[..., Any],
-                 say: Callable[[str], None], job: str | None) -> None:
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        study: optuna.Study,
+        *,
+        guard: Callable[..., Any],
+        say: Callable[[str], None],
+        job: str | None,
+    ) -> None:
         self.cfg = cfg
         self.study = study
         self.guard = guard

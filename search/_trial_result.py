@@ -191,6 +191,5 @@ def unpack(data: bytes, folder: Path) -> None:
         for member in tar.getmembers():  # the same rule by hand: plain files and folders inside `folder`
             target = (folder / member.name).resolve()
             if not (member.isfile() or member.isdir()) or not target.is_relative_to(root):
-                raise ValueError(f"refusing {member.name!r} from a trial's outputs: not a plain file inside "
-                                 "its folder")
+                raise ValueError(f"refusing {member.name!r} from a trial's outputs: not a plain file inside its folder")
         tar.extractall(folder)

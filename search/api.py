@@ -169,9 +169,19 @@ def _say(say: Say | None) -> Say:
 # The four functions
 
 
-def run(study: str | Path, *, n_trials: int | None = None, storage: str | None = None, address: str | None = None,
-        allow_base_change: bool = False, warm_start: str | list[str] | None = None, no_tracking: bool = False,
-        say: Say | None = print, _items: list[str] | None = None, **overrides: Any) -> RunResult:
+def run(
+    study: str | Path,
+    *,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    address: str | None = None,
+    allow_base_change: bool = False,
+    warm_start: str | list[str] | None = None,
+    no_tracking: bool = False,
+    say: Say | None = print,
+    _items: list[str] | None = None,
+    **overrides: Any,
+) -> RunResult:
     """Run (or resume) a study until it holds its budget of finished trials; `sftune run`.
 
     `study`: a study file, or a shipped study's name. `warm_start`: `STUDY[@STORAGE]` (or a list of them) in
@@ -195,11 +205,20 @@ def run(study: str | Path, *, n_trials: int | None = None, storage: str | None =
         items.append(f"warm_start={json.dumps([parse_entry(e) for e in entries])}")
     if no_tracking:
         items.append("tracking=null")
-    code = run_study(str(study), items, n_trials=n_trials, storage=storage, address=address, say=record,
-                     allow_base_change=allow_base_change)
+    code = run_study(
+        str(study),
+        items,
+        n_trials=n_trials,
+        storage=storage,
+        address=address,
+        say=record,
+        allow_base_change=allow_base_change,
+    )
     if code != 0:
-        reason = next((line for line in reversed(said) if line.startswith(("stopped:", "error:", "interrupted"))),
-                      f"the run ended with exit code {code}")
+        reason = next(
+            (line for line in reversed(said) if line.startswith(("stopped:", "error:", "interrupted"))),
+            f"the run ended with exit code {code}",
+        )
         raise RunFailed(reason, code, _status_or_none(study, items, storage))
     return RunResult(status(study, storage=storage, _items=items), said)
 
@@ -211,8 +230,9 @@ def _status_or_none(study: str | Path, items: list[str], storage: str | None) ->
         return None
 
 
-def status(study: str | Path, *, storage: str | None = None, top: int = 5, _items: list[str] | None = None,
-           **overrides: Any) -> StudyStatus:
+def status(
+    study: str | Path, *, storage: str | None = None, top: int = 5, _items: list[str] | None = None, **overrides: Any
+) -> StudyStatus:
     """A study's counts by state, its best and top trials and its failed ones; `sftune status`."""
     from search.report import summary
 
@@ -224,8 +244,16 @@ def status(study: str | Path, *, storage: str | None = None, top: int = 5, _item
         _close(opened)
 
 
-def export(study: str | Path, out: str | Path, *, trial: int | None = None, storage: str | None = None,
-           say: Say | None = None, _items: list[str] | None = None, **overrides: Any) -> Exported:
+def export(
+    study: str | Path,
+    out: str | Path,
+    *,
+    trial: int | None = None,
+    storage: str | None = None,
+    say: Say | None = None,
+    _items: list[str] | None = None,
+    **overrides: Any,
+) -> Exported:
     """Write a trial's complete train config (the best by default) where `sftune train` runs it, with its stored
     adapter or model beside it; `sftune export`. `out`: a file, or a folder to write best.yaml into."""
     from search.artifacts import fetch_trial_files
@@ -247,8 +275,9 @@ def export(study: str | Path, out: str | Path, *, trial: int | None = None, stor
         _close(opened)
 
 
-def train(config: str | Path | dict[str, Any], *, say: Say | None = print, _items: list[str] | None = None,
-          **overrides: Any) -> TrainResult:
+def train(
+    config: str | Path | dict[str, Any], *, say: Say | None = print, _items: list[str] | None = None, **overrides: Any
+) -> TrainResult:
     """Run one fine-tuning job and evaluate it; `sftune train`. `config`: a train config file (an exported trial's
     best.yaml) or the same as a mapping (relative paths then resolve from the current folder)."""
     from trainer import config_from_dict, describe_template, describe_warnings, load_train_config, prepare, run_job
@@ -267,16 +296,21 @@ def train(config: str | Path | dict[str, Any], *, say: Say | None = print, _item
         source = str(config)
         cfg = load_train_config(source, items)
     prepared = prepare(cfg, source=source)
-    tell(f"sftune train: {cfg.task} · model {cfg.model} · peft {cfg.peft.method} · "
-         f"{len(prepared.train)} train / {len(prepared.validation)} validation examples"
-         + (f" / {len(prepared.test)} held-out test" if prepared.test else ""))
+    tell(
+        f"sftune train: {cfg.task} · model {cfg.model} · peft {cfg.peft.method} · "
+        f"{len(prepared.train)} train / {len(prepared.validation)} validation examples"
+        + (f" / {len(prepared.test)} held-out test" if prepared.test else "")
+    )
     if prepared.template:
         tell(f"prompt format: {describe_template(prepared.template)}")
     for line in describe_warnings(prepared.warnings, prepared.stats, cfg.train.max_length, cfg.task):
         tell(f"warning: {line}")
     result = run_job(cfg, source=source, progress=tell, prepared=prepared)
-    tell("final metrics (step {}/{}, {:.0f}s on {}, {}, weights {}):".format(
-        result.step, result.max_steps, result.seconds["total"], result.device, result.precision, result.model_dtype))
+    tell(
+        "final metrics (step {}/{}, {:.0f}s on {}, {}, weights {}):".format(
+            result.step, result.max_steps, result.seconds["total"], result.device, result.precision, result.model_dtype
+        )
+    )
     for key, value in result.metrics.items():
         tell(f"  {key:<10} {value:.4f}")
     if result.test_metrics:
@@ -284,9 +318,17 @@ def train(config: str | Path | dict[str, Any], *, say: Say | None = print, _item
         for key, value in result.test_metrics.items():
             tell(f"  {key:<15} {value:.4f}")
     tell(f"wrote {cfg.output_dir}/metrics.json")
-    return TrainResult(metrics=dict(result.metrics), test_metrics=dict(result.test_metrics), step=result.step,
-                       max_steps=result.max_steps, output_dir=Path(cfg.output_dir), seconds=dict(result.seconds),
-                       device=result.device, precision=result.precision, history=list(result.history))
+    return TrainResult(
+        metrics=dict(result.metrics),
+        test_metrics=dict(result.test_metrics),
+        step=result.step,
+        max_steps=result.max_steps,
+        output_dir=Path(cfg.output_dir),
+        seconds=dict(result.seconds),
+        device=result.device,
+        precision=result.precision,
+        history=list(result.history),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,8 +362,16 @@ def _trial_of(t: Any, metrics: list[str]) -> Trial:
     config = attrs.pop("config", None)
     error = attrs.pop("error", None) if t.state.name == "FAIL" else None
     values = {m: float(v) for m, v in zip(metrics, t.values or [], strict=False) if v is not None and math.isfinite(v)}
-    return Trial(number=t.number, state=t.state.name, values=values, params=dict(t.params), config=config,
-                 duration_s=t.duration.total_seconds() if t.duration else None, error=error, attrs=attrs)
+    return Trial(
+        number=t.number,
+        state=t.state.name,
+        values=values,
+        params=dict(t.params),
+        config=config,
+        duration_s=t.duration.total_seconds() if t.duration else None,
+        error=error,
+        attrs=attrs,
+    )
 
 
 def _status_of(info: dict[str, Any], study: Any, cfg: Any) -> StudyStatus:
@@ -334,7 +384,17 @@ def _status_of(info: dict[str, Any], study: Any, cfg: Any) -> StudyStatus:
 
     top = [frozen(row["number"]) for row in info["top"]]
     failed = [frozen(row["number"]) for row in info["failed"]]
-    return StudyStatus(name=info["study"], storage=info["storage"], objectives=info["objectives"],
-                       counts=dict(info["counts"]), finished=info["finished"],
-                       n_trials_target=info["n_trials_target"], best=top[0] if top else None, top=top,
-                       pareto_front=info["pareto_front"], failed=failed, test=info.get("test"), summary=info)
+    return StudyStatus(
+        name=info["study"],
+        storage=info["storage"],
+        objectives=info["objectives"],
+        counts=dict(info["counts"]),
+        finished=info["finished"],
+        n_trials_target=info["n_trials_target"],
+        best=top[0] if top else None,
+        top=top,
+        pareto_front=info["pareto_front"],
+        failed=failed,
+        test=info.get("test"),
+        summary=info,
+    )

@@ -52,12 +52,17 @@ def artifact_store(cfg: StudyConfig, *, create: bool = True) -> Any:
     """The study's artifact store; with `create=False`, None where a local store does not exist yet."""
     location = cfg.artifacts
     if location.startswith("s3://"):
-        bucket, _, prefix = location[len("s3://"):].partition("/")
+        bucket, _, prefix = location[len("s3://") :].partition("/")
         try:
             store: Any = optuna.artifacts.Boto3ArtifactStore(bucket)
         except ImportError:
-            raise ConfigError(Problem(str(cfg.path), "artifacts", f"{location} needs boto3 (pip install boto3) "
-                                      "and AWS credentials in the environment")) from None
+            raise ConfigError(
+                Problem(
+                    str(cfg.path),
+                    "artifacts",
+                    f"{location} needs boto3 (pip install boto3) and AWS credentials in the environment",
+                )
+            ) from None
         return _Prefixed(store, prefix) if prefix else store
     if not create and not Path(location).is_dir():
         return None
@@ -109,8 +114,9 @@ def store_trial(study: optuna.Study, cfg: StudyConfig, number: int, folder: Path
             _zip_folder(sub, archive)
             uploads.insert(0, archive)
         for path in uploads:
-            optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
-                                             storage=StudyHandle.of(study).storage)
+            optuna.artifacts.upload_artifact(
+                artifact_store=store, file_path=str(path), study_or_trial=trial, storage=StudyHandle.of(study).storage
+            )
     for sub in saved:
         shutil.rmtree(sub, ignore_errors=True)
 
@@ -143,8 +149,11 @@ def _forget(study: optuna.Study, trial_id: int, keys: list[str]) -> None:
     models = rdb_models()
     storage = rdb_storage(study)
     with storage.scoped_session() as session:
-        session.execute(delete(models.TrialSystemAttributeModel).where(
-            models.TrialSystemAttributeModel.trial_id == trial_id, models.TrialSystemAttributeModel.key.in_(keys)))
+        session.execute(
+            delete(models.TrialSystemAttributeModel).where(
+                models.TrialSystemAttributeModel.trial_id == trial_id, models.TrialSystemAttributeModel.key.in_(keys)
+            )
+        )
         session.commit()
     # Optuna's cache wrapper keeps finished trials in memory: drop the keys there too.
     for trial in StudyHandle.of(study).cached(trial_id):
@@ -162,7 +171,7 @@ def apply_retention(study: optuna.Study, cfg: StudyConfig) -> list[int]:
     from search.report import ranked
 
     done = ranked(study, cfg)
-    losers = [t for t in done[cfg.keep_best:] if stored_files(t)]
+    losers = [t for t in done[cfg.keep_best :] if stored_files(t)]
     store = artifact_store(cfg) if losers else None
     for trial in losers:
         remove_files(study, cfg, trial, store)
@@ -184,8 +193,9 @@ def fetch_trial_files(study: optuna.Study, cfg: StudyConfig, number: int, config
     target = config_path.parent / f"{config_path.stem}-{name}"
     with tempfile.TemporaryDirectory(prefix="sftune-fetch-") as tmp:
         archive = Path(tmp) / f"{name}.zip"
-        optuna.artifacts.download_artifact(artifact_store=store, file_path=str(archive),
-                                           artifact_id=files[f"{name}.zip"])
+        optuna.artifacts.download_artifact(
+            artifact_store=store, file_path=str(archive), artifact_id=files[f"{name}.zip"]
+        )
         shutil.rmtree(target, ignore_errors=True)
         with zipfile.ZipFile(archive) as zf:
             for entry in zf.infolist():
@@ -216,10 +226,15 @@ def note_text(trial: FrozenTrial, cfg: StudyConfig, history: list[dict[str, floa
         shown = ", ".join(f"**{m}** {_fmt(v)}" for m, v in zip(cfg.metrics, trial.values, strict=False))
         lines.append(f"{shown} ({which}{f', step {at}' if at is not None else ''})")
     elif trial.state == TrialState.PRUNED:
-        where = (f" at step {steps[-1]} ({cfg.metrics[0]} {_fmt(trial.intermediate_values[steps[-1]])} there)"
-                 if steps else "")
-        lines.append(f"Pruned by the {cfg.pruner.get('name', '?')} pruner{where}: its learning curve fell behind "
-                     "the trials before it at the same step.")
+        where = (
+            f" at step {steps[-1]} ({cfg.metrics[0]} {_fmt(trial.intermediate_values[steps[-1]])} there)"
+            if steps
+            else ""
+        )
+        lines.append(
+            f"Pruned by the {cfg.pruner.get('name', '?')} pruner{where}: its learning curve fell behind "
+            "the trials before it at the same step."
+        )
     elif trial.state == TrialState.FAIL:
         from search.report import fail_reason
 
@@ -229,8 +244,10 @@ def note_text(trial: FrozenTrial, cfg: StudyConfig, history: list[dict[str, floa
         lines += ["| param | value |", "|---|---|"]
         lines += [f"| `{k}` | {_fmt(v)} |" for k, v in trial.params.items()]
         lines.append("")
-    places = [f"host `{attrs['host']}`" if attrs.get("host") else "",
-              f"Ray node `{str(attrs['node'])[:12]}`" if attrs.get("node") else ""]
+    places = [
+        f"host `{attrs['host']}`" if attrs.get("host") else "",
+        f"Ray node `{str(attrs['node'])[:12]}`" if attrs.get("node") else "",
+    ]
     seconds = trial.duration.total_seconds() if trial.duration else None
     ran = " · ".join(w for w in places if w)
     if ran or seconds is not None:
@@ -259,14 +276,21 @@ def _generations(kept: Any) -> list[str]:
     def cell(text: Any) -> str:
         return " ".join(str(text).split()).replace("|", "\\|")[-200:] or " "
 
-    lines = ["", f"Sample generations at step {kept.get('step')}:", "", "| prompt (its end) | output | reference |",
-             "|---|---|---|"]
-    return lines + [f"| {cell(s.get('prompt'))} | {cell(s.get('output'))} | {cell(s.get('reference'))} |"
-                    for s in kept["samples"]]
+    lines = [
+        "",
+        f"Sample generations at step {kept.get('step')}:",
+        "",
+        "| prompt (its end) | output | reference |",
+        "|---|---|---|",
+    ]
+    return lines + [
+        f"| {cell(s.get('prompt'))} | {cell(s.get('output'))} | {cell(s.get('reference'))} |" for s in kept["samples"]
+    ]
 
 
-def write_note(study: optuna.Study, cfg: StudyConfig, number: int,
-               history: list[dict[str, float]] | None = None) -> None:
+def write_note(
+    study: optuna.Study, cfg: StudyConfig, number: int, history: list[dict[str, float]] | None = None
+) -> None:
     """Save trial `number`'s note for optuna-dashboard (call it once the trial has ended and its files are stored).
 
     `history`: the trial's evaluations ({step, metric: value, ...}); default its user attribute
@@ -276,6 +300,7 @@ def write_note(study: optuna.Study, cfg: StudyConfig, number: int,
 
     trial = _frozen(study, number)
     # A Trial handle for the note API, on a study object whose sampler has no per-trial hook.
-    handle = optuna.Study(study_name=study.study_name, storage=StudyHandle.of(study).storage,
-                          sampler=optuna.samplers.RandomSampler())
+    handle = optuna.Study(
+        study_name=study.study_name, storage=StudyHandle.of(study).storage, sampler=optuna.samplers.RandomSampler()
+    )
     save_note(optuna.trial.Trial(handle, trial_id_of(trial)), note_text(trial, cfg, history))

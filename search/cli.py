@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from trainer import ConfigError, Problem
 
@@ -28,15 +28,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.api import RunFailed, run
 
     try:
-        run(args.study, n_trials=args.n_trials, storage=args.storage, address=args.address, say=_print,
-            allow_base_change=args.allow_base_change, warm_start=args.warm_start,
-            no_tracking=args.no_tracking, _items=args.set)
+        run(
+            args.study,
+            n_trials=args.n_trials,
+            storage=args.storage,
+            address=args.address,
+            say=_print,
+            allow_base_change=args.allow_base_change,
+            warm_start=args.warm_start,
+            no_tracking=args.no_tracking,
+            _items=args.set,
+        )
     except RunFailed as exc:
         return exc.exit_code
     return 0
 
 
-def _open(args: argparse.Namespace):  # noqa: ANN202
+def _open(args: argparse.Namespace):
     """The study file (with --set / --storage) and its existing study; never creates a database."""
     from search.api import open_existing
 
@@ -111,8 +119,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
     _print(f"optuna-dashboard for {cfg.storage} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    optuna_dashboard.run_server(StudyHandle.of(study).storage, host=args.host, port=args.port,
-                                artifact_store=artifact_store(cfg, create=False))
+    optuna_dashboard.run_server(
+        StudyHandle.of(study).storage, host=args.host, port=args.port, artifact_store=artifact_store(cfg, create=False)
+    )
     return 0
 
 
@@ -127,7 +136,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config_of(path: str, overrides: list[str]):  # noqa: ANN202
+def _train_config_of(path: str, overrides: list[str]):
     """A train config file, or a study file's base config (a study has `base` and `space`)."""
     from trainer import load_train_config, read_yaml
 
@@ -154,11 +163,17 @@ def cmd_test(args: argparse.Namespace) -> int:
 def _study_options(p: argparse.ArgumentParser) -> None:
     """What locates a study, the same for every command that opens one."""
     p.add_argument("study", help="study YAML, or the name of a shipped study (see `sftune spaces`)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a study key (budget.n_trials=20, name=other) or a base config key "
-                        "(base.train.max_steps=100), as given to `sftune run` (repeatable)")
-    p.add_argument("--storage", default=None, metavar="URL",
-                   help="study database URL (default: the study file's storage)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="override a study key (budget.n_trials=20, name=other) or a base config key "
+        "(base.train.max_steps=100), as given to `sftune run` (repeatable)",
+    )
+    p.add_argument(
+        "--storage", default=None, metavar="URL", help="study database URL (default: the study file's storage)"
+    )
 
 
 def _version() -> str:
@@ -175,35 +190,62 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sftune",
         description="Find the best hyperparameters for supervised fine-tuning of transformer models.",
     )
-    parser.add_argument("--version", action="version", version=f"sftune {_version()}",
-                        help="print the installed version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="one of the commands below; "
-                                "`sftune COMMAND --help` for its options")
+    parser.add_argument(
+        "--version", action="version", version=f"sftune {_version()}", help="print the installed version and exit"
+    )
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help="one of the commands below; `sftune COMMAND --help` for its options"
+    )
     sub.required = True
 
-    p = sub.add_parser("train", help="run one fine-tuning job from a train config",
-                       description="Train and evaluate one config; writes metrics.json under its output_dir.")
+    p = sub.add_parser(
+        "train",
+        help="run one fine-tuning job from a train config",
+        description="Train and evaluate one config; writes metrics.json under its output_dir.",
+    )
     p.add_argument("config", help="train config YAML")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a config key, e.g. --set train.learning_rate=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="override a config key, e.g. --set train.learning_rate=1e-4 (repeatable)",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("run", help="run (or resume) a study: trials through Ray Tune, sampled and pruned by Optuna",
-                       description="Create or resume the study and run trials until it holds budget.n_trials "
-                                   "finished (complete or pruned) trials.")
+    p = sub.add_parser(
+        "run",
+        help="run (or resume) a study: trials through Ray Tune, sampled and pruned by Optuna",
+        description="Create or resume the study and run trials until it holds budget.n_trials "
+        "finished (complete or pruned) trials.",
+    )
     _study_options(p)
     p.add_argument("--n-trials", type=int, default=None, help="finished trials the study should hold in total")
-    p.add_argument("--address", default=None,
-                   help="join the Ray cluster at HOST:PORT (or auto) instead of starting a local one; default: "
-                        "RAY_ADDRESS if set; `local` starts a local cluster whatever RAY_ADDRESS says")
-    p.add_argument("--allow-base-change", action="store_true",
-                   help="resume a study whose base config changed since it was created (its trials will not "
-                        "all compare); without it such a resume is refused")
-    p.add_argument("--warm-start", action="append", default=None, metavar="STUDY[@STORAGE]",
-                   help="run the best trials of an earlier study first (its storage: this study's by default); "
-                        "repeatable; replaces the study file's warm_start")
-    p.add_argument("--no-tracking", action="store_true",
-                   help="run without the study file's tracking (MLflow, W&B), e.g. while its server is down")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="join the Ray cluster at HOST:PORT (or auto) instead of starting a local one; default: "
+        "RAY_ADDRESS if set; `local` starts a local cluster whatever RAY_ADDRESS says",
+    )
+    p.add_argument(
+        "--allow-base-change",
+        action="store_true",
+        help="resume a study whose base config changed since it was created (its trials will not "
+        "all compare); without it such a resume is refused",
+    )
+    p.add_argument(
+        "--warm-start",
+        action="append",
+        default=None,
+        metavar="STUDY[@STORAGE]",
+        help="run the best trials of an earlier study first (its storage: this study's by default); "
+        "repeatable; replaces the study file's warm_start",
+    )
+    p.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="run without the study file's tracking (MLflow, W&B), e.g. while its server is down",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="counts by state, the best and top trials, why trials failed")
@@ -212,11 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("export", help="write a trial's complete train config (the best by default) and its "
-                                      "stored adapter or model")
+    p = sub.add_parser(
+        "export", help="write a trial's complete train config (the best by default) and its stored adapter or model"
+    )
     _study_options(p)
-    p.add_argument("--out", required=True, help="the train config to write, e.g. best.yaml, or a folder to write "
-                                                "best.yaml (trial-N.yaml with --trial) into")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="the train config to write, e.g. best.yaml, or a folder to write "
+        "best.yaml (trial-N.yaml with --trial) into",
+    )
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
     p.set_defaults(func=cmd_export)
 
@@ -236,19 +283,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine only)")
     p.set_defaults(func=cmd_dashboard)
 
-    p = sub.add_parser("data", help="report on a config's data before training: sizes, labels, duplicates, "
-                                    "leakage, token lengths",
-                       description="Rows per split, label balance, empty and duplicate rows, rows shared between "
-                                   "splits, token lengths against max_length, and what to do about them.")
+    p = sub.add_parser(
+        "data",
+        help="report on a config's data before training: sizes, labels, duplicates, leakage, token lengths",
+        description="Rows per split, label balance, empty and duplicate rows, rows shared between "
+        "splits, token lengths against max_length, and what to do about them.",
+    )
     p.add_argument("config", help="train config YAML, or a study YAML (its base config is used)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a train config key, e.g. --set train.max_length=256")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="override a train config key, e.g. --set train.max_length=256",
+    )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("test", help="retrain the best trial (or top K) and evaluate it once on the held-out test "
-                                    "split", description="Needs data.test or data.test_fraction in the base config; "
-                                    "stores test_metrics on each trial and on the study.")
+    p = sub.add_parser(
+        "test",
+        help="retrain the best trial (or top K) and evaluate it once on the held-out test split",
+        description="Needs data.test or data.test_fraction in the base config; "
+        "stores test_metrics on each trial and on the study.",
+    )
     _study_options(p)
     p.add_argument("--top", type=int, default=1, help="how many of the best trials to test (default 1)")
     p.set_defaults(func=cmd_test)

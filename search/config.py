@@ -14,18 +14,28 @@ import yaml
 from search.recipes import is_shipped, looks_like_name, shipped_spaces, shipped_studies
 from search.space import Space, check_space_with_base, parse_space
 from trainer import FIELDS, ConfigError, Problem, TrainConfig, config_from_dict, read_yaml
+from trainer.config import apply_overrides, parse_overrides
 from trainer.schema import build, describe, did_you_mean, set_dotted
 from trainer.tasks import get_task
-from trainer.config import apply_overrides, parse_overrides
 
 SAMPLERS = {
-    "tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "cmaes": "CmaEsSampler",
-    "gp": "GPSampler", "qmc": "QMCSampler", "nsga2": "NSGAIISampler",
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "grid": "GridSampler",
+    "cmaes": "CmaEsSampler",
+    "gp": "GPSampler",
+    "qmc": "QMCSampler",
+    "nsga2": "NSGAIISampler",
 }
 PRUNERS = {
-    "median": "MedianPruner", "percentile": "PercentilePruner", "successive-halving": "SuccessiveHalvingPruner",
-    "hyperband": "HyperbandPruner", "wilcoxon": "WilcoxonPruner", "threshold": "ThresholdPruner",
-    "none": "NopPruner", "mo-successive-halving": "MOSuccessiveHalving",
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "successive-halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+    "wilcoxon": "WilcoxonPruner",
+    "threshold": "ThresholdPruner",
+    "none": "NopPruner",
+    "mo-successive-halving": "MOSuccessiveHalving",
 }
 
 
@@ -128,8 +138,11 @@ class StudyConfig:
         so such a study resumes with the new space as no base change."""
         if self.unfixed_base is None:
             return self
-        legacy = [key for key, value in self.space.fixed.items()
-                  if stored.get(key) and all(list(getattr(d, "choices", ())) == [value] for d in stored[key])]
+        legacy = [
+            key
+            for key, value in self.space.fixed.items()
+            if stored.get(key) and all(list(getattr(d, "choices", ())) == [value] for d in stored[key])
+        ]
         if not legacy:
             return self
         base = copy.deepcopy(self.base)
@@ -172,8 +185,9 @@ class StudyConfig:
             from search._ray.ranks import per_worker_batch
 
             train = data.setdefault("train", {})
-            train["batch_size"] = per_worker_batch(train.get("batch_size", 16), self.resources.workers,
-                                                   train.get("gradient_accumulation", 1))
+            train["batch_size"] = per_worker_batch(
+                train.get("batch_size", 16), self.resources.workers, train.get("gradient_accumulation", 1)
+            )
         return data
 
 
@@ -197,11 +211,17 @@ def _storage_problems(url: str, source: str, default: str) -> list[Problem]:
     """An in-memory SQLite URL is refused: a study must outlive the command that runs it."""
     if not in_memory_sqlite(url):
         return []
-    return [Problem(source, "storage", f"expected a database that outlives one command, such as a SQLite file "
-                    f"({default}) or a server (postgresql://...), found {url!r}, an in-memory SQLite database: it "
-                    "lives inside one process and is gone when it ends, so a rerun could not resume the study, "
-                    "`sftune status`, `export`, `report`, `plot`, `test` and the dashboard would find no study in "
-                    "it, and the driver's own threads would each see an empty one")]
+    return [
+        Problem(
+            source,
+            "storage",
+            f"expected a database that outlives one command, such as a SQLite file "
+            f"({default}) or a server (postgresql://...), found {url!r}, an in-memory SQLite database: it "
+            "lives inside one process and is gone when it ends, so a rerun could not resume the study, "
+            "`sftune status`, `export`, `report`, `plot`, `test` and the dashboard would find no study in "
+            "it, and the driver's own threads would each see an empty one",
+        )
+    ]
 
 
 def find_study_file(value: str | Path) -> Path:
@@ -212,21 +232,49 @@ def find_study_file(value: str | Path) -> Path:
     shipped = shipped_studies()
     if str(value) in shipped:
         return shipped[str(value)]
-    raise ConfigError(Problem(str(value), "", f"no such study file, nor a shipped study{did_you_mean(str(value), shipped)}"
-                              f" (shipped: {', '.join(shipped) or 'none'})"))
+    raise ConfigError(
+        Problem(
+            str(value),
+            "",
+            f"no such study file, nor a shipped study{did_you_mean(str(value), shipped)}"
+            f" (shipped: {', '.join(shipped) or 'none'})",
+        )
+    )
 
 
 STUDY_FIELDS = {f.name for f in dataclasses.fields(StudyFile)}
-STUDY_KEYS = {"name", "storage", "output_dir", "sampler", "pruner", "base", "space", "objective",
-              "objective.metric", "objective.direction", "objective.use", "artifacts", "keep_best", "budget.n_trials", "budget.timeout",
-              "budget.concurrency", "budget.max_failures", "resources.cpu", "resources.gpu",
-              "resources.workers", "resources.batch", "resources.fsdp", "warm_start", "tracking"}
+STUDY_KEYS = {
+    "name",
+    "storage",
+    "output_dir",
+    "sampler",
+    "pruner",
+    "base",
+    "space",
+    "objective",
+    "objective.metric",
+    "objective.direction",
+    "objective.use",
+    "artifacts",
+    "keep_best",
+    "budget.n_trials",
+    "budget.timeout",
+    "budget.concurrency",
+    "budget.max_failures",
+    "resources.cpu",
+    "resources.gpu",
+    "resources.workers",
+    "resources.batch",
+    "resources.fsdp",
+    "warm_start",
+    "tracking",
+}
 
 
-def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
-             problems: list[Problem]) -> dict[str, Any] | None:
+def _options(
+    kind: str, spec: Any, table: dict[str, str], key: str, source: str, problems: list[Problem]
+) -> dict[str, Any] | None:
     """Check `{name: x, **options}` against the Optuna class's constructor."""
-    import optuna
 
     if isinstance(spec, str):
         spec = {"name": spec}
@@ -235,8 +283,13 @@ def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
         return None
     name = spec["name"]
     if name not in table:
-        problems.append(Problem(source, f"{key}.name", f"unknown {kind} {name!r}{did_you_mean(str(name), table)}"
-                                f" (known: {', '.join(table)})"))
+        problems.append(
+            Problem(
+                source,
+                f"{key}.name",
+                f"unknown {kind} {name!r}{did_you_mean(str(name), table)} (known: {', '.join(table)})",
+            )
+        )
         return None
     cls = sampler_class(name) if kind == "sampler" else pruner_class(name)
     allowed = init_options(cls)
@@ -244,16 +297,27 @@ def _options(kind: str, spec: Any, table: dict[str, str], key: str, source: str,
     ok = True
     for option in spec:
         if option != "name" and option not in allowed:
-            problems.append(Problem(source, f"{key}.{option}", f"unknown option for {kind} {name!r}"
-                                    f"{did_you_mean(str(option), allowed)} (options: {', '.join(allowed) or 'none'})"))
+            problems.append(
+                Problem(
+                    source,
+                    f"{key}.{option}",
+                    f"unknown option for {kind} {name!r}"
+                    f"{did_you_mean(str(option), allowed)} (options: {', '.join(allowed) or 'none'})",
+                )
+            )
             ok = False
     if kind == "sampler" and name == "tpe":  # sftune's own option (search/tpe.py): its value is checked here too
         from search.tpe import RUNNING_TRIALS
 
         running = spec.get("running_trials", "reported")
         if running not in RUNNING_TRIALS:
-            problems.append(Problem(source, f"{key}.running_trials", f"expected one of "
-                                    f"{', '.join(RUNNING_TRIALS)}, found {describe(running)}"))
+            problems.append(
+                Problem(
+                    source,
+                    f"{key}.running_trials",
+                    f"expected one of {', '.join(RUNNING_TRIALS)}, found {describe(running)}",
+                )
+            )
             ok = False
     return dict(spec) if ok else None
 
@@ -285,15 +349,19 @@ def init_options(cls: type) -> list[str]:
         if "__init__" not in vars(klass):
             continue
         params = inspect.signature(klass.__init__).parameters
-        out += [p for p in params if p != "self" and p not in out and params[p].kind not in
-                (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        out += [
+            p
+            for p in params
+            if p != "self"
+            and p not in out
+            and params[p].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+        ]
         if not any(v.kind == inspect.Parameter.VAR_KEYWORD for v in params.values()):
             break
     return out
 
 
-def _objectives(raw: Any, task: str, source: str, problems: list[Problem],
-                base_cfg: Any = None) -> list[Objective]:
+def _objectives(raw: Any, task: str, source: str, problems: list[Problem], base_cfg: Any = None) -> list[Objective]:
     spec = get_task(task)
     reported = spec.reported_metrics(base_cfg)
     if raw is None:
@@ -310,24 +378,49 @@ def _objectives(raw: Any, task: str, source: str, problems: list[Problem],
             problems.extend(sub or [Problem(source, key, f"expected {{metric, direction}}, found {describe(item)}")])
             continue
         if obj.metric not in reported:
-            more = "" if spec.generates is False or reported.keys() - set(spec.metrics) else (
-                " (generation metrics such as exact_match are asked for in the base config's eval.metrics)")
-            problems.append(Problem(source, f"{key}.metric", f"task {task} reports {', '.join(reported)}; "
-                                    f"found {obj.metric!r}{did_you_mean(obj.metric, reported)}{more}"))
+            more = (
+                ""
+                if spec.generates is False or reported.keys() - set(spec.metrics)
+                else (" (generation metrics such as exact_match are asked for in the base config's eval.metrics)")
+            )
+            problems.append(
+                Problem(
+                    source,
+                    f"{key}.metric",
+                    f"task {task} reports {', '.join(reported)}; "
+                    f"found {obj.metric!r}{did_you_mean(obj.metric, reported)}{more}",
+                )
+            )
             continue
         if obj.use not in ("final", "best"):
-            problems.append(Problem(source, f"{key}.use", f"expected final or best, found "
-                                    f"{obj.use!r}{did_you_mean(str(obj.use), ['final', 'best'])}"))
+            problems.append(
+                Problem(
+                    source,
+                    f"{key}.use",
+                    f"expected final or best, found {obj.use!r}{did_you_mean(str(obj.use), ['final', 'best'])}",
+                )
+            )
             continue
         if obj.use == "best" and isinstance(raw, list):
-            problems.append(Problem(source, f"{key}.use", "best needs a single objective (a multi-objective "
-                                    "study has no one best evaluation); use final"))
+            problems.append(
+                Problem(
+                    source,
+                    f"{key}.use",
+                    "best needs a single objective (a multi-objective study has no one best evaluation); use final",
+                )
+            )
             continue
         if obj.direction is None:
             obj.direction = reported[obj.metric]
         elif obj.direction not in ("maximize", "minimize"):
-            problems.append(Problem(source, f"{key}.direction", f"expected maximize or minimize, found "
-                                    f"{obj.direction!r}{did_you_mean(obj.direction, ['maximize', 'minimize'])}"))
+            problems.append(
+                Problem(
+                    source,
+                    f"{key}.direction",
+                    f"expected maximize or minimize, found "
+                    f"{obj.direction!r}{did_you_mean(obj.direction, ['maximize', 'minimize'])}",
+                )
+            )
             continue
         out.append(obj)
     if not items:
@@ -338,8 +431,9 @@ def _objectives(raw: Any, task: str, source: str, problems: list[Problem],
     return out
 
 
-def _check_space_values(space: Space, base: dict[str, Any], base_dir: Path, prefix: str,
-                        problems: list[Problem]) -> None:
+def _check_space_values(
+    space: Space, base: dict[str, Any], base_dir: Path, prefix: str, problems: list[Problem]
+) -> None:
     """Each choice and bound must be a valid value of its train-config field."""
     for param in space.params:
         values = param.choices if param.type == "categorical" else [param.low, param.high]
@@ -355,8 +449,9 @@ def _check_space_values(space: Space, base: dict[str, Any], base_dir: Path, pref
                 break
 
 
-def _inline_or_file(value: Any, key: str, what: str, base_dir: Path, source: str,
-                    problems: list[Problem]) -> tuple[Any, str, Path]:
+def _inline_or_file(
+    value: Any, key: str, what: str, base_dir: Path, source: str, problems: list[Problem]
+) -> tuple[Any, str, Path]:
     """A mapping given inline, or read from the file a string names (relative to the study file)."""
     if not isinstance(value, str):
         return value, source, base_dir
@@ -368,23 +463,31 @@ def _inline_or_file(value: Any, key: str, what: str, base_dir: Path, source: str
     except ConfigError as exc:
         hint = ""
         if what == "space" and looks_like_name(value):
-            hint = f" (no such file, nor a shipped space{did_you_mean(value, shipped_spaces())}; " \
-                   f"shipped: {', '.join(shipped_spaces())})"
+            hint = (
+                f" (no such file, nor a shipped space{did_you_mean(value, shipped_spaces())}; "
+                f"shipped: {', '.join(shipped_spaces())})"
+            )
         # A problem inside the file (a duplicated key) keeps its file and key; one with the file itself is `key`'s.
         problems.extend(p if p.key else Problem(source, key, p.message + hint) for p in exc.problems)
         return None, source, base_dir
 
 
-def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials: int | None = None,
-               storage: str | None = None) -> StudyConfig:
+def load_study(
+    path: str | Path, overrides: list[str] | None = None, *, n_trials: int | None = None, storage: str | None = None
+) -> StudyConfig:
     """Read and check a study file, its base config and its space; raise ConfigError listing every problem."""
     path = find_study_file(path)
     source = str(path)
     problems: list[Problem] = []
     known = {**{k: None for k in STUDY_KEYS}, **{f"base.{k}": v for k, v in FIELDS.items()}}
     # Sampler and pruner options and space entries are free-form here; they are checked below.
-    known.update({item.split("=", 1)[0].strip(): None for item in overrides or []
-                  if item.startswith(("sampler.", "pruner.", "space.", "tracking."))})
+    known.update(
+        {
+            item.split("=", 1)[0].strip(): None
+            for item in overrides or []
+            if item.startswith(("sampler.", "pruner.", "space.", "tracking."))
+        }
+    )
     parsed = parse_overrides(overrides, known, problems)
     raw = read_yaml(path, "study")
     raw = apply_overrides(raw, {k: v for k, v in parsed.items() if not k.startswith("base.")})
@@ -395,13 +498,17 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     study = build(StudyFile, raw, source=source, problems=problems)
     if study is None:
         raise ConfigError(problems)
-    problems += _storage_problems(study.storage or "", "--storage" if storage is not None else source,
-                                  default_storage(path, study.name or "study"))
+    problems += _storage_problems(
+        study.storage or "",
+        "--storage" if storage is not None else source,
+        default_storage(path, study.name or "study"),
+    )
     base_dir = path.resolve().parent
 
     # The base train config and the space: each inline, or a path to its own file.
-    base_raw, base_source, base_root = _inline_or_file(study.base, "base", "base train config", base_dir, source,
-                                                       problems)
+    base_raw, base_source, base_root = _inline_or_file(
+        study.base, "base", "base train config", base_dir, source, problems
+    )
     if isinstance(study.base, dict):
         base_source = f"{source} (base)"
     notes: list[str] = []
@@ -414,8 +521,11 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
 
     space_raw, space_source, space_dir = _inline_or_file(study.space, "space", "space", base_dir, source, problems)
     prefix = "" if space_source != source else "space."
-    space = parse_space(space_raw, source=space_source, base_dir=space_dir, problems=problems,
-                        prefix=prefix) if space_raw is not None else Space([])
+    space = (
+        parse_space(space_raw, source=space_source, base_dir=space_dir, problems=problems, prefix=prefix)
+        if space_raw is not None
+        else Space([])
+    )
     unfixed_base = None
     if base and space.fixed and not problems:
         unfixed_base = base
@@ -435,11 +545,22 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     if sampler and sampler["name"] == "grid":
         for p in space.params:
             if p.grid_values() is None:
-                problems.append(Problem(source, "sampler.name", f"grid needs a finite space, but {p.name} is a "
-                                        "continuous float; give it a `step` or use categorical choices"))
+                problems.append(
+                    Problem(
+                        source,
+                        "sampler.name",
+                        f"grid needs a finite space, but {p.name} is a "
+                        "continuous float; give it a `step` or use categorical choices",
+                    )
+                )
     if sampler and sampler["name"] in ("cmaes", "gp", "qmc") and len(objectives) > 1 and sampler["name"] != "gp":
-        problems.append(Problem(source, "sampler.name", f"{sampler['name']} handles one objective; use tpe, "
-                                "nsga2, gp or random for a multi-objective study"))
+        problems.append(
+            Problem(
+                source,
+                "sampler.name",
+                f"{sampler['name']} handles one objective; use tpe, nsga2, gp or random for a multi-objective study",
+            )
+        )
     if pruner:
         _check_mo_pruner(pruner, objectives, source, problems)
     b = study.budget
@@ -461,11 +582,13 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
 
         problems.extend(ranks_problems(r, base_cfg, space, source))
     if study.artifacts and "://" in study.artifacts and not study.artifacts.startswith("s3://"):
-        problems.append(Problem(source, "artifacts", f"expected a folder or s3://bucket/prefix, found "
-                                f"{study.artifacts!r}"))
+        problems.append(
+            Problem(source, "artifacts", f"expected a folder or s3://bucket/prefix, found {study.artifacts!r}")
+        )
     if study.keep_best is not None and study.keep_best < 1:
-        problems.append(Problem(source, "keep_best", f"must be >= 1 (or null to keep every trial's files), "
-                                f"found {study.keep_best}"))
+        problems.append(
+            Problem(source, "keep_best", f"must be >= 1 (or null to keep every trial's files), found {study.keep_best}")
+        )
     if not study.name or not isinstance(study.name, str):
         problems.append(Problem(source, "name", "expected a non-empty study name"))
     from search.warm_start import parse_warm_start
@@ -498,17 +621,22 @@ def load_study(path: str | Path, overrides: list[str] | None = None, *, n_trials
     )
 
 
-def _check_mo_pruner(pruner: dict[str, Any], objectives: list[Objective], source: str,
-                     problems: list[Problem]) -> None:
+def _check_mo_pruner(pruner: dict[str, Any], objectives: list[Objective], source: str, problems: list[Problem]) -> None:
     """A pruner of multi-objective studies needs several objectives, and options its rule accepts."""
     from search.pruners import MO_PRUNERS, MOSuccessiveHalving
 
     if pruner["name"] not in MO_PRUNERS:
         return
     if len(objectives) == 1:
-        problems.append(Problem(source, "pruner.name", f"{pruner['name']} prunes multi-objective studies, but this "
-                                f"study has one objective ({objectives[0].metric}); use successive-halving (or "
-                                "another single-objective pruner), or add an objective"))
+        problems.append(
+            Problem(
+                source,
+                "pruner.name",
+                f"{pruner['name']} prunes multi-objective studies, but this "
+                f"study has one objective ({objectives[0].metric}); use successive-halving (or "
+                "another single-objective pruner), or add an objective",
+            )
+        )
         return
     try:
         MOSuccessiveHalving(**{k: v for k, v in pruner.items() if k != "name"})
@@ -516,22 +644,37 @@ def _check_mo_pruner(pruner: dict[str, Any], objectives: list[Objective], source
         problems.append(Problem(source, "pruner", f"{pruner['name']}: {exc}"))
 
 
-def _study_set_keys(base: Any, base_raw: Any, base_source: str, parsed: dict[str, Any], source: str,
-                    problems: list[Problem], notes: list[str]) -> None:
+def _study_set_keys(
+    base: Any,
+    base_raw: Any,
+    base_source: str,
+    parsed: dict[str, Any],
+    source: str,
+    problems: list[Problem],
+    notes: list[str],
+) -> None:
     """`output_dir` in the base config: the study sets each trial's own (<output_dir>/trials/NNNN). Given on the
     command line (`--set base.output_dir`) it is refused; in the base (a `sftune train` config, inline or a file,
     where it means something) it gets a note that the study's trials go elsewhere. Refusing that would break every
     study whose base is a copied train config (test fixtures included)."""
     if "base.output_dir" in parsed:
-        problems.append(Problem("--set", "base.output_dir", "the study sets each trial's output_dir "
-                                "(<output_dir>/trials/NNNN), so this one would be ignored; set the study's "
-                                "instead (--set output_dir=...)"))
+        problems.append(
+            Problem(
+                "--set",
+                "base.output_dir",
+                "the study sets each trial's output_dir "
+                "(<output_dir>/trials/NNNN), so this one would be ignored; set the study's "
+                "instead (--set output_dir=...)",
+            )
+        )
     raw = base if isinstance(base, dict) else base_raw
     if isinstance(raw, dict) and "output_dir" in raw:
         where = f"{source}: base.output_dir" if isinstance(base, dict) else f"{base_source}: output_dir"
-        notes.append(f"note: {where} ({raw['output_dir']}) is for `sftune train` and not used by this study, which "
-                     "puts each trial in <output_dir>/trials/ (set output_dir at the top of the study file to move "
-                     "them)")
+        notes.append(
+            f"note: {where} ({raw['output_dir']}) is for `sftune train` and not used by this study, which "
+            "puts each trial in <output_dir>/trials/ (set output_dir at the top of the study file to move "
+            "them)"
+        )
 
 
 def writable_problems(cfg: StudyConfig) -> list[Problem]:
@@ -545,8 +688,13 @@ def writable_problems(cfg: StudyConfig) -> list[Problem]:
     for key, folder in folders:
         reason = _write_problem(folder)
         if reason:
-            problems.append(Problem(str(cfg.path), key, f"cannot write to {folder}: {reason}; choose a folder "
-                                                        "sftune can create and write"))
+            problems.append(
+                Problem(
+                    str(cfg.path),
+                    key,
+                    f"cannot write to {folder}: {reason}; choose a folder sftune can create and write",
+                )
+            )
     return problems
 
 
@@ -565,8 +713,9 @@ def _write_problem(folder: Path) -> str | None:
     return None
 
 
-def _apply_fixed(space: Space, base: dict[str, Any], base_dir: Path, prefix: str,
-                 problems: list[Problem]) -> TrainConfig | None:
+def _apply_fixed(
+    space: Space, base: dict[str, Any], base_dir: Path, prefix: str, problems: list[Problem]
+) -> TrainConfig | None:
     """The base train config with the space's `fixed:` values applied; a value the config refuses is the space's
     problem, under `fixed.<key>`."""
     sub: list[Problem] = []

@@ -55,8 +55,11 @@ def _duplicates(rows: list[dict[str, Any]], labels: list[str], task: Any = None)
         conflicting = [idx for idx in repeated if len({rows[i]["label"] for i in idx}) > 1]
         out["conflicting_labels"] = len(conflicting)
         out["conflicting_examples"] = [
-            repr(rows[idx[0]]["text"][:80]) + " labelled " + " and ".join(sorted({labels[rows[i]["label"]] for i in idx}))
-            for idx in conflicting[:EXAMPLES]]
+            repr(rows[idx[0]]["text"][:80])
+            + " labelled "
+            + " and ".join(sorted({labels[rows[i]["label"]] for i in idx}))
+            for idx in conflicting[:EXAMPLES]
+        ]
     return out
 
 
@@ -76,9 +79,17 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
     task = get_task(ex.task)
     labels = ex.labels
     splits = ex.splits()
-    report: dict[str, Any] = {"task": ex.task, "model": cfg.model, "max_length": cfg.train.max_length,
-                              "class_weights": cfg.train.class_weights, "splits": {}, "leakage": {},
-                              "has_test": bool(ex.test), "warnings": [], "recommendations": []}
+    report: dict[str, Any] = {
+        "task": ex.task,
+        "model": cfg.model,
+        "max_length": cfg.train.max_length,
+        "class_weights": cfg.train.class_weights,
+        "splits": {},
+        "leakage": {},
+        "has_test": bool(ex.test),
+        "warnings": [],
+        "recommendations": [],
+    }
     warnings: list[str] = report["warnings"]
     for split, rows in splits.items():
         stats = prep.stats.get(split, {})
@@ -95,8 +106,9 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
                     warnings.append(f"{split}: class {name!r} is {share:.1%} of the rows ({counts[i]} of {len(rows)})")
         info["empty"] = int(stats.get("empty_texts", 0))
         info["duplicates"] = _duplicates(rows, labels, task)
-        info["tokens"] = {k.removeprefix("length_"): v for k, v in stats.items()
-                          if k.startswith("length_") or k == "over_max_length"}
+        info["tokens"] = {
+            k.removeprefix("length_"): v for k, v in stats.items() if k.startswith("length_") or k == "over_max_length"
+        }
         info["truncated"] = int(stats.get("truncated", 0))
         for count in task.report_counts:
             info[count] = int(stats.get(count, 0))
@@ -108,38 +120,54 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
         report["splits"][split] = info
         dup = info["duplicates"]
         if dup["rows"]:
-            warnings.append(f"{split}: {dup['rows']} rows repeat an earlier row of {split} "
-                            f"({dup['texts']} distinct texts), e.g. {dup['examples'][0]}")
+            warnings.append(
+                f"{split}: {dup['rows']} rows repeat an earlier row of {split} "
+                f"({dup['texts']} distinct texts), e.g. {dup['examples'][0]}"
+            )
         if dup.get("conflicting_labels"):
-            warnings.append(f"{split}: {dup['conflicting_labels']} texts appear with different labels, "
-                            f"e.g. {dup['conflicting_examples'][0]}")
+            warnings.append(
+                f"{split}: {dup['conflicting_labels']} texts appear with different labels, "
+                f"e.g. {dup['conflicting_examples'][0]}"
+            )
     keys = {split: {_key(r) for r in rows} for split, rows in splits.items()}
     pairs = [("validation", "train")] + ([("test", "train"), ("test", "validation")] if "test" in splits else [])
     for split, other in pairs:
         leak = _leak(splits[split], keys[other], labels, task)
         report["leakage"][f"{split}_in_{other}"] = leak
         if leak["rows"]:
-            warnings.append(f"leakage: {leak['rows']} of {len(splits[split])} {split} rows also appear in {other}, "
-                            f"e.g. {leak['examples'][0]}")
+            warnings.append(
+                f"leakage: {leak['rows']} of {len(splits[split])} {split} rows also appear in {other}, "
+                f"e.g. {leak['examples'][0]}"
+            )
     counted = prep.warnings
     report["warning_counts"] = counted
     per_class = (".absent_classes", ".rare_classes")  # said above, class by class
-    warnings.extend(describe_warnings({k: v for k, v in counted.items() if not k.endswith(per_class)},
-                                      prep.stats, cfg.train.max_length, ex.task))
+    warnings.extend(
+        describe_warnings(
+            {k: v for k, v in counted.items() if not k.endswith(per_class)}, prep.stats, cfg.train.max_length, ex.task
+        )
+    )
     if "labels" in report["splits"]["train"] and task.class_weights:
         train_counts = [c for c in report["splits"]["train"]["labels"].values() if c]
         ratio = max(train_counts) / min(train_counts) if train_counts else 1.0
         report["imbalance_ratio"] = round(ratio, 2)
         smallest = min(train_counts) / len(ex.train) if train_counts and ex.train else 1.0
         if ratio >= IMBALANCE_RATIO or smallest < RARE_SHARE:
-            rec = (f"train classes are imbalanced (largest / smallest = {ratio:.1f}): "
-                   + ("train.class_weights: balanced is set" if cfg.train.class_weights == "balanced"
-                      else "set train.class_weights: balanced (or search it)")
-                   + " and use objective f1_macro, which accuracy hides a minority class from")
+            rec = (
+                f"train classes are imbalanced (largest / smallest = {ratio:.1f}): "
+                + (
+                    "train.class_weights: balanced is set"
+                    if cfg.train.class_weights == "balanced"
+                    else "set train.class_weights: balanced (or search it)"
+                )
+                + " and use objective f1_macro, which accuracy hides a minority class from"
+            )
             report["recommendations"].append(rec)
     if not ex.test:
-        report["recommendations"].append("no test split: the best trial's validation score is optimistic (it was "
-                                         "chosen on that set); set data.test or data.test_fraction to measure it")
+        report["recommendations"].append(
+            "no test split: the best trial's validation score is optimistic (it was "
+            "chosen on that set); set data.test or data.test_fraction to measure it"
+        )
     return report
 
 
@@ -153,9 +181,11 @@ def short_form(report: dict[str, Any]) -> str:
         shares = " / ".join(f"{name} {n / train['rows']:.1%}" for name, n in train["labels"].items())
         line1 += f" · train labels {shares}"
     tok = train.get("tokens") or {}
-    line2 = (f"  tokens (train): p50 {tok.get('p50', '-')} · p90 {tok.get('p90', '-')} · max {tok.get('max', '-')} "
-             f"of max_length {report['max_length']} · truncated "
-             + ", ".join(f"{name} {info['truncated']}" for name, info in splits.items()))
+    line2 = (
+        f"  tokens (train): p50 {tok.get('p50', '-')} · p90 {tok.get('p90', '-')} · max {tok.get('max', '-')} "
+        f"of max_length {report['max_length']} · truncated "
+        + ", ".join(f"{name} {info['truncated']}" for name, info in splits.items())
+    )
     for count in get_task(report["task"]).report_counts:
         line2 += f" · {count} " + ", ".join(f"{name} {info.get(count, 0)}" for name, info in splits.items())
     lines = [line1, line2]
@@ -179,18 +209,22 @@ def render(report: dict[str, Any]) -> str:
         tok = info["tokens"]
         if tok:
             over = tok["over_max_length"]
-            lines.append(f"  tokens: p50 {tok['p50']} · p90 {tok['p90']} · p99 {tok['p99']} · max {tok['max']}; "
-                         f"{over} rows over max_length {report['max_length']}"
-                         + (task.over_length_words(info) if over else ""))
+            lines.append(
+                f"  tokens: p50 {tok['p50']} · p90 {tok['p90']} · p99 {tok['p99']} · max {tok['max']}; "
+                f"{over} rows over max_length {report['max_length']}" + (task.over_length_words(info) if over else "")
+            )
         lines += [f"  {line}" for line in task.describe_lines(info.get("task") or {})]
         dup = info["duplicates"]
-        lines.append(f"  empty: {info['empty']} · duplicate rows: {dup['rows']}"
-                     + (f" · texts with conflicting labels: {dup['conflicting_labels']}" if "conflicting_labels" in dup
-                        else ""))
+        lines.append(
+            f"  empty: {info['empty']} · duplicate rows: {dup['rows']}"
+            + (f" · texts with conflicting labels: {dup['conflicting_labels']}" if "conflicting_labels" in dup else "")
+        )
     for name, leak in report["leakage"].items():
         split, other = name.split("_in_")
-        lines.append(f"leakage {split} -> {other}: {leak['rows']} rows"
-                     + (f", e.g. {'; '.join(leak['examples'])}" if leak["examples"] else ""))
+        lines.append(
+            f"leakage {split} -> {other}: {leak['rows']} rows"
+            + (f", e.g. {'; '.join(leak['examples'])}" if leak["examples"] else "")
+        )
     if report["warnings"]:
         lines.append("warnings:")
         lines += [f"  - {w}" for w in report["warnings"]]

@@ -23,8 +23,13 @@ from search.config import StudyConfig
 from search.plots import IMPORTANCE_MIN_TRIALS, importance_basis, searched_params
 from search.report import fail_reason, ranked
 
-STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#d62728", "FAIL": "#7f7f7f", "RUNNING": "#2ca02c",
-                "WAITING": "#bcbd22"}
+STATE_COLORS = {
+    "COMPLETE": "#1f77b4",
+    "PRUNED": "#d62728",
+    "FAIL": "#7f7f7f",
+    "RUNNING": "#2ca02c",
+    "WAITING": "#bcbd22",
+}
 
 CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -88,15 +93,26 @@ def _header(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) ->
     base = cfg.base_config
     b = cfg.budget
     rows = [
-        ("model", base.model), ("task", base.task),
-        ("objective", ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions, strict=False))
-         + (f" · value: {cfg.use} evaluation" if not cfg.multi_objective else "")),
-        ("sampler", _options(cfg.sampler)), ("pruner", _options(cfg.pruner)),
-        ("budget", f"n_trials {b.n_trials} · concurrency {b.concurrency}"
-         + (f" · timeout {b.timeout:g} s" if b.timeout else "")),
+        ("model", base.model),
+        ("task", base.task),
+        (
+            "objective",
+            ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions, strict=False))
+            + (f" · value: {cfg.use} evaluation" if not cfg.multi_objective else ""),
+        ),
+        ("sampler", _options(cfg.sampler)),
+        ("pruner", _options(cfg.pruner)),
+        (
+            "budget",
+            f"n_trials {b.n_trials} · concurrency {b.concurrency}"
+            + (f" · timeout {b.timeout:g} s" if b.timeout else ""),
+        ),
         ("storage", cfg.storage),
-        ("trials", f"{counts['COMPLETE']} complete · {counts['PRUNED']} pruned · {counts['FAIL']} failed"
-         + (f" · {counts['RUNNING']} running" if counts["RUNNING"] else "")),
+        (
+            "trials",
+            f"{counts['COMPLETE']} complete · {counts['PRUNED']} pruned · {counts['FAIL']} failed"
+            + (f" · {counts['RUNNING']} running" if counts["RUNNING"] else ""),
+        ),
         ("wall time", _duration(_wall_time(trials))),
     ]
     body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
@@ -126,12 +142,16 @@ def _trial_table(cfg: StudyConfig, trials: list[FrozenTrial], best: set[int]) ->
     for t in trials:
         values = list(t.values or [])
         cells = [f'<td class="num">{t.number}</td>', f'<td class="state-{t.state.name}">{t.state.name}</td>']
-        cells += [f'<td class="num">{_num(values[i]) if i < len(values) else "-"}</td>'
-                  for i in range(len(cfg.metrics))]
+        cells += [
+            f'<td class="num">{_num(values[i]) if i < len(values) else "-"}</td>' for i in range(len(cfg.metrics))
+        ]
         cells += [f'<td class="num">{_esc(_num(t.params[p])) if p in t.params else "-"}</td>' for p in params]
         seconds = t.duration.total_seconds() if t.duration else None
-        cells += [f'<td class="num">{_steps(t)}</td>', f'<td class="num">{_duration(seconds)}</td>',
-                  f"<td>{_esc(_why(t))}</td>"]
+        cells += [
+            f'<td class="num">{_steps(t)}</td>',
+            f'<td class="num">{_duration(seconds)}</td>',
+            f"<td>{_esc(_why(t))}</td>",
+        ]
         cls = ' class="best"' if t.number in best else ""
         rows.append(f'<tr{cls} data-trial="{t.number}" data-state="{t.state.name}">{"".join(cells)}</tr>')
     thead = "".join(f"<th>{_esc(h)}</th>" for h in head)
@@ -150,11 +170,15 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _beside_base(table_id: str, first: str, values: dict[str, Any], base: dict[str, Any]) -> str:
     """A table of {dotted key: this trial's value} beside the base config's value of each key."""
-    rows = "".join(f'<tr><th>{_esc(k)}</th><td class="num">{_esc(_num(v))}</td>'
-                   f'<td class="num">{_esc(_num(base[k])) if k in base else "(default)"}</td></tr>'
-                   for k, v in values.items())
-    return (f'<table id="{table_id}"><thead><tr><th>{first}</th><th>this trial</th><th>base config</th></tr></thead>'
-            f"<tbody>{rows}</tbody></table>")
+    rows = "".join(
+        f'<tr><th>{_esc(k)}</th><td class="num">{_esc(_num(v))}</td>'
+        f'<td class="num">{_esc(_num(base[k])) if k in base else "(default)"}</td></tr>'
+        for k, v in values.items()
+    )
+    return (
+        f'<table id="{table_id}"><thead><tr><th>{first}</th><th>this trial</th><th>base config</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
 
 
 def _best_trial(best: FrozenTrial, cfg: StudyConfig) -> list[str]:
@@ -170,12 +194,16 @@ def _best_trial(best: FrozenTrial, cfg: StudyConfig) -> list[str]:
         mine = _flat(config)
         differ = [k for k in mine if k not in searched and k not in PER_TRIAL_KEYS and mine[k] != base.get(k)]
         if differ:
-            parts.append("<p>Also different from the base config:</p>"
-                         + _beside_base("best-changes", "key", {k: mine[k] for k in differ}, base))
+            parts.append(
+                "<p>Also different from the base config:</p>"
+                + _beside_base("best-changes", "key", {k: mine[k] for k in differ}, base)
+            )
         elif searched:
             parts.append('<p class="note" id="best-changes">Nothing else differs from the base config.</p>')
-        parts.append(f"<details><summary>Trial {best.number}'s whole config</summary>"
-                     f'<pre id="best-config">{_esc(yaml.safe_dump(config, sort_keys=False))}</pre></details>')
+        parts.append(
+            f"<details><summary>Trial {best.number}'s whole config</summary>"
+            f'<pre id="best-config">{_esc(yaml.safe_dump(config, sort_keys=False))}</pre></details>'
+        )
     parts += _generations(best)
     return parts
 
@@ -185,12 +213,17 @@ def _generations(trial: FrozenTrial) -> list[str]:
     kept = trial.user_attrs.get("generations")
     if not isinstance(kept, dict) or not kept.get("samples"):
         return []
-    rows = "".join(f"<tr><td><pre>{_esc(s.get('prompt', ''))}</pre></td><td><pre>{_esc(s.get('output', ''))}</pre>"
-                   f"</td><td><pre>{_esc(s.get('reference', ''))}</pre></td></tr>" for s in kept["samples"])
-    return [f"<p>What trial {trial.number} wrote at step {_esc(kept.get('step'))} (a few of the validation rows "
-            "it generated for):</p>"
-            '<table id="best-generations"><tr><th>prompt (its end)</th><th>output</th><th>reference</th></tr>'
-            f"{rows}</table>"]
+    rows = "".join(
+        f"<tr><td><pre>{_esc(s.get('prompt', ''))}</pre></td><td><pre>{_esc(s.get('output', ''))}</pre>"
+        f"</td><td><pre>{_esc(s.get('reference', ''))}</pre></td></tr>"
+        for s in kept["samples"]
+    )
+    return [
+        f"<p>What trial {trial.number} wrote at step {_esc(kept.get('step'))} (a few of the validation rows "
+        "it generated for):</p>"
+        '<table id="best-generations"><tr><th>prompt (its end)</th><th>output</th><th>reference</th></tr>'
+        f"{rows}</table>"
+    ]
 
 
 def learning_curves(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -> Any:
@@ -206,20 +239,30 @@ def learning_curves(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTr
         pruned = t.state == TrialState.PRUNED
         color = None if t.state == TrialState.COMPLETE else STATE_COLORS.get(t.state.name, "#444")
         symbols = ["circle"] * (len(steps) - 1) + ["x" if pruned else "circle"]
-        fig.add_trace(go.Scatter(
-            x=steps, y=values, mode="lines+markers", name=f"trial {t.number} ({t.state.name.lower()})",
-            line={"color": color, "dash": "dot" if pruned else "solid", "width": 1.5},  # complete: one hue each
-            marker={"symbol": symbols, "size": [6] * (len(steps) - 1) + [11 if pruned else 6], "color": color},
-            opacity=0.85,
-        ))
-    fig.update_layout(title=f"Learning curves: {cfg.metrics[0]} at each evaluation (pruned trials dotted, cut "
-                      "short at the ×)", xaxis_title="optimizer step", yaxis_title=cfg.metrics[0],
-                      template="plotly_white", height=480)
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=values,
+                mode="lines+markers",
+                name=f"trial {t.number} ({t.state.name.lower()})",
+                line={"color": color, "dash": "dot" if pruned else "solid", "width": 1.5},  # complete: one hue each
+                marker={"symbol": symbols, "size": [6] * (len(steps) - 1) + [11 if pruned else 6], "color": color},
+                opacity=0.85,
+            )
+        )
+    fig.update_layout(
+        title=f"Learning curves: {cfg.metrics[0]} at each evaluation (pruned trials dotted, cut short at the ×)",
+        xaxis_title="optimizer step",
+        yaxis_title=cfg.metrics[0],
+        template="plotly_white",
+        height=480,
+    )
     return fig
 
 
-def _plots(study: optuna.Study, cfg: StudyConfig,
-           trials: list[FrozenTrial]) -> list[tuple[str, str, Callable[[], Any]]]:
+def _plots(
+    study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]
+) -> list[tuple[str, str, Callable[[], Any]]]:
     """(key, caption, make-figure) for every plot the study can have now."""
     from optuna import visualization as vis
 
@@ -230,25 +273,49 @@ def _plots(study: optuna.Study, cfg: StudyConfig,
     plots: list[tuple[str, str, Callable[[], Any]]] = []
     if complete:
         if cfg.multi_objective:
-            plots.append(("pareto", "Pareto front: the trials no other trial beats on every objective",
-                          lambda: vis.plot_pareto_front(study, target_names=names)))
+            plots.append(
+                (
+                    "pareto",
+                    "Pareto front: the trials no other trial beats on every objective",
+                    lambda: vis.plot_pareto_front(study, target_names=names),
+                )
+            )
             for i, name in enumerate(names):
                 plots.append((f"history-{name}", f"Optimization history of {name}", _history_of(vis, study, i, name)))
         else:
-            plots.append(("history", f"Optimization history: each complete trial's {names[0]} and the best so far",
-                          lambda: vis.plot_optimization_history(study, target_name=names[0])))
+            plots.append(
+                (
+                    "history",
+                    f"Optimization history: each complete trial's {names[0]} and the best so far",
+                    lambda: vis.plot_optimization_history(study, target_name=names[0]),
+                )
+            )
     if any(t.intermediate_values for t in trials):
-        plots.append(("learning-curves", "Learning curves of every trial",
-                      lambda: learning_curves(study, cfg, trials)))
+        plots.append(("learning-curves", "Learning curves of every trial", lambda: learning_curves(study, cfg, trials)))
     if len(complete) >= 2 and searched:
-        plots.append(("importances", f"Parameter importances for {names[0]}, {importance_basis(len(complete))}",
-                      lambda: vis.plot_param_importances(study, target=_lower_is_better(cfg), params=searched,
-                                                         target_name=names[0])))
-        plots.append(("parallel", f"Parallel coordinates: each complete trial's params and {names[0]}",
-                      lambda: vis.plot_parallel_coordinate(study, params=searched, target=target,
-                                                           target_name=names[0])))
-        plots.append(("slice", f"{names[0]} against each parameter",
-                      lambda: vis.plot_slice(study, params=searched, target=target, target_name=names[0])))
+        plots.append(
+            (
+                "importances",
+                f"Parameter importances for {names[0]}, {importance_basis(len(complete))}",
+                lambda: vis.plot_param_importances(
+                    study, target=_lower_is_better(cfg), params=searched, target_name=names[0]
+                ),
+            )
+        )
+        plots.append(
+            (
+                "parallel",
+                f"Parallel coordinates: each complete trial's params and {names[0]}",
+                lambda: vis.plot_parallel_coordinate(study, params=searched, target=target, target_name=names[0]),
+            )
+        )
+        plots.append(
+            (
+                "slice",
+                f"{names[0]} against each parameter",
+                lambda: vis.plot_slice(study, params=searched, target=target, target_name=names[0]),
+            )
+        )
     return plots
 
 
@@ -277,8 +344,12 @@ def _figures(study: optuna.Study, cfg: StudyConfig, trials: list[FrozenTrial]) -
             skipped.append(f"{caption}: not drawn ({type(exc).__name__}: {exc})")
             continue
         fig.update_layout(template="plotly_white", width=None, autosize=True)  # the page's width, not 300 px a param
-        div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{key}",
-                          config={"displaylogo": False, "responsive": True})
+        div = fig.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=f"plot-{key}",
+            config={"displaylogo": False, "responsive": True},
+        )
         few = key == "importances" and sum(t.state == TrialState.COMPLETE for t in trials) < IMPORTANCE_MIN_TRIALS
         warn = ' class="warn"' if few else ""
         note = f"<figcaption{warn}>{_esc(caption)}</figcaption>"
@@ -306,17 +377,22 @@ def report_html(study: optuna.Study, cfg: StudyConfig) -> str:
         parts.append('<p class="note">No complete trial yet.</p>')
     else:
         values = ", ".join(f"{m} {_num(v)}" for m, v in zip(cfg.metrics, best.values, strict=False))
-        parts.append(f'<p id="best">Trial {best.number}: {_esc(values)}'
-                     + (f" ({len(front)} trials on the Pareto front, highlighted below)" if front else "") + "</p>")
+        parts.append(
+            f'<p id="best">Trial {best.number}: {_esc(values)}'
+            + (f" ({len(front)} trials on the Pareto front, highlighted below)" if front else "")
+            + "</p>"
+        )
         parts += _best_trial(best, cfg)
     parts.append("<h2>Plots</h2>")
     parts += figures or ['<p class="note">Nothing to plot yet: no trial has reported an evaluation.</p>']
     parts += [f'<p class="note">{_esc(s)}</p>' for s in skipped]
     parts += ["<h2>Trials</h2>", f'<div class="wide">{_trial_table(cfg, trials, marked)}</div>']
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>sftune report: {_esc(cfg.name)}</title><style>{CSS}</style>"
-            f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head>"
-            f"<body>{''.join(parts)}</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>sftune report: {_esc(cfg.name)}</title><style>{CSS}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
+        f"<body>{''.join(parts)}</body></html>\n"
+    )
 
 
 def write_report(study: optuna.Study, cfg: StudyConfig, out: Path) -> Path:

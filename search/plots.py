@@ -27,9 +27,12 @@ def searched_params(trial: optuna.trial.FrozenTrial) -> list[str]:
         IntDistribution,
     )
 
-    return [k for k, d in trial.distributions.items()
-            if not (isinstance(d, CategoricalDistribution) and len(d.choices) == 1)
-            and not (isinstance(d, (FloatDistribution, IntDistribution)) and d.low == d.high)]
+    return [
+        k
+        for k, d in trial.distributions.items()
+        if not (isinstance(d, CategoricalDistribution) and len(d.choices) == 1)
+        and not (isinstance(d, (FloatDistribution, IntDistribution)) and d.low == d.high)
+    ]
 
 
 def importance_basis(n_complete: int, *, short: bool = False) -> str:
@@ -38,8 +41,10 @@ def importance_basis(n_complete: int, *, short: bool = False) -> str:
     if n_complete < IMPORTANCE_MIN_TRIALS and short:
         return f"{basis} (fewer than {IMPORTANCE_MIN_TRIALS}: a hint only)"
     if n_complete < IMPORTANCE_MIN_TRIALS:
-        return (f"{basis}: fewer than {IMPORTANCE_MIN_TRIALS}, so read them as a hint (they can change a lot "
-                "with the next few trials)")
+        return (
+            f"{basis}: fewer than {IMPORTANCE_MIN_TRIALS}, so read them as a hint (they can change a lot "
+            "with the next few trials)"
+        )
     return basis
 
 
@@ -68,8 +73,12 @@ def write_plots(study: optuna.Study, cfg: StudyConfig, out: Path) -> list[Path]:
         sign = -1.0 if cfg.directions[0] == "maximize" else 1.0  # a given target is read as lower-is-better
         target = (lambda t: sign * t.values[0]) if cfg.multi_objective else None
         searched = list(dict.fromkeys(k for t in complete for k in searched_params(t))) or None
-        plots.append(("importances.png", lambda: vis.plot_param_importances(study, target=target, params=searched,
-                                                                            target_name=names[0])))
+        plots.append(
+            (
+                "importances.png",
+                lambda: vis.plot_param_importances(study, target=target, params=searched, target_name=names[0]),
+            )
+        )
     written: list[Path] = []
     if plots:  # nothing to draw: no folder, no blank picture
         out.mkdir(parents=True, exist_ok=True)

@@ -36,11 +36,26 @@ def params_text(params: dict[str, Any]) -> str:
 
 
 SHORT_NAMES = {
-    "learning_rate": "lr", "batch_size": "bs", "eval_batch_size": "ebs", "gradient_accumulation": "ga",
-    "warmup_ratio": "wu", "weight_decay": "wd", "lr_scheduler": "sched", "max_grad_norm": "clip",
-    "max_length": "len", "max_steps": "steps", "epochs": "ep", "dropout": "do", "lora_dropout": "do",
-    "alpha": "alpha", "lora_alpha": "alpha", "r": "r", "target_modules": "tm", "method": "peft",
-    "precision": "prec", "class_weights": "cw",
+    "learning_rate": "lr",
+    "batch_size": "bs",
+    "eval_batch_size": "ebs",
+    "gradient_accumulation": "ga",
+    "warmup_ratio": "wu",
+    "weight_decay": "wd",
+    "lr_scheduler": "sched",
+    "max_grad_norm": "clip",
+    "max_length": "len",
+    "max_steps": "steps",
+    "epochs": "ep",
+    "dropout": "do",
+    "lora_dropout": "do",
+    "alpha": "alpha",
+    "lora_alpha": "alpha",
+    "r": "r",
+    "target_modules": "tm",
+    "method": "peft",
+    "precision": "prec",
+    "class_weights": "cw",
 }
 """The live view's names for common params, by the key's last dotted part (any other key: that part itself)."""
 
@@ -75,13 +90,15 @@ def param_items(params: dict[str, Any], hidden: Iterable[str] = ()) -> list[str]
 
 def fixed_keys(space: Any) -> frozenset[str]:
     """The keys of a search space that are not searched: a categorical of one choice, a range of one value."""
-    return frozenset(p.name for p in getattr(space, "params", ())
-                     if (p.type == "categorical" and len(p.choices) == 1)
-                     or (p.type != "categorical" and p.low is not None and p.low == p.high))
+    return frozenset(
+        p.name
+        for p in getattr(space, "params", ())
+        if (p.type == "categorical" and len(p.choices) == 1)
+        or (p.type != "categorical" and p.low is not None and p.low == p.high)
+    )
 
 
-def finished_line(number: int | None, state: str, values: list[float] | None, message: str,
-                  metrics: list[str]) -> str:
+def finished_line(number: int | None, state: str, values: list[float] | None, message: str, metrics: list[str]) -> str:
     """The line that says how a trial ended, the same in plain lines and in the live view's log."""
     who = f"trial {number}" if number is not None else "a trial"
     if state == "COMPLETE":
@@ -139,8 +156,10 @@ class LineProgress:
         self.say(finished_line(number, state, values, message, self.metrics))
 
     def counts(self, *, finished: int, n_trials: int, running: int, pruned: int, failed: int, best: str) -> None:
-        self.say(f"[{time.time() - self.started:6.0f}s] finished {finished}/{n_trials} · running {running} · "
-                 f"pruned {pruned} · failed {failed} · {best}")
+        self.say(
+            f"[{time.time() - self.started:6.0f}s] finished {finished}/{n_trials} · running {running} · "
+            f"pruned {pruned} · failed {failed} · {best}"
+        )
 
     def close(self) -> None:
         pass
@@ -181,9 +200,18 @@ class LiveProgress:
     loads the model and trains up to the first evaluation). `hidden`: keys not shown (not searched).
     """
 
-    def __init__(self, say: Callable[[str], None] | None = None, metrics: tuple[str, ...] | list[str] = (), *,
-                 console: Any = None, linger_s: float = 3.0, clock: Callable[[], float] = time.time,
-                 refresh_per_second: float = 4, hidden: Iterable[str] = (), slots: int | None = None) -> None:
+    def __init__(
+        self,
+        say: Callable[[str], None] | None = None,
+        metrics: tuple[str, ...] | list[str] = (),
+        *,
+        console: Any = None,
+        linger_s: float = 3.0,
+        clock: Callable[[], float] = time.time,
+        refresh_per_second: float = 4,
+        hidden: Iterable[str] = (),
+        slots: int | None = None,
+    ) -> None:
         from rich.console import Console
 
         self.say = say
@@ -252,8 +280,14 @@ class LiveProgress:
 
     def counts(self, *, finished: int, n_trials: int, running: int, pruned: int, failed: int, best: str) -> None:
         with self._lock:
-            self.totals = {"finished": finished, "n_trials": n_trials, "running": running, "pruned": pruned,
-                           "failed": failed, "best": self._short_best(best)}
+            self.totals = {
+                "finished": finished,
+                "n_trials": n_trials,
+                "running": running,
+                "pruned": pruned,
+                "failed": failed,
+                "best": self._short_best(best),
+            }
         self._refresh()
 
     def close(self) -> None:
@@ -272,8 +306,14 @@ class LiveProgress:
             return
         from rich.live import Live
 
-        self._live = Live(get_renderable=self.render, console=self.console, transient=True,
-                          refresh_per_second=self.refresh_per_second, redirect_stdout=True, redirect_stderr=True)
+        self._live = Live(
+            get_renderable=self.render,
+            console=self.console,
+            transient=True,
+            refresh_per_second=self.refresh_per_second,
+            redirect_stdout=True,
+            redirect_stderr=True,
+        )
         self._live.start()
 
     def _refresh(self) -> None:
@@ -311,10 +351,15 @@ class LiveProgress:
             running = self._running()
             return f"running {running} · {elapsed} elapsed" if running else f"starting · {elapsed} elapsed"
         left = self.time_left()
-        eta = "" if t["finished"] >= t["n_trials"] else (
-            f" · about {_clock_text(left)} left" if left is not None else " · estimating time left")
-        return (f"finished {t['finished']}/{t['n_trials']} · running {t['running']} · pruned {t['pruned']} · "
-                f"failed {t['failed']} · {elapsed} elapsed{eta}")
+        eta = (
+            ""
+            if t["finished"] >= t["n_trials"]
+            else (f" · about {_clock_text(left)} left" if left is not None else " · estimating time left")
+        )
+        return (
+            f"finished {t['finished']}/{t['n_trials']} · running {t['running']} · pruned {t['pruned']} · "
+            f"failed {t['failed']} · {elapsed} elapsed{eta}"
+        )
 
     def _short_best(self, best: str) -> str:
         """The driver's best line with the best trial's params as the rows show them, where this run knows them."""
@@ -322,7 +367,7 @@ class LiveProgress:
         params = self.params_of.get(int(found.group(1))) if found else None
         if not found or params is None:
             return best
-        return best[:found.start()] + f"(trial {found.group(1)}: {' · '.join(param_items(params, self.hidden))})"
+        return best[: found.start()] + f"(trial {found.group(1)}: {' · '.join(param_items(params, self.hidden))})"
 
     def render(self) -> Any:
         """The live view: counts and best, then one row per trial (what `Live` redraws)."""
@@ -338,8 +383,9 @@ class LiveProgress:
 
     def _why_waiting(self, row: _Row) -> tuple[str, str]:
         """Why a RUNNING trial has no evaluation yet: (long, short) words."""
-        before = sum(r.state == "RUNNING" and (r.started, r.number) < (row.started, row.number)
-                     for r in self.rows.values())
+        before = sum(
+            r.state == "RUNNING" and (r.started, r.number) < (row.started, row.number) for r in self.rows.values()
+        )
         if self.slots is not None and before >= self.slots:
             return "waiting for a free slot", "no free slot"
         if not self.reported:
@@ -352,10 +398,14 @@ class LiveProgress:
         for row in sorted(self.rows.values(), key=lambda r: r.number):
             metric = row.metrics.get(metric_name) if self.metrics else next(iter(row.metrics.values()), None)
             end = row.ended if row.ended is not None else now
-            cell = _Cells(str(row.number), param_items(row.params, self.hidden),
-                          f"{row.step}/{row.max_steps}" if row.max_steps else (str(row.step) if row.step else "-"),
-                          f"{metric:.4f}" if isinstance(metric, float) else "-", _clock_text(end - row.started),
-                          metric_name)
+            cell = _Cells(
+                str(row.number),
+                param_items(row.params, self.hidden),
+                f"{row.step}/{row.max_steps}" if row.max_steps else (str(row.step) if row.step else "-"),
+                f"{metric:.4f}" if isinstance(metric, float) else "-",
+                _clock_text(end - row.started),
+                metric_name,
+            )
             if row.state == "RUNNING" and row.max_steps:
                 cell.bar = (row.step, row.max_steps)
             elif row.state == "RUNNING":
@@ -420,15 +470,23 @@ class _Rows:
     def layout(self, width: int) -> tuple[dict[str, int], int, bool]:
         """Column widths, the progress column's width (0: no bar) and whether elapsed shows, at `width` columns."""
         cells = self.cells
-        w = {"number": max(len("#"), *(len(c.number) for c in cells)),
-             "params": max(len("params"), *(len(" · ".join(c.params)) for c in cells)),
-             "step": max(len("step"), *(len(c.step) for c in cells)),
-             "metric": max(len(cells[0].metric_name), *(len(c.metric) for c in cells)),
-             "elapsed": max(len("elapsed"), *(len(c.elapsed) for c in cells))}
+        w = {
+            "number": max(len("#"), *(len(c.number) for c in cells)),
+            "params": max(len("params"), *(len(" · ".join(c.params)) for c in cells)),
+            "step": max(len("step"), *(len(c.step) for c in cells)),
+            "metric": max(len(cells[0].metric_name), *(len(c.metric) for c in cells)),
+            "elapsed": max(len("elapsed"), *(len(c.elapsed) for c in cells)),
+        }
         fixed = w["number"] + 1 + w["params"] + 1 + w["step"] + 1 + w["metric"]
         # the progress column: a bar, or wider where there is room for a status's words in full
-        want = max([BAR_WIDTH] + [len(c.status[0]) - 1 - w["step"] - (1 + w["metric"] if c.metric == "-" else 0)
-                                  for c in cells if c.status])
+        want = max(
+            [BAR_WIDTH]
+            + [
+                len(c.status[0]) - 1 - w["step"] - (1 + w["metric"] if c.metric == "-" else 0)
+                for c in cells
+                if c.status
+            ]
+        )
         for elapsed in (True, False):
             room = width - fixed - (1 + w["elapsed"] if elapsed else 0) - 1
             if room >= MIN_BAR_WIDTH:
@@ -468,7 +526,7 @@ class _Rows:
                 room = (bar + 1 if bar else 0) + w["step"] + (1 + w["metric"] if spans_metric else 0)
                 words = next((s for s in cell.status if len(s) <= room), cell.status[-1])
                 if len(words) > room:
-                    words = words[:room - 1] + "…"
+                    words = words[: room - 1] + "…"
                 line.append(f"{words:<{room}}", style=cell.style)
                 if not spans_metric:
                     line.append(f" {cell.metric:>{w['metric']}}")
@@ -499,8 +557,14 @@ def _live_terminal() -> bool:
     return tty and not os.environ.get("CI") and os.environ.get("TERM", "") != "dumb"
 
 
-def make_progress(say: Callable[[str], None], metrics: tuple[str, ...] | list[str] = (), *,
-                  live: bool | None = None, space: Any = None, slots: int | None = None) -> Progress:
+def make_progress(
+    say: Callable[[str], None],
+    metrics: tuple[str, ...] | list[str] = (),
+    *,
+    live: bool | None = None,
+    space: Any = None,
+    slots: int | None = None,
+) -> Progress:
     """The live view when stdout is a terminal (or `live=True`), plain lines otherwise (or `live=False`).
 
     `space`: the study's search space (the live view leaves out its keys that are not searched);

@@ -32,15 +32,20 @@ MO_PRUNERS = ("mo-successive-halving",)
 class MOSuccessiveHalving:
     """The options of `pruner: {name: mo-successive-halving, ...}` (checked against this signature)."""
 
-    def __init__(self, min_resource: int | None = None, reduction_factor: int = 3,
-                 min_early_stopping_rate: int = 0) -> None:
-        if min_resource is not None and (isinstance(min_resource, bool) or not isinstance(min_resource, int)
-                                         or min_resource < 1):
+    def __init__(
+        self, min_resource: int | None = None, reduction_factor: int = 3, min_early_stopping_rate: int = 0
+    ) -> None:
+        if min_resource is not None and (
+            isinstance(min_resource, bool) or not isinstance(min_resource, int) or min_resource < 1
+        ):
             raise ValueError(f"min_resource must be an integer >= 1 (steps), but got {min_resource!r}")
         if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, int) or reduction_factor < 2:
             raise ValueError(f"reduction_factor must be an integer >= 2, but got {reduction_factor!r}")
-        if (isinstance(min_early_stopping_rate, bool) or not isinstance(min_early_stopping_rate, int)
-                or min_early_stopping_rate < 0):
+        if (
+            isinstance(min_early_stopping_rate, bool)
+            or not isinstance(min_early_stopping_rate, int)
+            or min_early_stopping_rate < 0
+        ):
             raise ValueError(f"min_early_stopping_rate must be an integer >= 0, but got {min_early_stopping_rate!r}")
         self.min_resource = min_resource
         self.reduction_factor = reduction_factor
@@ -86,7 +91,7 @@ class MOPruner:
 
     def rung_of(self, step: int) -> int | None:
         """The highest rung step at or below `step` (None before the first rung)."""
-        rung = self.min_resource * self.reduction_factor ** self.min_early_stopping_rate
+        rung = self.min_resource * self.reduction_factor**self.min_early_stopping_rate
         if step < rung:
             return None
         while rung * self.reduction_factor <= step:
@@ -125,5 +130,4 @@ def build_mo_pruner(cfg: Any) -> MOPruner | None:
     options = {k: v for k, v in cfg.pruner.items() if k != "name"}
     checked = MOSuccessiveHalving(**options)
     min_resource = checked.min_resource or (cfg.base_config.train.eval_every if cfg.base_config else 1)
-    return MOPruner(list(cfg.directions), int(min_resource), checked.reduction_factor,
-                    checked.min_early_stopping_rate)
+    return MOPruner(list(cfg.directions), int(min_resource), checked.reduction_factor, checked.min_early_stopping_rate)

@@ -35,15 +35,25 @@ def _top_by_sql(study: optuna.Study, cfg: StudyConfig, limit: int) -> list[Froze
     def query() -> list[int]:
         with storage.scoped_session() as session:
             order = Value.value.desc() if cfg.directions[0] == "maximize" else Value.value.asc()
-            return list(session.execute(
-                select(models.TrialModel.trial_id)
-                .join(Value, Value.trial_id == models.TrialModel.trial_id)
-                .where(models.TrialModel.study_id == sid,
-                       models.TrialModel.state == TrialState.COMPLETE, Value.objective == 0,
-                       Value.value_type == Value.TrialValueType.FINITE, Value.value.is_not(None),
-                       Value.value > -math.inf, Value.value < math.inf)
-                .order_by(order, models.TrialModel.number).limit(limit)
-            ).scalars().all())
+            return list(
+                session.execute(
+                    select(models.TrialModel.trial_id)
+                    .join(Value, Value.trial_id == models.TrialModel.trial_id)
+                    .where(
+                        models.TrialModel.study_id == sid,
+                        models.TrialModel.state == TrialState.COMPLETE,
+                        Value.objective == 0,
+                        Value.value_type == Value.TrialValueType.FINITE,
+                        Value.value.is_not(None),
+                        Value.value > -math.inf,
+                        Value.value < math.inf,
+                    )
+                    .order_by(order, models.TrialModel.number)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
 
     return [storage.get_trial(i) for i in retried(storage, query)]
 
@@ -88,8 +98,11 @@ def summary(study: optuna.Study, cfg: StudyConfig, top: int = 5) -> dict[str, An
         "best": rows[0] if rows else None,
         "pareto_front": [t.number for t in study.best_trials if _finite(t)] if cfg.multi_objective and rows else None,
         "top": rows,
-        "test": {"split": bool(cfg.base_config.data.test or cfg.base_config.data.test_fraction),
-                 "trial": attrs.get("test_trial"), "metrics": attrs.get("test_metrics")},
+        "test": {
+            "split": bool(cfg.base_config.data.test or cfg.base_config.data.test_fraction),
+            "trial": attrs.get("test_trial"),
+            "metrics": attrs.get("test_metrics"),
+        },
         "failed": [{"number": t.number, "error": fail_reason(t)} for t in failed[-FAILED_SHOWN:]],
     }
 
@@ -108,8 +121,10 @@ def _test_lines(info: dict[str, Any]) -> list[str]:
     if not test:
         return []
     if not test["split"]:
-        return ["held-out test: none (the base config has no data.test or data.test_fraction); the validation "
-                "scores below are optimistic, the search selected on them"]
+        return [
+            "held-out test: none (the base config has no data.test or data.test_fraction); the validation "
+            "scores below are optimistic, the search selected on them"
+        ]
     if not test["metrics"]:
         return ["held-out test: not evaluated yet (sftune test STUDY)"]
     shown = ", ".join(f"{k} {_fmt(v)}" for k, v in test["metrics"].items())
@@ -157,10 +172,16 @@ def render_table(info: dict[str, Any]) -> str:
     params = sorted({k for row in info["top"] for k in row["params"]})
     tested = [m for m in metrics if any(f"test_{m}" in (r.get("test_metrics") or {}) for r in info["top"])]
     header = ["trial", *metrics, *[f"test_{m}" for m in tested], *params, "time"]
-    body = [[str(r["number"]), *[_fmt(r["values"].get(m)) for m in metrics],
-             *[_fmt((r.get("test_metrics") or {}).get(f"test_{m}", "-")) for m in tested],
-             *[_fmt(r["params"].get(p, "-")) for p in params],
-             f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"] for r in info["top"]]
+    body = [
+        [
+            str(r["number"]),
+            *[_fmt(r["values"].get(m)) for m in metrics],
+            *[_fmt((r.get("test_metrics") or {}).get(f"test_{m}", "-")) for m in tested],
+            *[_fmt(r["params"].get(p, "-")) for p in params],
+            f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-",
+        ]
+        for r in info["top"]
+    ]
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
     title = "pareto front and best trials" if info.get("pareto_front") else f"top {len(body)} trials"
     lines.append(title + ":")
@@ -181,12 +202,14 @@ def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int |
             trial = StudyHandle.of(study).trial(number)
         except KeyError:
             total = sum(count_states(study).values())
-            raise ConfigError(Problem("--trial", str(number), f"no trial {number} in study {cfg.name!r} "
-                                      f"(trials 0..{total - 1})")) from None
+            raise ConfigError(
+                Problem("--trial", str(number), f"no trial {number} in study {cfg.name!r} (trials 0..{total - 1})")
+            ) from None
     config = trial.user_attrs.get("config")
     if not config:
-        raise ConfigError(Problem("--trial", str(trial.number), "this trial stored no config (it failed before "
-                                  "sampling finished)"))
+        raise ConfigError(
+            Problem("--trial", str(trial.number), "this trial stored no config (it failed before sampling finished)")
+        )
     config = dict(config)
     config["output_dir"] = str(Path("runs") / f"{cfg.name}-trial-{trial.number}")
     best_step = trial.user_attrs.get("best_step")
@@ -195,16 +218,24 @@ def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int |
     header = [f"# Exported from study {cfg.name!r} ({cfg.storage}), trial {trial.number}, state {trial.state.name}."]
     if trial.values:
         which = "best" if cfg.use == "best" else "final"
-        header.append(f"# Its {which} " + ", ".join(f"{m} = {v:.6g}" for m, v in zip(cfg.metrics, trial.values))
-                      + ". Re-run: sftune train " + str(out))
+        header.append(
+            f"# Its {which} "
+            + ", ".join(f"{m} = {v:.6g}" for m, v in zip(cfg.metrics, trial.values))
+            + ". Re-run: sftune train "
+            + str(out)
+        )
     tested = stored_test_metrics(trial, study.user_attrs)
     if tested:
-        header.append("# Held-out test (evaluated once, never seen by the search): "
-                      + ", ".join(f"{k} = {v:.6g}" for k, v in tested.items()))
+        header.append(
+            "# Held-out test (evaluated once, never seen by the search): "
+            + ", ".join(f"{k} = {v:.6g}" for k, v in tested.items())
+        )
     header.append("# Sampled: " + json.dumps(trial.params, default=str))
     if cfg.use == "best" and best_step is not None:
-        header.append(f"# objective.use: best: training stops at step {best_step}, its best evaluation "
-                      "(train.stop_at_step), with the learning-rate schedule of the full run.")
+        header.append(
+            f"# objective.use: best: training stops at step {best_step}, its best evaluation "
+            "(train.stop_at_step), with the learning-rate schedule of the full run."
+        )
     threads = config.get("train", {}).get("threads")
     if threads:
         header.append(f"# train.threads: {threads} as in the trial, so the numbers match; raise it to train faster.")
@@ -225,11 +256,15 @@ def missing_database(cfg: StudyConfig) -> Problem | None:
     prefix = "sqlite:///"
     if not cfg.storage.startswith(prefix):
         return None
-    name = cfg.storage[len(prefix):].split("?", 1)[0]
+    name = cfg.storage[len(prefix) :].split("?", 1)[0]
     if not name or name == ":memory:" or Path(name).exists():
         return None
-    return Problem(str(cfg.path), "name", f"no study named {cfg.name!r}: its database {name} does not exist "
-                   "(run `sftune run` first, or pass the --storage / --set name=... the run used)")
+    return Problem(
+        str(cfg.path),
+        "name",
+        f"no study named {cfg.name!r}: its database {name} does not exist "
+        "(run `sftune run` first, or pass the --storage / --set name=... the run used)",
+    )
 
 
 def next_hints(path: str, overrides: list[str] | None = None, storage: str | None = None) -> str:
@@ -238,5 +273,7 @@ def next_hints(path: str, overrides: list[str] | None = None, storage: str | Non
     if storage:
         extra += f" --storage {shlex.quote(storage)}"
     study = shlex.quote(str(path)) + extra
-    return (f"next: sftune status {study} · sftune report {study} · sftune dashboard {study} · "
-            f"sftune export {study} --out best.yaml")
+    return (
+        f"next: sftune status {study} · sftune report {study} · sftune dashboard {study} · "
+        f"sftune export {study} --out best.yaml"
+    )

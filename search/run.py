@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
 
 import optuna
 
 from search.config import StudyConfig, load_study, writable_problems
-from search.pruners import MO_PRUNERS
-from search.progress import LiveProgress, Progress, make_progress
-from search.report import next_hints, render_table, summary
 from search.data_report import data_report, short_form
-from search.storage import (StorageFailure, base_changes, close_study, fail_stale, finished, sqlite_path,
-                            storage_problem)
+from search.progress import LiveProgress, Progress, make_progress
+from search.pruners import MO_PRUNERS
+from search.report import next_hints, render_table, summary
+from search.storage import StorageFailure, base_changes, close_study, fail_stale, finished, sqlite_path, storage_problem
 from search.study import open_study
 from search.testset import evaluate_best_on_test, has_test_split
 from search.tracking import check_tracking, track
@@ -25,20 +24,44 @@ from trainer import ConfigError, Prepared, prepare_soon
 EXIT_INTERRUPTED = 130
 
 
-def run_study(path: str, overrides: list[str], *, n_trials: int | None, storage: str | None,
-              address: str | None, say: Callable[[str], None], allow_base_change: bool = False) -> int:
+def run_study(
+    path: str,
+    overrides: list[str],
+    *,
+    n_trials: int | None,
+    storage: str | None,
+    address: str | None,
+    say: Callable[[str], None],
+    allow_base_change: bool = False,
+) -> int:
     opened: list[optuna.Study] = []
     try:
-        return _run_study(path, overrides, n_trials=n_trials, storage=storage, address=address, say=say,
-                          allow_base_change=allow_base_change, opened=opened)
+        return _run_study(
+            path,
+            overrides,
+            n_trials=n_trials,
+            storage=storage,
+            address=address,
+            say=say,
+            allow_base_change=allow_base_change,
+            opened=opened,
+        )
     finally:
         for study in opened:
             close_study(study)  # a SQLite study's log is folded into its file: the file alone is the study
 
 
-def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage: str | None,
-               address: str | None, say: Callable[[str], None], allow_base_change: bool,
-               opened: list[optuna.Study]) -> int:
+def _run_study(
+    path: str,
+    overrides: list[str],
+    *,
+    n_trials: int | None,
+    storage: str | None,
+    address: str | None,
+    say: Callable[[str], None],
+    allow_base_change: bool,
+    opened: list[optuna.Study],
+) -> int:
     cfg: StudyConfig = load_study(path, overrides, n_trials=n_trials, storage=storage)
     unwritable = writable_problems(cfg)  # before Ray starts and before the study is created
     if unwritable:
@@ -58,8 +81,10 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
         # An existing study may have nothing left to run: know that before starting Ray.
         if not new_study and cfg.budget.n_trials - opening.result()[1] <= 0:
             pending.result()
-            say(f"study {cfg.name} · {cfg.storage}: nothing to run: the study already has its n_trials "
-                "finished trials (raise budget.n_trials or pass --n-trials to add more)")
+            say(
+                f"study {cfg.name} · {cfg.storage}: nothing to run: the study already has its n_trials "
+                "finished trials (raise budget.n_trials or pass --n-trials to add more)"
+            )
             gave_up = False
             study = opening.result()[0]
         else:
@@ -75,12 +100,20 @@ def _run_study(path: str, overrides: list[str], *, n_trials: int | None, storage
                     prepared = pending.result()  # a tokenizing error ends the run here, before any trial
                     _describe_data(cfg, study, prepared, progress.message)
                     progress = track(progress, cfg, study)  # MLflow / W&B beside the study (search/tracking.py)
-                    driver = run_trials(cfg, study, progress=progress, resources=per_trial, prepared=prepared,
-                                        cluster_died=lambda reason: _cluster_died(reason, progress, say, opened))
+                    driver = run_trials(
+                        cfg,
+                        study,
+                        progress=progress,
+                        resources=per_trial,
+                        prepared=prepared,
+                        cluster_died=lambda reason: _cluster_died(reason, progress, say, opened),
+                    )
             except KeyboardInterrupt:
                 progress.close()
-                say("interrupted: running trials were marked FAIL and their params queued; run the same command "
-                    "again to finish the study")
+                say(
+                    "interrupted: running trials were marked FAIL and their params queued; run the same command "
+                    "again to finish the study"
+                )
                 return EXIT_INTERRUPTED
             progress.close()
             if driver.stop_reason:
@@ -101,8 +134,10 @@ def _cluster_died(reason: str, progress: Progress, say: Callable[[str], None], o
     """The local cluster died mid-study and its running trials are failed and queued (`watch_cluster`): one
     `error:` line, the study's database closed, exit 1 at once (Ray would end this process abruptly anyway)."""
     progress.close()
-    say(f"error: {reason}: its running trials were marked FAIL and their params queued; run the same command "
-        "again to finish the study")
+    say(
+        f"error: {reason}: its running trials were marked FAIL and their params queued; run the same command "
+        "again to finish the study"
+    )
     for study in opened:
         close_study(study)
     sys.stdout.flush()
@@ -114,11 +149,12 @@ def _describe_data(cfg: StudyConfig, study: optuna.Study, prepared: Prepared, sa
     """The data report's short form in the header, and the whole report on the study (the dashboard shows it)."""
     report = data_report(cfg.base_config, source=str(cfg.path), prepared=prepared)
     say(short_form(report))
-    say(f"  {len(prepared.train)} train / {len(prepared.validation)} validation examples, tokenized once for all "
-        "trials")
+    say(
+        f"  {len(prepared.train)} train / {len(prepared.validation)} validation examples, tokenized once for all trials"
+    )
     try:
         study.set_user_attr("data_report", report)
-    except Exception as exc:  # noqa: BLE001 - a storage failure here ends the run as any other would
+    except Exception as exc:  # a storage failure here ends the run as any other would
         problem = storage_problem(exc)
         if problem is None:
             raise
@@ -139,16 +175,24 @@ def _tell_slots(progress: Progress, cfg: StudyConfig, per_trial: dict[str, float
 
 def _header(cfg: StudyConfig, done: int) -> str:
     base = cfg.base_config
-    return (f"study {cfg.name} · {cfg.storage}\n"
-            f"  {base.task} · model {base.model} · objective "
-            + ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions))
-            + f"\n  sampler {cfg.sampler['name']} · pruner {cfg.pruner['name']} · {done} of {cfg.budget.n_trials} "
-            f"trials already finished · {cfg.budget.concurrency} at a time, {cfg.resources.cpu:g} cpu"
-            + (f" {cfg.resources.gpu:g} gpu" if cfg.resources.gpu else "") + " each")
+    return (
+        f"study {cfg.name} · {cfg.storage}\n"
+        f"  {base.task} · model {base.model} · objective "
+        + ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions))
+        + f"\n  sampler {cfg.sampler['name']} · pruner {cfg.pruner['name']} · {done} of {cfg.budget.n_trials} "
+        f"trials already finished · {cfg.budget.concurrency} at a time, {cfg.resources.cpu:g} cpu"
+        + (f" {cfg.resources.gpu:g} gpu" if cfg.resources.gpu else "")
+        + " each"
+    )
 
 
-def _open(cfg: StudyConfig, say: Callable[[str], None], allow_base_change: bool,
-          opened: list[optuna.Study], carried: list[Carried] | None = None) -> tuple[optuna.Study, int]:
+def _open(
+    cfg: StudyConfig,
+    say: Callable[[str], None],
+    allow_base_change: bool,
+    opened: list[optuna.Study],
+    carried: list[Carried] | None = None,
+) -> tuple[optuna.Study, int]:
     """Open (or create) the study, queue warm-start trials and recover a dead driver's trials; returns it and its
     finished count."""
     study = open_study(cfg, allow_base_change=allow_base_change)
@@ -158,8 +202,10 @@ def _open(cfg: StudyConfig, say: Callable[[str], None], allow_base_change: bool,
         for change in base_changes(study, cfg):
             say(f"note: continuing with a changed base config (--allow-base-change): {change}")
     if cfg.multi_objective and cfg.pruner.get("name") not in ("none", *MO_PRUNERS):
-        say(f"note: pruner {cfg.pruner['name']!r} is not used: Optuna prunes single-objective studies only "
-            "(mo-successive-halving prunes this one)")
+        say(
+            f"note: pruner {cfg.pruner['name']!r} is not used: Optuna prunes single-objective studies only "
+            "(mo-successive-halving prunes this one)"
+        )
     recovered = fail_stale(study)  # later ones are recovered by the driver's loop as their grace ends
     for trial in recovered:
         say(f"trial {trial.number} was left RUNNING by a driver that died: marked FAIL, its params queued again")

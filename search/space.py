@@ -141,9 +141,12 @@ def _check_step(param: Param, key: str, bad: Callable[[str, str], None]) -> None
     narrowed = low + n * step
     wider = low + (n + 1) * step
     fmt = (lambda v: str(int(v))) if param.type == "int" else (lambda v: f"{v:.10g}")
-    bad(f"{key}.step", f"step {fmt(step)} does not divide high - low = {fmt(high - low)}: the range would be "
-                       f"narrowed to [{fmt(low)}, {fmt(narrowed)}]; set high to {fmt(narrowed)} or {fmt(wider)}, "
-                       "or choose a step that divides the range")
+    bad(
+        f"{key}.step",
+        f"step {fmt(step)} does not divide high - low = {fmt(high - low)}: the range would be "
+        f"narrowed to [{fmt(low)}, {fmt(narrowed)}]; set high to {fmt(narrowed)} or {fmt(wider)}, "
+        "or choose a step that divides the range",
+    )
 
 
 def _can_take(param: Param, value: Any) -> tuple[bool, str]:
@@ -171,13 +174,15 @@ def _check_when_values(param: Param, cond: Param, bad: Callable[[str, str], None
         ok, takes = _can_take(cond, value)
         if not ok:
             hint = did_you_mean(value, [str(c) for c in cond.choices]) if isinstance(value, str) else ""
-            bad(f"{param.name}.when", f"{cond.name} can never be {value!r} ({takes}), so {param.name} would "
-                                      f"never be sampled{hint}")
+            bad(
+                f"{param.name}.when",
+                f"{cond.name} can never be {value!r} ({takes}), so {param.name} would never be sampled{hint}",
+            )
 
 
-def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list[Problem],
-                prefix: str = "") -> Space:
+def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list[Problem], prefix: str = "") -> Space:
     """Read and check a space mapping; every problem goes to `problems` with its key."""
+
     def bad(key: str, message: str) -> None:
         problems.append(Problem(source, f"{prefix}{key}", message))
 
@@ -205,15 +210,19 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
             bad(key, f"not a train-config field{did_you_mean(key, LEAF_FIELDS)}")
             continue
         if not isinstance(spec, dict):
-            bad(key, f"expected a parameter spec such as {{type: float, low: 1e-5, high: 1e-3}}, "
-                     f"found {describe(spec)}")
+            bad(
+                key, f"expected a parameter spec such as {{type: float, low: 1e-5, high: 1e-3}}, found {describe(spec)}"
+            )
             continue
         kind = spec.get("type")
         if kind is None and "choices" in spec:
             kind = "categorical"
         if kind not in TYPES:
-            bad(f"{key}.type", f"expected one of {', '.join(TYPES)}, found {describe(kind)}"
-                + (did_you_mean(kind, TYPES) if isinstance(kind, str) else ""))
+            bad(
+                f"{key}.type",
+                f"expected one of {', '.join(TYPES)}, found {describe(kind)}"
+                + (did_you_mean(kind, TYPES) if isinstance(kind, str) else ""),
+            )
             continue
         for extra in set(spec) - SPEC_KEYS[kind]:
             bad(f"{key}.{extra}", f"unknown option for a {kind} parameter{did_you_mean(str(extra), SPEC_KEYS[kind])}")
@@ -262,8 +271,11 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
                 bad(key, f"low and high must be finite numbers, found (low={low}, high={high})")
                 ok = False
             if kind == "float" and _is_int_field(key):
-                bad(f"{key}.type", f"{key} is an integer field, so a float parameter would give it values like "
-                                   "4.7; use type: int (or categorical choices)")
+                bad(
+                    f"{key}.type",
+                    f"{key} is an integer field, so a float parameter would give it values like "
+                    "4.7; use type: int (or categorical choices)",
+                )
                 ok = False
             if ok:
                 p_low, p_high = param.bounds()
@@ -285,16 +297,24 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
     names = [p.name for p in space.params]
     for name in names:
         if name in space.fixed:
-            bad(f"fixed.{name}", f"{name} is both fixed and searched; keep one (fixed: one value for every trial, "
-                                 "or a parameter spec to search it)")
+            bad(
+                f"fixed.{name}",
+                f"{name} is both fixed and searched; keep one (fixed: one value for every trial, "
+                "or a parameter spec to search it)",
+            )
     for i, param in enumerate(space.params):
         for cond in param.when:
             if cond in space.fixed:
-                bad(f"{param.name}.when", f"names '{cond}', which is fixed (to {space.fixed[cond]!r}), not searched: "
-                    "drop the condition, or search it")
+                bad(
+                    f"{param.name}.when",
+                    f"names '{cond}', which is fixed (to {space.fixed[cond]!r}), not searched: "
+                    "drop the condition, or search it",
+                )
             elif cond not in names:
-                bad(f"{param.name}.when", f"names unknown parameter '{cond}'{did_you_mean(cond, names)}"
-                    f" (parameters: {', '.join(names)})")
+                bad(
+                    f"{param.name}.when",
+                    f"names unknown parameter '{cond}'{did_you_mean(cond, names)} (parameters: {', '.join(names)})",
+                )
             elif names.index(cond) >= i:
                 bad(f"{param.name}.when", f"parameter '{cond}' must come before '{param.name}' in the space")
             else:
@@ -304,16 +324,21 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
     return space
 
 
-STUDY_SET = {"output_dir": "the study sets each trial's output_dir (<output_dir>/trials/NNNN); set output_dir "
-                           "in the study file instead"}
+STUDY_SET = {
+    "output_dir": "the study sets each trial's output_dir (<output_dir>/trials/NNNN); set output_dir "
+    "in the study file instead"
+}
 """Train-config keys a space cannot fix, and why."""
 
 
 def _parse_fixed(spec: Any, bad: Callable[[str, str], None]) -> dict[str, Any]:
     """`fixed: {dotted key: value}`; the values are checked against the train config in search/config.py."""
     if not isinstance(spec, dict):
-        bad("fixed", f"expected a mapping of config keys to values, such as {{peft.target_modules: all-linear}}, "
-                     f"found {describe(spec)}")
+        bad(
+            "fixed",
+            f"expected a mapping of config keys to values, such as {{peft.target_modules: all-linear}}, "
+            f"found {describe(spec)}",
+        )
         return {}
     fixed: dict[str, Any] = {}
     for key, value in spec.items():
@@ -323,8 +348,10 @@ def _parse_fixed(spec: Any, bad: Callable[[str, str], None]) -> dict[str, Any]:
         elif key not in LEAF_FIELDS:
             bad(f"fixed.{key}", f"not a train-config field{did_you_mean(key, LEAF_FIELDS)}")
         elif isinstance(value, dict):
-            bad(f"fixed.{key}", f"expected a value, found a mapping {describe(value)}; a parameter spec belongs "
-                                "outside `fixed:`")
+            bad(
+                f"fixed.{key}",
+                f"expected a value, found a mapping {describe(value)}; a parameter spec belongs outside `fixed:`",
+            )
         else:
             fixed[key] = value
     return fixed
@@ -336,7 +363,13 @@ def check_space_with_base(space: Space, base: Any, prefix: str, problems: list[P
     drawn = [name for name, held in (("validation", not d.validation), ("test", bool(d.test_fraction))) if held]
     if "train.seed" in space and drawn and d.split_seed is None:
         splits = " and ".join(drawn) + (" splits are" if len(drawn) > 1 else " split is")
-        problems.append(Problem(space.source, f"{prefix}train.seed", f"train.seed is searched, and the {splits} "
-                                "held out of train with train.seed: every trial would hold out other rows, so "
-                                "their scores would not compare (and one trial's held-out rows would be another's "
-                                "training rows); set data.split_seed in the base config"))
+        problems.append(
+            Problem(
+                space.source,
+                f"{prefix}train.seed",
+                f"train.seed is searched, and the {splits} "
+                "held out of train with train.seed: every trial would hold out other rows, so "
+                "their scores would not compare (and one trial's held-out rows would be another's "
+                "training rows); set data.split_seed in the base config",
+            )
+        )

@@ -17,14 +17,33 @@ import uuid
 from typing import Any
 
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
-                                  check_distribution_compatibility, json_to_distribution)
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+    json_to_distribution,
+)
 
 from search.config import PRUNERS, StudyConfig, sampler_class
 from search.space import Param
-from search.storage import (BASE_ATTR, ReadLessOften, SftuneStorage, StorageFailure, base_changes, base_record,
-                            open_storage, rdb_models, rdb_storage, retried, safe_url, sqlite_path, storage_problem,
-                            study_id)
+from search.storage import (
+    BASE_ATTR,
+    ReadLessOften,
+    SftuneStorage,
+    StorageFailure,
+    base_changes,
+    base_record,
+    open_storage,
+    rdb_models,
+    rdb_storage,
+    retried,
+    safe_url,
+    sqlite_path,
+    storage_problem,
+    study_id,
+)
 from trainer import ConfigError, Problem
 
 # ---------------------------------------------------------------------------------------------------
@@ -91,10 +110,14 @@ def stored_distributions(study: optuna.Study) -> dict[str, list[BaseDistribution
 
         def query() -> list[Any]:
             with storage.scoped_session() as session:
-                return list(session.execute(
-                    select(models.TrialParamModel.param_name, models.TrialParamModel.distribution_json).distinct()
-                    .join(models.TrialModel, models.TrialModel.trial_id == models.TrialParamModel.trial_id)
-                    .where(models.TrialModel.study_id == sid)).all())
+                return list(
+                    session.execute(
+                        select(models.TrialParamModel.param_name, models.TrialParamModel.distribution_json)
+                        .distinct()
+                        .join(models.TrialModel, models.TrialModel.trial_id == models.TrialParamModel.trial_id)
+                        .where(models.TrialModel.study_id == sid)
+                    ).all()
+                )
 
         for name, dist in retried(storage, query):
             out.setdefault(name, []).append(json_to_distribution(dist))
@@ -116,9 +139,14 @@ def space_conflicts(study: optuna.Study, cfg: StudyConfig) -> list[Problem]:
             try:
                 check_distribution_compatibility(old, new)
             except ValueError as exc:
-                problems.append(Problem(cfg.space.source or str(cfg.path), param.name,
-                                        f"the study's trials sampled it from {old}, but the space now gives {new}: "
-                                        f"{exc} Restore it, or use another study name"))
+                problems.append(
+                    Problem(
+                        cfg.space.source or str(cfg.path),
+                        param.name,
+                        f"the study's trials sampled it from {old}, but the space now gives {new}: "
+                        f"{exc} Restore it, or use another study name",
+                    )
+                )
                 break
     return problems
 
@@ -148,8 +176,14 @@ def _check_readable(storage: SftuneStorage, url: str, source: str) -> None:
     except Exception as exc:  # noqa: BLE001
         result = storage_problem(exc) or str(exc)
     if result != "ok":
-        raise ConfigError(Problem(source, "storage", f"study storage {safe_url(url)!r}: the study database file "
-                                  f"is corrupted ({result}); restore it from a copy, or use another storage"))
+        raise ConfigError(
+            Problem(
+                source,
+                "storage",
+                f"study storage {safe_url(url)!r}: the study database file "
+                f"is corrupted ({result}); restore it from a copy, or use another storage",
+            )
+        )
 
 
 def _check_writable(storage: SftuneStorage, sid: int, url: str, source: str) -> None:
@@ -173,8 +207,9 @@ def open_study(cfg: StudyConfig, *, create: bool = True, allow_base_change: bool
         created = False
         if not study_exists(storage, cfg.name):
             if not create:
-                raise ConfigError(Problem(source, "name", f"no study named {cfg.name!r} in {cfg.storage} yet; "
-                                          "run `sftune run` first"))
+                raise ConfigError(
+                    Problem(source, "name", f"no study named {cfg.name!r} in {cfg.storage} yet; run `sftune run` first")
+                )
             try:
                 directions = [optuna.study.StudyDirection[d.upper()] for d in cfg.directions]
                 storage.create_new_study(directions, cfg.name)
@@ -193,8 +228,12 @@ def open_study(cfg: StudyConfig, *, create: bool = True, allow_base_change: bool
             probe.set_user_attr(BASE_ATTR, base_record(cfg))
         n = storage.get_n_trials(sid) if cfg.sampler.get("seed") is not None else 0
         seed = sampler_seed(cfg, created=created, n_trials=n)
-        return optuna.load_study(study_name=cfg.name, storage=ReadLessOften(storage), sampler=build_sampler(cfg, seed),
-                                 pruner=build_pruner(cfg))
+        return optuna.load_study(
+            study_name=cfg.name,
+            storage=ReadLessOften(storage),
+            sampler=build_sampler(cfg, seed),
+            pruner=build_pruner(cfg),
+        )
     except StorageFailure as exc:
         raise ConfigError(Problem(source, "storage", str(exc))) from None
 
@@ -203,20 +242,38 @@ def _check_existing(study: optuna.Study, cfg: StudyConfig, allow_base_change: bo
     source = str(cfg.path)
     existing = [d.name.lower() for d in study.directions]
     if existing != cfg.directions:
-        raise ConfigError(Problem(source, "objective", f"study {cfg.name!r} in {cfg.storage} was created "
-                                  f"with direction(s) {existing}, but this file asks for {cfg.directions}; "
-                                  "use another study name to start afresh"))
+        raise ConfigError(
+            Problem(
+                source,
+                "objective",
+                f"study {cfg.name!r} in {cfg.storage} was created "
+                f"with direction(s) {existing}, but this file asks for {cfg.directions}; "
+                "use another study name to start afresh",
+            )
+        )
     stored = study.user_attrs.get("objective_metrics")
     if stored and stored != cfg.metrics:
-        raise ConfigError(Problem(source, "objective.metric", f"study {cfg.name!r} optimizes "
-                                  f"{stored}, but this file asks for {cfg.metrics}"))
+        raise ConfigError(
+            Problem(
+                source,
+                "objective.metric",
+                f"study {cfg.name!r} optimizes {stored}, but this file asks for {cfg.metrics}",
+            )
+        )
     problems = space_conflicts(study, cfg)
     changes = [] if allow_base_change else base_changes(study, cfg)
     if changes:
-        problems.append(Problem(source, "base", f"study {cfg.name!r} was created with another base config, so "
-                                "its trials would not compare with new ones: " + "; ".join(changes)
-                                + ". Use another study name, restore the base config, or pass "
-                                "--allow-base-change to continue on purpose"))
+        problems.append(
+            Problem(
+                source,
+                "base",
+                f"study {cfg.name!r} was created with another base config, so "
+                "its trials would not compare with new ones: "
+                + "; ".join(changes)
+                + ". Use another study name, restore the base config, or pass "
+                "--allow-base-change to continue on purpose",
+            )
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -226,8 +283,11 @@ def load_existing(cfg: StudyConfig) -> optuna.Study:
     storage = open_storage(cfg.storage, str(cfg.path))
     try:
         if not study_exists(storage, cfg.name):
-            raise ConfigError(Problem(str(cfg.path), "name", f"no study named {cfg.name!r} in {cfg.storage} yet; "
-                                      "run `sftune run` first"))
+            raise ConfigError(
+                Problem(
+                    str(cfg.path), "name", f"no study named {cfg.name!r} in {cfg.storage} yet; run `sftune run` first"
+                )
+            )
         return optuna.load_study(study_name=cfg.name, storage=storage)
     except StorageFailure as exc:
         raise ConfigError(Problem(str(cfg.path), "storage", str(exc))) from None

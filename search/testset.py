@@ -21,8 +21,9 @@ def has_test_split(cfg: TrainConfig) -> bool:
     return bool(cfg.data.test or cfg.data.test_fraction)
 
 
-def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, top: int = 1,
-                          say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def evaluate_best_on_test(
+    study: optuna.Study, cfg: StudyConfig, top: int = 1, say: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Retrain the best `top` COMPLETE trials from their stored configs and evaluate each once on the test split.
 
     Each retraining is `run_job` on the trial's stored `config` (same code path, same threads as the
@@ -34,8 +35,14 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, top: int = 1,
     if top < 1:
         raise ConfigError(Problem("--top", str(top), "must be >= 1"))
     if not has_test_split(cfg.base_config):
-        raise ConfigError(Problem(str(cfg.path), "base.data.test", "the study's base config holds out no test "
-                                  "split; set data.test (a file) or data.test_fraction (of train) in it"))
+        raise ConfigError(
+            Problem(
+                str(cfg.path),
+                "base.data.test",
+                "the study's base config holds out no test "
+                "split; set data.test (a file) or data.test_fraction (of train) in it",
+            )
+        )
     trials = ranked(study, cfg, limit=top)[:top]
     if not trials:
         say(f"held-out test: study {cfg.name!r} has no complete trial to test yet")
@@ -58,17 +65,28 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, top: int = 1,
             data.setdefault("train", {})["stop_at_step"] = int(best_step)
         data["output_dir"] = str(cfg.output_dir / "test" / f"{trial.number:04d}")
         train_cfg = config_from_dict(data, source=f"trial {trial.number}")
-        say(f"trial {trial.number}: retraining its config, then one evaluation on the held-out test split"
-            + (" (the trial ran without one: the base config's split is used)" if missing else ""))
-        result = run_job(train_cfg, source=f"trial {trial.number}", threads=train_cfg.train.threads,
-                         cache_dir=cfg.cache_dir, evaluate_test=True)
+        say(
+            f"trial {trial.number}: retraining its config, then one evaluation on the held-out test split"
+            + (" (the trial ran without one: the base config's split is used)" if missing else "")
+        )
+        result = run_job(
+            train_cfg,
+            source=f"trial {trial.number}",
+            threads=train_cfg.train.threads,
+            cache_dir=cfg.cache_dir,
+            evaluate_test=True,
+        )
         metrics = result.test_metrics
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         store_on_finished_trial(storage, trial_id, "test_metrics", metrics)
         by_trial[str(trial.number)] = metrics
         values = dict(zip(cfg.metrics, trial.values or [], strict=False))
-        row = {"number": trial.number, "values": values, "test_metrics": metrics,
-               "retrained": {m: result.metrics.get(m) for m in cfg.metrics}}
+        row = {
+            "number": trial.number,
+            "values": values,
+            "test_metrics": metrics,
+            "retrained": {m: result.metrics.get(m) for m in cfg.metrics},
+        }
         results.append(row)
         say(f"trial {trial.number}: validation " + _fmt(values) + " · held-out test " + _fmt(metrics))
     if results:
@@ -96,8 +114,7 @@ def store_on_finished_trial(storage: optuna.storages.BaseStorage, trial_id: int,
     models = rdb_models()
     session = storage.scoped_session()
     try:
-        row = (session.query(models.TrialUserAttributeModel)
-               .filter_by(trial_id=trial_id, key=key).one_or_none())
+        row = session.query(models.TrialUserAttributeModel).filter_by(trial_id=trial_id, key=key).one_or_none()
         if row is None:
             session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=json.dumps(value)))
         else:

@@ -56,8 +56,13 @@ def _unknown_keys(spec: dict[str, Any], allowed: list[str], key: str, source: st
     """One problem per key of `spec` that is not in `allowed`, with the nearest allowed one."""
     for option in spec:
         if option not in allowed:
-            problems.append(Problem(source, f"{key}.{option}", f"unknown key{did_you_mean(str(option), allowed)} "
-                                    f"(keys: {', '.join(allowed)})"))
+            problems.append(
+                Problem(
+                    source,
+                    f"{key}.{option}",
+                    f"unknown key{did_you_mean(str(option), allowed)} (keys: {', '.join(allowed)})",
+                )
+            )
 
 
 def parse_tracking(raw: Any, source: str, problems: list[Problem]) -> TrackingConfig:
@@ -65,34 +70,53 @@ def parse_tracking(raw: Any, source: str, problems: list[Problem]) -> TrackingCo
     if raw is None:
         return TrackingConfig()
     if not isinstance(raw, dict):
-        problems.append(Problem(source, "tracking", f"expected {{mlflow: URI}} or {{wandb: {{project, mode}}}}, "
-                                f"found {describe(raw)}"))
+        problems.append(
+            Problem(
+                source, "tracking", f"expected {{mlflow: URI}} or {{wandb: {{project, mode}}}}, found {describe(raw)}"
+            )
+        )
         return TrackingConfig()
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key == "mlflow":
             spec = {"uri": value} if isinstance(value, str) else value
             if not isinstance(spec, dict) or not isinstance(spec.get("uri"), str) or not spec["uri"]:
-                problems.append(Problem(source, "tracking.mlflow", f"expected a tracking URI (http://host:5000) or "
-                                        f"{{uri, experiment}}, found {describe(value)}"))
+                problems.append(
+                    Problem(
+                        source,
+                        "tracking.mlflow",
+                        f"expected a tracking URI (http://host:5000) or {{uri, experiment}}, found {describe(value)}",
+                    )
+                )
                 continue
             _unknown_keys(spec, ["uri", "experiment"], "tracking.mlflow", source, problems)
             out.update(mlflow=spec["uri"], experiment=spec.get("experiment"))
         elif key == "wandb":
             spec = {"project": value} if isinstance(value, str) else value
             if not isinstance(spec, dict) or not isinstance(spec.get("project"), str) or not spec["project"]:
-                problems.append(Problem(source, "tracking.wandb", f"expected {{project: NAME, mode: online | "
-                                        f"offline}}, found {describe(value)}"))
+                problems.append(
+                    Problem(
+                        source,
+                        "tracking.wandb",
+                        f"expected {{project: NAME, mode: online | offline}}, found {describe(value)}",
+                    )
+                )
                 continue
             _unknown_keys(spec, ["project", "mode", "entity"], "tracking.wandb", source, problems)
             mode = spec.get("mode", "online")
             if mode not in MODES:
-                problems.append(Problem(source, "tracking.wandb.mode", f"expected online or offline, found "
-                                        f"{describe(mode)}"))
+                problems.append(
+                    Problem(source, "tracking.wandb.mode", f"expected online or offline, found {describe(mode)}")
+                )
             out.update(wandb_project=spec["project"], wandb_mode=mode, wandb_entity=spec.get("entity"))
         else:
-            problems.append(Problem(source, f"tracking.{key}", f"unknown tracker"
-                                    f"{did_you_mean(str(key), ['mlflow', 'wandb'])} (trackers: mlflow, wandb)"))
+            problems.append(
+                Problem(
+                    source,
+                    f"tracking.{key}",
+                    f"unknown tracker{did_you_mean(str(key), ['mlflow', 'wandb'])} (trackers: mlflow, wandb)",
+                )
+            )
     return TrackingConfig(**out)
 
 
@@ -106,19 +130,29 @@ def check_tracking(cfg: StudyConfig) -> None:
         try:
             import mlflow  # noqa: F401
         except ImportError as exc:
-            problems.append(Problem(source, "tracking.mlflow", f"MLflow is not installed ({exc}): pip install "
-                                    f"'sftune[mlflow]'{hint}"))
+            problems.append(
+                Problem(
+                    source, "tracking.mlflow", f"MLflow is not installed ({exc}): pip install 'sftune[mlflow]'{hint}"
+                )
+            )
         else:
             reason = _unreachable(t.mlflow)
             if reason:
-                problems.append(Problem(source, "tracking.mlflow", f"the MLflow tracking server {t.mlflow} cannot "
-                                        f"be reached ({reason}); start it or fix the URI{hint}"))
+                problems.append(
+                    Problem(
+                        source,
+                        "tracking.mlflow",
+                        f"the MLflow tracking server {t.mlflow} cannot "
+                        f"be reached ({reason}); start it or fix the URI{hint}",
+                    )
+                )
     if t.wandb_project:
         try:
             import wandb  # noqa: F401
         except ImportError as exc:
-            problems.append(Problem(source, "tracking.wandb", f"W&B is not installed ({exc}): pip install "
-                                    f"'sftune[wandb]'{hint}"))
+            problems.append(
+                Problem(source, "tracking.wandb", f"W&B is not installed ({exc}): pip install 'sftune[wandb]'{hint}")
+            )
     if problems:
         raise ConfigError(problems)
 
@@ -166,19 +200,34 @@ class _MLflow:
             except Exception:  # gone from the server: a new parent
                 self.parent = None
         if self.parent is None:
-            run = self.client.create_run(self.experiment, run_name=cfg.name, tags={
-                "sftune.study": cfg.name, "sftune.objectives": ", ".join(cfg.metrics)})
+            run = self.client.create_run(
+                self.experiment,
+                run_name=cfg.name,
+                tags={"sftune.study": cfg.name, "sftune.objectives": ", ".join(cfg.metrics)},
+            )
             self.parent = run.info.run_id
-            self.client.log_batch(self.parent, params=_params({
-                "sampler": cfg.sampler.get("name"), "pruner": cfg.pruner.get("name"),
-                "n_trials": cfg.budget.n_trials, "model": cfg.base_config.model, "task": cfg.base_config.task}))
+            self.client.log_batch(
+                self.parent,
+                params=_params(
+                    {
+                        "sampler": cfg.sampler.get("name"),
+                        "pruner": cfg.pruner.get("name"),
+                        "n_trials": cfg.budget.n_trials,
+                        "model": cfg.base_config.model,
+                        "task": cfg.base_config.task,
+                    }
+                ),
+            )
         self.record = {"uri": t.mlflow, "run_id": self.parent, "experiment_id": self.experiment}
         self.runs: dict[int, str] = {}
 
     def _run(self, number: int) -> str:
         if number not in self.runs:
-            run = self.client.create_run(self.experiment, run_name=f"trial {number}", tags={
-                "mlflow.parentRunId": self.parent, "sftune.trial": str(number)})
+            run = self.client.create_run(
+                self.experiment,
+                run_name=f"trial {number}",
+                tags={"mlflow.parentRunId": self.parent, "sftune.trial": str(number)},
+            )
             self.runs[number] = run.info.run_id
         return self.runs[number]
 
@@ -191,14 +240,18 @@ class _MLflow:
         now = int(time.time() * 1000)
         self.client.log_batch(self._run(number), metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def finished(self, number: int, state: str, values: dict[str, float], tags: dict[str, str],
-                 files: list[Path]) -> None:
+    def finished(
+        self, number: int, state: str, values: dict[str, float], tags: dict[str, str], files: list[Path]
+    ) -> None:
         from mlflow.entities import Metric, RunTag
 
         run = self._run(number)
         now = int(time.time() * 1000)
-        self.client.log_batch(run, metrics=[Metric(f"final_{k}", v, now, 0) for k, v in values.items()],
-                              tags=[RunTag(k, v[:5000]) for k, v in {"state": state, **tags}.items()])
+        self.client.log_batch(
+            run,
+            metrics=[Metric(f"final_{k}", v, now, 0) for k, v in values.items()],
+            tags=[RunTag(k, v[:5000]) for k, v in {"state": state, **tags}.items()],
+        )
         for path in files:
             if path.is_dir():
                 self.client.log_artifacts(run, str(path), artifact_path=path.name)
@@ -218,14 +271,29 @@ class _WandB:
 
         t: TrackingConfig = cfg.tracking
         self.wandb = wandb
-        self.common = {"project": t.wandb_project, "entity": t.wandb_entity, "mode": t.wandb_mode,
-                       "group": cfg.name, "dir": str(cfg.output_dir)}
+        self.common = {
+            "project": t.wandb_project,
+            "entity": t.wandb_entity,
+            "mode": t.wandb_mode,
+            "group": cfg.name,
+            "dir": str(cfg.output_dir),
+        }
         stored = (study.user_attrs.get(PARENT_ATTR) or {}).get("wandb") or {}
         run_id = stored.get("run_id") or f"{cfg.name}-study-{int(time.time())}"
-        self.parent = wandb.init(**self.common, settings=self._settings(), id=run_id, resume="allow",
-                                 name=cfg.name, job_type="study", reinit="create_new",
-                                 config={"sampler": cfg.sampler.get("name"), "pruner": cfg.pruner.get("name"),
-                                         "n_trials": cfg.budget.n_trials})
+        self.parent = wandb.init(
+            **self.common,
+            settings=self._settings(),
+            id=run_id,
+            resume="allow",
+            name=cfg.name,
+            job_type="study",
+            reinit="create_new",
+            config={
+                "sampler": cfg.sampler.get("name"),
+                "pruner": cfg.pruner.get("name"),
+                "n_trials": cfg.budget.n_trials,
+            },
+        )
         self.record = {"run_id": run_id, "project": t.wandb_project}
         self.runs: dict[int, Any] = {}
         self.study = cfg.name
@@ -237,9 +305,14 @@ class _WandB:
 
     def _run(self, number: int) -> Any:
         if number not in self.runs:
-            self.runs[number] = self.wandb.init(**self.common, settings=self._settings(), name=f"trial {number}",
-                                                job_type="trial",
-                                                reinit="create_new", config={"trial": number})
+            self.runs[number] = self.wandb.init(
+                **self.common,
+                settings=self._settings(),
+                name=f"trial {number}",
+                job_type="trial",
+                reinit="create_new",
+                config={"trial": number},
+            )
         return self.runs[number]
 
     def started(self, number: int, params: dict[str, Any]) -> None:
@@ -248,8 +321,9 @@ class _WandB:
     def evaluated(self, number: int, step: int, metrics: dict[str, float]) -> None:
         self._run(number).log(dict(metrics), step=step)
 
-    def finished(self, number: int, state: str, values: dict[str, float], tags: dict[str, str],
-                 files: list[Path]) -> None:
+    def finished(
+        self, number: int, state: str, values: dict[str, float], tags: dict[str, str], files: list[Path]
+    ) -> None:
         run = self._run(number)
         run.summary.update({"state": state, **{f"final_{k}": v for k, v in values.items()}, **tags})
         for path in files:  # metrics.json (W&B keeps its own config.yaml in the same folder; run.config has params)
@@ -330,8 +404,10 @@ class TrackedProgress:
         self.failures += 1
         if self.failures == 1:
             self.first_failure = f"{sink}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-            self.inner.message(f"warning: tracking failed ({self.first_failure}); trials go on, and further "
-                               "tracking failures are counted")
+            self.inner.message(
+                f"warning: tracking failed ({self.first_failure}); trials go on, and further "
+                "tracking failures are counted"
+            )
 
     def _work(self) -> None:
         while True:
@@ -379,8 +455,9 @@ class TrackedProgress:
         except Exception:  # where it ran is a nicety
             pass
         folder = self.cfg.output_dir / "trials" / f"{number:04d}"
-        files = [folder / name for name in ("metrics.json", "config.yaml", "adapter", "model")
-                 if (folder / name).exists()]
+        files = [
+            folder / name for name in ("metrics.json", "config.yaml", "adapter", "model") if (folder / name).exists()
+        ]
         self._send("finished", number, state, finals, tags, files)
 
     def close(self) -> None:
@@ -397,8 +474,10 @@ class TrackedProgress:
         if self.thread.is_alive():
             self.inner.message(f"warning: tracking calls still queued after {CLOSE_WAIT_S:.0f} s were dropped")
         if self.failures:
-            self.inner.message(f"warning: {self.failures} tracking call(s) failed (first: {self.first_failure}); "
-                               "the study's database holds every trial")
+            self.inner.message(
+                f"warning: {self.failures} tracking call(s) failed (first: {self.first_failure}); "
+                "the study's database holds every trial"
+            )
         self.inner.close()
 
 

@@ -78,23 +78,39 @@ def parse_warm_start(raw: Any, source: str, problems: list[Problem]) -> list[War
         if isinstance(item, str):
             item = parse_entry(item)
         if not isinstance(item, dict):
-            problems.append(Problem(source, key, f"expected {{study: NAME, storage: URL, top: K}} or "
-                                    f"'STUDY[@STORAGE]', found {describe(item)}"))
+            problems.append(
+                Problem(
+                    source,
+                    key,
+                    f"expected {{study: NAME, storage: URL, top: K}} or 'STUDY[@STORAGE]', found {describe(item)}",
+                )
+            )
             continue
         bad = False
         for option in item:
             if option not in KEYS:
-                problems.append(Problem(source, f"{key}.{option}", f"unknown key{did_you_mean(str(option), KEYS)}"
-                                        f" (keys: {', '.join(KEYS)})"))
+                problems.append(
+                    Problem(
+                        source,
+                        f"{key}.{option}",
+                        f"unknown key{did_you_mean(str(option), KEYS)} (keys: {', '.join(KEYS)})",
+                    )
+                )
                 bad = True
         study, storage, top = item.get("study"), item.get("storage"), item.get("top", DEFAULT_TOP)
         if not isinstance(study, str) or not study:
-            problems.append(Problem(source, f"{key}.study", f"expected the name of an earlier study, found "
-                                    f"{describe(study)}"))
+            problems.append(
+                Problem(source, f"{key}.study", f"expected the name of an earlier study, found {describe(study)}")
+            )
             bad = True
         if storage is not None and (not isinstance(storage, str) or not storage):
-            problems.append(Problem(source, f"{key}.storage", f"expected a storage URL (sqlite:///file.db, "
-                                    f"postgresql://...), found {describe(storage)}"))
+            problems.append(
+                Problem(
+                    source,
+                    f"{key}.storage",
+                    f"expected a storage URL (sqlite:///file.db, postgresql://...), found {describe(storage)}",
+                )
+            )
             bad = True
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             problems.append(Problem(source, f"{key}.top", f"expected an integer >= 1, found {describe(top)}"))
@@ -111,8 +127,11 @@ def parse_warm_start(raw: Any, source: str, problems: list[Problem]) -> list[War
 def misfit(param: Param, value: Any) -> str | None:
     """Why `value` does not fit `param` as the current space gives it (None: it fits)."""
     if param.type == "categorical":
-        return None if any(value == c and type(value) is type(c) for c in param.choices) else (
-            f"{param.name}={value!r} is not among the choices {param.choices}")
+        return (
+            None
+            if any(value == c and type(value) is type(c) for c in param.choices)
+            else (f"{param.name}={value!r} is not among the choices {param.choices}")
+        )
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return f"{param.name}={value!r} is not a number"
     low, high = float(param.low), float(param.high)  # type: ignore[arg-type]
@@ -153,8 +172,11 @@ def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and all(v is not None and math.isfinite(v) for v in t.values)]
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values and all(v is not None and math.isfinite(v) for v in t.values)
+    ]
     sign = [-1 if d == StudyDirection.MAXIMIZE else 1 for d in study.directions]
     done.sort(key=lambda t: (tuple(s * v for s, v in zip(sign, t.values, strict=False)), t.number))
     if len(study.directions) > 1:
@@ -171,15 +193,22 @@ def _load(entry: WarmStart, url: str, source: str, key: str) -> optuna.Study:
     where = safe_url(url)
     path = sqlite_path(url)
     if path is not None and not path.exists():  # opening it would create an empty database
-        raise ConfigError(Problem(source, f"{key}.storage", f"no study named {entry.study!r}: its database {path} "
-                                  "does not exist"))
+        raise ConfigError(
+            Problem(source, f"{key}.storage", f"no study named {entry.study!r}: its database {path} does not exist")
+        )
     try:
         storage = open_storage(url, source)
         names = [s.study_name for s in storage.get_all_studies()]
         if entry.study not in names:
             shown = ", ".join(names[:10]) or "none"
-            raise ConfigError(Problem(source, f"{key}.study", f"no study named {entry.study!r} in {where}"
-                                      f"{did_you_mean(entry.study, names)} (studies there: {shown})"))
+            raise ConfigError(
+                Problem(
+                    source,
+                    f"{key}.study",
+                    f"no study named {entry.study!r} in {where}"
+                    f"{did_you_mean(entry.study, names)} (studies there: {shown})",
+                )
+            )
         return optuna.load_study(study_name=entry.study, storage=storage)
     except StorageFailure as exc:
         raise ConfigError(Problem(source, f"{key}.storage", str(exc))) from None
@@ -207,8 +236,9 @@ def plan_warm_start(cfg: StudyConfig) -> list[Carried]:
             continue
         ranked = _ranked(earlier)
         if not ranked:
-            problems.append(Problem(source, key, f"study {entry.study!r} in {safe_url(url)} has no complete trial "
-                                    "to start from"))
+            problems.append(
+                Problem(source, key, f"study {entry.study!r} in {safe_url(url)} has no complete trial to start from")
+            )
             continue
         metrics = earlier.user_attrs.get("objective_metrics") or [f"value{j}" for j in range(len(earlier.directions))]
         taken, reasons = 0, []
@@ -224,13 +254,23 @@ def plan_warm_start(cfg: StudyConfig) -> list[Carried]:
                 continue
             seen.add(ident)
             taken += 1
-            origin = {"study": entry.study, "storage": safe_url(url), "trial": trial.number,
-                      "values": dict(zip(metrics, trial.values, strict=False))}
+            origin = {
+                "study": entry.study,
+                "storage": safe_url(url),
+                "trial": trial.number,
+                "values": dict(zip(metrics, trial.values, strict=False)),
+            }
             out.append(Carried(params, origin, tuple(dropped)))
         if taken == 0:
             shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
-            problems.append(Problem(source, key, f"none of the {len(ranked)} complete trials of study "
-                                    f"{entry.study!r} fits the current space: {shown or 'all were carried already'}"))
+            problems.append(
+                Problem(
+                    source,
+                    key,
+                    f"none of the {len(ranked)} complete trials of study "
+                    f"{entry.study!r} fits the current space: {shown or 'all were carried already'}",
+                )
+            )
     if problems:
         raise ConfigError(problems)
     return out
@@ -248,11 +288,13 @@ def enqueue_warm_start(study: optuna.Study, carried: list[Carried], say: Callabl
     for item in carried:
         study.enqueue_trial(item.params, user_attrs={ATTR: item.origin})
     queued = [t for t in study.get_trials(deepcopy=False) if ATTR in t.user_attrs]
-    numbers = [t.number for t in queued][-len(carried):]
+    numbers = [t.number for t in queued][-len(carried) :]
     study.set_user_attr(STUDY_ATTR, [{**c.origin, "number": n} for c, n in zip(carried, numbers, strict=False)])
     sources = sorted({f"{c.origin['study']} ({c.origin['storage']})" for c in carried})
     dropped = sorted({name for c in carried for name in c.dropped})
-    say(f"warm start: {len(carried)} trial(s) of {', '.join(sources)} queued first (best first, as trials "
-        f"{', '.join(map(str, numbers))})" + (f"; not in the current space, so left to the base config: "
-                                             f"{', '.join(dropped)}" if dropped else ""))
+    say(
+        f"warm start: {len(carried)} trial(s) of {', '.join(sources)} queued first (best first, as trials "
+        f"{', '.join(map(str, numbers))})"
+        + (f"; not in the current space, so left to the base config: {', '.join(dropped)}" if dropped else "")
+    )
     return numbers

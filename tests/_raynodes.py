@@ -43,9 +43,12 @@ class Node:
     def __init__(self, args: list[str], env: dict[str, str], log: Path, timeout: float = 180) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            [RAY, "start", *args, "--block", "--disable-usage-stats",
-             f"--dashboard-agent-listen-port={free_port()}"],
-            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+            [RAY, "start", *args, "--block", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}"],
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + timeout
         while STARTED not in log.read_text():
             if self.proc.poll() is not None or time.time() > deadline:
@@ -96,11 +99,23 @@ class Cluster:
         self.address = f"127.0.0.1:{port}"
         self.nodes: list[Node] = []
         try:
-            self.nodes.append(Node(["--head", f"--port={port}", f"--num-cpus={cpus}", "--include-dashboard=false",
-                                    f"--temp-dir={self.temp}"], self.env, self.temp / "head.log"))
+            self.nodes.append(
+                Node(
+                    [
+                        "--head",
+                        f"--port={port}",
+                        f"--num-cpus={cpus}",
+                        "--include-dashboard=false",
+                        f"--temp-dir={self.temp}",
+                    ],
+                    self.env,
+                    self.temp / "head.log",
+                )
+            )
             for i in range(workers):
-                self.nodes.append(Node([f"--address={self.address}", f"--num-cpus={cpus}"], self.env,
-                                       self.temp / f"worker{i}.log"))
+                self.nodes.append(
+                    Node([f"--address={self.address}", f"--num-cpus={cpus}"], self.env, self.temp / f"worker{i}.log")
+                )
         except BaseException:
             self.stop()
             raise

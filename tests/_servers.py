@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-_SIGINT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                   "os.execv(sys.argv[1], sys.argv[1:])")
+_SIGINT_DEFAULT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def sigint_default(argv: list[str]) -> list[str]:
@@ -34,8 +35,10 @@ def busy_cpus(n: int | None = None, seconds: float = 600) -> Iterator[list[subpr
     """`n` CPU-bound processes (default one per core) that keep the machine busy on purpose; each ends by itself
     after `seconds` at the latest, and all are stopped when the block ends."""
     spin = f"import time\nend = time.time() + {seconds:g}\nwhile time.time() < end:\n    pass\n"
-    procs = [subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.DEVNULL)
-             for _ in range(n or os.cpu_count() or 2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.DEVNULL)
+        for _ in range(n or os.cpu_count() or 2)
+    ]
     try:
         yield procs
     finally:
@@ -104,10 +107,25 @@ def mlflow_server(folder: Path) -> Iterator[str]:
         port = sock.getsockname()[1]
     folder.mkdir(parents=True, exist_ok=True)
     log = (folder / "mlflow-server.log").open("w")
-    proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            mlflow,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120

@@ -53,8 +53,14 @@ def make_tokenizer(out: Path) -> Any:
     vocab = {w: i for i, w in enumerate(_vocab())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", eos_token="[EOS]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        eos_token="[EOS]",
+    )
     fast.save_pretrained(out)
     return fast
 
@@ -62,23 +68,51 @@ def make_tokenizer(out: Path) -> Any:
 def make_model(out: Path, arch: str = "bert", seed: int = 0) -> Path:
     """Save a 2-layer randomly initialised `arch` model with a tiny word-level tokenizer in `out`."""
     import torch
-    from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     tok = make_tokenizer(out)
     n = len(tok)
     if arch == "bert":
-        model = BertModel(BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=128, pad_token_id=0))
+        model = BertModel(
+            BertConfig(
+                vocab_size=n,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=128,
+                pad_token_id=0,
+            )
+        )
     elif arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                                           pad_token_id=0, eos_token_id=4, bos_token_id=4))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=n,
+                n_embd=32,
+                n_layer=2,
+                n_head=2,
+                n_positions=128,
+                pad_token_id=0,
+                eos_token_id=4,
+                bos_token_id=4,
+            )
+        )
     elif arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2,
-                                             num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
-                                             max_position_embeddings=128, pad_token_id=0, eos_token_id=4,
-                                             bos_token_id=4))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=n,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=128,
+                pad_token_id=0,
+                eos_token_id=4,
+                bos_token_id=4,
+            )
+        )
     else:
         raise ValueError(arch)
     model.save_pretrained(out)
@@ -99,8 +133,15 @@ def classification_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str,
         "task": "classification",
         "data": {"train": "data/train.jsonl", "validation": "data/val.jsonl"},
         "peft": {"method": "full"},
-        "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 30, "eval_every": 10,
-                  "max_length": 16, "seed": 0, **train},
+        "train": {
+            "learning_rate": 3e-3,
+            "batch_size": 16,
+            "max_steps": 30,
+            "eval_every": 10,
+            "max_length": 16,
+            "seed": 0,
+            **train,
+        },
         "output_dir": str(tmp / "out"),
     }
 
@@ -113,15 +154,32 @@ def sft_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any]:
         "task": "sft",
         "data": {"train": "data/sft_train.jsonl", "validation": "data/sft_val.jsonl"},
         "peft": {"method": "lora", "r": 4, "alpha": 8},
-        "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 20, "eval_every": 10,
-                  "max_length": 32, "seed": 0, **train},
+        "train": {
+            "learning_rate": 3e-3,
+            "batch_size": 16,
+            "max_steps": 20,
+            "eval_every": 10,
+            "max_length": 32,
+            "seed": 0,
+            **train,
+        },
         "output_dir": str(tmp / "out"),
     }
 
 
-def study_file(tmp: Path, model_dir: Path, *, name: str = "s", n_trials: int = 4, pruner: Any = None,
-               space: Any = None, concurrency: int = 2, max_steps: int = 30, eval_every: int = 10,
-               **extra: Any) -> Path:
+def study_file(
+    tmp: Path,
+    model_dir: Path,
+    *,
+    name: str = "s",
+    n_trials: int = 4,
+    pruner: Any = None,
+    space: Any = None,
+    concurrency: int = 2,
+    max_steps: int = 30,
+    eval_every: int = 10,
+    **extra: Any,
+) -> Path:
     """A study over the tiny classification config; returns the study file path."""
     base = classification_config(tmp, model_dir, max_steps=max_steps, eval_every=eval_every)
     base["peft"] = {"method": "lora", "r": 4}
@@ -133,8 +191,11 @@ def study_file(tmp: Path, model_dir: Path, *, name: str = "s", n_trials: int = 4
         "budget": {"n_trials": n_trials, "concurrency": concurrency},
         "resources": {"cpu": 1},
         "base": base,
-        "space": space or {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-                           "peft.r": {"type": "int", "low": 2, "high": 8}},
+        "space": space
+        or {
+            "train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+            "peft.r": {"type": "int", "low": 2, "high": 8},
+        },
         "output_dir": str(tmp / "runs"),
         **extra,
     }
@@ -143,10 +204,18 @@ def study_file(tmp: Path, model_dir: Path, *, name: str = "s", n_trials: int = 4
 
 def chat_rows() -> list[dict[str, Any]]:
     """16 two-exchange conversations of sums in the tiny vocabulary (user asks, assistant answers, twice)."""
-    return [{"messages": [{"role": "user", "content": f"add {a} and {b} :"},
-                          {"role": "assistant", "content": str(a + b)},
-                          {"role": "user", "content": f"add {b} and {a} :"},
-                          {"role": "assistant", "content": str(a + b)}]} for a in range(4) for b in range(4)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"add {a} and {b} :"},
+                {"role": "assistant", "content": str(a + b)},
+                {"role": "user", "content": f"add {b} and {a} :"},
+                {"role": "assistant", "content": str(a + b)},
+            ]
+        }
+        for a in range(4)
+        for b in range(4)
+    ]
 
 
 def chat_config(tmp: Path, model_dir: Path, **data: Any) -> dict[str, Any]:
@@ -159,8 +228,9 @@ def chat_config(tmp: Path, model_dir: Path, **data: Any) -> dict[str, Any]:
     return cfg
 
 
-def make_bpe_tokenizer(texts: list[str], out: Path | None = None, *, bos: bool = True,
-                       chat_template: str | None = None) -> Any:
+def make_bpe_tokenizer(
+    texts: list[str], out: Path | None = None, *, bos: bool = True, chat_template: str | None = None
+) -> Any:
     """A byte-level BPE tokenizer (GPT-2's kind: it decodes back to the exact text) trained on `texts`, with
     <s> added in front of each text when `bos`, and `chat_template` as its own template; saved in `out`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -170,12 +240,20 @@ def make_bpe_tokenizer(texts: list[str], out: Path | None = None, *, bos: bool =
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=specials,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     if bos:
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
     if chat_template is not None:
         fast.chat_template = chat_template
     if out is not None:
@@ -189,7 +267,7 @@ def regression_rows(n: int, seed: int) -> list[dict[str, Any]]:
     rows = []
     for r in sentiment_rows(n, seed):
         score = 40.0 + 20.0 * r["label"] + rng.gauss(0, 1)
-        rows.append({"text": r["text"], "score": round(score, 3), "second": round(score / 10 + rng.gauss(0, .1), 3)})
+        rows.append({"text": r["text"], "score": round(score, 3), "second": round(score / 10 + rng.gauss(0, 0.1), 3)})
     return rows
 
 
@@ -202,8 +280,15 @@ def regression_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any
         "data": {"train": "data/reg_train.jsonl", "validation": "data/reg_val.jsonl", "label_column": "score"},
         "task_options": {"standardize": True},
         "peft": {"method": "full"},
-        "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 30, "eval_every": 10,
-                  "max_length": 16, "seed": 0, **train},
+        "train": {
+            "learning_rate": 3e-3,
+            "batch_size": 16,
+            "max_steps": 30,
+            "eval_every": 10,
+            "max_length": 16,
+            "seed": 0,
+            **train,
+        },
         "output_dir": str(tmp / "out"),
     }
 
@@ -223,9 +308,15 @@ def multilabel_rows(n: int, seed: int) -> list[dict[str, Any]]:
         if rng.random() < 0.5:
             words.append(rng.choice(NEGATIVE))
         rng.shuffle(words)
-        labels = [name for name, hit in (("positive", set(words) & set(POSITIVE)),
-                                         ("negative", set(words) & set(NEGATIVE)),
-                                         ("film", set(words) & {"film", "movie"})) if hit]
+        labels = [
+            name
+            for name, hit in (
+                ("positive", set(words) & set(POSITIVE)),
+                ("negative", set(words) & set(NEGATIVE)),
+                ("film", set(words) & {"film", "movie"}),
+            )
+            if hit
+        ]
         rows.append({"text": " ".join(words), "labels": labels})
     return rows
 
@@ -239,8 +330,15 @@ def multilabel_config(tmp: Path, model_dir: Path, **train: Any) -> dict[str, Any
         "data": {"train": "data/ml_train.jsonl", "validation": "data/ml_val.jsonl", "label_column": "labels"},
         "task_options": {"threshold": "tune"},
         "peft": {"method": "full"},
-        "train": {"learning_rate": 1e-2, "batch_size": 16, "max_steps": 30, "eval_every": 10,
-                  "max_length": 16, "seed": 0, **train},
+        "train": {
+            "learning_rate": 1e-2,
+            "batch_size": 16,
+            "max_steps": 30,
+            "eval_every": 10,
+            "max_length": 16,
+            "seed": 0,
+            **train,
+        },
         "output_dir": str(tmp / "out"),
     }
 
@@ -280,13 +378,22 @@ def make_char_model(out: Path, seed: int = 0) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + chars + ["##" + c for c in chars]
     tok = Tokenizer(models.WordPiece(vocab={w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
     fast.save_pretrained(out)
     torch.manual_seed(seed)
-    model = BertForTokenClassification(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                                                  num_attention_heads=2, intermediate_size=64,
-                                                  max_position_embeddings=128, pad_token_id=0))
+    model = BertForTokenClassification(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+            pad_token_id=0,
+        )
+    )
     model.save_pretrained(out)
     return out
 
@@ -300,8 +407,15 @@ def tagging_config(tmp: Path, model_dir: Path, scheme: str = "bio", **train: Any
         "data": {"train": "data/tag_train.jsonl", "validation": "data/tag_val.jsonl"},
         "task_options": {"tag_scheme": scheme},
         "peft": {"method": "full"},
-        "train": {"learning_rate": 3e-3, "batch_size": 16, "max_steps": 60, "eval_every": 20,
-                  "max_length": 96, "seed": 0, **train},
+        "train": {
+            "learning_rate": 3e-3,
+            "batch_size": 16,
+            "max_steps": 60,
+            "eval_every": 20,
+            "max_length": 96,
+            "seed": 0,
+            **train,
+        },
         "output_dir": str(tmp / "out"),
     }
 
@@ -318,7 +432,7 @@ def digits_folder(out: Path, per_class: int, offset: int = 0) -> Path:
     digits = load_digits()
     for label in range(10):
         (out / str(label)).mkdir(parents=True, exist_ok=True)
-        idx = np.flatnonzero(digits.target == label)[offset:offset + per_class]
+        idx = np.flatnonzero(digits.target == label)[offset : offset + per_class]
         for i in idx:
             image = Image.fromarray((digits.images[i] * 255 / 16).astype("uint8"), mode="L")
             image.save(out / str(label) / f"{i}.png")
@@ -338,11 +452,23 @@ def make_image_model(out: Path, arch: str = "resnet", seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     if arch == "resnet":
-        model = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[16, 32],
-                                                          depths=[1, 1], layer_type="basic", num_labels=2))
+        model = ResNetForImageClassification(
+            ResNetConfig(
+                num_channels=3, embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", num_labels=2
+            )
+        )
     else:
-        model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                                    num_attention_heads=2, intermediate_size=64, num_labels=2))
+        model = ViTForImageClassification(
+            ViTConfig(
+                image_size=32,
+                patch_size=8,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                num_labels=2,
+            )
+        )
     model.save_pretrained(out)
     processor = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor.save_pretrained(out)

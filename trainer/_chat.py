@@ -114,8 +114,10 @@ def check_setting(value: str) -> str | None:
         return None
     from trainer.schema import did_you_mean
 
-    return (f"expected auto, {', '.join(TEMPLATES)} or a path to a Jinja file (.jinja), found {value!r}"
-            f"{did_you_mean(value, SETTINGS)}")
+    return (
+        f"expected auto, {', '.join(TEMPLATES)} or a path to a Jinja file (.jinja), found {value!r}"
+        f"{did_you_mean(value, SETTINGS)}"
+    )
 
 
 def _compile(text: str, where: str) -> None:
@@ -148,16 +150,19 @@ def check_roles(messages: list[dict[str, Any]]) -> str | None:
         want = "user" if i % 2 == 0 else "assistant"
         if role != want:
             at = i + (len(roles) - len(body))
-            return (f"expected roles to alternate user/assistant after an optional first system message, "
-                    f"found {role!r} at message {at + 1} (roles {roles})")
+            return (
+                f"expected roles to alternate user/assistant after an optional first system message, "
+                f"found {role!r} at message {at + 1} (roles {roles})"
+            )
     if body[-1] != "assistant":
         return f"expected the last message to be the assistant's (it is trained on), found roles {roles}"
     return None
 
 
 def render(template: ChatTemplate, tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, chat_template=template.source, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template.source, tokenize=False, add_generation_prompt=generation_prompt
+    )
 
 
 def segments(template: ChatTemplate, tokenizer: Any, messages: list[dict[str, Any]]) -> list[tuple[str, bool]]:
@@ -173,14 +178,16 @@ def segments(template: ChatTemplate, tokenizer: Any, messages: list[dict[str, An
         if m["role"] != "assistant":
             continue
         before = render(template, tokenizer, messages[:i], True)
-        upto = render(template, tokenizer, messages[:i + 1], False)
+        upto = render(template, tokenizer, messages[: i + 1], False)
         if not (upto.startswith(before) and full.startswith(upto) and len(before) >= cursor):
-            raise ValueError(f"the chat template does not render this conversation turn by turn (the text up "
-                             f"to assistant message {i + 1} is not a prefix of the whole), so its assistant "
-                             "turns cannot be located; use data.chat_template: chatml, alpaca or your own file")
+            raise ValueError(
+                f"the chat template does not render this conversation turn by turn (the text up "
+                f"to assistant message {i + 1} is not a prefix of the whole), so its assistant "
+                "turns cannot be located; use data.chat_template: chatml, alpaca or your own file"
+            )
         if len(before) > cursor:
-            out.append((full[cursor:len(before)], False))
-        out.append((full[len(before):len(upto)], True))
+            out.append((full[cursor : len(before)], False))
+        out.append((full[len(before) : len(upto)], True))
         cursor = len(upto)
     if cursor < len(full):
         out.append((full[cursor:], False))

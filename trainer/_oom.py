@@ -20,8 +20,9 @@ class OutOfMemory(RuntimeError):
     def __init__(self, step: int, peak_mib: float, device: str, detail: str = "") -> None:
         self.step, self.peak_mib, self.device = step, peak_mib, device
         where = "GPU memory allocated" if device == "cuda" else "process resident memory"
-        super().__init__(f"out of memory at step {step} (peak {peak_mib:.0f} MiB, {where})"
-                         + (f": {detail}" if detail else ""))
+        super().__init__(
+            f"out of memory at step {step} (peak {peak_mib:.0f} MiB, {where})" + (f": {detail}" if detail else "")
+        )
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -13,8 +13,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
 
-OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "sgd": "sgd", "adamw_8bit": "adamw_bnb_8bit",
-              "paged_adamw_8bit": "paged_adamw_8bit"}
+OPTIMIZERS = {
+    "adamw": "adamw_torch",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+}
 """`train.optimizer` to transformers' `optim` names."""
 SGD_MOMENTUM = 0.9
 
@@ -22,16 +27,21 @@ SGD_MOMENTUM = 0.9
 def trainer_options(cfg: TrainConfig, max_steps: int) -> dict[str, Any]:
     """TrainingArguments for `train.optimizer`, `adam_beta2`, the scheduler's options and NEFTune."""
     t = cfg.train
-    out: dict[str, Any] = {"optim": OPTIMIZERS[t.optimizer], "adam_beta2": t.adam_beta2,
-                           "lr_scheduler_type": t.lr_scheduler}
+    out: dict[str, Any] = {
+        "optim": OPTIMIZERS[t.optimizer],
+        "adam_beta2": t.adam_beta2,
+        "lr_scheduler_type": t.lr_scheduler,
+    }
     if t.optimizer == "sgd":
         out["optim_args"] = f"momentum={SGD_MOMENTUM}"
     if t.lr_scheduler == "cosine" and t.min_lr_ratio > 0:
         out["lr_scheduler_type"] = "cosine_with_min_lr"
         out["lr_scheduler_kwargs"] = {"min_lr_rate": t.min_lr_ratio}
     elif t.lr_scheduler == "warmup_stable_decay":
-        out["lr_scheduler_kwargs"] = {"num_decay_steps": max(1, round(t.decay_ratio * max_steps)),
-                                      "min_lr_ratio": t.min_lr_ratio}
+        out["lr_scheduler_kwargs"] = {
+            "num_decay_steps": max(1, round(t.decay_ratio * max_steps)),
+            "min_lr_ratio": t.min_lr_ratio,
+        }
     if t.neftune_alpha is not None:
         out["neftune_noise_alpha"] = t.neftune_alpha
     return out
@@ -47,12 +57,14 @@ def loraplus_optimizer(cfg: TrainConfig, model: Any, args: Any) -> Any:
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     kwargs = dict(kwargs)
     lr = kwargs.pop("lr", cfg.train.learning_rate)
-    return create_loraplus_optimizer(model, cls, lr=lr, loraplus_lr_ratio=cfg.peft.loraplus_ratio,
-                                     weight_decay=cfg.train.weight_decay, **kwargs)
+    return create_loraplus_optimizer(
+        model, cls, lr=lr, loraplus_lr_ratio=cfg.peft.loraplus_ratio, weight_decay=cfg.train.weight_decay, **kwargs
+    )
 
 
-def label_smoothed(epsilon: float, causal: bool, own: Callable[..., Any] | None,
-                   model: Any) -> Callable[..., Any] | None:
+def label_smoothed(
+    epsilon: float, causal: bool, own: Callable[..., Any] | None, model: Any
+) -> Callable[..., Any] | None:
     """A Trainer `compute_loss_func` that smooths the labels by `epsilon` while `model` trains and gives the
     plain loss (the task's own, else cross-entropy) while it evaluates; `own` unchanged when epsilon is 0.
 

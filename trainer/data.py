@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.schema import ConfigError, Problem, describe
 from trainer.config import TrainConfig
+from trainer.schema import ConfigError, Problem, describe
 from trainer.tasks import get_task
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -56,8 +56,14 @@ def read_rows(path: str, key: str, source: str) -> list[dict[str, Any]]:
 
             rows = pq.read_table(p).to_pylist()
         else:
-            raise ConfigError(Problem(source, key, f"'{path}': expected a {', '.join(SUFFIXES)} file or a "
-                                      f"`datasets` save_to_disk folder, found a '{suffix or 'no'}' suffix"))
+            raise ConfigError(
+                Problem(
+                    source,
+                    key,
+                    f"'{path}': expected a {', '.join(SUFFIXES)} file or a "
+                    f"`datasets` save_to_disk folder, found a '{suffix or 'no'}' suffix",
+                )
+            )
     except ConfigError:
         raise
     except UnicodeDecodeError:
@@ -79,11 +85,18 @@ def _read_saved_dataset(p: Path, key: str, source: str) -> list[dict[str, Any]]:
     try:
         ds = datasets.load_from_disk(str(p))
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(Problem(source, key, f"'{p}' is a folder but not a `datasets` save_to_disk folder "
-                                  f"({type(exc).__name__})")) from None
+        raise ConfigError(
+            Problem(source, key, f"'{p}' is a folder but not a `datasets` save_to_disk folder ({type(exc).__name__})")
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
-        raise ConfigError(Problem(source, key, f"'{p}' holds several splits ({', '.join(ds)}); point at one "
-                                  f"split's folder, e.g. '{p / next(iter(ds))}'"))
+        raise ConfigError(
+            Problem(
+                source,
+                key,
+                f"'{p}' holds several splits ({', '.join(ds)}); point at one "
+                f"split's folder, e.g. '{p / next(iter(ds))}'",
+            )
+        )
     return ds.to_list()
 
 
@@ -134,15 +147,17 @@ def _cap(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str,
     return [rows[i] for i in idx]
 
 
-def _hold_out(rows: list[dict[str, Any]], fraction: float, seed: int, what: str, key: str, path: str,
-              source: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _hold_out(
+    rows: list[dict[str, Any]], fraction: float, seed: int, what: str, key: str, path: str, source: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Split a seeded `fraction` of `rows` off: (kept, held out), both in file order."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     n_out = max(1, math.floor(len(rows) * fraction))
     if len(rows) - n_out < 1:
-        raise ConfigError(Problem(source, key, f"'{path}' has {len(rows)} rows: too few to hold out a {what} "
-                                  f"split; give data.{what}"))
+        raise ConfigError(
+            Problem(source, key, f"'{path}' has {len(rows)} rows: too few to hold out a {what} split; give data.{what}")
+        )
     out_idx = set(order[:n_out])
     return ([r for i, r in enumerate(rows) if i not in out_idx], [r for i, r in enumerate(rows) if i in out_idx])
 
@@ -163,15 +178,13 @@ def load_examples(cfg: TrainConfig, source: str = "") -> Examples:
         test = task.read_split(cfg, d.test, "data.test", source)
         paths["test"] = d.test
     elif d.test_fraction:
-        train, test = _hold_out(train, d.test_fraction, seed + 1_000_003, "test", "data.test_fraction", d.train,
-                                source)
+        train, test = _hold_out(train, d.test_fraction, seed + 1_000_003, "test", "data.test_fraction", d.train, source)
         paths["test"] = f"held out of {d.train}"
     if d.validation:
         validation = task.read_split(cfg, d.validation, "data.validation", source)
         paths["validation"] = d.validation
     else:
-        train, validation = _hold_out(train, d.validation_fraction, seed, "validation", "data.train", d.train,
-                                      source)
+        train, validation = _hold_out(train, d.validation_fraction, seed, "validation", "data.train", d.train, source)
         paths["validation"] = f"held out of {d.train}"
     train = _cap(train, d.max_train_samples, cfg.train.seed)
     validation = _cap(validation, d.max_eval_samples, cfg.train.seed)

@@ -12,10 +12,11 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import yaml
 
@@ -125,20 +126,32 @@ def fingerprint(cfg: TrainConfig, location: str) -> str:
                 h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
     loc = Path(location)
     if loc.is_dir():
-        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
-                     "tokenizer.model", "merges.txt", "vocab.json", "chat_template.jinja"):
+        for name in (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.txt",
+            "special_tokens_map.json",
+            "tokenizer.model",
+            "merges.txt",
+            "vocab.json",
+            "chat_template.jinja",
+        ):
             f = loc / name
             if f.exists():
                 h.update(f"{name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
     data = cfg.data
-    h.update(json.dumps([location, cfg.task, cfg.train.max_length, cfg.train.seed, asdict(data)],
-                        sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps(
+            [location, cfg.task, cfg.train.max_length, cfg.train.seed, asdict(data)], sort_keys=True, default=str
+        ).encode()
+    )
     h.update(json.dumps(data_options(cfg.task_options), sort_keys=True).encode())
     return h.hexdigest()[:20]
 
 
-def prepare(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = None,
-            say: Callable[[str], None] | None = None) -> Prepared:
+def prepare(
+    cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = None, say: Callable[[str], None] | None = None
+) -> Prepared:
     """Check the data and the model of `cfg` and tokenize; raises ConfigError before any training.
 
     With `cache_dir`, the result is cached on disk by `fingerprint` (and in memory for this process),
@@ -159,8 +172,9 @@ class Preparing:
         return self.future.result()
 
 
-def prepare_soon(cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = None,
-                 say: Callable[[str], None] | None = None) -> Preparing:
+def prepare_soon(
+    cfg: TrainConfig, source: str = "", cache_dir: str | Path | None = None, say: Callable[[str], None] | None = None
+) -> Preparing:
     """`prepare`, with the slow half in a background thread so the caller can start other work.
 
     The model location and the data are checked here (a ConfigError is raised now); loading the
@@ -179,8 +193,9 @@ def prepare_soon(cfg: TrainConfig, source: str = "", cache_dir: str | Path | Non
     return Preparing(location, done)
 
 
-def _plan(cfg: TrainConfig, source: str, cache_dir: str | Path | None,
-          say: Callable[[str], None] | None = None) -> tuple[str, Callable[[], Prepared]]:
+def _plan(
+    cfg: TrainConfig, source: str, cache_dir: str | Path | None, say: Callable[[str], None] | None = None
+) -> tuple[str, Callable[[], Prepared]]:
     """Check the model location and the data now; return the location and what builds the rest."""
     location = model_location(cfg, source)
     check_model(cfg, location, source)
@@ -213,8 +228,15 @@ def _read_cache(cached: Path, location: str) -> tuple[Prepared | None, str]:
     return prep, ""
 
 
-def _build(cfg: TrainConfig, source: str, location: str, key: str, cached: Path | None,
-           examples: Examples | None, say: Callable[[str], None]) -> Prepared:
+def _build(
+    cfg: TrainConfig,
+    source: str,
+    location: str,
+    key: str,
+    cached: Path | None,
+    examples: Examples | None,
+    say: Callable[[str], None],
+) -> Prepared:
     if cached is not None and cached.exists():
         prep, why = _read_cache(cached, location)
         if prep is not None:
@@ -226,8 +248,7 @@ def _build(cfg: TrainConfig, source: str, location: str, key: str, cached: Path 
         examples = load_examples(cfg, source)
     tokenizer = get_task(cfg.task, source).load_processor(location, source)
     splits, stats = tokenize(examples, tokenizer, cfg.train.max_length, source)
-    prep = Prepared(location, tokenizer, examples, splits["train"], splits["validation"], splits.get("test", []),
-                    stats)
+    prep = Prepared(location, tokenizer, examples, splits["train"], splits["validation"], splits.get("test", []), stats)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
@@ -273,8 +294,10 @@ def resolve_precision(precision: str = "auto") -> tuple[str, str]:
     else:
         device, native = "cpu", cpu_has_native_bf16()
     if precision == "bf16" and device == "cuda" and not native:
-        raise ValueError(f"train.precision: bf16 was asked for, but this GPU ({torch.cuda.get_device_name()}) "
-                         "does not support bf16; use auto or fp32")
+        raise ValueError(
+            f"train.precision: bf16 was asked for, but this GPU ({torch.cuda.get_device_name()}) "
+            "does not support bf16; use auto or fp32"
+        )
     if precision == "auto":
         return device, "bf16" if native else "fp32"
     return device, precision
@@ -340,9 +363,24 @@ def run_job(
     _memory.begin(memory, device)
     made: dict[str, Any] = {}
     try:
-        return _train(cfg, reporter, prep, max_steps, device, precision, started, timing, memory, say, source,
-                      evaluate_test=evaluate_test, keep_best=keep_best, made=made,
-                      generations=generations if generations is not None else [], fsdp=fsdp)
+        return _train(
+            cfg,
+            reporter,
+            prep,
+            max_steps,
+            device,
+            precision,
+            started,
+            timing,
+            memory,
+            say,
+            source,
+            evaluate_test=evaluate_test,
+            keep_best=keep_best,
+            made=made,
+            generations=generations if generations is not None else [],
+            fsdp=fsdp,
+        )
     except BaseException as exc:
         # The frames the exception left (the training loop's, the callback's) hold the model and
         # the optimizer until the exception is gone: let go of their locals now.
@@ -370,16 +408,32 @@ def _unwrap_forward(model: Any) -> None:
                 del module.__dict__[name]
 
 
-def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int, device: str, precision: str,
-           started: float, timing: dict[str, float], memory: dict[str, float], say: Callable[[str], None],
-           source: str, *, evaluate_test: bool, keep_best: tuple[str, str] | None,
-           made: dict[str, Any], generations: list[dict[str, Any]], fsdp: str | None = None) -> JobResult:
+def _train(
+    cfg: TrainConfig,
+    reporter: Reporter,
+    prep: Prepared,
+    max_steps: int,
+    device: str,
+    precision: str,
+    started: float,
+    timing: dict[str, float],
+    memory: dict[str, float],
+    say: Callable[[str], None],
+    source: str,
+    *,
+    evaluate_test: bool,
+    keep_best: tuple[str, str] | None,
+    made: dict[str, Any],
+    generations: list[dict[str, Any]],
+    fsdp: str | None = None,
+) -> JobResult:
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     t = cfg.train
     task = get_task(cfg.task, source)
-    model = build_model(cfg, _local_location(cfg, prep, source), prep.tokenizer, prep.examples.num_labels,
-                        prep.examples.labels, source)
+    model = build_model(
+        cfg, _local_location(cfg, prep, source), prep.tokenizer, prep.examples.num_labels, prep.examples.labels, source
+    )
     made["model"] = model  # run_job undoes what training wrapped around it (see _unwrap_forward)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -392,23 +446,25 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     state_box: dict[str, Any] = {"stopped": False, "step_start": None, "eval_start": None}
 
     class _Report(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+        def on_step_begin(self, args, state, control, **kw):
             state_box["step_start"] = time.perf_counter()
             if "first_step_at" not in timing:
                 timing["first_step_at"] = time.time()
                 timing["setup"] = time.perf_counter() - started
 
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kw):
             timing["train"] += time.perf_counter() - state_box["step_start"]
             if state.global_step >= state.max_steps:
                 control.should_evaluate = True  # the final model is always evaluated
 
-        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+        def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
-                say(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
-                    f"lr {logs.get('learning_rate', 0):.2e}  {time.perf_counter() - started:.0f}s")
+                say(
+                    f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+                    f"lr {logs.get('learning_rate', 0):.2e}  {time.perf_counter() - started:.0f}s"
+                )
 
-        def on_evaluate(self, args, state, control, metrics=None, **kw):  # noqa: ANN001
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
             if state_box.get("testing"):
                 return  # the held-out test evaluation is never reported
             m = task.clean_metrics(metrics or {}, keep=reported)
@@ -422,9 +478,11 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
                 timing["eval"] += time.perf_counter() - state_box["eval_start"]
                 state_box["eval_start"] = time.perf_counter()
             _memory.note_peak(memory)
-            say(f"eval step {state.global_step}/{state.max_steps}  "
+            say(
+                f"eval step {state.global_step}/{state.max_steps}  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in m.items())
-                + (f"  (generated {len(generating['validation'].rows)} in {fresh['seconds']:.2f}s)" if fresh else ""))
+                + (f"  (generated {len(generating['validation'].rows)} in {fresh['seconds']:.2f}s)" if fresh else "")
+            )
             for i, sample in enumerate(fresh["samples"] if fresh else [], 1):
                 say(_sample_line(i, sample))
             if reporter.report(state.global_step, m) and state.global_step < state.max_steps:
@@ -434,15 +492,16 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
     per_token = TokenMean() if task.eval_loss_per_token else None
 
     class _TimedTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.get("labels")
-            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                       num_items_in_batch=num_items_in_batch)
+            out = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
             if per_token is not None and not model.training and labels is not None:
                 per_token.add((out[0] if return_outputs else out).detach(), labels)
             return out
 
-        def evaluation_loop(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        def evaluation_loop(self, *args, **kwargs):
             if per_token is not None:
                 per_token.reset()
             output = super().evaluation_loop(*args, **kwargs)
@@ -455,14 +514,15 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
                 output.metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
                 timing["generate"] = timing.get("generate", 0.0) + seconds
                 if split == "validation":
-                    generations.append({"step": self.state.global_step, "seconds": round(seconds, 3),
-                                        "samples": samples})
+                    generations.append(
+                        {"step": self.state.global_step, "seconds": round(seconds, 3), "samples": samples}
+                    )
             mean = per_token.mean() if per_token is not None else None
             if mean is not None and f"{prefix}_loss" in output.metrics:
                 output.metrics[f"{prefix}_loss"] = _all_processes_mean(self.accelerator, per_token)
             return output
 
-        def evaluate(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        def evaluate(self, *args, **kwargs):
             state_box["eval_start"] = time.perf_counter()
             try:
                 return super().evaluate(*args, **kwargs)
@@ -505,8 +565,9 @@ def _train(cfg: TrainConfig, reporter: Reporter, prep: Prepared, max_steps: int,
         eval_dataset=prep.validation,
         data_collator=task.collator(prep.tokenizer),
         compute_metrics=None if task.prediction_loss_only else task.metric_function(cfg, prep.examples),
-        compute_loss_func=label_smoothed(t.label_smoothing, task.peft_task_type == "CAUSAL_LM",
-                                         task.loss(cfg, prep.train, prep.examples), model),
+        compute_loss_func=label_smoothed(
+            t.label_smoothing, task.peft_task_type == "CAUSAL_LM", task.loss(cfg, prep.train, prep.examples), model
+        ),
         optimizers=(loraplus_optimizer(cfg, model, args), None),
         callbacks=[_Report(), *_stop_at(t.stop_at_step)],
     )
@@ -564,12 +625,15 @@ def _generators(cfg: TrainConfig, task: Any, prep: Prepared, evaluate_test: bool
 
 def _sample_line(i: int, sample: dict[str, str]) -> str:
     """One kept generation on one line: the prompt's end, the output, the reference."""
+
     def short(text: str, n: int) -> str:
         text = " ".join(text.split())
-        return text if len(text) <= n else "…" + text[-(n - 1):]
+        return text if len(text) <= n else "…" + text[-(n - 1) :]
 
-    return (f"  sample {i}: {short(sample['prompt'], 60)!r} -> {short(sample['output'], 60)!r} "
-            f"(reference {short(sample['reference'], 40)!r})")
+    return (
+        f"  sample {i}: {short(sample['prompt'], 60)!r} -> {short(sample['output'], 60)!r} "
+        f"(reference {short(sample['reference'], 40)!r})"
+    )
 
 
 def _all_processes_mean(accelerator: Any, per_token: TokenMean) -> float:
@@ -578,13 +642,21 @@ def _all_processes_mean(accelerator: Any, per_token: TokenMean) -> float:
         return per_token.total / per_token.tokens
     import torch
 
-    both = accelerator.reduce(torch.tensor([per_token.total, float(per_token.tokens)], dtype=torch.float64,
-                                           device=accelerator.device), reduction="sum")
+    both = accelerator.reduce(
+        torch.tensor([per_token.total, float(per_token.tokens)], dtype=torch.float64, device=accelerator.device),
+        reduction="sum",
+    )
     return float(both[0] / both[1])
 
 
-def _evaluate_test(trainer: Any, prep: Prepared, cfg: TrainConfig, state_box: dict[str, Any],
-                   timing: dict[str, float], say: Callable[[str], None]) -> dict[str, float]:
+def _evaluate_test(
+    trainer: Any,
+    prep: Prepared,
+    cfg: TrainConfig,
+    state_box: dict[str, Any],
+    timing: dict[str, float],
+    say: Callable[[str], None],
+) -> dict[str, float]:
     """The final model on the held-out test split, once; its time is `timing['test']`, not eval."""
     eval_before, start = timing["eval"], time.perf_counter()
     state_box["testing"] = True
@@ -625,7 +697,7 @@ def _stop_at(step: int | None) -> list[Any]:
     from transformers import TrainerCallback
 
     class _StopAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kw):
             if state.global_step >= step:
                 control.should_evaluate = True
                 control.should_training_stop = True
@@ -651,8 +723,7 @@ class _BestKeeper:
             return
         self.best = dict(evaluation)
         if self.snapshot and model is not None:  # the trainable weights only (a LoRA adapter and its head)
-            self.weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
-                            if p.requires_grad}
+            self.weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
     def restore(self, model: Any) -> None:
         """Put the best evaluation's weights back into `model` before it is saved."""

@@ -164,8 +164,9 @@ def build(cls: type, data: dict, *, source: str, prefix: str = "", problems: lis
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in fields:
-            problems.append(Problem(source, key, f"unknown key{did_you_mean(str(name), fields)}"
-                                    f" (known: {', '.join(fields)})"))
+            problems.append(
+                Problem(source, key, f"unknown key{did_you_mean(str(name), fields)} (known: {', '.join(fields)})")
+            )
             ok = False
             continue
         out = _coerce(hints[name], value, key, source, problems)

@@ -15,8 +15,9 @@ checked by the canaries in tests/unit/test_ray_door.py:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 JOIN_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"
 

@@ -14,10 +14,11 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from search._ray._internals import drop_tune_default_env_var, few_join_tries, init_with_preload
 from search._ray.interrupts import interrupts_held
@@ -35,9 +36,11 @@ JOIN_TRIES = 5
 _WATCHING_TILL_EXIT: list[Any] = []
 """Watchers whose pipe must stay open until this process exits (kept referenced: a collected Popen closes it)."""
 
-TOKEN_HELP = ("set RAY_AUTH_MODE=token and give this driver the cluster's token, as Ray documents it: "
-              "RAY_AUTH_TOKEN=<token>, or RAY_AUTH_TOKEN_PATH=<file holding it>, or the file ~/.ray/auth_token "
-              "(`ray get-auth-token` on the head node prints it)")
+TOKEN_HELP = (
+    "set RAY_AUTH_MODE=token and give this driver the cluster's token, as Ray documents it: "
+    "RAY_AUTH_TOKEN=<token>, or RAY_AUTH_TOKEN_PATH=<file holding it>, or the file ~/.ray/auth_token "
+    "(`ray get-auth-token` on the head node prints it)"
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """
     try:
         conn = socket.create_connection((host, port), timeout=timeout)
-    except socket.timeout:
+    except TimeoutError:
         return f"no answer within {timeout:g} s"
     except OSError as exc:
         return exc.strerror or str(exc)
@@ -106,18 +109,37 @@ def check_address(target: Target) -> None:
         return
     local = "unset RAY_ADDRESS (or pass --address local)" if target.source == "RAY_ADDRESS" else "leave out --address"
     if "://" in address:
-        raise ConfigError(Problem(target.source, "", (
-            f"expected the cluster's address HOST:PORT (what `ray start --head` printed), found {address!r}: "
-            "a Ray Client address (ray://) is not supported; run sftune where it reaches the cluster's nodes")))
+        raise ConfigError(
+            Problem(
+                target.source,
+                "",
+                (
+                    f"expected the cluster's address HOST:PORT (what `ray start --head` printed), found {address!r}: "
+                    "a Ray Client address (ray://) is not supported; run sftune where it reaches the cluster's nodes"
+                ),
+            )
+        )
     parsed = host_port(address)
     if parsed is None:
-        raise ConfigError(Problem(target.source, "", (
-            f"expected HOST:PORT (what `ray start --head` printed), auto or local, found {address!r}")))
+        raise ConfigError(
+            Problem(
+                target.source,
+                "",
+                (f"expected HOST:PORT (what `ray start --head` printed), auto or local, found {address!r}"),
+            )
+        )
     why = probe(*parsed)
     if why is not None:
-        raise ConfigError(Problem(target.source, "", (
-            f"no Ray cluster answers at {address} ({why}); start one there with `ray start --head "
-            f"--port={parsed[1]}`, or {local} to run on a local cluster")))
+        raise ConfigError(
+            Problem(
+                target.source,
+                "",
+                (
+                    f"no Ray cluster answers at {address} ({why}); start one there with `ray start --head "
+                    f"--port={parsed[1]}`, or {local} to run on a local cluster"
+                ),
+            )
+        )
 
 
 def runs_a_raylet() -> bool | None:
@@ -135,9 +157,11 @@ def runs_a_raylet() -> bool | None:
     return False
 
 
-NOT_A_NODE = ("this machine is not a node of the Ray cluster at {address}, and a Ray driver runs on one of its "
-              "nodes: run sftune on the head node (or another node), or first join this machine with "
-              "`ray start --address={address}`")
+NOT_A_NODE = (
+    "this machine is not a node of the Ray cluster at {address}, and a Ray driver runs on one of its "
+    "nodes: run sftune on the head node (or another node), or first join this machine with "
+    "`ray start --address={address}`"
+)
 
 
 def join_problem(target: Target, exc: BaseException, environ: Mapping[str, str]) -> Problem:
@@ -145,9 +169,14 @@ def join_problem(target: Target, exc: BaseException, environ: Mapping[str, str])
     text = f"{exc} {exc.__cause__ or ''}"
     mode = (environ.get("RAY_AUTH_MODE") or "").lower()
     if "Could not find any running Ray instance" in text:
-        return Problem(target.source, "", (
-            "auto: no running Ray cluster found on this machine; start one with `ray start --head`, "
-            "pass its HOST:PORT, or leave out --address to run on a local cluster"))
+        return Problem(
+            target.source,
+            "",
+            (
+                "auto: no running Ray cluster found on this machine; start one with `ray start --head`, "
+                "pass its HOST:PORT, or leave out --address to run on a local cluster"
+            ),
+        )
     if "No node info found matching" in text:
         return Problem(target.source, "", NOT_A_NODE.format(address=target.address))
     if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in text or "Unauthenticated" in text:
@@ -161,8 +190,9 @@ def join_problem(target: Target, exc: BaseException, environ: Mapping[str, str])
     return Problem(target.source, "", f"could not join the Ray cluster at {target.address}: {exc}")
 
 
-def node_problem(per_trial: Mapping[str, float], nodes: list[dict[str, Any]], where: str,
-                 source: str) -> Problem | None:
+def node_problem(
+    per_trial: Mapping[str, float], nodes: list[dict[str, Any]], where: str, source: str
+) -> Problem | None:
     """A Problem when no alive node has the CPUs and GPUs one trial asks for (`nodes` as `ray.nodes()`)."""
     cpu, gpu = float(per_trial.get("cpu", 0)), float(per_trial.get("gpu", 0))
     alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
@@ -171,10 +201,15 @@ def node_problem(per_trial: Mapping[str, float], nodes: list[dict[str, Any]], wh
     largest = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
     key = "resources.gpu" if all(r.get("GPU", 0) < gpu for r in alive) else "resources.cpu"
     asked = f"{cpu:g} CPU" + (f" and {gpu:g} GPU" if gpu else "")
-    return Problem(source, key, (
-        f"each trial asks for {asked}, but no node of {where} offers that: the largest has "
-        f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU ({len(alive)} node(s) alive); "
-        "lower resources, or add a node that has them"))
+    return Problem(
+        source,
+        key,
+        (
+            f"each trial asks for {asked}, but no node of {where} offers that: the largest has "
+            f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU ({len(alive)} node(s) alive); "
+            "lower resources, or add a node that has them"
+        ),
+    )
 
 
 def local_gpu_problem(gpu: float, gpus_here: float, source: str) -> Problem | None:
@@ -183,9 +218,14 @@ def local_gpu_problem(gpu: float, gpus_here: float, source: str) -> Problem | No
         return None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     seen = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
-    return Problem(source, "resources.gpu", (
-        f"each trial asks for {gpu:g} GPU, but this machine has {gpus_here:g} GPU(s) that Ray can use{seen}; "
-        "lower resources.gpu, or join a cluster that has GPUs with --address"))
+    return Problem(
+        source,
+        "resources.gpu",
+        (
+            f"each trial asks for {gpu:g} GPU, but this machine has {gpus_here:g} GPU(s) that Ray can use{seen}; "
+            "lower resources.gpu, or join a cluster that has GPUs with --address"
+        ),
+    )
 
 
 @contextmanager
@@ -210,8 +250,13 @@ def _join(target: Target) -> None:
     # Ray keeps trying a GCS that refuses the driver for about 20 s; a few tries decide it.
     with few_join_tries(JOIN_TRIES), _stderr_kept_aside() as printed:
         try:
-            ray.init(address=target.address, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR", runtime_env={"env_vars": worker_env()})
+            ray.init(
+                address=target.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level="ERROR",
+                runtime_env={"env_vars": worker_env()},
+            )
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
             problem = join_problem(target, exc, os.environ)
             if problem.message.startswith("could not join"):  # not one we know: show what Ray said
@@ -240,8 +285,15 @@ def warm_workers(warm: Mapping[str, Any]) -> list[str]:
 class Cluster:
     """One run's Ray cluster: `start()` joins or starts it and checks it, `stop()` ends what it started."""
 
-    def __init__(self, cfg: StudyConfig, *, address: str | None, say: Callable[[str], None],
-                 warm: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        *,
+        address: str | None,
+        say: Callable[[str], None],
+        warm: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.say = say
         self.warm = dict(warm or {})
@@ -268,10 +320,15 @@ class Cluster:
             self.stop()
             raise ConfigError(problem)
         resources = ray.cluster_resources()
-        self.say(f"ray: {what} in {time.time() - began:.1f}s ("
-                 + (f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s), {resources.get('CPU', 0):g} CPUs, "
-                    if joining else f"{self.cfg.budget.concurrency} trial slots, ")
-                 + f"{resources.get('GPU', 0):g} GPUs)")
+        self.say(
+            f"ray: {what} in {time.time() - began:.1f}s ("
+            + (
+                f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s), {resources.get('CPU', 0):g} CPUs, "
+                if joining
+                else f"{self.cfg.budget.concurrency} trial slots, "
+            )
+            + f"{resources.get('GPU', 0):g} GPUs)"
+        )
         return per_trial
 
     def _join(self) -> tuple[dict[str, float], Problem | None, str]:
@@ -282,8 +339,11 @@ class Cluster:
         per_trial = joined_request(self.cfg)
         problem = node_problem(per_trial, ray.nodes(), f"the cluster at {self.target.address}", str(self.cfg.path))
         problem = problem or self._ranks_problem(per_trial, f"the cluster at {self.target.address}")
-        origin = "" if self.target.source == "--address" else (
-            " (from RAY_ADDRESS; unset it or pass --address local to run on a local cluster)")
+        origin = (
+            ""
+            if self.target.source == "--address"
+            else (" (from RAY_ADDRESS; unset it or pass --address local to run on a local cluster)")
+        )
         return per_trial, problem, f"joined the cluster at {self.target.address}{origin}"
 
     def _start_local(self) -> tuple[dict[str, float], Problem | None, str]:
@@ -292,8 +352,14 @@ class Cluster:
         preload = warm_workers(self.warm) if self.warm else []
         self._reaper = start_reaper()
         try:
-            init_with_preload(preload, address="local", num_cpus=local_cluster_cpus(self.cfg), include_dashboard=False,
-                              log_to_driver=False, logging_level="ERROR")
+            init_with_preload(
+                preload,
+                address="local",
+                num_cpus=local_cluster_cpus(self.cfg),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level="ERROR",
+            )
         except Exception as exc:  # noqa: BLE001 - e.g. a raylet that did not start in time on a busy machine
             # The watcher stays until this process exits, then ends whatever the failed start left.
             _WATCHING_TILL_EXIT.append(self._reaper)
@@ -303,8 +369,7 @@ class Cluster:
         self.started_ray = True
         note_vitals()
         per_trial = local_request(self.cfg)  # one slot per concurrent trial
-        problem = local_gpu_problem(self.cfg.resources.gpu, ray.cluster_resources().get("GPU", 0),
-                                    str(self.cfg.path))
+        problem = local_gpu_problem(self.cfg.resources.gpu, ray.cluster_resources().get("GPU", 0), str(self.cfg.path))
         problem = problem or self._ranks_problem(per_trial, "this machine")
         return per_trial, problem, "started a local cluster"
 
@@ -360,7 +425,7 @@ def cluster_gone() -> str | None:
     for pid, (name, started) in list(_VITALS.items()):
         try:
             stat = (PROC / str(pid) / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             alive = fields[0] not in ("Z", "X") and int(fields[19]) == started
         except (OSError, ValueError, IndexError):
             alive = False
@@ -392,8 +457,9 @@ def _quiet_ray_defaults(cfg: StudyConfig) -> None:
 
 
 @contextmanager
-def ray_cluster(cfg: StudyConfig, *, address: str | None, say: Callable[[str], None],
-                warm: dict[str, Any] | None = None) -> Iterator[dict[str, float]]:
+def ray_cluster(
+    cfg: StudyConfig, *, address: str | None, say: Callable[[str], None], warm: dict[str, Any] | None = None
+) -> Iterator[dict[str, float]]:
     """Join `address` (or RAY_ADDRESS), or start a local cluster; yields the Ray resources per trial.
 
     A local cluster has one CPU slot per concurrent trial (each trial still runs `resources.cpu`

@@ -53,22 +53,48 @@ def check_packing(gpu_share: float, concurrency: int, memory: dict[str, float] |
     if per_gpu == 0:
         return Packing("fits", 0, message="trials use no GPU")
     if peak is None or not total:
-        return Packing("unknown", per_gpu, message=(
-            f"up to {per_gpu} trials per GPU (resources.gpu={gpu_share:g}); their memory is not known until "
-            "a trial's first evaluation reports its peak"))
+        return Packing(
+            "unknown",
+            per_gpu,
+            message=(
+                f"up to {per_gpu} trials per GPU (resources.gpu={gpu_share:g}); their memory is not known until "
+                "a trial's first evaluation reports its peak"
+            ),
+        )
     need = peak + CONTEXT_MB
     fit = max(0, math.floor(total / need))
     used = per_gpu * need
     share = math.floor(1000 / fit) / 1000 if fit else 1.0  # floor(1 / share) == fit
-    head = (f"{per_gpu} trials per GPU (resources.gpu={gpu_share:g}) x {need:,.0f} MiB each "
-            f"({peak:,.0f} MiB peak held by a trial + {CONTEXT_MB:.0f} MiB CUDA context) = {used:,.0f} MiB "
-            f"of {total:,.0f} MiB")
+    head = (
+        f"{per_gpu} trials per GPU (resources.gpu={gpu_share:g}) x {need:,.0f} MiB each "
+        f"({peak:,.0f} MiB peak held by a trial + {CONTEXT_MB:.0f} MiB CUDA context) = {used:,.0f} MiB "
+        f"of {total:,.0f} MiB"
+    )
     if used > total:
-        return Packing("over", per_gpu, need, total, fit, head + f": over; trials will run out of memory. One GPU "
-                       f"holds {fit} such trials: set resources.gpu: {share:g} ({fit} per GPU) or more"
-                       + ("" if fit else "; a trial alone needs more than the GPU has"))
+        return Packing(
+            "over",
+            per_gpu,
+            need,
+            total,
+            fit,
+            head + f": over; trials will run out of memory. One GPU "
+            f"holds {fit} such trials: set resources.gpu: {share:g} ({fit} per GPU) or more"
+            + ("" if fit else "; a trial alone needs more than the GPU has"),
+        )
     if used > TIGHT * total:
-        return Packing("tight", per_gpu, need, total, fit, head + ": tight; a trial with a larger batch, rank "
-                       "or length than those seen so far may run out of memory")
-    return Packing("fits", per_gpu, need, total, fit, head + (
-        f": fits (one GPU would hold {fit} such trials)" if fit > per_gpu else ": fits"))
+        return Packing(
+            "tight",
+            per_gpu,
+            need,
+            total,
+            fit,
+            head + ": tight; a trial with a larger batch, rank or length than those seen so far may run out of memory",
+        )
+    return Packing(
+        "fits",
+        per_gpu,
+        need,
+        total,
+        fit,
+        head + (f": fits (one GPU would hold {fit} such trials)" if fit > per_gpu else ": fits"),
+    )

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 # ---- checks before any trial (no Ray) ------------------------------------------------------------------------
 
+
 def ranks_problems(r: Resources, base: TrainConfig | None, space: Space, source: str) -> list[Problem]:
     """What stops a study from running `resources.workers` ranks per trial: every problem, in the user's words."""
     from trainer import Problem
@@ -44,8 +45,9 @@ def ranks_problems(r: Resources, base: TrainConfig | None, space: Space, source:
         return [Problem(source, "resources.workers", f"must be a whole number >= 1, found {r.workers!r}")]
     problems: list[Problem] = []
     if r.batch not in BATCH_MEANINGS:
-        problems.append(Problem(source, "resources.batch", f"expected one of {', '.join(BATCH_MEANINGS)}, found "
-                                f"{r.batch!r}"))
+        problems.append(
+            Problem(source, "resources.batch", f"expected one of {', '.join(BATCH_MEANINGS)}, found {r.batch!r}")
+        )
     elif r.batch == "effective" and base is not None:
         problems.extend(_undivided(r.workers, base, space, source))
     if r.fsdp:
@@ -53,23 +55,44 @@ def ranks_problems(r: Resources, base: TrainConfig | None, space: Space, source:
     if r.workers == 1:
         return problems
     if r.gpu and r.gpu != int(r.gpu):
-        problems.append(Problem(source, "resources.gpu", (
-            f"with workers: {r.workers} each rank needs a whole GPU of its own (NCCL runs one rank per GPU; ranks "
-            f"sharing a GPU fail or crawl), found gpu: {r.gpu:g}; use gpu: 1, or workers: 1 to pack trials on a "
-            "GPU")))
+        problems.append(
+            Problem(
+                source,
+                "resources.gpu",
+                (
+                    f"with workers: {r.workers} each rank needs a whole GPU of its own (NCCL runs one rank per GPU; ranks "
+                    f"sharing a GPU fail or crawl), found gpu: {r.gpu:g}; use gpu: 1, or workers: 1 to pack trials on a "
+                    "GPU"
+                ),
+            )
+        )
     elif r.gpu > 1:
-        problems.append(Problem(source, "resources.gpu", (
-            f"with workers: {r.workers} each rank trains on one GPU, so gpu: {r.gpu:g} per rank would leave GPUs "
-            f"idle; use gpu: 1 and workers: {r.workers * int(r.gpu)}")))
+        problems.append(
+            Problem(
+                source,
+                "resources.gpu",
+                (
+                    f"with workers: {r.workers} each rank trains on one GPU, so gpu: {r.gpu:g} per rank would leave GPUs "
+                    f"idle; use gpu: 1 and workers: {r.workers * int(r.gpu)}"
+                ),
+            )
+        )
     if base is not None:
         try:
             task = get_task(base.task, source)
         except Exception:
             task = None
         if task is not None and not getattr(task, "data_parallel", True):
-            problems.append(Problem(source, "resources.workers", (
-                f"task {base.task} says it cannot train data-parallel (its data_parallel is False); "
-                "use workers: 1")))
+            problems.append(
+                Problem(
+                    source,
+                    "resources.workers",
+                    (
+                        f"task {base.task} says it cannot train data-parallel (its data_parallel is False); "
+                        "use workers: 1"
+                    ),
+                )
+            )
     return problems
 
 
@@ -81,8 +104,10 @@ def per_worker_batch(effective: int, workers: int, accumulation: int) -> int:
     """Each rank's batch for an effective batch (rows per optimizer step); ValueError when it does not divide."""
     share = int(workers) * int(accumulation)
     if int(effective) % share:
-        raise ValueError(f"resources.batch is effective: train.batch_size {effective} does not divide by workers "
-                         f"x gradient_accumulation = {workers} x {accumulation}")
+        raise ValueError(
+            f"resources.batch is effective: train.batch_size {effective} does not divide by workers "
+            f"x gradient_accumulation = {workers} x {accumulation}"
+        )
     return int(effective) // share
 
 
@@ -100,21 +125,33 @@ def _undivided(workers: int, base: TrainConfig, space: Space, source: str) -> li
     sizes = values("train.batch_size", base.train.batch_size)
     steps = values("train.gradient_accumulation", base.train.gradient_accumulation)
     if sizes is None or steps is None:
-        return [Problem(source, "resources.batch", "effective needs train.batch_size and "
-                        "train.gradient_accumulation to take whole values (int or categorical in the space)")]
+        return [
+            Problem(
+                source,
+                "resources.batch",
+                "effective needs train.batch_size and "
+                "train.gradient_accumulation to take whole values (int or categorical in the space)",
+            )
+        ]
     bad = sorted({(b, a) for b in sizes for a in steps if b % (workers * a)})
     if not bad:
         return []
     shown = ", ".join(f"{b} (x{a} accumulation)" if len(steps) > 1 else str(b) for b, a in bad[:6])
     more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
-    return [Problem(source, "resources.batch", (
-        f"effective: each rank takes train.batch_size / (workers x gradient_accumulation), but batch size "
-        f"{shown}{more} does not divide by {workers} x {'/'.join(str(a) for a in steps)}; choose batch sizes that are "
-        f"multiples of it (a categorical such as [{workers * steps[0] * 2}, {workers * steps[0] * 4}])"))]
+    return [
+        Problem(
+            source,
+            "resources.batch",
+            (
+                f"effective: each rank takes train.batch_size / (workers x gradient_accumulation), but batch size "
+                f"{shown}{more} does not divide by {workers} x {'/'.join(str(a) for a in steps)}; choose batch sizes that are "
+                f"multiples of it (a categorical such as [{workers * steps[0] * 2}, {workers * steps[0] * 4}])"
+            ),
+        )
+    ]
 
 
-FSDP_WORDS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload",
-              "auto_wrap")
+FSDP_WORDS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload", "auto_wrap")
 """The words of the HF Trainer's `fsdp` option."""
 
 
@@ -126,21 +163,40 @@ def _fsdp_problems(r: Resources, base: TrainConfig | None, space: Space, source:
     words = str(r.fsdp).split()
     unknown = [w for w in words if w not in FSDP_WORDS]
     if unknown or not words:
-        problems.append(Problem(source, "resources.fsdp", f"expected the Trainer's fsdp words "
-                                f"({', '.join(FSDP_WORDS)}), found {r.fsdp!r}"))
+        problems.append(
+            Problem(
+                source,
+                "resources.fsdp",
+                f"expected the Trainer's fsdp words ({', '.join(FSDP_WORDS)}), found {r.fsdp!r}",
+            )
+        )
     if r.workers < 2 or not r.gpu:
-        problems.append(Problem(source, "resources.fsdp", (
-            f"FSDP shards a model over several GPUs: it needs workers >= 2 and gpu: 1, found workers: {r.workers}, "
-            f"gpu: {r.gpu:g}")))
+        problems.append(
+            Problem(
+                source,
+                "resources.fsdp",
+                (
+                    f"FSDP shards a model over several GPUs: it needs workers >= 2 and gpu: 1, found workers: {r.workers}, "
+                    f"gpu: {r.gpu:g}"
+                ),
+            )
+        )
     lora = (base is not None and base.peft.method != "full") or any(p.name == "peft.method" for p in space.params)
     if lora:
-        problems.append(Problem(source, "resources.fsdp", "FSDP is for full fine-tunes (peft.method: full, not "
-                                "searched); a LoRA trial fits one GPU, use workers without fsdp"))
+        problems.append(
+            Problem(
+                source,
+                "resources.fsdp",
+                "FSDP is for full fine-tunes (peft.method: full, not "
+                "searched); a LoRA trial fits one GPU, use workers without fsdp",
+            )
+        )
     return problems
 
 
-def placement_problem(workers: int, per_rank: Mapping[str, float], nodes: list[dict[str, Any]], where: str,
-                      source: str) -> Problem | None:
+def placement_problem(
+    workers: int, per_rank: Mapping[str, float], nodes: list[dict[str, Any]], where: str, source: str
+) -> Problem | None:
     """A Problem when the alive nodes (as `ray.nodes()`) can never place `workers` ranks of `per_rank` at once.
 
     Ranks may spread over nodes: each node holds as many ranks as its CPUs and GPUs allow, and together they
@@ -155,10 +211,15 @@ def placement_problem(workers: int, per_rank: Mapping[str, float], nodes: list[d
         return None
     asked = f"{cpu:g} CPU" + (f" and {gpu:g} GPU" if gpu else "")
     where_they_fit = ", ".join(f"{n}" for n in fits) if fits else "none"
-    return Problem(source, "resources.workers", (
-        f"each trial asks for {workers} workers of {asked} each, but {where} can place at most {sum(fits)} such "
-        f"worker(s) at once (per node: {where_they_fit}; {len(alive)} node(s) alive); lower resources.workers to "
-        f"{max(sum(fits), 1)} or less, lower the per-worker resources, or add nodes"))
+    return Problem(
+        source,
+        "resources.workers",
+        (
+            f"each trial asks for {workers} workers of {asked} each, but {where} can place at most {sum(fits)} such "
+            f"worker(s) at once (per node: {where_they_fit}; {len(alive)} node(s) alive); lower resources.workers to "
+            f"{max(sum(fits), 1)} or less, lower the per-worker resources, or add nodes"
+        ),
+    )
 
 
 def _ranks_on(resources: Mapping[str, float], cpu: float, gpu: float) -> int:
@@ -177,6 +238,7 @@ for all of them, `search._ray.resources.local_cluster_cpus`)."""
 
 # ---- a failed Train run, judged ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class RanksVerdict:
     """Why a Train run failed: `retry` True when a rank died (the job itself did not fail)."""
@@ -185,8 +247,15 @@ class RanksVerdict:
     retry: bool
 
 
-LOST_PEER = ("gloo", "nccl", "connection closed by peer", "connection reset by peer", "broken pipe",
-             "DistBackendError", "DistNetworkError")
+LOST_PEER = (
+    "gloo",
+    "nccl",
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "DistBackendError",
+    "DistNetworkError",
+)
 """Words of an error a rank raises when another rank vanished under a collective: not the job's own error."""
 
 
@@ -212,8 +281,15 @@ def judge_failure(failures: Mapping[int, BaseException], workers: int, fallback:
 
 def _is_dead_actor(err: BaseException) -> bool:
     """A rank's process (or node) is gone: Ray's actor errors, or Ray Train's failed health check of one."""
-    dead = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError", "WorkerCrashedError",
-            "WorkerHealthCheckFailedError", "WorkerHealthCheckTimeoutError")
+    dead = (
+        "RayActorError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "NodeDiedError",
+        "WorkerCrashedError",
+        "WorkerHealthCheckFailedError",
+        "WorkerHealthCheckTimeoutError",
+    )
     return any(k.__name__ in dead for k in type(err).__mro__)
 
 
@@ -226,10 +302,11 @@ def _last_line(err: BaseException, limit: int = 240) -> str:
     """The error's type and its last line, cut to `limit` characters (Ray's own run long)."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     text = f"{type(err).__name__}: {lines[-1]}" if lines else type(err).__name__
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ---- the Tune trial: a coordinator of N ranks ----------------------------------------------------------------
+
 
 def runnable(cfg: Any, prepared: Any, per_rank: Mapping[str, float]) -> Any:
     """In the driver: the Tune trainable of a study whose trials run `resources.workers` ranks of `per_rank` each.
@@ -240,11 +317,16 @@ def runnable(cfg: Any, prepared: Any, per_rank: Mapping[str, float]) -> Any:
     import ray
     from ray import tune
 
-    ranks = {"workers": cfg.resources.workers, "cpu": per_rank.get("cpu", 1), "gpu": per_rank.get("gpu", 0),
-             "fsdp": cfg.resources.fsdp}
+    ranks = {
+        "workers": cfg.resources.workers,
+        "cpu": per_rank.get("cpu", 1),
+        "gpu": per_rank.get("gpu", 0),
+        "fsdp": cfg.resources.fsdp,
+    }
     shared = {"ref": ray.put(prepared)} if prepared is not None else None
-    return tune.with_resources(tune.with_parameters(_trial_class(), prepared=shared, ranks=ranks),
-                               {"cpu": COORDINATOR_CPU})
+    return tune.with_resources(
+        tune.with_parameters(_trial_class(), prepared=shared, ranks=ranks), {"cpu": COORDINATOR_CPU}
+    )
 
 
 GROUP_KEY = "placement_group"
@@ -287,8 +369,12 @@ def _trial_class() -> type:
     from search._trial_result import error_report, is_done, is_ready, lost_report
 
     class RanksTrial(tune.Trainable):
-        def setup(self, config: dict[str, Any], prepared: Any = None,  # type: ignore[override]
-                  ranks: Mapping[str, Any] | None = None) -> None:
+        def setup(
+            self,
+            config: dict[str, Any],
+            prepared: Any = None,  # type: ignore[override]
+            ranks: Mapping[str, Any] | None = None,
+        ) -> None:
             self.results = Queue(maxsize=1, actor_options={"num_cpus": 0})  # rank 0's reports, one at a time
             self.run = ray.remote(num_cpus=0)(TrainRun).remote()
             self.fitted = self.run.fit.remote(config["sftune"], prepared, dict(ranks or {}), self.results)
@@ -342,15 +428,20 @@ class TrainRun:
             rank_loop,
             train_loop_config={"sftune": spec, "prepared": prepared, "fsdp": ranks.get("fsdp")},
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-            scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=bool(gpu), resources_per_worker=per_rank,
-                                               placement_strategy=ranks.get("placement", "PACK")),
+            scaling_config=train.ScalingConfig(
+                num_workers=workers,
+                use_gpu=bool(gpu),
+                resources_per_worker=per_rank,
+                placement_strategy=ranks.get("placement", "PACK"),
+            ),
             run_config=train.RunConfig(
                 name=f"trial_{spec['number']:04d}_{uuid.uuid4().hex[:8]}",
                 storage_path=str(storage),
                 callbacks=[_rank0_to(results)],
                 # A retry is the driver's (the params queued again), never Ray Train's.
-                failure_config=train.FailureConfig(max_failures=0, controller_failure_limit=0,
-                                                   max_preemption_failures=0),
+                failure_config=train.FailureConfig(
+                    max_failures=0, controller_failure_limit=0, max_preemption_failures=0
+                ),
             ),
         )
         try:
@@ -359,8 +450,11 @@ class TrainRun:
             verdict = judge_failure(exc.worker_failures, workers)
             return {"message": verdict.message, "retry": verdict.retry, "traceback": str(exc)[-4000:]}
         except train.TrainingFailedError as exc:  # the controller's own failure (a group that could not start)
-            return {"message": f"the trial's {workers} ranks failed: {_last_line(exc)}", "retry": True,
-                    "traceback": str(exc)[-4000:]}
+            return {
+                "message": f"the trial's {workers} ranks failed: {_last_line(exc)}",
+                "retry": True,
+                "traceback": str(exc)[-4000:],
+            }
         return None
 
 
@@ -398,8 +492,16 @@ def rank_loop(loop_config: dict[str, Any]) -> None:
     shared = loop_config.get("prepared")
     prepared = ray.get(shared["ref"]) if isinstance(shared, dict) and "ref" in shared else shared
     group = ray.util.get_current_placement_group() if rank == 0 else None  # removed when the trial ends
-    ray.train.report(ready_report(preloaded=False, host=me["host"], node=node, pid=me["pid"], ranks=everyone,
-                                  effective_batch=effective_batch(spec["config"], workers),
-                                  **{GROUP_KEY: group.id.hex() if group is not None else None}))
+    ray.train.report(
+        ready_report(
+            preloaded=False,
+            host=me["host"],
+            node=node,
+            pid=me["pid"],
+            ranks=everyone,
+            effective_batch=effective_batch(spec["config"], workers),
+            **{GROUP_KEY: group.id.hex() if group is not None else None},
+        )
+    )
     # An error raised here fails the Train run, which the trial judges (`judge_failure`).
     run_trial_job(spec, prepared, ray.train.report, node=node, files=rank == 0, fsdp=loop_config.get("fsdp"))

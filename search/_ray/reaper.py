@@ -37,7 +37,7 @@ def process_table() -> dict[int, tuple[int, int]]:
         except OSError:  # it just ended
             continue
         # "pid (comm) state ppid ... starttime ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] == "Z":  # a zombie is already dead; its parent reaps it
             continue
         table[int(entry.name)] = (int(fields[1]), int(fields[19]))
@@ -107,7 +107,9 @@ def start_reaper() -> subprocess.Popen | None:
         return None
     return subprocess.Popen(
         [sys.executable, "-I", __file__, str(os.getpid())],  # -I: stdlib only, whatever the driver's path
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C in the terminal reaches the driver's group, not the watcher
     )
 

@@ -50,9 +50,16 @@ def watch_cluster(driver: Driver, ended: Callable[[str], None]) -> threading.Eve
     return stop
 
 
-def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
-               resources: dict[str, float] | None = None, prepared: Any = None, job: str | None = None,
-               cluster_died: Callable[[str], None] = _exit_now) -> Driver:
+def run_trials(
+    cfg: StudyConfig,
+    study: optuna.Study,
+    *,
+    progress: Progress,
+    resources: dict[str, float] | None = None,
+    prepared: Any = None,
+    job: str | None = None,
+    cluster_died: Callable[[str], None] = _exit_now,
+) -> Driver:
     """Run the study's remaining trials through Ray Tune (inside `ray_cluster`); returns what happened.
 
     `resources`: what each trial asks Ray for (from `ray_cluster`; default as on a joined cluster,
@@ -70,8 +77,14 @@ def run_trials(cfg: StudyConfig, study: optuna.Study, *, progress: Progress,
     from search._ray.shells import DriverTick, OptunaPruningScheduler, OptunaSearcher
     from search._ray.worker import trainable
 
-    driver = Driver(cfg=cfg, study=study, progress=progress, job=job, node=ray.get_runtime_context().get_node_id(),
-                    cluster_gone=cluster_gone)
+    driver = Driver(
+        cfg=cfg,
+        study=study,
+        progress=progress,
+        job=job,
+        node=ray.get_runtime_context().get_node_id(),
+        cluster_gone=cluster_gone,
+    )
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts fit(): exit 130, not 0
     beating = driver.heartbeats()
     watching = watch_cluster(driver, cluster_died)

@@ -15,11 +15,11 @@ import socket
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from search._trial_result import error_report, evaluation_report, final_report, pack, ready_report
-
 
 
 def _import(ref: str) -> Callable[..., dict[str, float]]:
@@ -35,14 +35,21 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
     spec = config["sftune"]
     preloaded = "transformers.trainer" in sys.modules  # a warmed (or reused) worker
     node = ray.get_runtime_context().get_node_id()
-    tune.report(ready_report(preloaded=preloaded, host=socket.gethostname(), node=node, pid=os.getpid(),
-                             effective_batch=effective_batch(spec.get("config"), workers=1)))
+    tune.report(
+        ready_report(
+            preloaded=preloaded,
+            host=socket.gethostname(),
+            node=node,
+            pid=os.getpid(),
+            effective_batch=effective_batch(spec.get("config"), workers=1),
+        )
+    )
     try:
         if spec.get("job"):
             _run_stub(spec, tune)
             return
         run_trial_job(spec, prepared, tune.report, node=node)
-    except Exception as exc:  # noqa: BLE001 - reported as the trial's error, kept in the database
+    except Exception as exc:  # reported as the trial's error, kept in the database
         if type(exc).__name__ in ("SessionTerminatedError", "StopIteration"):
             raise
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
@@ -51,8 +58,15 @@ def trainable(config: dict[str, Any], prepared: Any = None) -> None:
         tune.report(error_report(last, traceback.format_exc()[-4000:]))
 
 
-def run_trial_job(spec: dict[str, Any], prepared: Any, send: Callable[[dict[str, Any]], None], *, node: str,
-                  files: bool = True, fsdp: str | None = None) -> None:
+def run_trial_job(
+    spec: dict[str, Any],
+    prepared: Any,
+    send: Callable[[dict[str, Any]], None],
+    *,
+    node: str,
+    files: bool = True,
+    fsdp: str | None = None,
+) -> None:
     """The trial's fine-tuning job: each evaluation, then the final report, through `send` (Tune's report in a
     trial's worker; Ray Train's in each rank of a trial over several workers, `search._ray.ranks`). `files`:
     whether a node other than the driver's sends the trial's output files back (rank 0's only); `fsdp`: the
@@ -73,20 +87,45 @@ def run_trial_job(spec: dict[str, Any], prepared: Any, send: Callable[[dict[str,
     class TuneReporter:
         def report(self, step: int, metrics: dict[str, float]) -> bool:
             fresh = generations[-1] if generations and generations[-1]["step"] == step else None
-            send(evaluation_report(metrics, step, max_steps=timing.get("max_steps"), seconds=dict(timing),
-                                   memory=dict(memory), precision=precision, model_dtype=model_dtype,
-                                   **({"template": template} if template else {}),
-                                   **({"generations": fresh["samples"]} if fresh else {})))
+            send(
+                evaluation_report(
+                    metrics,
+                    step,
+                    max_steps=timing.get("max_steps"),
+                    seconds=dict(timing),
+                    memory=dict(memory),
+                    precision=precision,
+                    model_dtype=model_dtype,
+                    **({"template": template} if template else {}),
+                    **({"generations": fresh["samples"]} if fresh else {}),
+                )
+            )
             return False  # the scheduler in the driver stops a pruned trial
 
     keep_best = tuple(spec["keep_best"]) if spec.get("keep_best") else None  # objective.use: best
-    result = run_job(cfg, TuneReporter(), threads=cfg.train.threads, prepared=prepared, timing=timing,
-                     evaluate_test=False, keep_best=keep_best, memory=memory,  # never the test split
-                     generations=generations, **({"fsdp": fsdp} if fsdp else {}))
+    result = run_job(
+        cfg,
+        TuneReporter(),
+        threads=cfg.train.threads,
+        prepared=prepared,
+        timing=timing,
+        evaluate_test=False,
+        keep_best=keep_best,
+        memory=memory,  # never the test split
+        generations=generations,
+        **({"fsdp": fsdp} if fsdp else {}),
+    )
     remote = files and spec.get("driver_node") not in (None, node)  # the driver cannot read this node's disk
-    send(final_report(result.metrics, step=result.step, seconds=result.seconds,
-                      data_warnings=result.data_warnings, memory=result.memory,
-                      **({"files": pack(Path(cfg.output_dir))} if remote else {})))
+    send(
+        final_report(
+            result.metrics,
+            step=result.step,
+            seconds=result.seconds,
+            data_warnings=result.data_warnings,
+            memory=result.memory,
+            **({"files": pack(Path(cfg.output_dir))} if remote else {}),
+        )
+    )
 
 
 def _run_stub(spec: dict[str, Any], tune: Any) -> None:

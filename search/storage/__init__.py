@@ -18,8 +18,7 @@ from search.storage._fingerprint import BASE_ATTR, base_changes, base_record
 from search.storage._handle import StudyHandle
 from search.storage._heartbeats import fail_stale, heartbeat_settings, record_heartbeats, requeue, set_live
 from search.storage._optuna import rdb_models, trial_id_of
-from search.storage._rdb import (SftuneStorage, close_study, open_storage, rdb_storage, retried, sqlite_path,
-                                 study_id)
+from search.storage._rdb import SftuneStorage, close_study, open_storage, rdb_storage, retried, sqlite_path, study_id
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # The heartbeat is documented for Study.optimize; ask/tell with heartbeats recorded by the driver is the

@@ -51,8 +51,13 @@ class ReadLessOften(CachedStorageBase):
         self._changed()
         return super().create_new_trial(study_id, template_trial)
 
-    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
-                        distribution: optuna.distributions.BaseDistribution) -> None:
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: optuna.distributions.BaseDistribution,
+    ) -> None:
         super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
         self._changed()
 
@@ -61,6 +66,7 @@ class ReadLessOften(CachedStorageBase):
 
         def change(t: FrozenTrial) -> None:
             t.intermediate_values = {**t.intermediate_values, step: float(intermediate_value)}
+
         self.update_cached_trial(trial_id, change)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
@@ -68,6 +74,7 @@ class ReadLessOften(CachedStorageBase):
 
         def change(t: FrozenTrial) -> None:
             t.user_attrs = {**t.user_attrs, key: _as_stored(value)}
+
         self.update_cached_trial(trial_id, change)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
@@ -75,6 +82,7 @@ class ReadLessOften(CachedStorageBase):
 
         def change(t: FrozenTrial) -> None:
             t.system_attrs = {**t.system_attrs, key: _as_stored(value)}
+
         self.update_cached_trial(trial_id, change)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:

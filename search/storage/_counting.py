@@ -27,9 +27,13 @@ def count_states(study: optuna.Study) -> dict[str, int]:
 
     def query() -> list[Any]:
         with storage.scoped_session() as session:
-            return list(session.execute(
-                select(models.TrialModel.state, func.count()).where(models.TrialModel.study_id == study_id(study))
-                .group_by(models.TrialModel.state)).all())
+            return list(
+                session.execute(
+                    select(models.TrialModel.state, func.count())
+                    .where(models.TrialModel.study_id == study_id(study))
+                    .group_by(models.TrialModel.state)
+                ).all()
+            )
 
     for state, n in retried(storage, query):
         out[state.name] = n

@@ -14,7 +14,8 @@ import random
 import sqlite3
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 
@@ -27,26 +28,63 @@ class StorageFailure(Exception):
 
 
 _PROBLEMS: list[tuple[tuple[str, ...], str]] = [
-    (("database or disk is full", "disk full", "no space left", "file too large", "could not extend file",
-      "53100", "errno 28", "errno 27"),
-     "the disk holding the study database is full (or the file reached its size limit)"),
-    (("disk i/o error", "input/output error", "errno 5"),
-     "writing the study database failed with a disk I/O error (a full disk, a file size limit or a failing disk)"),
-    (("readonly database", "read-only", "read only", "25006"),
-     "the study database is read-only, and sftune must write to it"),
-    (("file is not a database", "malformed", "corrupt", "xx001", "xx002"),
-     "the study database file is corrupted (or is not a SQLite database); the study cannot be read"),
-    (("database is locked", "database table is locked", "40001", "40p01", "deadlock detected",
-      "could not serialize"),
-     "the study database stayed locked by other writers"),
-    (("connection refused", "could not connect", "could not translate host", "name or service not known"),
-     "cannot reach the database server"),
-    (("server closed the connection", "terminating connection",
-      "connection is closed", "connection timed out", "connection to server", "the connection is lost",
-      "57p01", "08006", "08001", "08003", "08004"),
-     "lost the connection to the database server"),
-    (("unable to open database file",),
-     "cannot open the study database file (its folder is missing or not writable)"),
+    (
+        (
+            "database or disk is full",
+            "disk full",
+            "no space left",
+            "file too large",
+            "could not extend file",
+            "53100",
+            "errno 28",
+            "errno 27",
+        ),
+        "the disk holding the study database is full (or the file reached its size limit)",
+    ),
+    (
+        ("disk i/o error", "input/output error", "errno 5"),
+        "writing the study database failed with a disk I/O error (a full disk, a file size limit or a failing disk)",
+    ),
+    (
+        ("readonly database", "read-only", "read only", "25006"),
+        "the study database is read-only, and sftune must write to it",
+    ),
+    (
+        ("file is not a database", "malformed", "corrupt", "xx001", "xx002"),
+        "the study database file is corrupted (or is not a SQLite database); the study cannot be read",
+    ),
+    (
+        (
+            "database is locked",
+            "database table is locked",
+            "40001",
+            "40p01",
+            "deadlock detected",
+            "could not serialize",
+        ),
+        "the study database stayed locked by other writers",
+    ),
+    (
+        ("connection refused", "could not connect", "could not translate host", "name or service not known"),
+        "cannot reach the database server",
+    ),
+    (
+        (
+            "server closed the connection",
+            "terminating connection",
+            "connection is closed",
+            "connection timed out",
+            "connection to server",
+            "the connection is lost",
+            "57p01",
+            "08006",
+            "08001",
+            "08003",
+            "08004",
+        ),
+        "lost the connection to the database server",
+    ),
+    (("unable to open database file",), "cannot open the study database file (its folder is missing or not writable)"),
 ]
 LOCKED = "the study database stayed locked by other writers"
 _RETRYABLE = (LOCKED, "lost the connection to the database server", "cannot reach the database server")
@@ -69,9 +107,11 @@ def storage_problem(exc: BaseException) -> str | None:
     import sqlalchemy.exc
 
     chain = _chain(exc)
-    if not any(isinstance(e, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError,
-                              optuna.exceptions.StorageInternalError)) or type(e).__module__.startswith("psycopg")
-               for e in chain):
+    if not any(
+        isinstance(e, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError, optuna.exceptions.StorageInternalError))
+        or type(e).__module__.startswith("psycopg")
+        for e in chain
+    ):
         return None
     text = " ".join(f"{e} {getattr(e, 'sqlstate', '') or ''} errno {getattr(e, 'errno', '')}" for e in chain).lower()
     for needles, sentence in _PROBLEMS:
@@ -97,6 +137,7 @@ _local = threading.local()
 def retrying(method: Callable[..., Any]) -> Callable[..., Any]:
     """A storage method that the storage's `_with_retries` runs; a call made inside another retried call
     runs as is (the outermost one retries the whole operation)."""
+
     @functools.wraps(method)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(_local, "inside", False):  # an inner call: the outermost one retries the whole operation
@@ -126,7 +167,7 @@ def with_retries(storage: Any, method: Callable[..., Any], args: Any, kwargs: An
             result = method(storage, *args, **kwargs)
         except StorageFailure:
             raise
-        except Exception as exc:  # noqa: BLE001 - sorted below: only database faults are ours
+        except Exception as exc:  # sorted below: only database faults are ours
             problem = storage_problem(exc)
             if problem is None:
                 raise

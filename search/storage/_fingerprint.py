@@ -107,8 +107,10 @@ def base_changes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
             continue
         by_content = str(old.get(key, "")).startswith(("content:", "model:"))
         if key in ("data.train", "data.validation", "model") and by_content:
-            changes.append(f"{key} ({becomes.get(key)}): its content differs from the file the study was created "
-                           f"with ({was.get(key)})")
+            changes.append(
+                f"{key} ({becomes.get(key)}): its content differs from the file the study was created "
+                f"with ({was.get(key)})"
+            )
         else:
             changes.append(f"{key}: {was.get(key, old.get(key))!r} -> {becomes.get(key, new.get(key))!r}")
     return changes or ([] if skipped else ["the base config differs (fingerprint)"])

@@ -15,7 +15,8 @@ import copy
 import os
 import threading
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -44,8 +45,10 @@ GRACE_S = 20
 Every driver of a study must use the same values."""
 MAX_STALE_RETRIES = 3
 """A trial's params are queued again at most this many times after their driver died."""
-STALE_ERROR = ("the driver running this trial stopped (killed, or lost its machine): no heartbeat for "
-               "{grace} s; its params are queued to run again (at most " + str(MAX_STALE_RETRIES) + " times)")
+STALE_ERROR = (
+    "the driver running this trial stopped (killed, or lost its machine): no heartbeat for "
+    "{grace} s; its params are queued to run again (at most " + str(MAX_STALE_RETRIES) + " times)"
+)
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -53,8 +56,11 @@ def heartbeat_settings() -> tuple[int, int]:
     interval = _env_seconds("SFTUNE_HEARTBEAT_INTERVAL", HEARTBEAT_S)
     grace = _env_seconds("SFTUNE_HEARTBEAT_GRACE", max(GRACE_S, 4 * interval))
     if grace <= interval:
-        raise ConfigError(Problem("SFTUNE_HEARTBEAT_GRACE", "", f"must be more than the heartbeat interval "
-                                  f"({interval} s), found {grace}"))
+        raise ConfigError(
+            Problem(
+                "SFTUNE_HEARTBEAT_GRACE", "", f"must be more than the heartbeat interval ({interval} s), found {grace}"
+            )
+        )
     return interval, grace
 
 
@@ -105,11 +111,16 @@ def stale_trial_ids(storage: Any, study_id: int) -> list[int]:
     models = rdb_models()
     from sqlalchemy import select
 
-    beat(storage, select(models.TrialModel.trial_id)
-         .outerjoin(models.TrialHeartbeatModel,
-                    models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
-         .where(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING,
-                models.TrialHeartbeatModel.trial_heartbeat_id.is_(None)))
+    beat(
+        storage,
+        select(models.TrialModel.trial_id)
+        .outerjoin(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+        .where(
+            models.TrialModel.study_id == study_id,
+            models.TrialModel.state == TrialState.RUNNING,
+            models.TrialHeartbeatModel.trial_heartbeat_id.is_(None),
+        ),
+    )
     stale = []
     live = storage.live()
     for trial_id in storage.optuna_stale_trial_ids(study_id):
@@ -128,8 +139,10 @@ class RetryStale:
     RetryHeartbeatStaleTrialCallback, at most MAX_STALE_RETRIES times) and remember it for `fail_stale`."""
 
     def __init__(self) -> None:
-        cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) \
+        cls = (
+            getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
             or optuna.storages.RetryFailedTrialCallback
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._retry = cls(max_retry=MAX_STALE_RETRIES)
@@ -224,5 +237,6 @@ def requeue(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> None:
     """Queue a trial's params to be tried again by the next ask (a trial that could not finish)."""
     if trial.params:
         retries = int(trial.user_attrs.get("retries", 0)) + 1
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries},
-                            skip_if_exists=False)
+        study.enqueue_trial(
+            trial.params, user_attrs={"retry_of": trial.number, "retries": retries}, skip_if_exists=False
+        )

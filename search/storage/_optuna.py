@@ -34,7 +34,8 @@ The reaches:
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.storages._cached_storage import _CachedStorage
@@ -82,8 +83,9 @@ def rdb_models() -> Any:
 # Private hooks, as public ones for sftune's subclasses
 
 
-CACHE_CALLS_ON_BACKEND = frozenset({"_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param",
-                                    "_get_stale_trial_ids"})
+CACHE_CALLS_ON_BACKEND = frozenset(
+    {"_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param", "_get_stale_trial_ids"}
+)
 """RDBStorage's private methods that Optuna's `_CachedStorage` calls on its backend directly."""
 
 

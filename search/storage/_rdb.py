@@ -12,8 +12,9 @@ import random
 import sqlite3
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
@@ -75,8 +76,11 @@ class SftuneStorage(RDBStorageBase):
         return _heartbeats.stale_trial_ids(self, study_id)
 
 
-_WRAPPED = sorted({n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_")}
-                  | {"record_heartbeat", "record_heartbeats"} | CACHE_CALLS_ON_BACKEND)
+_WRAPPED = sorted(
+    {n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_")}
+    | {"record_heartbeat", "record_heartbeats"}
+    | CACHE_CALLS_ON_BACKEND
+)
 """The storage methods run with retries: Optuna's public storage API, the heartbeats, and the private
 methods Optuna's cache wrapper calls on its backend (the canary test checks the list)."""
 for _name in _WRAPPED:
@@ -128,15 +132,19 @@ def open_storage(url: str, source: str = "") -> SftuneStorage:
     a file that is not a database or a database that cannot be read is a ConfigError."""
     interval, grace = _heartbeats.heartbeat_settings()
     callback = _heartbeats.RetryStale()
-    kw = ({"heartbeat_stale_trial_callback": callback} if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
-          else {"failed_trial_callback": callback})
+    kw = (
+        {"heartbeat_stale_trial_callback": callback}
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
+        else {"failed_trial_callback": callback}
+    )
     started = time.monotonic()
     while True:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return SftuneStorage(url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=interval,
-                                     grace_period=grace, **kw)
+                return SftuneStorage(
+                    url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=interval, grace_period=grace, **kw
+                )
         except Exception as exc:  # noqa: BLE001 - any failure to open is the user's URL or file
             problem = storage_problem(exc)
             # Drivers started together on a new database race to create its tables: the loser retries.

@@ -64,17 +64,25 @@ def make_task(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         val_file = src / "validation.jsonl" if (src / "validation.jsonl").exists() else src / "test.jsonl"
         val_rows = val_file.read_text().splitlines()
         rng = random.Random(args.seed)
-        (data_dir / "train.jsonl").write_text("\n".join(rng.sample(train_rows, min(args.train_samples,
-                                                                              len(train_rows)))) + "\n")
-        (data_dir / "validation.jsonl").write_text("\n".join(rng.sample(val_rows, min(args.eval_samples,
-                                                                                len(val_rows)))) + "\n")
+        (data_dir / "train.jsonl").write_text(
+            "\n".join(rng.sample(train_rows, min(args.train_samples, len(train_rows)))) + "\n"
+        )
+        (data_dir / "validation.jsonl").write_text(
+            "\n".join(rng.sample(val_rows, min(args.eval_samples, len(val_rows)))) + "\n"
+        )
     base = {
         "model": model,
         "task": "classification",
         "data": {"train": str(data_dir / "train.jsonl"), "validation": str(data_dir / "validation.jsonl")},
         "peft": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05},
-        "train": {"learning_rate": 3e-4, "batch_size": 16, "max_steps": args.max_steps,
-                  "eval_every": args.eval_every, "max_length": args.max_length, "seed": args.seed},
+        "train": {
+            "learning_rate": 3e-4,
+            "batch_size": 16,
+            "max_steps": args.max_steps,
+            "eval_every": args.eval_every,
+            "max_length": args.max_length,
+            "seed": args.seed,
+        },
         "output_dir": str(out / "unused"),
     }
     return {
@@ -101,13 +109,16 @@ def run_sftune(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
     import yaml
 
     study = {
-        "name": "bench", "storage": f"sqlite:///{out / 'sftune.db'}",
+        "name": "bench",
+        "storage": f"sqlite:///{out / 'sftune.db'}",
         "objective": {"metric": task["metric"], "direction": "maximize"},
         "sampler": {"name": "tpe", "seed": task["seed"], "n_startup_trials": task["startup"]},
         "pruner": {"name": "successive-halving", "min_resource": task["eval_every"], "reduction_factor": 3},
         "budget": {"n_trials": task["n_trials"], "concurrency": task["concurrency"]},
         "resources": {"cpu": max(1, task["cpus"] // task["concurrency"]), "gpu": task["gpu"]},
-        "base": task["base"], "space": task["space"], "output_dir": str(out / "sftune-runs"),
+        "base": task["base"],
+        "space": task["space"],
+        "output_dir": str(out / "sftune-runs"),
     }
     path = out / "study.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -124,12 +135,15 @@ def run_sftune(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
             if "at" in h:
                 evals.append((h["at"] - t0, h[task["metric"]]))
         if t.datetime_start and t.datetime_complete:
-            trials.append({
-                "state": t.state.name, "value": t.value if t.state.name == "COMPLETE" else None,
-                "wall": (t.datetime_complete - t.datetime_start).total_seconds(),
-                "busy": sec.get("train", 0.0) + sec.get("eval", 0.0),
-                "steps": max(t.intermediate_values) if t.intermediate_values else 0,
-            })
+            trials.append(
+                {
+                    "state": t.state.name,
+                    "value": t.value if t.state.name == "COMPLETE" else None,
+                    "wall": (t.datetime_complete - t.datetime_start).total_seconds(),
+                    "busy": sec.get("train", 0.0) + sec.get("eval", 0.0),
+                    "steps": max(t.intermediate_values) if t.intermediate_values else 0,
+                }
+            )
     return {"trials": trials, "evals": evals, "first_step_at": first}
 
 
@@ -142,23 +156,29 @@ class _Probe:
         probe = self
 
         class CB(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            def on_train_begin(self, args, state, control, **kw):
                 probe.train = probe.eval = 0.0
 
-            def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+            def on_step_begin(self, args, state, control, **kw):
                 probe.step_start = time.time()
                 probe.first = probe.first or probe.step_start
 
-            def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            def on_step_end(self, args, state, control, **kw):
                 probe.train += time.time() - probe.step_start
                 probe.eval_start = time.time()
 
-            def on_evaluate(self, args, state, control, metrics=None, **kw):  # noqa: ANN001
+            def on_evaluate(self, args, state, control, metrics=None, **kw):
                 probe.eval += time.time() - probe.eval_start
                 if metrics is not None:  # reaches Ray's report through the Trainer
-                    metrics.update({"probe_train": probe.train, "probe_eval": probe.eval,
-                                    "probe_first": probe.first, "probe_step": state.global_step,
-                                    "probe_at": time.time()})
+                    metrics.update(
+                        {
+                            "probe_train": probe.train,
+                            "probe_eval": probe.eval,
+                            "probe_first": probe.first,
+                            "probe_step": state.global_step,
+                            "probe_at": time.time(),
+                        }
+                    )
                     probe.events.append((time.time(), metrics.get(f"eval_{metric}")))
 
         self.callback = CB()
@@ -175,7 +195,6 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
     from trainer._model import build_model
     from trainer._tokenize import PadCollator
     from trainer.schema import set_dotted
-
     from trainer.tasks.classification import classification_metrics, tokenize_classification
 
     base = config_from_dict(task["base"])
@@ -190,22 +209,40 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
         for dotted, hf in hp_names.items():
             if dotted.startswith("peft.") and hf in params:
                 set_dotted(data, dotted, params[hf])
-        return build_model(config_from_dict(data), prep.location, prep.tokenizer, prep.examples.num_labels,
-                           prep.examples.labels)
+        return build_model(
+            config_from_dict(data), prep.location, prep.tokenizer, prep.examples.num_labels, prep.examples.labels
+        )
 
     args = TrainingArguments(
-        output_dir=str(out / "hf-trainer"), per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=max(t.batch_size, 32), learning_rate=t.learning_rate, max_steps=t.max_steps,
-        eval_strategy="steps", eval_steps=t.eval_every, logging_steps=t.eval_every, save_strategy="no",
-        report_to="none", seed=t.seed, data_seed=t.seed, disable_tqdm=True,
+        output_dir=str(out / "hf-trainer"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=max(t.batch_size, 32),
+        learning_rate=t.learning_rate,
+        max_steps=t.max_steps,
+        eval_strategy="steps",
+        eval_steps=t.eval_every,
+        logging_steps=t.eval_every,
+        save_strategy="no",
+        report_to="none",
+        seed=t.seed,
+        data_seed=t.seed,
+        disable_tqdm=True,
         # Hugging Face's default is fp32; the baselines get bf16 on a GPU (as users set it there) and, with
         # --baseline-bf16, on a CPU too (sftune's `train.precision: auto` uses bf16 where the CPU does it natively).
-        use_cpu=not task["gpu"], bf16=bool(task["gpu"]) or bool(task.get("baseline_bf16")),
-        remove_unused_columns=False, label_names=["labels"],
+        use_cpu=not task["gpu"],
+        bf16=bool(task["gpu"]) or bool(task.get("baseline_bf16")),
+        remove_unused_columns=False,
+        label_names=["labels"],
     )
-    return Trainer(model_init=model_init, args=args, train_dataset=prep.train, eval_dataset=validation,
-                   data_collator=PadCollator(prep.tokenizer.pad_token_id or 0),
-                   compute_metrics=classification_metrics, callbacks=[probe.callback])
+    return Trainer(
+        model_init=model_init,
+        args=args,
+        train_dataset=prep.train,
+        eval_dataset=validation,
+        data_collator=PadCollator(prep.tokenizer.pad_token_id or 0),
+        compute_metrics=classification_metrics,
+        callbacks=[probe.callback],
+    )
 
 
 def _hf_names(space_path: str) -> tuple[list[Any], dict[str, str]]:
@@ -213,11 +250,15 @@ def _hf_names(space_path: str) -> tuple[list[Any], dict[str, str]]:
     from trainer import read_yaml
 
     problems: list = []
-    space = parse_space(read_yaml(space_path), source=space_path, base_dir=Path(space_path).parent,
-                        problems=problems)
-    arg = {"train.learning_rate": "learning_rate", "train.batch_size": "per_device_train_batch_size",
-           "train.warmup_ratio": "warmup_steps", "train.weight_decay": "weight_decay",
-           "train.lr_scheduler": "lr_scheduler_type", "train.gradient_accumulation": "gradient_accumulation_steps"}
+    space = parse_space(read_yaml(space_path), source=space_path, base_dir=Path(space_path).parent, problems=problems)
+    arg = {
+        "train.learning_rate": "learning_rate",
+        "train.batch_size": "per_device_train_batch_size",
+        "train.warmup_ratio": "warmup_steps",
+        "train.weight_decay": "weight_decay",
+        "train.lr_scheduler": "lr_scheduler_type",
+        "train.gradient_accumulation": "gradient_accumulation_steps",
+    }
     names = {p.name: arg.get(p.name, p.name.replace(".", "_")) for p in space.params}
     return space.params, names
 
@@ -264,15 +305,19 @@ def run_hf_optuna(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
     # Trainer.hyperparameter_search has no callbacks argument for optuna; wrap optimize to record.
     original = optuna.Study.optimize
 
-    def optimize(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003
+    def optimize(self, *a, **kw):
         kw.setdefault("callbacks", []).append(Record())
         return original(self, *a, **kw)
 
     optuna.Study.optimize = optimize
     trainer.hyperparameter_search(
-        hp_space=hp_space, backend="optuna", n_trials=task["n_trials"], direction="maximize",
+        hp_space=hp_space,
+        backend="optuna",
+        n_trials=task["n_trials"],
+        direction="maximize",
         compute_objective=lambda m: m[f"eval_{task['metric']}"],
-        study_name="bench", storage=storage,
+        study_name="bench",
+        storage=storage,
         sampler=optuna.samplers.TPESampler(seed=task["seed"], n_startup_trials=task["startup"]),
         pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=task["eval_every"], reduction_factor=3),
     )
@@ -281,14 +326,20 @@ def run_hf_optuna(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
     for t in s.trials:
         if t.datetime_start and t.datetime_complete:
             busy = per_trial.get(t.number, {})
-            trials.append({
-                "state": t.state.name, "value": t.value if t.state.name == "COMPLETE" else None,
-                "wall": (t.datetime_complete - t.datetime_start).total_seconds(),
-                "busy": busy.get("train", 0.0) + busy.get("eval", 0.0),
-                "steps": max(t.intermediate_values) if t.intermediate_values else 0,
-            })
-    return {"trials": trials, "evals": [(at - t0, v) for at, v in probe.events if v is not None],
-            "first_step_at": probe.first}
+            trials.append(
+                {
+                    "state": t.state.name,
+                    "value": t.value if t.state.name == "COMPLETE" else None,
+                    "wall": (t.datetime_complete - t.datetime_start).total_seconds(),
+                    "busy": busy.get("train", 0.0) + busy.get("eval", 0.0),
+                    "steps": max(t.intermediate_values) if t.intermediate_values else 0,
+                }
+            )
+    return {
+        "trials": trials,
+        "evals": [(at - t0, v) for at, v in probe.events if v is not None],
+        "first_step_at": probe.first,
+    }
 
 
 def run_hf_ray(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
@@ -308,33 +359,47 @@ def run_hf_ray(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
     evals: list[tuple[float, float]] = []
 
     class Times(tune.Callback):
-        def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+        def on_trial_start(self, iteration, trials, trial, **info):
             starts[trial.trial_id] = time.time()
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+        def on_trial_result(self, iteration, trials, trial, result, **info):
             results[trial.trial_id] = result
             if f"eval_{task['metric']}" in result:
                 evals.append((time.time() - t0, result[f"eval_{task['metric']}"]))
 
-        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        def on_trial_complete(self, iteration, trials, trial, **info):
             ends[trial.trial_id] = time.time()
 
-        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+        def on_trial_error(self, iteration, trials, trial, **info):
             ends[trial.trial_id] = time.time()
 
     ray.init(num_cpus=task["cpus"], include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         trainer.hyperparameter_search(
-            hp_space=lambda trial: {}, backend="ray", n_trials=task["n_trials"], direction="maximize",
+            hp_space=lambda trial: {},
+            backend="ray",
+            n_trials=task["n_trials"],
+            direction="maximize",
             compute_objective=lambda m: m[f"eval_{task['metric']}"],
-            search_alg=OptunaSearch(space=_DefineByRun(params, names), metric="objective", mode="max",
-                                    sampler=optuna.samplers.TPESampler(seed=task["seed"],
-                                                                       n_startup_trials=task["startup"])),
-            scheduler=ASHAScheduler(metric="objective", mode="max", time_attr="training_iteration",
-                                    max_t=n_evals, grace_period=1, reduction_factor=3),
+            search_alg=OptunaSearch(
+                space=_DefineByRun(params, names),
+                metric="objective",
+                mode="max",
+                sampler=optuna.samplers.TPESampler(seed=task["seed"], n_startup_trials=task["startup"]),
+            ),
+            scheduler=ASHAScheduler(
+                metric="objective",
+                mode="max",
+                time_attr="training_iteration",
+                max_t=n_evals,
+                grace_period=1,
+                reduction_factor=3,
+            ),
             resources_per_trial={"cpu": max(1, task["cpus"] // task["concurrency"]), "gpu": task["gpu"]},
-            max_concurrent_trials=task["concurrency"], storage_path=str(out / "hf-ray-results"),
-            callbacks=[Times()], verbose=0,
+            max_concurrent_trials=task["concurrency"],
+            storage_path=str(out / "hf-ray-results"),
+            callbacks=[Times()],
+            verbose=0,
         )
     finally:
         ray.shutdown()
@@ -344,12 +409,15 @@ def run_hf_ray(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
             continue
         first = min(first or 1e18, result.get("probe_first") or 1e18)
         steps = int(result.get("probe_step", 0))
-        trials.append({
-            "state": "COMPLETE" if steps >= task["max_steps"] else "PRUNED",
-            "value": result.get("objective") if steps >= task["max_steps"] else None,
-            "wall": ends[tid] - starts[tid], "busy": result.get("probe_train", 0) + result.get("probe_eval", 0),
-            "steps": steps,
-        })
+        trials.append(
+            {
+                "state": "COMPLETE" if steps >= task["max_steps"] else "PRUNED",
+                "value": result.get("objective") if steps >= task["max_steps"] else None,
+                "wall": ends[tid] - starts[tid],
+                "busy": result.get("probe_train", 0) + result.get("probe_eval", 0),
+                "steps": steps,
+            }
+        )
     return {"trials": trials, "evals": evals, "first_step_at": first}
 
 
@@ -375,8 +443,12 @@ def run_recipe(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
         model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=num_labels)
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
-        return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.peft.r, lora_alpha=cfg.peft.alpha,
-                                                lora_dropout=cfg.peft.dropout))
+        return get_peft_model(
+            model,
+            LoraConfig(
+                task_type=TaskType.SEQ_CLS, r=cfg.peft.r, lora_alpha=cfg.peft.alpha, lora_dropout=cfg.peft.dropout
+            ),
+        )
 
     own = job.build_model
     auto = job.resolve_precision("auto")[1]
@@ -395,8 +467,11 @@ def run_recipe(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
         base.train.precision = precision
         started = time.time()
         result = job.run_job(base, threads=threads)
-        rows[f"{name}, {result.precision}"] = {"best": result.metrics[task["metric"]], "wall": time.time() - started,
-                                               "trainable": trainable[0]}
+        rows[f"{name}, {result.precision}"] = {
+            "best": result.metrics[task["metric"]],
+            "wall": time.time() - started,
+            "trainable": trainable[0],
+        }
     job.build_model = own
     return {"recipe": rows}
 
@@ -497,27 +572,56 @@ def _x(ratio: float) -> str:
 
 def _markdown(header: list[str], body: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    return (["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-            + ["| " + " | ".join(v.ljust(w) for v, w in zip(b, widths)) + " |" for b in body])
+    return [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ] + ["| " + " | ".join(v.ljust(w) for v, w in zip(b, widths)) + " |" for b in body]
 
 
 def print_table(rows: list[dict[str, Any]], title: str) -> str:
     score_seed(rows)
     gpu = any(r["gpu"] == r["gpu"] for r in rows)  # not NaN: a GPU was sampled
-    header = ["system", "best acc", "wall s", "opt steps", "trials", "t->99% s", "overhead s/trial",
-              "overhead %", "first step s", "cpu %"] + (["gpu %"] if gpu else []) + \
-             [f"best eval@{int(f * 100)}%" for f in ANYTIME]
+    header = (
+        [
+            "system",
+            "best acc",
+            "wall s",
+            "opt steps",
+            "trials",
+            "t->99% s",
+            "overhead s/trial",
+            "overhead %",
+            "first step s",
+            "cpu %",
+        ]
+        + (["gpu %"] if gpu else [])
+        + [f"best eval@{int(f * 100)}%" for f in ANYTIME]
+    )
     body = []
     for r in rows:
-        body.append([r["system"], f"{r['best']:.4f}", f"{r['wall']:.0f}", str(r["steps"]), r["trials"],
-                     _s(r["t99"]), f"{r['overhead']:.2f}", f"{r['overhead_pct']:.1f}",
-                     f"{r['first_step']:.1f}", f"{r['cpu']:.0f}"] + ([f"{r['gpu']:.0f}"] if gpu else [])
-                    + [_s(v, ".4f") for v in r["anytime"]])
+        body.append(
+            [
+                r["system"],
+                f"{r['best']:.4f}",
+                f"{r['wall']:.0f}",
+                str(r["steps"]),
+                r["trials"],
+                _s(r["t99"]),
+                f"{r['overhead']:.2f}",
+                f"{r['overhead_pct']:.1f}",
+                f"{r['first_step']:.1f}",
+                f"{r['cpu']:.0f}",
+            ]
+            + ([f"{r['gpu']:.0f}"] if gpu else [])
+            + [_s(v, ".4f") for v in r["anytime"]]
+        )
     horizon = max(r["wall"] for r in rows)
-    lines = [title, f"99% of the best accuracy any system found ({rows[0]['target'] / 0.99:.4f}) = "
-             f"{rows[0]['target']:.4f}; best eval@N% = best evaluation (any trial, pruned ones included) by N% of "
-             f"the slowest system's wall time ({horizon:.0f} s)"]
+    lines = [
+        title,
+        f"99% of the best accuracy any system found ({rows[0]['target'] / 0.99:.4f}) = "
+        f"{rows[0]['target']:.4f}; best eval@N% = best evaluation (any trial, pruned ones included) by N% of "
+        f"the slowest system's wall time ({horizon:.0f} s)",
+    ]
     text = "\n".join(lines + _markdown(header, body))
     print(text, flush=True)
     return text
@@ -540,20 +644,40 @@ def print_summary(per_seed: dict[int, list[dict[str, Any]]]) -> str:
     seeds = list(per_seed)
     names = [r["system"] for r in per_seed[seeds[0]]]
     by = {s: {r["system"]: r for r in rows} for s, rows in per_seed.items()}
-    header = ["system", "median best", "median wall s", "t->99% s per seed", "median t->99% s",
-              "sftune speedup per seed", "median speedup"] + [f"median best@{int(f * 100)}%" for f in ANYTIME]
+    header = [
+        "system",
+        "median best",
+        "median wall s",
+        "t->99% s per seed",
+        "median t->99% s",
+        "sftune speedup per seed",
+        "median speedup",
+    ] + [f"median best@{int(f * 100)}%" for f in ANYTIME]
     body = []
     for name in names:
         got = [by[s][name] for s in seeds if name in by[s]]
         t99 = [r["t99"] for r in got]
-        ratios = ([_ratio(r["t99"], by[s]["sftune"]["t99"]) for s, r in zip(seeds, got) if "sftune" in by[s]]
-                  if name != "sftune" else [])
-        body.append([name, f"{_median([r['best'] for r in got]):.4f}", f"{_median([r['wall'] for r in got]):.0f}",
-                     " / ".join(_s(t) for t in t99), _s(statistics.median(t99)),
-                     " / ".join(_x(x) for x in ratios), _x(_median(ratios)) if ratios else ""]
-                    + [_s(_median([r["anytime"][k] for r in got]), ".4f") for k in range(len(ANYTIME))])
-    lines = [f"over sampler seeds {', '.join(map(str, seeds))} (medians; speedup = baseline's time to 99% / "
-             "sftune's, each seed's own 99% target; never = not reached, inf = only sftune reached it)"]
+        ratios = (
+            [_ratio(r["t99"], by[s]["sftune"]["t99"]) for s, r in zip(seeds, got) if "sftune" in by[s]]
+            if name != "sftune"
+            else []
+        )
+        body.append(
+            [
+                name,
+                f"{_median([r['best'] for r in got]):.4f}",
+                f"{_median([r['wall'] for r in got]):.0f}",
+                " / ".join(_s(t) for t in t99),
+                _s(statistics.median(t99)),
+                " / ".join(_x(x) for x in ratios),
+                _x(_median(ratios)) if ratios else "",
+            ]
+            + [_s(_median([r["anytime"][k] for r in got]), ".4f") for k in range(len(ANYTIME))]
+        )
+    lines = [
+        f"over sampler seeds {', '.join(map(str, seeds))} (medians; speedup = baseline's time to 99% / "
+        "sftune's, each seed's own 99% target; never = not reached, inf = only sftune reached it)"
+    ]
     text = "\n".join(lines + _markdown(header, body))
     print(text, flush=True)
     return text
@@ -562,10 +686,14 @@ def print_summary(per_seed: dict[int, list[dict[str, Any]]]) -> str:
 def print_recipe(raw: dict[str, Any], task: dict[str, Any]) -> str:
     t = task["base"]["train"]
     p = task["base"]["peft"]
-    lines = [f"recipe, one fixed config (lr {t['learning_rate']:g}, batch {t['batch_size']}, LoRA r {p['r']} "
-             f"alpha {p['alpha']}, {t['max_steps']} steps, {task['cpus']} threads):"]
+    lines = [
+        f"recipe, one fixed config (lr {t['learning_rate']:g}, batch {t['batch_size']}, LoRA r {p['r']} "
+        f"alpha {p['alpha']}, {t['max_steps']} steps, {task['cpus']} threads):"
+    ]
     for name, r in raw["recipe"].items():
-        lines.append(f"  {name:22s} accuracy {r['best']:.4f} in {r['wall']:.0f} s ({r['trainable']:,} trainable params)")
+        lines.append(
+            f"  {name:22s} accuracy {r['best']:.4f} in {r['wall']:.0f} s ({r['trainable']:,} trainable params)"
+        )
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -602,14 +730,24 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated subset of " + ", ".join(SYSTEMS))
-    p.add_argument("--gpu-per-trial", type=float, default=None,
-                   help="GPU share of each trial (default: 1/concurrency where an NVIDIA GPU is seen, else 0)")
-    p.add_argument("--baseline-bf16", action="store_true",
-                   help="train the baselines in bf16 on a CPU too (default: Hugging Face's fp32; sftune's "
-                        "train.precision: auto uses bf16 where the CPU does bf16 natively)")
-    p.add_argument("--reuse", default="",
-                   help="comma-separated systems whose figures an earlier run left in --out are used, not re-run "
-                        "(e.g. hf-optuna,hf-ray while sftune changes)")
+    p.add_argument(
+        "--gpu-per-trial",
+        type=float,
+        default=None,
+        help="GPU share of each trial (default: 1/concurrency where an NVIDIA GPU is seen, else 0)",
+    )
+    p.add_argument(
+        "--baseline-bf16",
+        action="store_true",
+        help="train the baselines in bf16 on a CPU too (default: Hugging Face's fp32; sftune's "
+        "train.precision: auto uses bf16 where the CPU does bf16 natively)",
+    )
+    p.add_argument(
+        "--reuse",
+        default="",
+        help="comma-separated systems whose figures an earlier run left in --out are used, not re-run "
+        "(e.g. hf-optuna,hf-ray while sftune changes)",
+    )
     p.add_argument("--out", default=None, help="work folder (default: a new one under /tmp)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -633,11 +771,16 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     task = make_task(args, out)
     (out / "task.json").write_text(json.dumps(task, indent=2))
-    desc = ("quick: tiny random BERT, synthetic data" if args.quick else
-            f"{args.model} + LoRA on {args.dataset} ({args.train_samples} train / {args.eval_samples} validation)")
-    title = (f"{desc}; {task['n_trials']} trials, {args.concurrency} at a time, {task['max_steps']} steps, eval every "
-             f"{task['eval_every']}; {task['cpus']} CPUs" + (f", {task['gpu']:g} GPU per trial ({_gpu_name()})"
-                                                           if task["gpu"] else ""))
+    desc = (
+        "quick: tiny random BERT, synthetic data"
+        if args.quick
+        else f"{args.model} + LoRA on {args.dataset} ({args.train_samples} train / {args.eval_samples} validation)"
+    )
+    title = (
+        f"{desc}; {task['n_trials']} trials, {args.concurrency} at a time, {task['max_steps']} steps, eval every "
+        f"{task['eval_every']}; {task['cpus']} CPUs"
+        + (f", {task['gpu']:g} GPU per trial ({_gpu_name()})" if task["gpu"] else "")
+    )
     reuse = {x.strip() for x in args.reuse.split(",") if x.strip()}
     texts, per_seed = [], {}
     for seed in seeds:
@@ -681,8 +824,12 @@ def _run_child(name: str, folder: Path, gpu: bool) -> tuple[dict[str, Any], floa
     path = os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x)
     env = {**os.environ, "BENCH_T0": str(t0), "PYTHONPATH": path}
     with (folder / name / "worker.log").open("w") as log:
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--out", str(folder)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", name, "--out", str(folder)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     wall = time.time() - t0
     usage = sampler.stop()
     if proc.returncode != 0:

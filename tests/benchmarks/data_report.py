@@ -37,16 +37,23 @@ def main() -> None:
             data[split] = str(folder / f"{split}.jsonl")
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "data.yaml"
-        config.write_text(yaml.safe_dump({"model": "minilm-l6", "data": data,
-                                          "train": {"max_length": args.max_length}}))
+        config.write_text(
+            yaml.safe_dump({"model": "minilm-l6", "data": data, "train": {"max_length": args.max_length}})
+        )
         walls = []
         for _ in range(3):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "search", "data", str(config), "--json"], check=True,
-                           capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            subprocess.run(
+                [sys.executable, "-m", "search", "data", str(config), "--json"],
+                check=True,
+                capture_output=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
             walls.append(time.perf_counter() - t0)
-        print(f"sftune data {args.dataset} (fresh process, imports included): median {statistics.median(walls):.1f} s "
-              f"(runs: {', '.join(f'{w:.1f}' for w in walls)})")
+        print(
+            f"sftune data {args.dataset} (fresh process, imports included): median {statistics.median(walls):.1f} s "
+            f"(runs: {', '.join(f'{w:.1f}' for w in walls)})"
+        )
 
         from search.data_report import data_report
         from trainer import Prepared, load_train_config
@@ -63,13 +70,16 @@ def main() -> None:
         t2 = time.perf_counter()
         splits, stats = tokenize(examples, tokenizer, cfg.train.max_length)
         t3 = time.perf_counter()
-        prep = Prepared(location, tokenizer, examples, splits["train"], splits["validation"], splits.get("test", []),
-                        stats)
+        prep = Prepared(
+            location, tokenizer, examples, splits["train"], splits["validation"], splits.get("test", []), stats
+        )
         report = data_report(cfg, str(config), prepared=prep)
         t4 = time.perf_counter()
         rows = sum(info["rows"] for info in report["splits"].values())
-        print(f"phases for {rows:,} rows: read+check {t1 - t0:.2f} s · tokenizer (imports) {t2 - t1:.2f} s · "
-              f"tokenize {t3 - t2:.2f} s · report from tokenized data {t4 - t3:.2f} s")
+        print(
+            f"phases for {rows:,} rows: read+check {t1 - t0:.2f} s · tokenizer (imports) {t2 - t1:.2f} s · "
+            f"tokenize {t3 - t2:.2f} s · report from tokenized data {t4 - t3:.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -75,17 +75,22 @@ def study_file(out: Path, name: str, storage: str, n_trials: int, concurrency: i
     if sampler == "tpe":
         sampler_spec["n_startup_trials"] = 10
     path = out / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": name, "storage": storage,
-        "objective": {"metric": "accuracy", "direction": "maximize"},
-        "sampler": sampler_spec,
-        "pruner": {"name": "successive-halving", "min_resource": 50, "reduction_factor": 3},
-        "budget": {"n_trials": n_trials, "concurrency": concurrency, "max_failures": n_trials},
-        "resources": {"cpu": 1, "gpu": 0},
-        "base": str(REPO / "studies" / "quickstart-train.yaml"),
-        "space": str(REPO / "spaces" / "lora-classification.yaml"),
-        "output_dir": str(out / "runs"),
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "storage": storage,
+                "objective": {"metric": "accuracy", "direction": "maximize"},
+                "sampler": sampler_spec,
+                "pruner": {"name": "successive-halving", "min_resource": 50, "reduction_factor": 3},
+                "budget": {"n_trials": n_trials, "concurrency": concurrency, "max_failures": n_trials},
+                "resources": {"cpu": 1, "gpu": 0},
+                "base": str(REPO / "studies" / "quickstart-train.yaml"),
+                "space": str(REPO / "spaces" / "lora-classification.yaml"),
+                "output_dir": str(out / "runs"),
+            }
+        )
+    )
     return path
 
 
@@ -111,11 +116,16 @@ def prefill(study: Any, space: Any, n: int, seed: int = 0) -> float:
         pruned = rng.random() < 0.6
         steps = [50] if pruned else [50, 100, 150, 200]
         curve = {s: 0.5 + (quality - 0.5) * math.sqrt(s / 200) + rng.gauss(0, 0.01) for s in steps}
-        batch.append(create_trial(
-            state=TrialState.PRUNED if pruned else TrialState.COMPLETE, value=None if pruned else curve[200],
-            params=frozen.params, distributions=frozen.distributions, intermediate_values=curve,
-            user_attrs={"history": [{"step": s, "accuracy": v} for s, v in curve.items()]},
-        ))
+        batch.append(
+            create_trial(
+                state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
+                value=None if pruned else curve[200],
+                params=frozen.params,
+                distributions=frozen.distributions,
+                intermediate_values=curve,
+                user_attrs={"history": [{"step": s, "accuracy": v} for s, v in curve.items()]},
+            )
+        )
         draw.tell(trial, 0.0)
         if len(batch) == 500:
             study.add_trials(batch)
@@ -166,8 +176,10 @@ class WorkerMemory(threading.Thread):
         kinds: dict[str, list[tuple[float, float]]] = {}
         for kind, rss, uss in self.samples.values():
             kinds.setdefault(kind, []).append((rss, uss))
-        return {k: {"n": len(v), "rss_mb": statistics.median(r for r, _ in v),
-                    "uss_mb": statistics.median(u for _, u in v)} for k, v in kinds.items()}
+        return {
+            k: {"n": len(v), "rss_mb": statistics.median(r for r, _ in v), "uss_mb": statistics.median(u for _, u in v)}
+            for k, v in kinds.items()
+        }
 
 
 # -------------------------------------------------------------------------------------------- a run
@@ -233,8 +245,12 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["SFTUNE_STUB_EVALS"] = str(args.evals)
     os.environ["SFTUNE_STUB_EVAL_S"] = str(args.eval_s)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")])
-    for key, value in (("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("RAY_AIR_NEW_OUTPUT", "0"),
-                       ("TUNE_MAX_PENDING_TRIALS_PG", str(args.concurrency)), ("RAY_USAGE_STATS_ENABLED", "0")):
+    for key, value in (
+        ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"),
+        ("RAY_AIR_NEW_OUTPUT", "0"),
+        ("TUNE_MAX_PENDING_TRIALS_PG", str(args.concurrency)),
+        ("RAY_USAGE_STATS_ENABLED", "0"),
+    ):
         os.environ.setdefault(key, value)
     import psutil
     import ray
@@ -245,8 +261,14 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         os.environ.setdefault(key, value)
     # As on a local cluster: trial actors use Ray's started workers (no preload: a stub job imports nothing).
     warm_workers({})
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             object_store_memory=256 * 2**20, _temp_dir=str(Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))))
+    ray.init(
+        num_cpus=args.cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        object_store_memory=256 * 2**20,
+        _temp_dir=str(Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))),
+    )
     memory = WorkerMemory()
     memory.start()
     me = psutil.Process()
@@ -277,22 +299,40 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     done = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED])
     mine = [t for t in done if t.number >= args.prefill and t.datetime_start and t.datetime_complete]
     trial_walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in mine]
-    fails = [t.user_attrs.get("error", "") for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.FAIL])]
+    fails = [
+        t.user_attrs.get("error", "") for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.FAIL])
+    ]
     row = {
-        "storage": args.storage, "sampler": args.sampler, "concurrency": args.concurrency,
-        "prefill": args.prefill, "trials": n, "study_size": total, "wall_s": wall, "prefill_s": filled,
-        "results": results[0], "results_per_s": results[0] / wall, "offered_per_s": offered,
-        "latency_p50_ms": 1000 * pct(latencies, 0.5), "latency_p99_ms": 1000 * pct(latencies, 0.99),
-        "decide_p50_ms": 1000 * pct(decide, 0.5), "decide_p99_ms": 1000 * pct(decide, 0.99),
+        "storage": args.storage,
+        "sampler": args.sampler,
+        "concurrency": args.concurrency,
+        "prefill": args.prefill,
+        "trials": n,
+        "study_size": total,
+        "wall_s": wall,
+        "prefill_s": filled,
+        "results": results[0],
+        "results_per_s": results[0] / wall,
+        "offered_per_s": offered,
+        "latency_p50_ms": 1000 * pct(latencies, 0.5),
+        "latency_p99_ms": 1000 * pct(latencies, 0.99),
+        "decide_p50_ms": 1000 * pct(decide, 0.5),
+        "decide_p99_ms": 1000 * pct(decide, 0.99),
         "ask_first_ms": 1000 * statistics.median(ask[first]) if n else float("nan"),
         "ask_last_ms": 1000 * statistics.median(ask[last]) if n else float("nan"),
         "tell_first_ms": 1000 * statistics.median(tell[: max(1, len(tell) // 10)]) if tell else float("nan"),
-        "tell_last_ms": 1000 * statistics.median(tell[-max(1, len(tell) // 10):]) if tell else float("nan"),
-        "driver_cpu": cpu_s / wall, "driver_cpu_s_per_trial": cpu_s / max(1, n),
+        "tell_last_ms": 1000 * statistics.median(tell[-max(1, len(tell) // 10) :]) if tell else float("nan"),
+        "driver_cpu": cpu_s / wall,
+        "driver_cpu_s_per_trial": cpu_s / max(1, n),
         "in_driver_s_per_trial": {k: v / max(1, n) for k, v in in_driver.items()},
         "load_avg": os.getloadavg()[0],
-        "trial_wall_p50_s": pct(trial_walls, 0.5), "busy": results[0] * args.eval_s / (args.concurrency * wall), "workers": workers, "counts": counts,
-        "reports_from_workers_with_torch": torch_in_workers[0], "fail": len(fails), "fail_errors": sorted(set(fails))[:3],
+        "trial_wall_p50_s": pct(trial_walls, 0.5),
+        "busy": results[0] * args.eval_s / (args.concurrency * wall),
+        "workers": workers,
+        "counts": counts,
+        "reports_from_workers_with_torch": torch_in_workers[0],
+        "fail": len(fails),
+        "fail_errors": sorted(set(fails))[:3],
     }
     if server is not None:
         server.cleanup()
@@ -305,9 +345,9 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
 def sampler_costs(out: Path, sizes: list[int], samplers: list[str], repeats: int) -> list[dict[str, Any]]:
     """One ask (the space sampled) and one tell, on SQLite studies of each size, per sampler, through the
     storage the driver uses (write-ahead log, running trials read at most every 0.5 s)."""
-    import optuna
-
     import warnings
+
+    import optuna
 
     from search.config import load_study
     from search.storage import ReadLessOften, open_storage
@@ -348,9 +388,12 @@ def sampler_costs(out: Path, sizes: list[int], samplers: list[str], repeats: int
                 row[f"ask_ms{suffix}"] = 1000 * statistics.median(asks)
                 row[f"tell_ms{suffix}"] = 1000 * statistics.median(tells)
             rows.append(row)
-            print(f"  {name} at {size} trials: ask {row['ask_ms']:.1f} ms, tell {row['tell_ms']:.1f} ms on SQLite; "
-                  f"in memory {row['ask_ms_memory']:.1f} / {row['tell_ms_memory']:.1f} ms "
-                  f"(load average {os.getloadavg()[0]:.0f})", flush=True)
+            print(
+                f"  {name} at {size} trials: ask {row['ask_ms']:.1f} ms, tell {row['tell_ms']:.1f} ms on SQLite; "
+                f"in memory {row['ask_ms_memory']:.1f} / {row['tell_ms_memory']:.1f} ms "
+                f"(load average {os.getloadavg()[0]:.0f})",
+                flush=True,
+            )
     return rows
 
 
@@ -361,20 +404,39 @@ args_gp_max = 1000
 
 
 def print_runs(rows: list[dict[str, Any]]) -> None:
-    header = ["storage", "sampler", "concurrent", "study grows to", "trials run", "results/s (offered)",
-              "report->decision p50 / p99 ms", "decide p50 / p99 ms", "slots busy", "ask ms (first / last 10%)",
-              "tell ms (first / last 10%)", "driver CPU cores", "driver CPU s / trial", "in driver s / trial",
-              "worker USS / RSS MB", "not COMPLETE/PRUNED", "load avg"]
+    header = [
+        "storage",
+        "sampler",
+        "concurrent",
+        "study grows to",
+        "trials run",
+        "results/s (offered)",
+        "report->decision p50 / p99 ms",
+        "decide p50 / p99 ms",
+        "slots busy",
+        "ask ms (first / last 10%)",
+        "tell ms (first / last 10%)",
+        "driver CPU cores",
+        "driver CPU s / trial",
+        "in driver s / trial",
+        "worker USS / RSS MB",
+        "not COMPLETE/PRUNED",
+        "load avg",
+    ]
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in rows:
-        w = r["workers"].get("ray::ImplicitFunc") or next(iter(r["workers"].values()), {"uss_mb": float("nan"),
-                                                                                       "rss_mb": float("nan")})
-        print(f"| {r['storage']} | {r['sampler']} | {r['concurrency']} | {r['study_size']:,} | "
-              f"{r['trials']} | {r['results_per_s']:.1f} ({r['offered_per_s']:.0f}) | {r['latency_p50_ms']:.0f} / "
-              f"{r['latency_p99_ms']:.0f} | {r['decide_p50_ms']:.0f} / {r['decide_p99_ms']:.0f} | {100 * r['busy']:.0f}% | "
-              f"{r['ask_first_ms']:.0f} / {r['ask_last_ms']:.0f} | {r['tell_first_ms']:.0f} / {r['tell_last_ms']:.0f} | "
-              f"{r['driver_cpu']:.2f} | {r['driver_cpu_s_per_trial']:.2f} | {sum(r['in_driver_s_per_trial'].values()):.2f} | "
-              f"{w['uss_mb']:.0f} / {w['rss_mb']:.0f} | {r['fail']} | {r['load_avg']:.0f} |", flush=True)
+        w = r["workers"].get("ray::ImplicitFunc") or next(
+            iter(r["workers"].values()), {"uss_mb": float("nan"), "rss_mb": float("nan")}
+        )
+        print(
+            f"| {r['storage']} | {r['sampler']} | {r['concurrency']} | {r['study_size']:,} | "
+            f"{r['trials']} | {r['results_per_s']:.1f} ({r['offered_per_s']:.0f}) | {r['latency_p50_ms']:.0f} / "
+            f"{r['latency_p99_ms']:.0f} | {r['decide_p50_ms']:.0f} / {r['decide_p99_ms']:.0f} | {100 * r['busy']:.0f}% | "
+            f"{r['ask_first_ms']:.0f} / {r['ask_last_ms']:.0f} | {r['tell_first_ms']:.0f} / {r['tell_last_ms']:.0f} | "
+            f"{r['driver_cpu']:.2f} | {r['driver_cpu_s_per_trial']:.2f} | {sum(r['in_driver_s_per_trial'].values()):.2f} | "
+            f"{w['uss_mb']:.0f} / {w['rss_mb']:.0f} | {r['fail']} | {r['load_avg']:.0f} |",
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -387,8 +449,13 @@ def main() -> int:
     p.add_argument("--sampler", default="tpe", help="tpe | gp | random")
     p.add_argument("--evals", type=int, default=4, help="evaluations per trial (50 steps apart)")
     p.add_argument("--eval-s", type=float, default=1.0, help="seconds between a trial's evaluations")
-    p.add_argument("--cpus", type=int, default=0, help="logical CPUs of the local Ray cluster (default: one per "
-                   "concurrent trial, as `sftune run` starts it; Ray starts one worker per CPU)")
+    p.add_argument(
+        "--cpus",
+        type=int,
+        default=0,
+        help="logical CPUs of the local Ray cluster (default: one per "
+        "concurrent trial, as `sftune run` starts it; Ray starts one worker per CPU)",
+    )
     p.add_argument("--samplers", action="store_true", help="only time ask and tell against study size")
     p.add_argument("--sizes", default="100,1000,10000")
     p.add_argument("--gp-max", type=int, default=1000, help="largest study the GP sampler is timed on")
@@ -405,11 +472,15 @@ def main() -> int:
     if args.samplers:
         args_gp_max = args.gp_max
         rows = sampler_costs(out, [int(x) for x in args.sizes.split(",")], ["tpe", "gp"], args.repeats)
-        print("\n| sampler | study size | ask ms (space sampled), SQLite | tell ms, SQLite | ask ms, in memory | "
-              "tell ms, in memory |\n|---|---|---|---|---|---|")
+        print(
+            "\n| sampler | study size | ask ms (space sampled), SQLite | tell ms, SQLite | ask ms, in memory | "
+            "tell ms, in memory |\n|---|---|---|---|---|---|"
+        )
         for r in rows:
-            print(f"| {r['sampler']} | {r['size']:,} | {r['ask_ms']:.1f} | {r['tell_ms']:.1f} | {r['ask_ms_memory']:.1f} | "
-                  f"{r['tell_ms_memory']:.1f} |")
+            print(
+                f"| {r['sampler']} | {r['size']:,} | {r['ask_ms']:.1f} | {r['tell_ms']:.1f} | {r['ask_ms_memory']:.1f} | "
+                f"{r['tell_ms_memory']:.1f} |"
+            )
         return 0
 
     if args.one:  # a child: one run, its figures as JSON on the last line
@@ -428,12 +499,35 @@ def main() -> int:
     rows = []
     for storage in [s.strip() for s in args.storage.split(",") if s.strip()]:
         for c in [int(x) for x in args.concurrency.split(",")]:
-            print(f"{storage}: {c} trials at a time, {args.trials} trials"
-                  + (f" on a study of {args.prefill:,}" if args.prefill else "") + " ...", flush=True)
-            cmd = [sys.executable, __file__, "--one", "--concurrency", str(c), "--trials", str(args.trials),
-                   "--prefill", str(args.prefill), "--storage", storage, "--sampler", args.sampler,
-                   "--evals", str(args.evals), "--eval-s", str(args.eval_s), "--cpus", str(max(args.cpus, c)),
-                   "--out", str(out / f"{storage.split(':')[0]}-{c}")]
+            print(
+                f"{storage}: {c} trials at a time, {args.trials} trials"
+                + (f" on a study of {args.prefill:,}" if args.prefill else "")
+                + " ...",
+                flush=True,
+            )
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                "--concurrency",
+                str(c),
+                "--trials",
+                str(args.trials),
+                "--prefill",
+                str(args.prefill),
+                "--storage",
+                storage,
+                "--sampler",
+                args.sampler,
+                "--evals",
+                str(args.evals),
+                "--eval-s",
+                str(args.eval_s),
+                "--cpus",
+                str(max(args.cpus, c)),
+                "--out",
+                str(out / f"{storage.split(':')[0]}-{c}"),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
@@ -441,9 +535,12 @@ def main() -> int:
                 continue
             rows.append(json.loads(lines[-1][7:]))
             r = rows[-1]
-            print(f"  {r['trials']} trials in {r['wall_s']:.0f}s, {r['results_per_s']:.1f} results/s, "
-                  f"p99 {r['latency_p99_ms']:.0f} ms, driver {r['driver_cpu']:.2f} cores, workers {r['workers']}, "
-                  f"states {r['counts']}", flush=True)
+            print(
+                f"  {r['trials']} trials in {r['wall_s']:.0f}s, {r['results_per_s']:.1f} results/s, "
+                f"p99 {r['latency_p99_ms']:.0f} ms, driver {r['driver_cpu']:.2f} cores, workers {r['workers']}, "
+                f"states {r['counts']}",
+                flush=True,
+            )
     print_runs(rows)
     (out / "driver-scale.json").write_text(json.dumps(rows, indent=2))
     print(f"(work folder: {out})")

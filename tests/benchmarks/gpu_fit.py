@@ -48,12 +48,24 @@ def main() -> int:
     n = len(tiny.make_tokenizer(model_dir))
     torch.manual_seed(0)
     heads = max(1, args.hidden // 128)
-    LlamaForCausalLM(LlamaConfig(vocab_size=n, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                                 num_attention_heads=heads, num_key_value_heads=heads,
-                                 intermediate_size=int(args.hidden * 2.6875) // 64 * 64, max_position_embeddings=128,
-                                 pad_token_id=0, eos_token_id=4, bos_token_id=4)).save_pretrained(model_dir)
-    print(f"GPU {torch.cuda.get_device_name()} · torch {torch.__version__} · random Llama hidden {args.hidden}, "
-          f"{args.layers} layers")
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=n,
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            intermediate_size=int(args.hidden * 2.6875) // 64 * 64,
+            max_position_embeddings=128,
+            pad_token_id=0,
+            eos_token_id=4,
+            bos_token_id=4,
+        )
+    ).save_pretrained(model_dir)
+    print(
+        f"GPU {torch.cuda.get_device_name()} · torch {torch.__version__} · random Llama hidden {args.hidden}, "
+        f"{args.layers} layers"
+    )
     runs = {
         "lora fp32 weights": ({"method": "lora"}, {"model_dtype": "fp32"}),
         "lora bf16 weights": ({"method": "lora"}, {"model_dtype": "bf16"}),
@@ -64,17 +76,26 @@ def main() -> int:
         if peft["method"] == "qlora" and (why := backend_problem(4)) is not None:
             print(f"{name:<28} skipped: {why}")
             continue
-        data = tiny.sft_config(tmp / name.replace(" ", "-"), model_dir, max_steps=args.steps,
-                               eval_every=args.steps, batch_size=args.batch, learning_rate=2e-4, **train)
+        data = tiny.sft_config(
+            tmp / name.replace(" ", "-"),
+            model_dir,
+            max_steps=args.steps,
+            eval_every=args.steps,
+            batch_size=args.batch,
+            learning_rate=2e-4,
+            **train,
+        )
         data["peft"] = {**peft, "r": 16, "alpha": 32, "target_modules": "all-linear"}
         cfg = config_from_dict(data, source=name, base_dir=tmp)
         start = time.perf_counter()
         memory: dict[str, float] = {}
         result = run_job(cfg, memory=memory)
-        print(f"{name:<28} params {result.parameters['bytes'] / MB:8.0f} MiB (trainable "
-              f"{result.parameters['trainable_bytes'] / MB:.0f})  cuda peak {memory.get('cuda_peak_mb', 0):8.0f} MiB  "
-              f"eval_loss {result.metrics['eval_loss']:.4f}  {time.perf_counter() - start:5.1f} s  "
-              f"({result.precision} arithmetic, {result.model_dtype} weights)")
+        print(
+            f"{name:<28} params {result.parameters['bytes'] / MB:8.0f} MiB (trainable "
+            f"{result.parameters['trainable_bytes'] / MB:.0f})  cuda peak {memory.get('cuda_peak_mb', 0):8.0f} MiB  "
+            f"eval_loss {result.metrics['eval_loss']:.4f}  {time.perf_counter() - start:5.1f} s  "
+            f"({result.precision} arithmetic, {result.model_dtype} weights)"
+        )
     return 0
 
 

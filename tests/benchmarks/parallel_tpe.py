@@ -31,7 +31,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from search.tpe import TPESampler  # noqa: E402
+from search.tpe import TPESampler
 
 SPACE = {
     "lr": FloatDistribution(1e-5, 1e-2, log=True),
@@ -46,16 +46,25 @@ def plateau(p: dict) -> float:
     """The accuracy a config ends at: best near lr 1e-3 (higher for larger batches), little effect of r."""
     best_lr = 6e-4 * (p["batch_size"] / 8) ** 0.5
     miss = (math.log10(p["lr"]) - math.log10(best_lr)) ** 2
-    return 0.92 - 0.12 * miss - 0.2 * (p["warmup"] - 0.03) ** 2 + 0.004 * math.log2(p["r"] / 4) / 4 \
+    return (
+        0.92
+        - 0.12 * miss
+        - 0.2 * (p["warmup"] - 0.03) ** 2
+        + 0.004 * math.log2(p["r"] / 4) / 4
         + 0.01 * (p["batch_size"] == 32)
+    )
 
 
 def optimum() -> float:
     rng = random.Random(0)
     best = 0.0
     for _ in range(200000):
-        p = {"lr": 10 ** rng.uniform(-5, -2), "batch_size": rng.choice([8, 16, 32]),
-             "warmup": rng.uniform(0, 0.1), "r": rng.choice([4, 8, 16, 32, 64])}
+        p = {
+            "lr": 10 ** rng.uniform(-5, -2),
+            "batch_size": rng.choice([8, 16, 32]),
+            "warmup": rng.uniform(0, 0.1),
+            "r": rng.choice([4, 8, 16, 32, 64]),
+        }
         best = max(best, plateau(p))
     return best
 
@@ -68,9 +77,11 @@ def curve(p: dict, step: int, rng: random.Random) -> float:
 
 def simulate(mode: str, workers: int, n_trials: int, seed: int, target: float) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize",
-                                sampler=TPESampler(seed=seed, n_startup_trials=4, running_trials=mode),
-                                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=50, reduction_factor=3))
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=TPESampler(seed=seed, n_startup_trials=4, running_trials=mode),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=50, reduction_factor=3),
+    )
     rng = random.Random(seed)
     events: list[tuple[float, int, int]] = []  # (time, trial number, evaluation index)
     trials: dict[int, optuna.Trial] = {}
@@ -110,8 +121,11 @@ def simulate(mode: str, workers: int, n_trials: int, seed: int, target: float) -
             if asked < n_trials:
                 start(now)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    return {"best": max((plateau(t.params) for t in complete), default=0.0), "reached": reached,
-            "complete": len(complete)}
+    return {
+        "best": max((plateau(t.params) for t in complete), default=0.0),
+        "reached": reached,
+        "complete": len(complete),
+    }
 
 
 def main() -> int:
@@ -123,8 +137,10 @@ def main() -> int:
     top = optimum()
     target = 0.99 * top
     print(f"space optimum (plateau) {top:.4f}; target {target:.4f} (99%)")
-    print("| workers | trials | running_trials | median best plateau | median time to 99% (seeds reaching it) "
-          "| median complete |")
+    print(
+        "| workers | trials | running_trials | median best plateau | median time to 99% (seeds reaching it) "
+        "| median complete |"
+    )
     print("|---|---|---|---|---|---|")
     for w, n in zip((int(x) for x in args.workers.split(",")), (int(x) for x in args.trials.split(","))):
         for mode in ("reported", "worst"):
@@ -132,9 +148,12 @@ def main() -> int:
             times = [r["reached"] for r in runs]
             hit = [t for t in times if t < math.inf]
             med_t = statistics.median(times)
-            print(f"| {w} | {n} | {mode} | {statistics.median(r['best'] for r in runs):.4f} | "
-                  f"{'never' if med_t == math.inf else f'{med_t:.0f}'} ({len(hit)}/{len(runs)}) | "
-                  f"{statistics.median(r['complete'] for r in runs):.0f} |", flush=True)
+            print(
+                f"| {w} | {n} | {mode} | {statistics.median(r['best'] for r in runs):.4f} | "
+                f"{'never' if med_t == math.inf else f'{med_t:.0f}'} ({len(hit)}/{len(runs)}) | "
+                f"{statistics.median(r['complete'] for r in runs):.0f} |",
+                flush=True,
+            )
     return 0
 
 

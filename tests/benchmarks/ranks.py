@@ -25,8 +25,10 @@ import optuna
 import tiny
 import yaml
 
-RUNS = {"one worker x 2 threads": {"cpu": 2, "workers": 1, "batch": "effective"},
-        "two workers x 1 thread": {"cpu": 1, "workers": 2, "batch": "effective"}}
+RUNS = {
+    "one worker x 2 threads": {"cpu": 2, "workers": 1, "batch": "effective"},
+    "two workers x 1 thread": {"cpu": 1, "workers": 2, "batch": "effective"},
+}
 
 
 def main(folder: Path) -> dict[str, dict]:
@@ -37,10 +39,19 @@ def main(folder: Path) -> dict[str, dict]:
     out = {}
     for i, (label, resources) in enumerate(RUNS.items()):
         name = f"ranks{i}"
-        path = tiny.study_file(folder, bert, name=name, n_trials=1, concurrency=1, max_steps=120, eval_every=20,
-                               space={"train.batch_size": {"type": "categorical", "choices": [32]}},
-                               sampler={"name": "grid"}, resources=resources,
-                               objective={"metric": "eval_loss", "direction": "minimize"})
+        path = tiny.study_file(
+            folder,
+            bert,
+            name=name,
+            n_trials=1,
+            concurrency=1,
+            max_steps=120,
+            eval_every=20,
+            space={"train.batch_size": {"type": "categorical", "choices": [32]}},
+            sampler={"name": "grid"},
+            resources=resources,
+            objective={"metric": "eval_loss", "direction": "minimize"},
+        )
         data = yaml.safe_load(path.read_text())
         data["base"]["peft"] = {"method": "full"}
         path.write_text(yaml.safe_dump(data))

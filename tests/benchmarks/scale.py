@@ -32,24 +32,41 @@ def build(storage: str, name: str, n: int, base: dict) -> float:
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     study.set_user_attr("objective_metrics", ["accuracy"])
     rng = random.Random(0)
-    dists = {"train.learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
-             "train.batch_size": CategoricalDistribution([8, 16, 32]),
-             "peft.r": IntDistribution(4, 64, log=True)}
+    dists = {
+        "train.learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
+        "train.batch_size": CategoricalDistribution([8, 16, 32]),
+        "peft.r": IntDistribution(4, 64, log=True),
+    }
     batch = []
     for i in range(n):
-        params = {"train.learning_rate": 10 ** rng.uniform(-5, -3), "train.batch_size": rng.choice([8, 16, 32]),
-                  "peft.r": rng.randint(4, 64)}
+        params = {
+            "train.learning_rate": 10 ** rng.uniform(-5, -3),
+            "train.batch_size": rng.choice([8, 16, 32]),
+            "peft.r": rng.randint(4, 64),
+        }
         pruned = rng.random() < 0.6
         steps = [50] if pruned else [50, 100, 150, 200]
         curve = {s: min(0.95, 0.5 + rng.random() * 0.1 * (j + 1)) for j, s in enumerate(steps)}
-        config = {**base, "train": {**base["train"], "learning_rate": params["train.learning_rate"],
-                                    "batch_size": params["train.batch_size"]},
-                  "peft": {**base["peft"], "r": params["peft.r"]}, "output_dir": f"runs/scale/trials/{i:05d}"}
-        batch.append(create_trial(
-            state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
-            value=curve[steps[-1]], params=params, distributions=dists, intermediate_values=curve,
-            user_attrs={"config": config, "history": [{"step": s, "accuracy": v} for s, v in curve.items()]},
-        ))
+        config = {
+            **base,
+            "train": {
+                **base["train"],
+                "learning_rate": params["train.learning_rate"],
+                "batch_size": params["train.batch_size"],
+            },
+            "peft": {**base["peft"], "r": params["peft.r"]},
+            "output_dir": f"runs/scale/trials/{i:05d}",
+        }
+        batch.append(
+            create_trial(
+                state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
+                value=curve[steps[-1]],
+                params=params,
+                distributions=dists,
+                intermediate_values=curve,
+                user_attrs={"config": config, "history": [{"step": s, "accuracy": v} for s, v in curve.items()]},
+            )
+        )
         if len(batch) == 500:
             study.add_trials(batch)
             batch = []
@@ -73,14 +90,23 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{out / 'scale.db'}"
     base = yaml.safe_load((REPO / "studies" / "quickstart-train.yaml").read_text())
-    base["data"] = {k: str((REPO / "studies" / v).resolve()) if k in ("train", "validation") else v
-                    for k, v in base["data"].items()}
+    base["data"] = {
+        k: str((REPO / "studies" / v).resolve()) if k in ("train", "validation") else v for k, v in base["data"].items()
+    }
     name = f"scale-{args.trials}"
     study_file = out / "scale.yaml"
-    study_file.write_text(yaml.safe_dump({
-        "name": name, "storage": storage, "objective": {"metric": "accuracy"}, "base": base,
-        "space": str(REPO / "spaces" / "lora-classification.yaml"), "budget": {"n_trials": args.trials},
-    }))
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "storage": storage,
+                "objective": {"metric": "accuracy"},
+                "base": base,
+                "space": str(REPO / "spaces" / "lora-classification.yaml"),
+                "budget": {"n_trials": args.trials},
+            }
+        )
+    )
     print(f"building {args.trials} trials in {storage} ...", flush=True)
     print(f"  built in {build(storage, name, args.trials, base):.1f}s", flush=True)
     sftune = [sys.executable, "-m", "search"]
@@ -88,8 +114,11 @@ def main() -> int:
         ("sftune status", sftune + ["status", str(study_file)]),
         ("sftune status --json", sftune + ["status", str(study_file), "--json"]),
         ("sftune export (best)", sftune + ["export", str(study_file), "--out", str(out / "best.yaml")]),
-        ("sftune export --trial 1234", sftune + ["export", str(study_file), "--out", str(out / "t.yaml"),
-                                                 "--trial", str(min(1234, args.trials - 1))]),
+        (
+            "sftune export --trial 1234",
+            sftune
+            + ["export", str(study_file), "--out", str(out / "t.yaml"), "--trial", str(min(1234, args.trials - 1))],
+        ),
         ("python -c 'import search.cli' (floor)", [sys.executable, "-c", "import search.cli, trainer"]),
     ]
     print(f"\n{args.trials} finished trials, {storage.split(':')[0]}; each command a fresh process, 3 runs")

@@ -31,8 +31,11 @@ def driver(url: str, n: int, plain: bool, out: mp.Queue) -> None:  # one process
     from search.storage._rdb import SQLITE_BUSY_S
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_S}}) \
-        if plain else s.open_storage(url)
+    storage = (
+        optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_S}})
+        if plain
+        else s.open_storage(url)
+    )
     errors: list[str] = []
     try:
         study = optuna.load_study(study_name="contention", storage=storage, sampler=optuna.samplers.RandomSampler())
@@ -71,8 +74,15 @@ def driver(url: str, n: int, plain: bool, out: mp.Queue) -> None:  # one process
                 break
     stop.set()
     retries = getattr(s.rdb_storage(study), "retries", 0)
-    out.put({"done": done, "errors": len(errors), "kinds": sorted(set(errors))[:3], "retries": retries,
-             "seconds": round(time.time() - started, 1)})
+    out.put(
+        {
+            "done": done,
+            "errors": len(errors),
+            "kinds": sorted(set(errors))[:3],
+            "retries": retries,
+            "seconds": round(time.time() - started, 1),
+        }
+    )
 
 
 def run(url: str, drivers: int, n: int, plain: bool) -> None:

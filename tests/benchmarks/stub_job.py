@@ -15,7 +15,8 @@ import os
 import random
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def job(config: dict[str, Any], report: Callable[[int, dict[str, float]], None]) -> dict[str, float]:

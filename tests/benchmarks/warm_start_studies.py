@@ -48,26 +48,50 @@ def write_subsets(out: Path, quick: bool, seed: int, n_train: int, n_val: int) -
         train = rng.sample(train, 2 * n_train)
         val = rng.sample(val, min(n_val, len(val)))
     files = {}
-    for name, rows in (("a", train[:n_train]), ("b", train[n_train:2 * n_train]), ("val", val)):
+    for name, rows in (("a", train[:n_train]), ("b", train[n_train : 2 * n_train]), ("val", val)):
         files[name] = out / f"{name}.jsonl"
         files[name].write_text("\n".join(rows) + "\n")
     return model, files
 
 
-def study(out: Path, name: str, model: str, train: Path, val: Path, args: argparse.Namespace, seed: int,
-          warm: str | None = None) -> Path:
+def study(
+    out: Path,
+    name: str,
+    model: str,
+    train: Path,
+    val: Path,
+    args: argparse.Namespace,
+    seed: int,
+    warm: str | None = None,
+) -> Path:
     data: dict[str, Any] = {
-        "name": name, "storage": f"sqlite:///{out / 'studies.db'}",
+        "name": name,
+        "storage": f"sqlite:///{out / 'studies.db'}",
         "objective": {"metric": "accuracy", "direction": "maximize"},
-        "sampler": {"name": "tpe", "seed": seed}, "pruner": {"name": "none"},
-        "budget": {"n_trials": args.n_trials, "concurrency": 2}, "resources": {"cpu": 1},
-        "base": {"model": model, "task": "classification", "data": {"train": str(train), "validation": str(val)},
-                 "peft": {"method": "lora", "r": 8, "alpha": 16},
-                 "train": {"learning_rate": 3e-4, "batch_size": 16, "max_steps": args.max_steps,
-                           "eval_every": args.max_steps // 2, "max_length": 64, "seed": 0}},
-        "space": "lora-classification" if not args.quick else {
+        "sampler": {"name": "tpe", "seed": seed},
+        "pruner": {"name": "none"},
+        "budget": {"n_trials": args.n_trials, "concurrency": 2},
+        "resources": {"cpu": 1},
+        "base": {
+            "model": model,
+            "task": "classification",
+            "data": {"train": str(train), "validation": str(val)},
+            "peft": {"method": "lora", "r": 8, "alpha": 16},
+            "train": {
+                "learning_rate": 3e-4,
+                "batch_size": 16,
+                "max_steps": args.max_steps,
+                "eval_every": args.max_steps // 2,
+                "max_length": 64,
+                "seed": 0,
+            },
+        },
+        "space": "lora-classification"
+        if not args.quick
+        else {
             "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
-            "peft.r": {"type": "int", "low": 2, "high": 16}},
+            "peft.r": {"type": "int", "low": 2, "high": 16},
+        },
         "output_dir": str(out / "runs" / name),
     }
     if warm:
@@ -79,8 +103,13 @@ def study(out: Path, name: str, model: str, train: Path, val: Path, args: argpar
 
 def run(path: Path, out: Path) -> None:
     with (out / f"{path.stem}.log").open("w") as log:
-        subprocess.run([sys.executable, "-m", "search", "run", str(path)], check=True, stdout=log,
-                       stderr=subprocess.STDOUT, cwd=out)
+        subprocess.run(
+            [sys.executable, "-m", "search", "run", str(path)],
+            check=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=out,
+        )
 
 
 def curve(out: Path, name: str) -> list[tuple[int, float, float]]:
@@ -121,17 +150,29 @@ def main() -> None:
             run(study(out, "warm", model, files["b"], files["val"], args, seed, warm="earlier"), out)
             cold, warm = curve(out, "cold"), curve(out, "warm")
             target = 0.99 * max(v for *_, v in cold + warm)
-            row = {"seed": seed, "target": target, "cold_best": max(v for *_, v in cold),
-                   "warm_best": max(v for *_, v in warm), "cold": reach(cold, target), "warm": reach(warm, target)}
+            row = {
+                "seed": seed,
+                "target": target,
+                "cold_best": max(v for *_, v in cold),
+                "warm_best": max(v for *_, v in warm),
+                "cold": reach(cold, target),
+                "warm": reach(warm, target),
+            }
             rows.append(row)
-            print(f"seed {seed}: 99% of {target / 0.99:.4f} = {target:.4f} · cold best {row['cold_best']:.4f}, "
-                  f"reached after {row['cold'][0]} trials / {row['cold'][1]:.0f} s · warm best "
-                  f"{row['warm_best']:.4f}, reached after {row['warm'][0]} trials / {row['warm'][1]:.0f} s",
-                  flush=True)
-    med = {k: (statistics.median(r[k][0] for r in rows), statistics.median(r[k][1] for r in rows))
-           for k in ("cold", "warm")}
-    print(f"median over {len(rows)} seeds: trials to 99%: cold {med['cold'][0]}, warm {med['warm'][0]}; "
-          f"seconds: cold {med['cold'][1]:.0f}, warm {med['warm'][1]:.0f}")
+            print(
+                f"seed {seed}: 99% of {target / 0.99:.4f} = {target:.4f} · cold best {row['cold_best']:.4f}, "
+                f"reached after {row['cold'][0]} trials / {row['cold'][1]:.0f} s · warm best "
+                f"{row['warm_best']:.4f}, reached after {row['warm'][0]} trials / {row['warm'][1]:.0f} s",
+                flush=True,
+            )
+    med = {
+        k: (statistics.median(r[k][0] for r in rows), statistics.median(r[k][1] for r in rows))
+        for k in ("cold", "warm")
+    }
+    print(
+        f"median over {len(rows)} seeds: trials to 99%: cold {med['cold'][0]}, warm {med['warm'][0]}; "
+        f"seconds: cold {med['cold'][1]:.0f}, warm {med['warm'][1]:.0f}"
+    )
 
 
 if __name__ == "__main__":

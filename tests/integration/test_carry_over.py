@@ -16,8 +16,9 @@ pytestmark = pytest.mark.integration
 CELL = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
-def test_the_python_api_notebook_runs(tmp_path: Path, bert_dir: Path, ray_cluster: None,
-                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_the_python_api_notebook_runs(
+    tmp_path: Path, bert_dir: Path, ray_cluster: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)
     tiny.study_file(tmp_path, bert_dir, name="my-study", n_trials=3, max_steps=20)
     cells = CELL.findall((REPO / "docs" / "python-api.md").read_text())
@@ -30,8 +31,9 @@ def test_the_python_api_notebook_runs(tmp_path: Path, bert_dir: Path, ray_cluste
     assert (tmp_path / "best.yaml").exists() and (tmp_path / "runs" / "from-a-mapping" / "metrics.json").exists()
 
 
-def test_a_warm_started_study_runs_the_earlier_best_first(tmp_path: Path, bert_dir: Path, ray_cluster: None,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_warm_started_study_runs_the_earlier_best_first(
+    tmp_path: Path, bert_dir: Path, ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import optuna
     from optuna.trial import TrialState
 
@@ -43,9 +45,14 @@ def test_a_warm_started_study_runs_the_earlier_best_first(tmp_path: Path, bert_d
     earlier = optuna.load_study(study_name="old", storage=f"sqlite:///{tmp_path / 'old' / 'old.db'}")
     best = sorted(earlier.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (-t.value, t.number))[:2]
 
-    new = tiny.study_file(tmp_path / "new", bert_dir, name="new", n_trials=3, max_steps=20,
-                          warm_start=[{"study": "old", "storage": f"sqlite:///{tmp_path / 'old' / 'old.db'}",
-                                       "top": 2}])
+    new = tiny.study_file(
+        tmp_path / "new",
+        bert_dir,
+        name="new",
+        n_trials=3,
+        max_steps=20,
+        warm_start=[{"study": "old", "storage": f"sqlite:///{tmp_path / 'old' / 'old.db'}", "top": 2}],
+    )
     assert main(["run", str(new)]) == 0
     study = optuna.load_study(study_name="new", storage=f"sqlite:///{tmp_path / 'new' / 'new.db'}")
     trials = sorted(study.trials, key=lambda t: t.number)
@@ -68,8 +75,9 @@ def space(trial):
 """
 
 
-def test_a_two_objective_study_is_pruned(tmp_path: Path, bert_dir: Path, ray_cluster: None,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_two_objective_study_is_pruned(
+    tmp_path: Path, bert_dir: Path, ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Accuracy and eval_loss on the tiny classification data: a trial that barely learns (lr 1e-7) is dominated
     at a rung by one that learns (lr 1e-2) and pruned there (tiny trials report fast, so that may be a late
     rung); the ones that learn run to the end."""
@@ -80,10 +88,17 @@ def test_a_two_objective_study_is_pruned(tmp_path: Path, bert_dir: Path, ray_clu
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mo_order.py").write_text(ORDER)
-    path = tiny.study_file(tmp_path, bert_dir, name="two", n_trials=4, concurrency=1, max_steps=40,
-                           objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}],
-                           space={"python": "mo_order:space"},
-                           pruner={"name": "mo-successive-halving", "min_resource": 10, "reduction_factor": 2})
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        name="two",
+        n_trials=4,
+        concurrency=1,
+        max_steps=40,
+        objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}],
+        space={"python": "mo_order:space"},
+        pruner={"name": "mo-successive-halving", "min_resource": 10, "reduction_factor": 2},
+    )
     assert main(["run", str(path)]) == 0
     study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path / 'two.db'}")
     states = {t.number: t.state for t in study.trials}
@@ -97,8 +112,9 @@ def test_a_two_objective_study_is_pruned(tmp_path: Path, bert_dir: Path, ray_clu
         assert acc0 >= acc and loss0 <= loss and (acc0, loss0) != (acc, loss)
 
 
-def test_trials_in_a_real_mlflow_server_and_wandb_offline(tmp_path: Path, bert_dir: Path, ray_cluster: None,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trials_in_a_real_mlflow_server_and_wandb_offline(
+    tmp_path: Path, bert_dir: Path, ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A parent run per study, a nested run per trial with its params, its metrics by step, its state (PRUNED
     included) and its metrics.json; W&B's offline files, one run per trial and one for the study."""
     import _servers
@@ -110,11 +126,18 @@ def test_trials_in_a_real_mlflow_server_and_wandb_offline(tmp_path: Path, bert_d
     monkeypatch.setenv("WANDB_SILENT", "true")
     (tmp_path / "mo_order.py").write_text(ORDER)
     with _servers.mlflow_server(tmp_path / "mlflow") as uri:
-        path = tiny.study_file(tmp_path, bert_dir, name="tracked", n_trials=3, concurrency=1, max_steps=40,
-                               objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}],
-                               space={"python": "mo_order:space"},
-                               pruner={"name": "mo-successive-halving", "min_resource": 10, "reduction_factor": 2},
-                               tracking={"mlflow": uri, "wandb": {"project": "sftune-test", "mode": "offline"}})
+        path = tiny.study_file(
+            tmp_path,
+            bert_dir,
+            name="tracked",
+            n_trials=3,
+            concurrency=1,
+            max_steps=40,
+            objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}],
+            space={"python": "mo_order:space"},
+            pruner={"name": "mo-successive-halving", "min_resource": 10, "reduction_factor": 2},
+            tracking={"mlflow": uri, "wandb": {"project": "sftune-test", "mode": "offline"}},
+        )
         assert main(["run", str(path)]) == 0
         from mlflow import MlflowClient
 
@@ -153,16 +176,17 @@ def test_trials_in_a_real_mlflow_server_and_wandb_offline(tmp_path: Path, bert_d
     assert sum((folder / "files" / "metrics.json").exists() for folder in offline) == 2
 
 
-def test_an_unreachable_tracking_server_exits_2_and_no_tracking_runs_without(tmp_path: Path, bert_dir: Path,
-                                                                             ray_cluster: None,
-                                                                             capsys: pytest.CaptureFixture) -> None:
+def test_an_unreachable_tracking_server_exits_2_and_no_tracking_runs_without(
+    tmp_path: Path, bert_dir: Path, ray_cluster: None, capsys: pytest.CaptureFixture
+) -> None:
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens there once closed
-    path = tiny.study_file(tmp_path, bert_dir, name="untracked", n_trials=1, max_steps=10,
-                           tracking={"mlflow": f"http://127.0.0.1:{port}"})
+    path = tiny.study_file(
+        tmp_path, bert_dir, name="untracked", n_trials=1, max_steps=10, tracking={"mlflow": f"http://127.0.0.1:{port}"}
+    )
     from search.cli import main
 
     assert main(["run", str(path)]) == 2

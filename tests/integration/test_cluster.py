@@ -12,8 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import optuna
 import pytest
@@ -78,13 +78,20 @@ def _bad_input(run: subprocess.CompletedProcess) -> str:
 
 # ---- a two-node cluster -------------------------------------------------------------------------
 
-def test_trials_spread_over_both_nodes_with_the_data_sent_through_ray(tmp_path: Path, bert_dir: Path,
-                                                                      two_nodes: Cluster) -> None:
+
+def test_trials_spread_over_both_nodes_with_the_data_sent_through_ray(
+    tmp_path: Path, bert_dir: Path, two_nodes: Cluster
+) -> None:
     # One run checks both (each is a whole study on the cluster): every trial records where it ran,
     # the two concurrent trials ran on the two nodes, and no node read the data from a file.
     path = tiny.study_file(tmp_path, bert_dir, name="spread", n_trials=2, concurrency=2, max_steps=10)
-    proc = subprocess.Popen(_cmd(path, "--address", two_nodes.address), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env())
+    proc = subprocess.Popen(
+        _cmd(path, "--address", two_nodes.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+    )
     seen = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -107,15 +114,19 @@ def test_trials_spread_over_both_nodes_with_the_data_sent_through_ray(tmp_path: 
 def test_more_cpus_per_trial_than_any_node_has(tmp_path: Path, bert_dir: Path, two_nodes: Cluster) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="big", n_trials=1)
     err = _bad_input(_sftune(path, "--address", two_nodes.address, "--set", "resources.cpu=2", env=_env()))
-    assert (f"big.yaml: resources.cpu: each trial asks for 2 CPU, but no node of the cluster at "
-            f"{two_nodes.address} offers that: the largest has 1 CPU and 0 GPU (2 node(s) alive)") in err
+    assert (
+        f"big.yaml: resources.cpu: each trial asks for 2 CPU, but no node of the cluster at "
+        f"{two_nodes.address} offers that: the largest has 1 CPU and 0 GPU (2 node(s) alive)"
+    ) in err
     assert _no_trials(tmp_path, "big")
 
 
 # ---- token authentication -------------------------------------------------------------------------
 
-def test_a_driver_without_the_token_is_told_how_to_give_it(tmp_path: Path, bert_dir: Path,
-                                                           token_cluster: Cluster) -> None:
+
+def test_a_driver_without_the_token_is_told_how_to_give_it(
+    tmp_path: Path, bert_dir: Path, token_cluster: Cluster
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="notoken", n_trials=1)
     env = _env({k: v for k, v in token_cluster.env.items() if not k.startswith("RAY_AUTH_")})
     err = _bad_input(_sftune(path, "--address", token_cluster.address, env=env))
@@ -128,23 +139,30 @@ def test_a_driver_without_the_token_is_told_how_to_give_it(tmp_path: Path, bert_
     assert _no_trials(tmp_path, "notoken")
 
 
-def test_ray_address_is_joined_with_the_token_as_ray_documents_it(tmp_path: Path, bert_dir: Path,
-                                                                  token_cluster: Cluster) -> None:
+def test_ray_address_is_joined_with_the_token_as_ray_documents_it(
+    tmp_path: Path, bert_dir: Path, token_cluster: Cluster
+) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(token_cluster.token or "")
-    env = _env({k: v for k, v in token_cluster.env.items() if k != "RAY_AUTH_TOKEN"},
-               RAY_AUTH_TOKEN_PATH=str(token_file), RAY_ADDRESS=token_cluster.address)
+    env = _env(
+        {k: v for k, v in token_cluster.env.items() if k != "RAY_AUTH_TOKEN"},
+        RAY_AUTH_TOKEN_PATH=str(token_file),
+        RAY_ADDRESS=token_cluster.address,
+    )
     path = tiny.study_file(tmp_path, bert_dir, name="token", n_trials=1, concurrency=1, max_steps=10)
     run = _sftune(path, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert (f"ray: joined the cluster at {token_cluster.address} (from RAY_ADDRESS; unset it or pass "
-            "--address local to run on a local cluster)") in run.stdout
+    assert (
+        f"ray: joined the cluster at {token_cluster.address} (from RAY_ADDRESS; unset it or pass "
+        "--address local to run on a local cluster)"
+    ) in run.stdout
     trials = _trials(tmp_path, "token")
     assert [t.state for t in trials] == [TrialState.COMPLETE]
     assert trials[0].user_attrs["node"] == token_cluster.nodes[0].node_id()
 
 
 # ---- addresses no cluster answers ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("how", ["--address", "RAY_ADDRESS"])
 def test_an_address_no_cluster_answers(tmp_path: Path, bert_dir: Path, how: str) -> None:
@@ -170,6 +188,7 @@ def test_auto_with_no_cluster_on_this_machine(tmp_path: Path, bert_dir: Path) ->
 
 # ---- a local cluster ----------------------------------------------------------------------------
 
+
 def test_more_gpus_than_this_machine_has(tmp_path: Path, bert_dir: Path) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="gpu", n_trials=1)
     err = _bad_input(_sftune(path, "--set", "resources.gpu=1", env=_env(CUDA_VISIBLE_DEVICES=""), timeout=300))
@@ -191,8 +210,9 @@ def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 300) -> s
 
 def test_a_sigkilled_driver_leaves_no_ray_process_behind(tmp_path: Path, bert_dir: Path) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="reaped", n_trials=2, concurrency=2, max_steps=10)
-    proc = subprocess.Popen(_cmd(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True
+    )
     try:
         _wait_for_line(proc, "ray: started a local cluster")
         time.sleep(3)  # the idle workers Ray starts with the cluster are up
@@ -239,13 +259,20 @@ def test_ray_workers_import_the_preload_module_before_any_work() -> None:
 
 # ---- last: it stops the second node of the shared two-node cluster -------------------------------
 
-def test_a_lost_node_fails_its_trial_and_the_study_finishes_on_the_node_left(tmp_path: Path, bert_dir: Path,
-                                                                           two_nodes: Cluster) -> None:
+
+def test_a_lost_node_fails_its_trial_and_the_study_finishes_on_the_node_left(
+    tmp_path: Path, bert_dir: Path, two_nodes: Cluster
+) -> None:
     head, second = two_nodes.nodes
     name = "lost"
     path = tiny.study_file(tmp_path, bert_dir, name=name, n_trials=2, concurrency=2, max_steps=300)
-    proc = subprocess.Popen(_cmd(path, "--address", two_nodes.address), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env())
+    proc = subprocess.Popen(
+        _cmd(path, "--address", two_nodes.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+    )
     victim = None
     deadline = time.time() + 300
     while victim is None and time.time() < deadline:

@@ -30,8 +30,13 @@ pytestmark = pytest.mark.integration
 
 
 def _start(path: Path) -> subprocess.Popen:
-    return subprocess.Popen(_servers.sigint_default([sys.executable, "-m", "search", "run", str(path)]),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        _servers.sigint_default([sys.executable, "-m", "search", "run", str(path)]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 STEPS, EVERY = 1500, 50
@@ -46,14 +51,19 @@ def _running_trial(storage: str, name: str, early: int = STEPS // 5) -> optuna.t
     except Exception:  # noqa: BLE001 - not created yet
         return None
     for t in trials:
-        if (t.state == TrialState.RUNNING and t.intermediate_values and "worker_pid" in t.user_attrs
-                and max(t.intermediate_values) <= early):
+        if (
+            t.state == TrialState.RUNNING
+            and t.intermediate_values
+            and "worker_pid" in t.user_attrs
+            and max(t.intermediate_values) <= early
+        ):
             return t
     return None
 
 
-def _wait_for_running_trial(storage: str, name: str, proc: subprocess.Popen,
-                            early: int = STEPS // 5) -> optuna.trial.FrozenTrial:
+def _wait_for_running_trial(
+    storage: str, name: str, proc: subprocess.Popen, early: int = STEPS // 5
+) -> optuna.trial.FrozenTrial:
     """A RUNNING trial that has reported an evaluation (and its worker's pid), no later than step `early`."""
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -71,8 +81,9 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
 
 
 def test_a_killed_worker_fails_its_trial_and_the_study_still_finishes(tmp_path: Path, bert_dir: Path) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="wkill", n_trials=3, concurrency=1, max_steps=STEPS,
-                            eval_every=EVERY)
+    path = tiny.study_file(
+        tmp_path, bert_dir, name="wkill", n_trials=3, concurrency=1, max_steps=STEPS, eval_every=EVERY
+    )
     storage = f"sqlite:///{tmp_path / 'wkill.db'}"
     proc = _start(path)
     victim = _wait_for_running_trial(storage, "wkill", proc)
@@ -150,14 +161,16 @@ MOMENTS = {
 
 
 @pytest.mark.parametrize("moment", list(MOMENTS))
-def test_ctrl_c_exits_130_fails_running_trials_and_a_rerun_finishes(tmp_path: Path, bert_dir: Path,
-                                                                     moment: str) -> None:
+def test_ctrl_c_exits_130_fails_running_trials_and_a_rerun_finishes(
+    tmp_path: Path, bert_dir: Path, moment: str
+) -> None:
     """Ctrl-C (SIGINT to the run's process group) while Ray starts, while the first trials start, and mid-trial,
     on a machine the test keeps busy: each time exit 130, the "interrupted" line, no trial left RUNNING, and
     running the same command again finishes the study."""
     n_trials, steps, every = MOMENTS[moment]
-    path = tiny.study_file(tmp_path, bert_dir, name="sigint", n_trials=n_trials, concurrency=2, max_steps=steps,
-                           eval_every=every)
+    path = tiny.study_file(
+        tmp_path, bert_dir, name="sigint", n_trials=n_trials, concurrency=2, max_steps=steps, eval_every=every
+    )
     storage = f"sqlite:///{tmp_path / 'sigint.db'}"
     with _servers.busy_cpus(seconds=300):
         proc = _start(path)
@@ -188,8 +201,9 @@ def test_ctrl_c_exits_130_fails_running_trials_and_a_rerun_finishes(tmp_path: Pa
     if moment == "mid-trial":
         assert cut, out  # a trial was running when the run was interrupted
 
-    again = subprocess.run([sys.executable, "-m", "search", "run", str(path)], capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "search", "run", str(path)], capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     trials = optuna.load_study(study_name="sigint", storage=storage).trials
     assert TrialState.RUNNING not in [t.state for t in trials]
@@ -214,22 +228,30 @@ def test_a_database_gone_for_good_ends_the_run_within_one_retry_window(tmp_path:
     not after each storage call has waited out a window of its own; the counts line keeps the finished
     trials storage last gave."""
     window = 15.0
-    path = tiny.study_file(tmp_path, bert_dir, name="gone", n_trials=4, concurrency=1, max_steps=STEPS,
-                           eval_every=EVERY)
+    path = tiny.study_file(
+        tmp_path, bert_dir, name="gone", n_trials=4, concurrency=1, max_steps=STEPS, eval_every=EVERY
+    )
     db = tmp_path / "gone.db"
-    proc = subprocess.Popen([sys.executable, "-c", LOCKED_FOR_GOOD, str(path), str(window)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCKED_FOR_GOOD, str(path), str(window)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines = _Lines(proc)
     holder = None
     try:
+
         def one_complete_one_running() -> bool:
             try:
                 trials = optuna.load_study(study_name="gone", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
             except Exception:  # not created yet
                 return False
             states = [t.state for t in trials]
-            return TrialState.COMPLETE in states and any(t.state == TrialState.RUNNING and t.intermediate_values
-                                                         for t in trials)
+            return TrialState.COMPLETE in states and any(
+                t.state == TrialState.RUNNING and t.intermediate_values for t in trials
+            )
 
         lines.wait_for(one_complete_one_running, timeout=400)
         holder = sqlite3.connect(db, isolation_level=None)
@@ -254,13 +276,15 @@ def test_a_database_gone_for_good_ends_the_run_within_one_retry_window(tmp_path:
 
 
 @pytest.mark.parametrize("vital", ["raylet", "gcs_server"])
-def test_a_local_cluster_that_dies_mid_study_ends_the_run_and_a_rerun_finishes(tmp_path: Path, bert_dir: Path,
-                                                                              vital: str) -> None:
+def test_a_local_cluster_that_dies_mid_study_ends_the_run_and_a_rerun_finishes(
+    tmp_path: Path, bert_dir: Path, vital: str
+) -> None:
     """The local cluster's raylet (or GCS) killed mid-trial: one `error:` line with the hint, exit 1, the trials
     that ran FAIL with the reason and their params queued, no trial started on the dead cluster, no traceback;
     running the same command again finishes the study."""
-    path = tiny.study_file(tmp_path, bert_dir, name="dead", n_trials=2, concurrency=2, max_steps=STEPS,
-                           eval_every=EVERY)
+    path = tiny.study_file(
+        tmp_path, bert_dir, name="dead", n_trials=2, concurrency=2, max_steps=STEPS, eval_every=EVERY
+    )
     storage = f"sqlite:///{tmp_path / 'dead.db'}"
     proc = _start(path)
     lines = _Lines(proc)
@@ -275,8 +299,10 @@ def test_a_local_cluster_that_dies_mid_study_ends_the_run_and_a_rerun_finishes(t
             os.killpg(proc.pid, signal.SIGKILL)
     assert code == 1, out
     errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: the local Ray cluster died (its {vital} ended): its running trials were marked FAIL "
-                      "and their params queued; run the same command again to finish the study"], out
+    assert errors == [
+        f"error: the local Ray cluster died (its {vital} ended): its running trials were marked FAIL "
+        "and their params queued; run the same command again to finish the study"
+    ], out
     assert "Traceback" not in out, out
     trials = optuna.load_study(study_name="dead", storage=storage).trials
     started = [t for t in trials if t.state != TrialState.WAITING]
@@ -285,8 +311,9 @@ def test_a_local_cluster_that_dies_mid_study_ends_the_run_and_a_rerun_finishes(t
     queued = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.WAITING]
     assert sorted(map(str, queued)) == sorted(str(t.params) for t in started)
 
-    again = subprocess.run([sys.executable, "-m", "search", "run", str(path)],
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "search", "run", str(path)], capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     trials = optuna.load_study(study_name="dead", storage=storage).trials
     assert TrialState.RUNNING not in [t.state for t in trials]

@@ -18,22 +18,30 @@ GOOD, BAD = 1e-2, 1e-5
 """Learning rates: one learns the sums in ~250 steps, the other learns nothing in that time."""
 
 
-def test_exact_match_rises_and_the_pruner_acts_on_it(tmp_path: Path, llama_dir: Path, ray_cluster: None,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exact_match_rises_and_the_pruner_acts_on_it(
+    tmp_path: Path, llama_dir: Path, ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from optuna_dashboard import get_note
 
     monkeypatch.chdir(tmp_path)
     base = tiny.sft_config(tmp_path, llama_dir, max_steps=250, eval_every=25, batch_size=16)  # "add 3 and 4 :" -> " 7"
     base["peft"] = {"method": "full"}
     base["eval"] = {"metrics": ["exact_match"], "extract": "last_number", "max_new_tokens": 3, "show": 2}
-    path = tiny.write_config(tmp_path / "sums.yaml", {
-        "name": "sums", "objective": {"metric": "exact_match"},
-        # seed 0 draws BAD, GOOD, BAD: the last starts once both others are complete, and falls behind them
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
-        "budget": {"n_trials": 3, "concurrency": 1}, "resources": {"cpu": 1},
-        "base": base, "space": {"train.learning_rate": {"type": "categorical", "choices": [GOOD, BAD]}},
-        "output_dir": str(tmp_path / "runs")})
+    path = tiny.write_config(
+        tmp_path / "sums.yaml",
+        {
+            "name": "sums",
+            "objective": {"metric": "exact_match"},
+            # seed 0 draws BAD, GOOD, BAD: the last starts once both others are complete, and falls behind them
+            "sampler": {"name": "random", "seed": 0},
+            "pruner": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+            "budget": {"n_trials": 3, "concurrency": 1},
+            "resources": {"cpu": 1},
+            "base": base,
+            "space": {"train.learning_rate": {"type": "categorical", "choices": [GOOD, BAD]}},
+            "output_dir": str(tmp_path / "runs"),
+        },
+    )
     assert main(["run", str(path)]) == 0
 
     study = optuna.load_study(study_name="sums", storage=f"sqlite:///{tmp_path / 'sums.db'}")

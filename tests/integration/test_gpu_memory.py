@@ -35,9 +35,12 @@ def test_six_trials_in_one_process_return_to_the_memory_baseline(tmp_path: Path)
     base = {
         "model": "minilm-l6",
         "task": "classification",
-        "data": {"train": str(SHARED_DATA / "sst2" / "train.jsonl"),
-                 "validation": str(SHARED_DATA / "sst2" / "validation.jsonl"),
-                 "max_train_samples": 512, "max_eval_samples": 128},
+        "data": {
+            "train": str(SHARED_DATA / "sst2" / "train.jsonl"),
+            "validation": str(SHARED_DATA / "sst2" / "validation.jsonl"),
+            "max_train_samples": 512,
+            "max_eval_samples": 128,
+        },
         "peft": {"method": "lora", "r": 8},
         "train": {"learning_rate": 1e-3, "batch_size": 32, "max_steps": 20, "eval_every": 10, "max_length": 64},
     }
@@ -45,8 +48,10 @@ def test_six_trials_in_one_process_return_to_the_memory_baseline(tmp_path: Path)
     start = torch.cuda.memory_allocated()
     ends, records = [], []
     for i in range(6):
-        cfg = config_from_dict({**base, "output_dir": str(tmp_path / f"t{i}"),
-                                "peft": {"method": "lora", "r": 4 * (i + 1)}}, source=f"trial {i}")
+        cfg = config_from_dict(
+            {**base, "output_dir": str(tmp_path / f"t{i}"), "peft": {"method": "lora", "r": 4 * (i + 1)}},
+            source=f"trial {i}",
+        )
         memory: dict[str, float] = {}
         if i % 2:
             with pytest.raises(SystemExit):

@@ -33,8 +33,7 @@ def user_task_importable():
         os.environ["PYTHONPATH"] = old
 
 
-def test_out_of_memory_trial_fails_alone_and_is_not_retried(tmp_path: Path, llama_dir: Path,
-                                                             ray_cluster: None) -> None:
+def test_out_of_memory_trial_fails_alone_and_is_not_retried(tmp_path: Path, llama_dir: Path, ray_cluster: None) -> None:
     base = tiny.sft_config(tmp_path, llama_dir, max_steps=6, eval_every=3)
     base["task"] = "_oom_task:OomSFT"
     study = {
@@ -60,8 +59,9 @@ def test_out_of_memory_trial_fails_alone_and_is_not_retried(tmp_path: Path, llam
     assert by_batch[4].state == by_batch[8].state == TrialState.COMPLETE
 
 
-def test_a_study_searching_the_job_options_records_faithful_trials(tmp_path: Path, llama_dir: Path,
-                                                                   ray_cluster: None) -> None:
+def test_a_study_searching_the_job_options_records_faithful_trials(
+    tmp_path: Path, llama_dir: Path, ray_cluster: None
+) -> None:
     base = tiny.sft_config(tmp_path, llama_dir, max_steps=4, eval_every=2, model_dtype="bf16")
     study = {
         "name": "options",
@@ -71,10 +71,12 @@ def test_a_study_searching_the_job_options_records_faithful_trials(tmp_path: Pat
         "budget": {"n_trials": 3, "concurrency": 1},
         "resources": {"cpu": 1},
         "base": base,
-        "space": {"train.optimizer": {"type": "categorical", "choices": ["adamw", "sgd", "adafactor"]},
-                  "peft.use_rslora": {"type": "categorical", "choices": [True, False]},
-                  "peft.use_dora": {"type": "categorical", "choices": [True, False]},
-                  "train.label_smoothing": {"type": "float", "low": 0.0, "high": 0.2}},
+        "space": {
+            "train.optimizer": {"type": "categorical", "choices": ["adamw", "sgd", "adafactor"]},
+            "peft.use_rslora": {"type": "categorical", "choices": [True, False]},
+            "peft.use_dora": {"type": "categorical", "choices": [True, False]},
+            "train.label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+        },
         "output_dir": str(tmp_path / "runs"),
     }
     path = tiny.write_config(tmp_path / "options.yaml", study)

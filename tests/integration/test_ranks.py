@@ -56,20 +56,31 @@ def _wait(until: Callable[[], bool], timeout: float, what: str) -> None:
 
 def _study_file(tmp: Path, bert: Path, name: str, space: dict, sampler: str = "grid", **extra: object) -> Path:
     chosen = {"name": sampler, "seed": 0} if sampler != "grid" else {"name": "grid"}
-    return tiny.study_file(tmp, bert, name=name, n_trials=2, concurrency=1, space=space, sampler=chosen,
-                           objective={"metric": "eval_loss", "direction": "minimize"},
-                           resources={"cpu": 1, "workers": 2}, **extra)
+    return tiny.study_file(
+        tmp,
+        bert,
+        name=name,
+        n_trials=2,
+        concurrency=1,
+        space=space,
+        sampler=chosen,
+        objective={"metric": "eval_loss", "direction": "minimize"},
+        resources={"cpu": 1, "workers": 2},
+        **extra,
+    )
 
 
 def test_a_study_of_two_worker_trials_counts_one_trial_each_and_a_pruned_one_leaves_no_rank(
-        tmp_path: Path, bert_dir: Path, ray_ranks_cluster: None) -> None:
+    tmp_path: Path, bert_dir: Path, ray_ranks_cluster: None
+) -> None:
     import ray
 
     # The pruner stops any trial past step 25 (every loss is above 1e-6): the 20-step trial runs to its end,
     # the 400-step one is pruned at its step-30 evaluation.
     space = {"train.max_steps": {"type": "categorical", "choices": [20, 400]}}
-    path = _study_file(tmp_path, bert_dir, "ranks", space,
-                       pruner={"name": "threshold", "upper": 1e-6, "n_warmup_steps": 25})
+    path = _study_file(
+        tmp_path, bert_dir, "ranks", space, pruner={"name": "threshold", "upper": 1e-6, "n_warmup_steps": 25}
+    )
     assert main(["run", str(path)]) == 0
     trials = optuna.load_study(study_name="ranks", storage=f"sqlite:///{tmp_path / 'ranks.db'}").trials
     assert len(trials) == 2  # one trial per study slot, never one per rank
@@ -90,12 +101,16 @@ def test_a_study_of_two_worker_trials_counts_one_trial_each_and_a_pruned_one_lea
 
     ranks = [r["pid"] for t in trials for r in t.user_attrs["ranks"]]
     _wait(lambda: not _alive(ranks), 30, f"rank processes left running: {_alive(ranks)}")
-    _wait(lambda: ray.available_resources().get("CPU", 0) >= CPUS, 30,
-          f"the ranks' CPUs were not freed: {ray.available_resources()}")
+    _wait(
+        lambda: ray.available_resources().get("CPU", 0) >= CPUS,
+        30,
+        f"the ranks' CPUs were not freed: {ray.available_resources()}",
+    )
 
 
 def test_a_killed_rank_fails_its_trial_naming_the_rank_and_its_params_run_again(
-        tmp_path: Path, bert_dir: Path, ray_ranks_cluster: None) -> None:
+    tmp_path: Path, bert_dir: Path, ray_ranks_cluster: None
+) -> None:
     import ray
 
     space = {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
@@ -134,8 +149,11 @@ def test_a_killed_rank_fails_its_trial_naming_the_rank_and_its_params_run_again(
     assert victim.user_attrs["worker_pid"] == victim.user_attrs["ranks"][0]["pid"]  # a trial's worker: rank 0
     ranks = [r["pid"] for t in trials for r in t.user_attrs.get("ranks", [])]
     _wait(lambda: not _alive(ranks), 30, f"rank processes left running: {_alive(ranks)}")
-    _wait(lambda: ray.available_resources().get("CPU", 0) >= CPUS, 30,
-          f"the ranks' CPUs were not freed: {ray.available_resources()}")
+    _wait(
+        lambda: ray.available_resources().get("CPU", 0) >= CPUS,
+        30,
+        f"the ranks' CPUs were not freed: {ray.available_resources()}",
+    )
 
 
 def _gpus() -> int:
@@ -145,8 +163,9 @@ def _gpus() -> int:
 
 
 @pytest.mark.skipif(_gpus() < 2, reason="FSDP shards over one GPU per rank: needs 2 GPUs, unchecked on this machine")
-def test_fsdp_shards_a_full_fine_tune_over_two_gpu_ranks(tmp_path: Path, bert_dir: Path,
-                                                         ray_ranks_cluster: None) -> None:
+def test_fsdp_shards_a_full_fine_tune_over_two_gpu_ranks(
+    tmp_path: Path, bert_dir: Path, ray_ranks_cluster: None
+) -> None:
     space = {"train.learning_rate": {"type": "categorical", "choices": [3e-3]}}
     path = _study_file(tmp_path, bert_dir, "fsdp", space, max_steps=20)
     data = yaml.safe_load(path.read_text())

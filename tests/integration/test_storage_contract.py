@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -60,18 +59,31 @@ def test_create_resume_and_states(tmp_path: Path, bert_dir: Path, storage_url: s
     assert again.trials[3].params == failed.params and again.trials[3].user_attrs["retry_of"] == 2
 
 
-def test_status_and_export_name_the_true_best(tmp_path: Path, bert_dir: Path, storage_url: str,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_status_and_export_name_the_true_best(
+    tmp_path: Path, bert_dir: Path, storage_url: str, capsys: pytest.CaptureFixture
+) -> None:
     """A diverged trial (inf, and NaN where the database keeps it) is never ranked, whatever its direction."""
     path = tiny.study_file(tmp_path, bert_dir, storage=storage_url, objective={"metric": "eval_loss"})
     cfg = load_study(path)
     study = open_study(cfg)
     config = cfg.trial_config({}, 0)
     for value in (0.4, 0.3, 0.5):
-        study.add_trial(create_trial(value=value, params={"peft.r": 4, "train.learning_rate": 2e-3},
-                                     distributions=DISTS, user_attrs={"config": config}))
-    study.add_trial(create_trial(value=-math.inf, params={"peft.r": 5, "train.learning_rate": 2e-3},
-                                 distributions=DISTS, user_attrs={"config": config}))
+        study.add_trial(
+            create_trial(
+                value=value,
+                params={"peft.r": 4, "train.learning_rate": 2e-3},
+                distributions=DISTS,
+                user_attrs={"config": config},
+            )
+        )
+    study.add_trial(
+        create_trial(
+            value=-math.inf,
+            params={"peft.r": 5, "train.learning_rate": 2e-3},
+            distributions=DISTS,
+            user_attrs={"config": config},
+        )
+    )
     if storage_url.startswith("postgresql"):  # PostgreSQL stores NaN (SQLite cannot: it becomes NULL)
         nan = study.ask()
         study._storage.set_trial_state_values(nan._trial_id, TrialState.COMPLETE, [math.nan])
@@ -102,9 +114,9 @@ DEAD_DRIVER = textwrap.dedent("""
 """)
 
 
-def test_a_killed_drivers_trials_are_failed_and_queued_by_the_next(tmp_path: Path, bert_dir: Path,
-                                                                   storage_url: str,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_drivers_trials_are_failed_and_queued_by_the_next(
+    tmp_path: Path, bert_dir: Path, storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SFTUNE_HEARTBEAT_INTERVAL", "1")
     monkeypatch.setenv("SFTUNE_HEARTBEAT_GRACE", "3")
     path = tiny.study_file(tmp_path, bert_dir, storage=storage_url)
@@ -121,8 +133,7 @@ def test_a_killed_drivers_trials_are_failed_and_queued_by_the_next(tmp_path: Pat
     record_heartbeats(live_study, [live.number])
     beating = threading.Thread(target=beat)
     beating.start()
-    dead = subprocess.run([sys.executable, "-c", DEAD_DRIVER, str(path)], capture_output=True, text=True,
-                          timeout=120)
+    dead = subprocess.run([sys.executable, "-c", DEAD_DRIVER, str(path)], capture_output=True, text=True, timeout=120)
     assert dead.returncode == -signal.SIGKILL, dead.stderr
     killed = [int(n) for n in dead.stdout.split()]
     other = open_study(cfg)  # the next driver
@@ -148,8 +159,9 @@ def test_a_killed_drivers_trials_are_failed_and_queued_by_the_next(tmp_path: Pat
     live_study.tell(live, 0.5)
 
 
-def test_sessions_in_other_time_zones_agree(tmp_path: Path, bert_dir: Path, postgres_server,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sessions_in_other_time_zones_agree(
+    tmp_path: Path, bert_dir: Path, postgres_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """PostgreSQL stamps heartbeats as naive timestamps in the session's zone: a driver at UTC-10 must not
     look 24 hours stale to one at UTC+14."""
     url = postgres_server.new_database("tz")
@@ -196,8 +208,17 @@ def test_two_drivers_share_one_budget(tmp_path: Path, bert_dir: Path, storage_ur
     cmds = []
     for i in range(2):
         own = dict(data, output_dir=str(tmp_path / f"runs-{i}"))
-        cmds.append([sys.executable, "-m", "search", "run", str(tiny.write_config(tmp_path / f"d{i}.yaml", own)),
-                     "--address", shared_ray])
+        cmds.append(
+            [
+                sys.executable,
+                "-m",
+                "search",
+                "run",
+                str(tiny.write_config(tmp_path / f"d{i}.yaml", own)),
+                "--address",
+                shared_ray,
+            ]
+        )
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n=== next driver ===\n".join(outs)
@@ -217,10 +238,15 @@ def test_a_disk_filling_up_mid_run_ends_it_with_one_line(tmp_path: Path, bert_di
     import sqlite3
 
     db = tmp_path / "full.db"
-    path = tiny.study_file(tmp_path, bert_dir, name="full", storage=f"sqlite:///{db}", n_trials=6, concurrency=1,
-                           max_steps=40)
-    proc = subprocess.Popen([sys.executable, "-m", "search", "run", str(path), "--address", shared_ray],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    path = tiny.study_file(
+        tmp_path, bert_dir, name="full", storage=f"sqlite:///{db}", n_trials=6, concurrency=1, max_steps=40
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "run", str(path), "--address", shared_ray],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -236,8 +262,10 @@ def test_a_disk_filling_up_mid_run_ends_it_with_one_line(tmp_path: Path, bert_di
     assert proc.returncode == 1, out + err
     assert "Traceback" not in out + err
     said = out + err
-    assert ("writing the study database failed with a disk I/O error" in said
-            or "the disk holding the study database is full" in said), said
+    assert (
+        "writing the study database failed with a disk I/O error" in said
+        or "the disk holding the study database is full" in said
+    ), said
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert optuna.load_study(study_name="full", storage=f"sqlite:///{db}").trials  # still readable

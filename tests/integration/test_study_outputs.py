@@ -16,14 +16,22 @@ from search.cli import main
 pytestmark = pytest.mark.integration
 
 
-def test_best_values_artifacts_notes_and_export(tmp_path: Path, bert_dir: Path, ray_cluster: None,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_best_values_artifacts_notes_and_export(
+    tmp_path: Path, bert_dir: Path, ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from optuna_dashboard import get_note
 
     monkeypatch.chdir(tmp_path)
-    path = tiny.study_file(tmp_path, bert_dir, name="kept", n_trials=3, max_steps=30, keep_best=2,
-                           objective={"metric": "accuracy", "direction": "maximize", "use": "best"},
-                           space={"train.learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}})
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        name="kept",
+        n_trials=3,
+        max_steps=30,
+        keep_best=2,
+        objective={"metric": "accuracy", "direction": "maximize", "use": "best"},
+        space={"train.learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}},
+    )
     data = yaml.safe_load(path.read_text())
     data["base"]["save"] = "adapter"
     path.write_text(yaml.safe_dump(data))
@@ -37,8 +45,10 @@ def test_best_values_artifacts_notes_and_export(tmp_path: Path, bert_dir: Path, 
         assert t.value == t.intermediate_values[best_step]
         assert t.user_attrs["best_step"] == best_step
     ranked = sorted(complete, key=lambda t: (-t.value, t.number))
-    listed = {t.number: sorted(m.filename for m in optuna.artifacts.get_all_artifact_meta(t, storage=study._storage))
-              for t in complete}
+    listed = {
+        t.number: sorted(m.filename for m in optuna.artifacts.get_all_artifact_meta(t, storage=study._storage))
+        for t in complete
+    }
     assert [listed[t.number] for t in ranked] == [["adapter.zip", "config.yaml", "metrics.json"]] * 2 + [[]]
     for t in study.trials:
         assert f"Trial {t.number}" in get_note(optuna.trial.Trial(study, t._trial_id))

@@ -38,8 +38,10 @@ def test_states_values_and_configs_in_the_database(tmp_path: Path, bert_dir: Pat
         assert t.user_attrs["config"]["peft"]["r"] == t.params["peft.r"]
         assert [h["step"] for h in t.user_attrs["history"]] == [10, 20, 30]
         assert t.user_attrs["precision"] == resolve_precision("auto")[1]  # what the worker trained in
-    assert json.loads((tmp_path / "runs" / "trials" / "0000" / "metrics.json").read_text())["precision"] \
+    assert (
+        json.loads((tmp_path / "runs" / "trials" / "0000" / "metrics.json").read_text())["precision"]
         == resolve_precision("auto")[1]
+    )
     assert not (Path.home() / "ray_results" / "plain").exists()
 
 
@@ -55,8 +57,9 @@ def test_a_chat_trial_records_its_template(tmp_path: Path, gpt2_dir: Path, ray_c
 
 
 def test_a_pruner_that_must_prune_prunes_promptly(tmp_path: Path, bert_dir: Path, ray_cluster: None) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="pruned", n_trials=3, max_steps=200,
-                           pruner={"name": "threshold", "lower": 0.999})
+    path = tiny.study_file(
+        tmp_path, bert_dir, name="pruned", n_trials=3, max_steps=200, pruner={"name": "threshold", "lower": 0.999}
+    )
     started = time.time()
     assert main(["run", str(path)]) == 0
     trials = _study(tmp_path, "pruned").trials
@@ -69,9 +72,16 @@ def test_a_pruner_that_must_prune_prunes_promptly(tmp_path: Path, bert_dir: Path
 
 def test_median_pruner_prunes_a_bad_trial(tmp_path: Path, bert_dir: Path, ray_cluster: None) -> None:
     space = {"train.learning_rate": {"type": "categorical", "choices": [3e-3, 1e-7]}}
-    path = tiny.study_file(tmp_path, bert_dir, name="median", n_trials=4, concurrency=1, space=space,
-                           pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
-                           sampler={"name": "grid"})
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        name="median",
+        n_trials=4,
+        concurrency=1,
+        space=space,
+        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        sampler={"name": "grid"},
+    )
     assert main(["run", str(path)]) == 0
     trials = _study(tmp_path, "median").trials
     by_lr = {t.params["train.learning_rate"]: t.state for t in trials}
@@ -85,8 +95,10 @@ def test_one_failing_trial_fails_alone(tmp_path: Path, bert_dir: Path, ray_clust
         "        return {'peft.target_modules': ['no_such_layer']}\n"
         "    return {}\n"
     )
-    space = {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-             "python": "breaker:space"}
+    space = {
+        "train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "python": "breaker:space",
+    }
     path = tiny.study_file(tmp_path, bert_dir, name="fails", n_trials=3, space=space)
     assert main(["run", str(path)]) == 0
     trials = _study(tmp_path, "fails").trials
@@ -97,12 +109,19 @@ def test_one_failing_trial_fails_alone(tmp_path: Path, bert_dir: Path, ray_clust
     assert len(trials) == 4
 
 
-def test_always_failing_space_stops_with_a_message(tmp_path: Path, bert_dir: Path, ray_cluster: None,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_always_failing_space_stops_with_a_message(
+    tmp_path: Path, bert_dir: Path, ray_cluster: None, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "always.py").write_text("def space(trial):\n    return {'peft.target_modules': ['nope']}\n")
     space = {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2}, "python": "always:space"}
-    path = tiny.study_file(tmp_path, bert_dir, name="always", n_trials=5, space=space,
-                           budget={"n_trials": 5, "concurrency": 1, "max_failures": 2})
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        name="always",
+        n_trials=5,
+        space=space,
+        budget={"n_trials": 5, "concurrency": 1, "max_failures": 2},
+    )
     assert main(["run", str(path)]) == 1
     out = capsys.readouterr().out
     assert "3 trials failed in this run (budget.max_failures=2)" in out  # two tolerated, the third stops it
@@ -147,8 +166,11 @@ def test_sigkilled_driver_resumes_to_n_trials(tmp_path: Path, bert_dir: Path) ->
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     os.killpg(proc.pid, signal.SIGKILL) if _group_alive(proc.pid) else None
-    killed_running = [t.params for t in optuna.load_study(study_name="killed", storage=storage).trials
-                      if t.state == TrialState.RUNNING]
+    killed_running = [
+        t.params
+        for t in optuna.load_study(study_name="killed", storage=storage).trials
+        if t.state == TrialState.RUNNING
+    ]
     assert killed_running
 
     try:
@@ -175,13 +197,23 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def test_multi_objective_study(tmp_path: Path, bert_dir: Path, ray_cluster: None,
-                               capsys: pytest.CaptureFixture) -> None:
-    space = {"train.learning_rate": {"type": "categorical", "choices": [1e-3, 3e-3, 1e-2]},
-             "train.batch_size": {"type": "categorical", "choices": [8, 16]}}
-    path = tiny.study_file(tmp_path, bert_dir, name="multi", n_trials=3, space=space,
-                           pruner={"name": "median"}, sampler={"name": "nsga2", "seed": 0},
-                           objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}])
+def test_multi_objective_study(
+    tmp_path: Path, bert_dir: Path, ray_cluster: None, capsys: pytest.CaptureFixture
+) -> None:
+    space = {
+        "train.learning_rate": {"type": "categorical", "choices": [1e-3, 3e-3, 1e-2]},
+        "train.batch_size": {"type": "categorical", "choices": [8, 16]},
+    }
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        name="multi",
+        n_trials=3,
+        space=space,
+        pruner={"name": "median"},
+        sampler={"name": "nsga2", "seed": 0},
+        objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}],
+    )
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
     assert "Optuna prunes single-objective studies only" in out
@@ -196,10 +228,12 @@ def test_multi_objective_study(tmp_path: Path, bert_dir: Path, ray_cluster: None
     assert (tmp_path / "front.yaml").exists()
 
 
-def test_timeout_leaves_nothing_running_and_queues_the_unfinished(tmp_path: Path, bert_dir: Path,
-                                                                   ray_cluster: None) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="timeout", max_steps=5000,
-                           budget={"n_trials": 4, "concurrency": 2, "timeout": 6})
+def test_timeout_leaves_nothing_running_and_queues_the_unfinished(
+    tmp_path: Path, bert_dir: Path, ray_cluster: None
+) -> None:
+    path = tiny.study_file(
+        tmp_path, bert_dir, name="timeout", max_steps=5000, budget={"n_trials": 4, "concurrency": 2, "timeout": 6}
+    )
     assert main(["run", str(path)]) == 0
     trials = _study(tmp_path, "timeout").trials
     states = [t.state for t in trials]

@@ -26,18 +26,31 @@ CASES = {  # task: (objective, direction, a searched task option or None)
 
 
 @pytest.mark.parametrize("task", sorted(CASES))
-def test_a_study_of_each_task(task: str, tmp_path: Path, bert_dir: Path, ray_cluster: None,
-                              capsys: pytest.CaptureFixture) -> None:
+def test_a_study_of_each_task(
+    task: str, tmp_path: Path, bert_dir: Path, ray_cluster: None, capsys: pytest.CaptureFixture
+) -> None:
     metric, direction, extra = CASES[task]
-    model = {"token-classification": lambda: tiny.make_char_model(tmp_path / "char-bert"),
-             "image-classification": lambda: tiny.make_image_model(tmp_path / "resnet")}.get(task, lambda: bert_dir)()
+    model = {
+        "token-classification": lambda: tiny.make_char_model(tmp_path / "char-bert"),
+        "image-classification": lambda: tiny.make_image_model(tmp_path / "resnet"),
+    }.get(task, lambda: bert_dir)()
     base = tiny.TASK_CONFIGS[task](tmp_path, model, max_steps=20, eval_every=10)
     base["peft"] = {"method": "full"} if task == "image-classification" else {"method": "lora", "r": 4}
     space = {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True}, **extra}
-    path = tiny.write_config(tmp_path / "s.yaml", {
-        "name": "s", "objective": {"metric": metric, "direction": direction}, "sampler": {"name": "tpe", "seed": 0},
-        "pruner": {"name": "none"}, "budget": {"n_trials": 2, "concurrency": 2}, "resources": {"cpu": 1},
-        "base": base, "space": space, "output_dir": str(tmp_path / "runs")})
+    path = tiny.write_config(
+        tmp_path / "s.yaml",
+        {
+            "name": "s",
+            "objective": {"metric": metric, "direction": direction},
+            "sampler": {"name": "tpe", "seed": 0},
+            "pruner": {"name": "none"},
+            "budget": {"n_trials": 2, "concurrency": 2},
+            "resources": {"cpu": 1},
+            "base": base,
+            "space": space,
+            "output_dir": str(tmp_path / "runs"),
+        },
+    )
     assert main(["run", str(path)]) == 0
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
     assert study.direction.name.lower() == direction

@@ -18,14 +18,16 @@ from search.cli import main
 pytestmark = pytest.mark.integration
 
 
-def test_test_score_of_the_best_trial_matches_train_of_its_export(tmp_path: Path, bert_dir: Path,
-                                                                  capsys: pytest.CaptureFixture) -> None:
+def test_test_score_of_the_best_trial_matches_train_of_its_export(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="heldout", n_trials=2, concurrency=2, max_steps=10)
     data = yaml.safe_load(path.read_text())
     data["base"]["data"]["test_fraction"] = 0.2
     path.write_text(yaml.safe_dump(data))
-    run = subprocess.run([sys.executable, "-m", "search", "run", str(path)], capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "search", "run", str(path)], capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     storage = f"sqlite:///{tmp_path / 'heldout.db'}"
     by_run = optuna.load_study(study_name="heldout", storage=storage).user_attrs["test_metrics"]  # run's own

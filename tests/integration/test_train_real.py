@@ -15,16 +15,22 @@ pytestmark = pytest.mark.integration
 
 
 def test_minilm_lora_beats_majority_on_sst2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    config = tiny.write_config(tmp_path / "sst2.yaml", {
-        "model": "minilm-l6",
-        "task": "classification",
-        "data": {"train": str(SHARED_DATA / "sst2" / "train.jsonl"),
-                 "validation": str(SHARED_DATA / "sst2" / "validation.jsonl"),
-                 "max_train_samples": 800, "max_eval_samples": 200},
-        "peft": {"method": "lora", "r": 8},
-        "train": {"learning_rate": 1e-3, "batch_size": 16, "max_steps": 40, "eval_every": 20, "max_length": 64},
-        "output_dir": str(tmp_path / "out"),
-    })
+    config = tiny.write_config(
+        tmp_path / "sst2.yaml",
+        {
+            "model": "minilm-l6",
+            "task": "classification",
+            "data": {
+                "train": str(SHARED_DATA / "sst2" / "train.jsonl"),
+                "validation": str(SHARED_DATA / "sst2" / "validation.jsonl"),
+                "max_train_samples": 800,
+                "max_eval_samples": 200,
+            },
+            "peft": {"method": "lora", "r": 8},
+            "train": {"learning_rate": 1e-3, "batch_size": 16, "max_steps": 40, "eval_every": 20, "max_length": 64},
+            "output_dir": str(tmp_path / "out"),
+        },
+    )
     assert main(["train", str(config)]) == 0
     import json
 
@@ -38,14 +44,21 @@ def test_trec6_string_labels_full_finetune(tmp_path: Path) -> None:
     names = json.loads((SHARED_DATA / "trec6" / "labels.json").read_text())
     rows = [json.loads(line) for line in (SHARED_DATA / "trec6" / "train.jsonl").read_text().splitlines()[:1200]]
     tiny.write_jsonl(tmp_path / "trec.jsonl", [{"question": r["text"], "kind": names[str(r["label"])]} for r in rows])
-    config = tiny.write_config(tmp_path / "trec.yaml", {
-        "model": "minilm-l6",
-        "data": {"train": "trec.jsonl", "text_column": "question", "label_column": "kind",
-                 "validation_fraction": 0.15},
-        "peft": {"method": "full"},
-        "train": {"learning_rate": 2e-4, "batch_size": 16, "max_steps": 40, "eval_every": 40, "max_length": 32},
-        "output_dir": str(tmp_path / "out"),
-    })
+    config = tiny.write_config(
+        tmp_path / "trec.yaml",
+        {
+            "model": "minilm-l6",
+            "data": {
+                "train": "trec.jsonl",
+                "text_column": "question",
+                "label_column": "kind",
+                "validation_fraction": 0.15,
+            },
+            "peft": {"method": "full"},
+            "train": {"learning_rate": 2e-4, "batch_size": 16, "max_steps": 40, "eval_every": 40, "max_length": 32},
+            "output_dir": str(tmp_path / "out"),
+        },
+    )
     assert main(["train", str(config)]) == 0
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert sorted(saved["labels"]) == sorted(names.values())

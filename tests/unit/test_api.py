@@ -20,17 +20,26 @@ LR = {"train.learning_rate": FloatDistribution(1e-3, 1e-2, log=True)}
 
 def test_overrides_flatten_to_set_items() -> None:
     assert set_items({"budget": {"n_trials": 4, "timeout": None}, "base.train.max_steps": 10, "name": "x y"}) == [
-        "budget.n_trials=4", "budget.timeout=null", "base.train.max_steps=10", 'name="x y"']
+        "budget.n_trials=4",
+        "budget.timeout=null",
+        "base.train.max_steps=10",
+        'name="x y"',
+    ]
 
 
-def test_status_and_export_return_typed_results(tmp_path: Path, bert_dir: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_status_and_export_return_typed_results(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="api")
     study = optuna.create_study(study_name="api", storage=f"sqlite:///{tmp_path / 'api.db'}", direction="maximize")
     config = tiny.classification_config(tmp_path, bert_dir)
     for value in (0.6, 0.8):
-        study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 0.002}, distributions=LR,
-                                                  value=value, user_attrs={"config": config, "best_step": 10}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"train.learning_rate": 0.002},
+                distributions=LR,
+                value=value,
+                user_attrs={"config": config, "best_step": 10},
+            )
+        )
     study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"error": "boom"}))
 
     status = sftune.status(path, top=1)
@@ -62,13 +71,16 @@ def test_train_from_a_file_and_a_mapping(tmp_path: Path, bert_dir: Path, monkeyp
     assert again.metrics == result.metrics and [h["step"] for h in again.history] == [2]
 
 
-def test_bad_input_raises_the_problems_the_command_prints(tmp_path: Path, bert_dir: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_raises_the_problems_the_command_prints(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="bad")
     with pytest.raises(sftune.ConfigError) as caught:
         sftune.run(path, budget={"n_trials": 0}, resources={"cpu": -1}, say=None)
     assert [(p.key, p.message) for p in caught.value.problems] == [
-        ("budget.n_trials", "must be >= 1, found 0"), ("resources.cpu", "must be > 0, found -1.0")]
+        ("budget.n_trials", "must be >= 1, found 0"),
+        ("resources.cpu", "must be > 0, found -1.0"),
+    ]
     assert main(["run", str(path), "--set", "budget.n_trials=0", "--set", "resources.cpu=-1"]) == 2
     assert capsys.readouterr().err.strip() == caught.value.render()
     with pytest.raises(sftune.ConfigError, match="no study named 'bad'"):

@@ -56,8 +56,10 @@ def test_files_are_stored_listed_kept_for_the_best_and_fetched(tmp_path: Path, b
     assert not stored_files(trials[0]) and not stored_files(trials[2])
     assert sorted(stored_files(trials[1])) == ["adapter.zip", "config.yaml", "metrics.json"]
     fresh = optuna.load_study(study_name="art", storage=cfg.storage)  # what the dashboard reads
-    listed = [sorted(m.filename for m in optuna.artifacts.get_all_artifact_meta(t, storage=fresh._storage))
-              for t in fresh.trials]
+    listed = [
+        sorted(m.filename for m in optuna.artifacts.get_all_artifact_meta(t, storage=fresh._storage))
+        for t in fresh.trials
+    ]
     assert listed == [[], ["adapter.zip", "config.yaml", "metrics.json"], []]
     assert apply_retention(study, cfg) == []  # nothing more to remove
 
@@ -68,8 +70,9 @@ def test_files_are_stored_listed_kept_for_the_best_and_fetched(tmp_path: Path, b
     assert fetch_trial_files(study, cfg, 0, tmp_path / "export" / "x.yaml") is None  # removed by retention
 
 
-def test_export_writes_the_adapter_and_train_reproduces_the_metric(tmp_path: Path, bert_dir: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_writes_the_adapter_and_train_reproduces_the_metric(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     path = tiny.study_file(tmp_path, bert_dir, name="exp", max_steps=20)
     cfg, study = _study(path)
@@ -104,14 +107,26 @@ def test_notes_say_params_metrics_where_and_why(tmp_path: Path, bert_dir: Path) 
     path = tiny.study_file(tmp_path, bert_dir, name="notes", pruner={"name": "median"})
     cfg, study = _study(path)
     dist = {"train.learning_rate": LR}
-    study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 0.002}, distributions=dist, value=0.81,
-                                              intermediate_values={10: 0.7, 20: 0.81},
-                                              user_attrs={"host": "box-1", "node": "abcdef1234567890",
-                                                          "final_step": 20}))
-    study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 0.05}, distributions=dist,
-                                              state=TrialState.PRUNED, intermediate_values={10: 0.52}))
-    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL,
-                                              user_attrs={"error": "RuntimeError: CUDA out of memory"}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"train.learning_rate": 0.002},
+            distributions=dist,
+            value=0.81,
+            intermediate_values={10: 0.7, 20: 0.81},
+            user_attrs={"host": "box-1", "node": "abcdef1234567890", "final_step": 20},
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"train.learning_rate": 0.05},
+            distributions=dist,
+            state=TrialState.PRUNED,
+            intermediate_values={10: 0.52},
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"error": "RuntimeError: CUDA out of memory"})
+    )
     for number in range(3):
         write_note(study, cfg, number)
     complete, pruned, failed = (get_note(optuna.trial.Trial(study, t._trial_id)) for t in study.get_trials())

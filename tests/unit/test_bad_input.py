@@ -104,8 +104,9 @@ def test_model_path_does_not_exist(tmp_path: Path, good: dict, capsys: pytest.Ca
     assert "model: model directory './models/missing' does not exist" in err
 
 
-def test_unreachable_hub_id_says_so(tmp_path: Path, good: dict, capsys: pytest.CaptureFixture,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_hub_id_says_so(
+    tmp_path: Path, good: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     good["model"] = "someone/no-such-model-here"
     err = _run(tmp_path, good, capsys)

@@ -68,9 +68,15 @@ def test_export_of_a_best_trial_stops_at_its_best_step(tmp_path: Path, bert_dir:
     path = tiny.study_file(tmp_path, bert_dir, name="b", objective={"metric": "accuracy", "use": "best"})
     study = optuna.create_study(study_name="b", storage=f"sqlite:///{tmp_path / 'b.db'}", direction="maximize")
     config = {"data": {"train": "t"}, "train": {"max_steps": 30}}
-    study.add_trial(optuna.trial.create_trial(
-        params={"train.learning_rate": 0.002}, distributions={"train.learning_rate": FloatDistribution(1e-3, 1e-2)},
-        value=0.9, intermediate_values={10: 0.7, 20: 0.9, 30: 0.8}, user_attrs={"config": config, "best_step": 20}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"train.learning_rate": 0.002},
+            distributions={"train.learning_rate": FloatDistribution(1e-3, 1e-2)},
+            value=0.9,
+            intermediate_values={10: 0.7, 20: 0.9, 30: 0.8},
+            user_attrs={"config": config, "best_step": 20},
+        )
+    )
     assert main(["export", str(path), "--out", str(tmp_path / "best.yaml")]) == 0
     text = (tmp_path / "best.yaml").read_text()
     assert yaml.safe_load(text)["train"] == {"max_steps": 30, "stop_at_step": 20}

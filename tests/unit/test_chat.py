@@ -19,12 +19,16 @@ SELF_INSTRUCT = SHARED_DATA / "self_instruct" / "seed_tasks.jsonl"
 """Self-Instruct's 175 human-written seed tasks (Apache-2.0; see its SOURCE.md), usable as training data."""
 needs_data = pytest.mark.skipif(not SELF_INSTRUCT.exists(), reason="shared data not present")
 
-OWN = ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
-       "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}{% endfor %}"
-       "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+OWN = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
 """A tokenizer's own template (Zephyr's shape): it writes the BOS token and ends each assistant turn with EOS."""
-FILE = "{% for m in messages %}{{ m['role'] | upper + ': ' + m['content'] + '\n' }}{% endfor %}" \
-       "{% if add_generation_prompt %}{{ 'ASSISTANT: ' }}{% endif %}"
+FILE = (
+    "{% for m in messages %}{{ m['role'] | upper + ': ' + m['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT: ' }}{% endif %}"
+)
 """A template of a user's own, in a Jinja file: each assistant turn ends with a newline."""
 END = {"chatml": "<|im_end|>", "alpaca": "</s>", "tokenizer": "</s>\n", "file": "\n"}
 """What each template writes after an assistant's content, learned with it."""
@@ -45,8 +49,12 @@ def _chats(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     for k in range(0, len(rows) - 1, 2):
         a, b = rows[k], rows[k + 1]
         msgs = [{"role": "system", "content": "You are a helpful assistant."}] if k % 4 == 0 else []
-        msgs += [{"role": "user", "content": _ask(a)}, {"role": "assistant", "content": a["output"]},
-                 {"role": "user", "content": _ask(b)}, {"role": "assistant", "content": b["output"]}]
+        msgs += [
+            {"role": "user", "content": _ask(a)},
+            {"role": "assistant", "content": a["output"]},
+            {"role": "user", "content": _ask(b)},
+            {"role": "assistant", "content": b["output"]},
+        ]
         out.append({"messages": msgs})
     return out
 
@@ -127,8 +135,10 @@ def test_prompt_response_rows_keep_their_behaviour(gpt2_dir: Path) -> None:
     prompt, response = tok(rows[0]["prompt"])["input_ids"], tok(rows[0]["response"])["input_ids"]
     assert out[0]["input_ids"] == prompt[-4:] + response + [tok.eos_token_id]  # the prompt's start is cut
     assert out[0]["labels"] == [-100] * 4 + response + [tok.eos_token_id]
-    assert stats["truncated"] == stats["prompt_cut"] == 1 and stats["template"] == {"name": "none",
-                                                                                   "format": "prompt_response"}
+    assert stats["truncated"] == stats["prompt_cut"] == 1 and stats["template"] == {
+        "name": "none",
+        "format": "prompt_response",
+    }
 
 
 def test_a_long_conversation_loses_its_earliest_exchanges_first(gpt2_dir: Path) -> None:
@@ -136,9 +146,17 @@ def test_a_long_conversation_loses_its_earliest_exchanges_first(gpt2_dir: Path) 
 
     tok = get_task("sft").load_processor(str(gpt2_dir))
     system = {"role": "system", "content": "add"}
-    turns = [{"role": r, "content": c} for r, c in
-             (("user", "add 1 and 2 :"), ("assistant", "3"), ("user", "add 2 and 2 :"), ("assistant", "4"),
-              ("user", "add 5 and 5 :"), ("assistant", "10"))]
+    turns = [
+        {"role": r, "content": c}
+        for r, c in (
+            ("user", "add 1 and 2 :"),
+            ("assistant", "3"),
+            ("user", "add 2 and 2 :"),
+            ("assistant", "4"),
+            ("user", "add 5 and 5 :"),
+            ("assistant", "10"),
+        )
+    ]
     chatml = _chat.load_setting("chatml")
     options = {"chat_template": chatml, "format": "messages"}
     full, _ = sft_with_stats([{"messages": [system, *turns]}], tok, 128, options)
@@ -164,36 +182,41 @@ def test_a_jinja_file_is_recorded_in_metrics_json(tmp_path: Path, gpt2_dir: Path
     assert cfg.data.chat_template == str(tmp_path / "tpl" / "mine.jinja")  # relative to the config's folder
     prep = prepare(cfg)
     row = prep.train[0]
-    assert prep.tokenizer.decode([t for t, y in zip(row["input_ids"], row["labels"], strict=True) if y != -100]) \
-        == "0 0 [EOS]"  # each answer (its newline is no token to a word-level tokenizer), then EOS
+    assert (
+        prep.tokenizer.decode([t for t, y in zip(row["input_ids"], row["labels"], strict=True) if y != -100])
+        == "0 0 [EOS]"
+    )  # each answer (its newline is no token to a word-level tokenizer), then EOS
     result = run_job(cfg, prepared=prep)
     recorded = json.loads((tmp_path / "out" / "metrics.json").read_text())["template"]
     sha = hashlib.sha256(FILE.encode()).hexdigest()[:12]
-    assert recorded == result.template == {"name": "file", "path": str(tmp_path / "tpl" / "mine.jinja"),
-                                           "sha256": sha}
+    assert recorded == result.template == {"name": "file", "path": str(tmp_path / "tpl" / "mine.jinja"), "sha256": sha}
 
 
 @pytest.mark.parametrize(("setting", "name"), [("auto", "chatml"), ("alpaca", "alpaca")])
-def test_the_template_is_recorded_and_printed(tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture,
-                                              setting: str, name: str) -> None:
+def test_the_template_is_recorded_and_printed(
+    tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture, setting: str, name: str
+) -> None:
     path = tiny.write_config(tmp_path / "train.yaml", tiny.chat_config(tmp_path, gpt2_dir, chat_template=setting))
     assert main(["train", str(path)]) == 0
     assert f"prompt format: {name}\n" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["template"] == {"name": name}
 
 
-
-def test_unknown_template_name_lists_the_known_ones(tmp_path: Path, gpt2_dir: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_unknown_template_name_lists_the_known_ones(
+    tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     err = tiny.refused_train(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="chatlm"), capsys)
-    assert ("train.yaml: data.chat_template: expected auto, chatml, alpaca or a path to a Jinja file (.jinja), "
-            "found 'chatlm'; did you mean 'chatml'?") in err
+    assert (
+        "train.yaml: data.chat_template: expected auto, chatml, alpaca or a path to a Jinja file (.jinja), "
+        "found 'chatlm'; did you mean 'chatml'?"
+    ) in err
 
 
 def test_missing_template_file(tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture) -> None:
     err = tiny.refused_train(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="nope.jinja"), capsys)
-    assert (f"train.yaml: data.chat_template: expected a Jinja template file, found no file at "
-            f"'{tmp_path / 'nope.jinja'}'") in err
+    assert (
+        f"train.yaml: data.chat_template: expected a Jinja template file, found no file at '{tmp_path / 'nope.jinja'}'"
+    ) in err
 
 
 def test_template_file_that_is_not_jinja(tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -202,18 +225,27 @@ def test_template_file_that_is_not_jinja(tmp_path: Path, gpt2_dir: Path, capsys:
     assert "data.chat_template: " in err and "bad.jinja' is not a valid Jinja template: line 1" in err
 
 
-@pytest.mark.parametrize(("roles", "found"), [
-    (["user", "user", "assistant"], "expected roles to alternate user/assistant after an optional first system "
-                                    "message, found 'user' at message 2 (roles ['user', 'user', 'assistant'])"),
-    (["assistant", "user", "assistant"], "found 'assistant' at message 1"),
-    (["user", "system", "assistant"], "found 'system' at message 2"),
-    (["system", "user"], "expected at least one assistant turn, found roles ['system', 'user']"),
-    (["user", "assistant", "user"], "expected the last message to be the assistant's"),
-    (["user", "tool", "assistant"], "message 2: expected role system, user or assistant and text content, "
-                                    "found role 'tool' (str)"),
-])
-def test_chat_rows_whose_roles_do_not_alternate(tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture,
-                                                roles: list[str], found: str) -> None:
+@pytest.mark.parametrize(
+    ("roles", "found"),
+    [
+        (
+            ["user", "user", "assistant"],
+            "expected roles to alternate user/assistant after an optional first system "
+            "message, found 'user' at message 2 (roles ['user', 'user', 'assistant'])",
+        ),
+        (["assistant", "user", "assistant"], "found 'assistant' at message 1"),
+        (["user", "system", "assistant"], "found 'system' at message 2"),
+        (["system", "user"], "expected at least one assistant turn, found roles ['system', 'user']"),
+        (["user", "assistant", "user"], "expected the last message to be the assistant's"),
+        (
+            ["user", "tool", "assistant"],
+            "message 2: expected role system, user or assistant and text content, found role 'tool' (str)",
+        ),
+    ],
+)
+def test_chat_rows_whose_roles_do_not_alternate(
+    tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture, roles: list[str], found: str
+) -> None:
     data = tiny.chat_config(tmp_path, gpt2_dir)
     rows = [json.loads(line) for line in (tmp_path / "data" / "chat_val.jsonl").read_text().splitlines()]
     rows[2] = {"messages": [{"role": r, "content": "add 1 and 2 :"} for r in roles]}
@@ -223,15 +255,23 @@ def test_chat_rows_whose_roles_do_not_alternate(tmp_path: Path, gpt2_dir: Path, 
     assert found in err
 
 
-@pytest.mark.parametrize(("text", "found"), [
-    ("{% for m in messages | reverse %}{{ m['content'] + '\n' }}{% endfor %}",
-     "ValueError: the chat template does not render this conversation turn by turn"),
-    ("{{ raise_exception('no system messages here') }}", "TemplateError: no system messages here"),
-])
-def test_a_template_that_cannot_render_the_rows(tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture,
-                                                text: str, found: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        (
+            "{% for m in messages | reverse %}{{ m['content'] + '\n' }}{% endfor %}",
+            "ValueError: the chat template does not render this conversation turn by turn",
+        ),
+        ("{{ raise_exception('no system messages here') }}", "TemplateError: no system messages here"),
+    ],
+)
+def test_a_template_that_cannot_render_the_rows(
+    tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture, text: str, found: str
+) -> None:
     (tmp_path / "t.jinja").write_text(text)
     err = tiny.refused_train(tmp_path, tiny.chat_config(tmp_path, gpt2_dir, chat_template="t.jinja"), capsys)
-    assert (f"train.yaml: data.chat_template: train data: template file {tmp_path / 't.jinja'} sha256:"
-            f"{hashlib.sha256(text.encode()).hexdigest()[:12]} cannot render the conversation whose first user "
-            f"message is 'add 0 and 0 :': {found}") in err
+    assert (
+        f"train.yaml: data.chat_template: train data: template file {tmp_path / 't.jinja'} sha256:"
+        f"{hashlib.sha256(text.encode()).hexdigest()[:12]} cannot render the conversation whose first user "
+        f"message is 'add 0 and 0 :': {found}"
+    ) in err

@@ -27,8 +27,9 @@ def test_status_shows_why_trials_failed(tmp_path: Path, bert_dir: Path, capsys: 
     path = tiny.study_file(tmp_path, bert_dir, name="st")
     study = _db(tmp_path, "st")
     study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 0.002}, distributions=LR, value=0.7))
-    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL,
-                                              user_attrs={"error": "ConfigError: no layer named 'qq'"}))
+    study.add_trial(
+        optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"error": "ConfigError: no layer named 'qq'"})
+    )
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
     assert "failed trials:" in out and "trial 1: ConfigError: no layer named 'qq'" in out
@@ -37,8 +38,9 @@ def test_status_shows_why_trials_failed(tmp_path: Path, bert_dir: Path, capsys: 
 
 
 @pytest.mark.parametrize("command", ["status", "export", "plot", "report", "dashboard"])
-def test_a_missing_study_creates_no_database(tmp_path: Path, bert_dir: Path, command: str,
-                                             capsys: pytest.CaptureFixture) -> None:
+def test_a_missing_study_creates_no_database(
+    tmp_path: Path, bert_dir: Path, command: str, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="nothing")
     extra = ["--out", str(tmp_path / "x.yaml")] if command == "export" else []
     assert main([command, str(path), *extra]) == 2
@@ -48,8 +50,9 @@ def test_a_missing_study_creates_no_database(tmp_path: Path, bert_dir: Path, com
 
 @pytest.mark.parametrize("command", ["run", "status", "export", "plot", "report", "dashboard", "test"])
 @pytest.mark.parametrize("url,given", [("sqlite://", "--storage"), ("sqlite:///:memory:", "file")])
-def test_an_in_memory_database_is_refused_by_every_command(tmp_path: Path, bert_dir: Path, command: str, url: str,
-                                                           given: str, capsys: pytest.CaptureFixture) -> None:
+def test_an_in_memory_database_is_refused_by_every_command(
+    tmp_path: Path, bert_dir: Path, command: str, url: str, given: str, capsys: pytest.CaptureFixture
+) -> None:
     """A study in an in-memory SQLite database would be gone when the command ends: refused before anything
     runs (exit 2, no Ray, no file), naming where it came from and the file URL to use instead."""
     path = tiny.study_file(tmp_path, bert_dir, name="mem", **({"storage": url} if given == "file" else {}))
@@ -64,14 +67,21 @@ def test_an_in_memory_database_is_refused_by_every_command(tmp_path: Path, bert_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mem.yaml"]  # no database, no runs/
 
 
-def test_set_and_storage_find_a_renamed_study_in_every_command(tmp_path: Path, bert_dir: Path,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_set_and_storage_find_a_renamed_study_in_every_command(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="orig")
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     study = optuna.create_study(study_name="renamed", storage=url, direction="maximize")
-    study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 0.002}, distributions=LR, value=0.7,
-                                              intermediate_values={10: 0.6, 20: 0.7},
-                                              user_attrs={"config": {"model": "m", "data": {"train": "t"}}}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"train.learning_rate": 0.002},
+            distributions=LR,
+            value=0.7,
+            intermediate_values={10: 0.6, 20: 0.7},
+            user_attrs={"config": {"model": "m", "data": {"train": "t"}}},
+        )
+    )
     where = ["--set", "name=renamed", "--storage", url]
     assert main(["status", str(path), *where]) == 0
     assert "study renamed" in capsys.readouterr().out
@@ -88,8 +98,14 @@ def test_export_into_a_folder(tmp_path: Path, bert_dir: Path, capsys: pytest.Cap
     path = tiny.study_file(tmp_path, bert_dir, name="ex")
     study = _db(tmp_path, "ex")
     for value in (0.6, 0.8):
-        study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 0.002}, distributions=LR,
-                                                  value=value, user_attrs={"config": {"data": {"train": "t"}}}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"train.learning_rate": 0.002},
+                distributions=LR,
+                value=value,
+                user_attrs={"config": {"data": {"train": "t"}}},
+            )
+        )
     (tmp_path / "out").mkdir()
     assert main(["export", str(path), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "best.yaml").read_text().count("trial 1") >= 1
@@ -97,8 +113,9 @@ def test_export_into_a_folder(tmp_path: Path, bert_dir: Path, capsys: pytest.Cap
     assert (tmp_path / "new" / "trial-0.yaml").exists()
 
 
-def test_plot_with_nothing_to_plot_writes_nothing(tmp_path: Path, bert_dir: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_plot_with_nothing_to_plot_writes_nothing(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="empty")
     study = _db(tmp_path, "empty")
     study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"error": "boom"}))
@@ -136,5 +153,7 @@ def test_hints_carry_set_and_storage_and_parse(tmp_path: Path) -> None:
         assert args.study == "my study.yaml"
         assert args.set == ["name=x y", "base.train.max_steps=5"]
         assert args.storage == "sqlite:///a b.db"
-    assert next_hints("s.yaml", [], None) == ("next: sftune status s.yaml · sftune report s.yaml · "
-                                             "sftune dashboard s.yaml · sftune export s.yaml --out best.yaml")
+    assert next_hints("s.yaml", [], None) == (
+        "next: sftune status s.yaml · sftune report s.yaml · "
+        "sftune dashboard s.yaml · sftune export s.yaml --out best.yaml"
+    )

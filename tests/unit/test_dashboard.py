@@ -25,8 +25,12 @@ def test_dashboard_answers_with_the_study(tmp_path: Path, bert_dir: Path) -> Non
     study = optuna.create_study(study_name="dash", storage=f"sqlite:///{tmp_path / 'dash.db'}", direction="maximize")
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "search", "dashboard", str(path), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "dashboard", str(path), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         body = None
         for _ in range(60):

@@ -30,8 +30,9 @@ def _train(tmp: Path, data: dict, capsys: pytest.CaptureFixture) -> str:
     return _fails(["train", str(path)], capsys, tmp / "out")
 
 
-def test_duplicate_yaml_keys_name_the_key_and_both_lines(tmp_path: Path, good: dict,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_duplicate_yaml_keys_name_the_key_and_both_lines(
+    tmp_path: Path, good: dict, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.write_config(tmp_path / "train.yaml", good)
     text = path.read_text()
     lines = text.splitlines()
@@ -44,12 +45,15 @@ def test_duplicate_yaml_keys_name_the_key_and_both_lines(tmp_path: Path, good: d
 
 
 @pytest.mark.parametrize("where", ["study", "space"])
-def test_duplicate_keys_in_a_study_or_space_file(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture,
-                                                  where: str) -> None:
+def test_duplicate_keys_in_a_study_or_space_file(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
     if where == "space":
         space = tmp_path / "space.yaml"
-        space.write_text("peft.r: {type: int, low: 2, high: 8}\ntrain.learning_rate: {type: float, low: 0.001, "
-                         "high: 0.01}\npeft.r: {type: int, low: 4, high: 16}\n")
+        space.write_text(
+            "peft.r: {type: int, low: 2, high: 8}\ntrain.learning_rate: {type: float, low: 0.001, "
+            "high: 0.01}\npeft.r: {type: int, low: 4, high: 16}\n"
+        )
         path = tiny.study_file(tmp_path, bert_dir, space=str(space))
         expected = f"{space}: peft.r: given twice, on lines 1 and 3"
     else:
@@ -67,20 +71,25 @@ def test_non_utf8_config_file(tmp_path: Path, good: dict, capsys: pytest.Capture
     assert f"{path}: config file is not UTF-8 text (byte 0xe9" in err
 
 
-@pytest.mark.parametrize("key,value,expected", [
-    ("epochs", float("inf"), "train.epochs: expected a finite number, found inf (float)"),
-    ("epochs", float("nan"), "train.epochs: expected a finite number, found nan (float)"),
-    ("learning_rate", float("inf"), "train.learning_rate: expected a finite number, found inf (float)"),
-    ("weight_decay", float("-inf"), "train.weight_decay: expected a finite number, found -inf (float)"),
-])
-def test_every_float_field_must_be_finite(tmp_path: Path, good: dict, capsys: pytest.CaptureFixture, key: str,
-                                          value: float, expected: str) -> None:
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("epochs", float("inf"), "train.epochs: expected a finite number, found inf (float)"),
+        ("epochs", float("nan"), "train.epochs: expected a finite number, found nan (float)"),
+        ("learning_rate", float("inf"), "train.learning_rate: expected a finite number, found inf (float)"),
+        ("weight_decay", float("-inf"), "train.weight_decay: expected a finite number, found -inf (float)"),
+    ],
+)
+def test_every_float_field_must_be_finite(
+    tmp_path: Path, good: dict, capsys: pytest.CaptureFixture, key: str, value: float, expected: str
+) -> None:
     good["train"][key] = value
     assert expected in _train(tmp_path, good, capsys)
 
 
-def test_model_folder_without_tokenizer_files(tmp_path: Path, good: dict, bert_dir: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_model_folder_without_tokenizer_files(
+    tmp_path: Path, good: dict, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     bare = tmp_path / "bare-model"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
@@ -110,14 +119,18 @@ def test_tokenizer_that_does_not_fit_the_data(tmp_path: Path, good: dict, capsys
     assert "model: the tokenizer maps 100% of the train tokens to its unknown token '[UNK]'" in err
 
 
-@pytest.mark.parametrize("change,expected", [
-    ({"test": "data/val.jsonl", "test_fraction": 0.1}, "data.test_fraction: give data.test (a file) or "
-                                                       "data.test_fraction, not both"),
-    ({"test_fraction": 1.5}, "data.test_fraction: must be in (0, 1), found 1.5"),
-    ({"test": "nothere.jsonl"}, "data.test: data file"),
-])
-def test_bad_test_split(tmp_path: Path, good: dict, capsys: pytest.CaptureFixture, change: dict,
-                        expected: str) -> None:
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (
+            {"test": "data/val.jsonl", "test_fraction": 0.1},
+            "data.test_fraction: give data.test (a file) or data.test_fraction, not both",
+        ),
+        ({"test_fraction": 1.5}, "data.test_fraction: must be in (0, 1), found 1.5"),
+        ({"test": "nothere.jsonl"}, "data.test: data file"),
+    ],
+)
+def test_bad_test_split(tmp_path: Path, good: dict, capsys: pytest.CaptureFixture, change: dict, expected: str) -> None:
     good["data"].update(change)
     assert expected in _train(tmp_path, good, capsys)
 
@@ -129,29 +142,49 @@ def test_class_weights_need_classification(tmp_path: Path, gpt2_dir: Path, capsy
     assert "train.class_weights: applies to task classification, multilabel" in err and "task is sft" in err
 
 
-@pytest.mark.parametrize("space,expected", [
-    ({"peft.method": {"type": "categorical", "choices": ["lora", "full"]},
-      "peft.r": {"type": "int", "low": 2, "high": 8, "when": {"peft.method": "lroa"}}},
-     "space.peft.r.when: peft.method can never be 'lroa' (its choices are ['lora', 'full']), so peft.r would "
-     "never be sampled; did you mean 'lora'?"),
-    ({"peft.r": {"type": "int", "low": 2, "high": 8},
-      "peft.alpha": {"type": "float", "low": 4.0, "high": 32.0, "when": {"peft.r": 16}}},
-     "space.peft.alpha.when: peft.r can never be 16 (it takes an integer in [2, 8])"),
-    ({"peft.r": {"type": "int", "low": 2, "high": 8, "step": 1.5}},
-     "space.peft.r.step: an int parameter needs a whole step, found 1.5"),
-    ({"peft.r": {"type": "float", "low": 2.0, "high": 8.0}},
-     "space.peft.r.type: peft.r is an integer field, so a float parameter would give it values like 4.7"),
-    ({"peft.r": {"type": "int", "low": 2, "high": 64, "step": 4}},
-     "space.peft.r.step: step 4 does not divide high - low = 62: the range would be narrowed to [2, 62]; "
-     "set high to 62 or 66"),
-    ({"train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.03}},
-     "space.train.warmup_ratio.step: step 0.03 does not divide high - low = 0.1: the range would be narrowed "
-     "to [0, 0.09]"),
-    ({"train.learning_rate": {"type": "float", "low": 1e-4, "high": float("inf")}},
-     "space.train.learning_rate: low and high must be finite numbers"),
-])
-def test_bad_space(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture, space: dict,
-                   expected: str) -> None:
+@pytest.mark.parametrize(
+    "space,expected",
+    [
+        (
+            {
+                "peft.method": {"type": "categorical", "choices": ["lora", "full"]},
+                "peft.r": {"type": "int", "low": 2, "high": 8, "when": {"peft.method": "lroa"}},
+            },
+            "space.peft.r.when: peft.method can never be 'lroa' (its choices are ['lora', 'full']), so peft.r would "
+            "never be sampled; did you mean 'lora'?",
+        ),
+        (
+            {
+                "peft.r": {"type": "int", "low": 2, "high": 8},
+                "peft.alpha": {"type": "float", "low": 4.0, "high": 32.0, "when": {"peft.r": 16}},
+            },
+            "space.peft.alpha.when: peft.r can never be 16 (it takes an integer in [2, 8])",
+        ),
+        (
+            {"peft.r": {"type": "int", "low": 2, "high": 8, "step": 1.5}},
+            "space.peft.r.step: an int parameter needs a whole step, found 1.5",
+        ),
+        (
+            {"peft.r": {"type": "float", "low": 2.0, "high": 8.0}},
+            "space.peft.r.type: peft.r is an integer field, so a float parameter would give it values like 4.7",
+        ),
+        (
+            {"peft.r": {"type": "int", "low": 2, "high": 64, "step": 4}},
+            "space.peft.r.step: step 4 does not divide high - low = 62: the range would be narrowed to [2, 62]; "
+            "set high to 62 or 66",
+        ),
+        (
+            {"train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.03}},
+            "space.train.warmup_ratio.step: step 0.03 does not divide high - low = 0.1: the range would be narrowed "
+            "to [0, 0.09]",
+        ),
+        (
+            {"train.learning_rate": {"type": "float", "low": 1e-4, "high": float("inf")}},
+            "space.train.learning_rate: low and high must be finite numbers",
+        ),
+    ],
+)
+def test_bad_space(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture, space: dict, expected: str) -> None:
     path = tiny.study_file(tmp_path, bert_dir, space=space)
     err = _fails(["run", str(path)], capsys)
     assert f"{path}: {expected}" in err
@@ -161,16 +194,24 @@ def test_bad_space(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
 def test_a_step_that_divides_the_range_is_accepted(tmp_path: Path, bert_dir: Path) -> None:
     from search.config import load_study
 
-    cfg = load_study(tiny.study_file(tmp_path, bert_dir, space={
-        "peft.r": {"type": "int", "low": 2, "high": 62, "step": 4},
-        "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.02},
-        "peft.method": {"choices": ["lora", "full"]},
-        "peft.alpha": {"type": "float", "low": 4.0, "high": 32.0, "when": {"peft.method": "lora"}}}))
+    cfg = load_study(
+        tiny.study_file(
+            tmp_path,
+            bert_dir,
+            space={
+                "peft.r": {"type": "int", "low": 2, "high": 62, "step": 4},
+                "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.02},
+                "peft.method": {"choices": ["lora", "full"]},
+                "peft.alpha": {"type": "float", "low": 4.0, "high": 32.0, "when": {"peft.method": "lora"}},
+            },
+        )
+    )
     assert cfg.space.params[0].grid_values()[-1] == 62
 
 
-def test_searched_seed_with_splits_drawn_from_train_needs_a_split_seed(tmp_path: Path, bert_dir: Path,
-                                                                       capsys: pytest.CaptureFixture) -> None:
+def test_searched_seed_with_splits_drawn_from_train_needs_a_split_seed(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     import yaml
 
     from search.config import load_study

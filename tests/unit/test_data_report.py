@@ -37,9 +37,12 @@ def test_planted_duplicates_leakage_and_imbalance_are_counted(tmp_path: Path, ca
     for name, rows in (("train", train), ("val", validation), ("test", test)):
         tiny.write_jsonl(tmp_path / f"{name}.jsonl", rows)
     names = [json.loads((TREC / "labels.json").read_text())[str(i)] for i in range(6)]
-    config = {"model": "minilm-l6", "data": {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl",
-                                             "labels": names},
-              "train": {"max_length": 12}, "output_dir": str(tmp_path / "out")}
+    config = {
+        "model": "minilm-l6",
+        "data": {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl", "labels": names},
+        "train": {"max_length": 12},
+        "output_dir": str(tmp_path / "out"),
+    }
     path = tiny.write_config(tmp_path / "train.yaml", config)
     assert main(["data", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -62,8 +65,10 @@ def test_planted_duplicates_leakage_and_imbalance_are_counted(tmp_path: Path, ca
             assert (absent in report["warnings"]) == (counts.get(i, 0) == 0)
     abbr = Counter(r["label"] for r in train)[0] / len(train)
     assert abbr < 0.05  # TREC's ABBR class is rare
-    assert any(w.startswith("train: class 'ABBR' is 1.") or w.startswith("train: class 'ABBR' is 2.")
-               for w in report["warnings"]), report["warnings"]
+    assert any(
+        w.startswith("train: class 'ABBR' is 1.") or w.startswith("train: class 'ABBR' is 2.")
+        for w in report["warnings"]
+    ), report["warnings"]
     assert any("train.class_weights: balanced" in r and "f1_macro" in r for r in report["recommendations"])
     assert any(w.startswith("leakage: 3 of 83 validation rows also appear in train") for w in report["warnings"])
     over = sum(r["tokens"]["over_max_length"] for r in report["splits"].values())
@@ -81,12 +86,12 @@ def _sft_rows() -> dict[str, list[dict]]:
     long_prompt = {"prompt": "the movie was " * 5 + "add 1 and 2 :", "response": " 3"}  # 20 + 1 + EOS
     long_response = {"prompt": "add 1 and 2 :", "response": " " + " ".join(str(i % 10) for i in range(20))}
     exact = {"prompt": "add 1 and 2 :", "response": " " + " ".join(["7"] * 15)}  # 15 + EOS = max_length
-    return {"train": [fits] * 3 + [long_prompt] * 2 + [long_response, exact],
-            "val": [fits, long_prompt, long_response]}
+    return {"train": [fits] * 3 + [long_prompt] * 2 + [long_response, exact], "val": [fits, long_prompt, long_response]}
 
 
-def test_sft_rows_keep_their_response_and_lose_the_prompt_start(tmp_path: Path, gpt2_dir: Path,
-                                                                capsys: pytest.CaptureFixture) -> None:
+def test_sft_rows_keep_their_response_and_lose_the_prompt_start(
+    tmp_path: Path, gpt2_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     rows = _sft_rows()
     for name, split in rows.items():
         tiny.write_jsonl(tmp_path / f"{name}.jsonl", split)
@@ -94,8 +99,12 @@ def test_sft_rows_keep_their_response_and_lose_the_prompt_start(tmp_path: Path, 
     data["data"] = {"train": "train.jsonl", "validation": "val.jsonl"}
     cfg = config_from_dict(data, source="t", base_dir=tmp_path)
     prep = prepare(cfg)
-    assert prep.warnings == {"train.truncated": 3, "train.dropped": 1, "validation.truncated": 1,
-                             "validation.dropped": 1}
+    assert prep.warnings == {
+        "train.truncated": 3,
+        "train.dropped": 1,
+        "validation.truncated": 1,
+        "validation.dropped": 1,
+    }
     assert prep.stats["train"]["rows"] == 7 and len(prep.train) == 6 and len(prep.validation) == 2
     tok = prep.tokenizer
     cut = prep.train[3]  # the first long-prompt row
@@ -108,8 +117,10 @@ def test_sft_rows_keep_their_response_and_lose_the_prompt_start(tmp_path: Path, 
     report = data_report(cfg, "t", prepared=prep)
     assert report["splits"]["train"]["dropped"] == 1 and report["splits"]["train"]["truncated"] == 3
     assert report["splits"]["validation"]["dropped"] == 1
-    assert any("train: 1 of 7 rows are dropped: their response alone is longer than max_length=16" in w
-               for w in report["warnings"])
+    assert any(
+        "train: 1 of 7 rows are dropped: their response alone is longer than max_length=16" in w
+        for w in report["warnings"]
+    )
     assert "dropped train 1, validation 1" in short_form(report)
 
     path = tiny.write_config(tmp_path / "train.yaml", {**data, "train": {**data["train"], "max_steps": 2}})

@@ -18,23 +18,33 @@ from search.testset import evaluate_best_on_test
 from trainer import config_from_dict, run_job
 
 
-def _run_trials(cfg, study: optuna.Study, n: int) -> None:  # noqa: ANN001
+def _run_trials(cfg, study: optuna.Study, n: int) -> None:
     """Trials as the Ray worker and the driver run them with `objective.use: best` (evaluate_test=False)."""
     for _ in range(n):
         trial = study.ask()
         data = cfg.trial_config(sample_params(trial, cfg.space), trial.number)
-        result = run_job(config_from_dict(data, source="trial"), cache_dir=cfg.cache_dir, evaluate_test=False,
-                         keep_best=("accuracy", "maximize"))
+        result = run_job(
+            config_from_dict(data, source="trial"),
+            cache_dir=cfg.cache_dir,
+            evaluate_test=False,
+            keep_best=("accuracy", "maximize"),
+        )
         assert result.test_metrics == {}
         trial.set_user_attr("config", data)
         trial.set_user_attr("best_step", int(result.best["step"]))
         study.tell(trial, result.best["accuracy"])
 
 
-def test_best_trial_test_score_is_stored_and_reproduced_by_train(tmp_path: Path, bert_dir: Path,
-                                                                capsys: pytest.CaptureFixture) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="held", max_steps=8,
-                           space={"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}})
+def test_best_trial_test_score_is_stored_and_reproduced_by_train(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        name="held",
+        max_steps=8,
+        space={"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+    )
     data = yaml.safe_load(path.read_text())
     data["base"]["data"]["test_fraction"] = 0.2
     data["base"]["train"]["eval_every"] = 2
@@ -85,16 +95,20 @@ def test_a_study_without_a_test_split_says_so(tmp_path: Path, bert_dir: Path, ca
     assert "base.data.test: the study's base config holds out no test split" in err and "Traceback" not in err
 
 
-def test_a_study_with_no_complete_trial_has_nothing_to_test(tmp_path: Path, bert_dir: Path,
-                                                            capsys: pytest.CaptureFixture) -> None:
+def test_a_study_with_no_complete_trial_has_nothing_to_test(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="pruned")
     data = yaml.safe_load(path.read_text())
     data["base"]["data"]["test_fraction"] = 0.2
     path.write_text(yaml.safe_dump(data))
     cfg = load_study(path)
     study = open_study(cfg)
-    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=optuna.trial.TrialState.PRUNED,
-                                              intermediate_values={10: 0.5}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={}, distributions={}, state=optuna.trial.TrialState.PRUNED, intermediate_values={10: 0.5}
+        )
+    )
     said: list[str] = []
     assert evaluate_best_on_test(study, cfg, say=said.append) == []  # what `sftune run` calls: no exception
     assert said == ["held-out test: study 'pruned' has no complete trial to test yet"]

@@ -66,8 +66,15 @@ def links(path: Path) -> list[str]:
 
 def test_the_docs_are_there() -> None:
     names = {p.name for p in DOCS}
-    assert {"README.md", "study-file.md", "train-config.md", "clusters.md", "benchmarks.md",
-            "troubleshooting.md", "architecture.md"} <= names
+    assert {
+        "README.md",
+        "study-file.md",
+        "train-config.md",
+        "clusters.md",
+        "benchmarks.md",
+        "troubleshooting.md",
+        "architecture.md",
+    } <= names
 
 
 def test_slug_follows_github() -> None:
@@ -96,7 +103,7 @@ def _python_extract(readme: str, marker: str) -> str:
     lines = readme.splitlines()
     start = next(i for i, line in enumerate(lines) if marker in line)
     out, started = [], False
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("```"):
             if started:
                 break

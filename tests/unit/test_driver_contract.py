@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 import tiny
 from optuna.trial import TrialState
@@ -58,8 +57,18 @@ def _ready(d: Driver, tid: str) -> None:
 
 
 def _eval(d: Driver, tid: str, step: int, acc: float) -> bool:
-    return d.result(tid, {"accuracy": acc, "f1_macro": acc, "eval_loss": 1 - acc, "step": step, "max_steps": 30,
-                          "precision": "bf16", "template": "file /x/chat.jinja sha256:0123456789ab"})
+    return d.result(
+        tid,
+        {
+            "accuracy": acc,
+            "f1_macro": acc,
+            "eval_loss": 1 - acc,
+            "step": step,
+            "max_steps": 30,
+            "precision": "bf16",
+            "template": "file /x/chat.jinja sha256:0123456789ab",
+        },
+    )
 
 
 def _done(acc: float, step: int = 30) -> dict[str, Any]:
@@ -143,8 +152,10 @@ def test_a_dead_cluster_starts_nothing_and_its_trials_fail_and_are_queued(tmp_pa
     assert not watcher.is_alive() and not d.trials
     started = [t for t in d.study.trials if t.state != TrialState.WAITING]
     assert [t.state for t in started] == [TrialState.FAIL, TrialState.FAIL]
-    assert all(t.user_attrs["error"] == "the local Ray cluster died (its raylet ended); its params are queued for "
-               "the next run" for t in started)
+    assert all(
+        t.user_attrs["error"] == "the local Ray cluster died (its raylet ended); its params are queued for the next run"
+        for t in started
+    )
     queued = [t.system_attrs["fixed_params"] for t in d.study.get_trials(states=(TrialState.WAITING,))]
     assert sorted(map(str, queued)) == sorted(str(t.params) for t in started)
     assert not d.lock.acquire(blocking=False)  # Tune's next call (here, this thread's) is held off
@@ -170,8 +181,9 @@ def test_a_non_finite_final_metric_is_never_complete(tmp_path: Path, bert_dir: P
     assert t.state == TrialState.FAIL and "metric was nan" in t.user_attrs["error"]
 
 
-def test_a_failing_tell_ends_the_run_and_leaves_nothing_counted(tmp_path: Path, bert_dir: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_tell_ends_the_run_and_leaves_nothing_counted(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sqlalchemy.exc import OperationalError
 
     d = _driver(tmp_path, bert_dir, n_trials=3)
@@ -264,8 +276,9 @@ def test_a_remote_trial_sends_its_files_to_the_driver(tmp_path: Path, bert_dir: 
     assert fallback.is_dir() and fallback.parts[-3:] == ("sftune-trials", "s", "0003")
 
 
-def test_running_trials_keep_a_heartbeat_of_their_own(tmp_path: Path, bert_dir: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_running_trials_keep_a_heartbeat_of_their_own(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import time
 
     monkeypatch.setenv("SFTUNE_HEARTBEAT_INTERVAL", "1")
@@ -289,7 +302,8 @@ def test_running_trials_keep_a_heartbeat_of_their_own(tmp_path: Path, bert_dir: 
 
 
 def test_a_driver_waiting_on_a_dead_drivers_trials_takes_them_over_from_suggest(
-        tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With nothing of its own running, Tune only calls `suggest` (once a second, up to 600 s) and never
     steps its loop: the stale check must run from there, or the run waits out Tune's timeout."""
     import time
@@ -309,8 +323,9 @@ def test_a_driver_waiting_on_a_dead_drivers_trials_takes_them_over_from_suggest(
     assert config["sftune"]["config"]["peft"]["r"] in {t.params["peft.r"] for t in d.study.trials[:2]}
 
 
-def test_a_driver_never_fails_its_own_running_trials_as_stale(tmp_path: Path, bert_dir: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_driver_never_fails_its_own_running_trials_as_stale(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A starved machine can let a heartbeat come late: the driver's own stale check still spares its trials
     (other drivers judge them by heartbeat); when the run abandons a trial already failed elsewhere, it is
     left as it is."""
@@ -335,8 +350,16 @@ def test_cuda_memory_figures_are_kept_and_packing_is_judged_once(tmp_path: Path,
     d = _driver(tmp_path, bert_dir, n_trials=2, resources={"cpu": 1, "gpu": 0.5})
     d.suggest("t1")
     memory = {"cuda_total_mb": 1000.0, "cuda_reserved_peak_mb": 700.0, "cuda_peak_mb": 650.0}
-    d.result("t1", {"accuracy": 0.6, "step": 10, "memory/cuda_total_mb": 1000.0,  # flattened by Tune
-                    "memory/cuda_reserved_peak_mb": 700.0, "memory/cuda_peak_mb": 650.0})
+    d.result(
+        "t1",
+        {
+            "accuracy": 0.6,
+            "step": 10,
+            "memory/cuda_total_mb": 1000.0,  # flattened by Tune
+            "memory/cuda_reserved_peak_mb": 700.0,
+            "memory/cuda_peak_mb": 650.0,
+        },
+    )
     d.result("t1", {"accuracy": 0.6, "step": 20, "memory": memory})
     d.complete("t1", {**_done(0.7), "memory": {**memory, "cuda_allocated_end_mb": 0.0}}, error=False)
     t = d.study.trials[0]

@@ -25,12 +25,22 @@ def _config(tmp: Path, model_dir: Path, eval_batch_size: int) -> dict:
     tiny.write_jsonl(tmp / "data" / "train.jsonl", _rows(64, seed=1))
     tiny.write_jsonl(tmp / "data" / "val.jsonl", _rows(29, seed=2))
     return {
-        "model": str(model_dir), "task": "sft",
+        "model": str(model_dir),
+        "task": "sft",
         "data": {"train": "data/train.jsonl", "validation": "data/val.jsonl"},
         "peft": {"method": "full"},
-        "train": {"learning_rate": 3e-3, "batch_size": 8, "eval_batch_size": eval_batch_size, "max_steps": 12,
-                  "eval_every": 6, "max_length": 32, "seed": 0, "precision": "fp32"},
-        "save": "model", "output_dir": str(tmp / f"out-{eval_batch_size}"),
+        "train": {
+            "learning_rate": 3e-3,
+            "batch_size": 8,
+            "eval_batch_size": eval_batch_size,
+            "max_steps": 12,
+            "eval_every": 6,
+            "max_length": 32,
+            "seed": 0,
+            "precision": "fp32",
+        },
+        "save": "model",
+        "output_dir": str(tmp / f"out-{eval_batch_size}"),
     }
 
 
@@ -48,7 +58,7 @@ def _by_hand(model_dir: Path, rows: list[dict]) -> tuple[float, float]:
             count = int((labels[:, 1:] != -100).sum())
             sums.append(float(loss) * count)
             counts.append(count)
-    batches = [(sum(sums[i:i + 7]) / sum(counts[i:i + 7]), len(sums[i:i + 7])) for i in range(0, len(sums), 7)]
+    batches = [(sum(sums[i : i + 7]) / sum(counts[i : i + 7]), len(sums[i : i + 7])) for i in range(0, len(sums), 7)]
     return sum(sums) / sum(counts), sum(m * n for m, n in batches) / len(sums)
 
 

@@ -94,11 +94,17 @@ def test_quantization_block_becomes_the_bitsandbytes_config() -> None:
 
     q4 = bnb_config(QuantizationConfig(bits=4, type="fp4", double_quant=False, compute_dtype="fp16"))
     assert q4.load_in_4bit and not q4.load_in_8bit
-    assert (q4.bnb_4bit_quant_type, q4.bnb_4bit_use_double_quant, q4.bnb_4bit_compute_dtype) == \
-        ("fp4", False, torch.float16)
+    assert (q4.bnb_4bit_quant_type, q4.bnb_4bit_use_double_quant, q4.bnb_4bit_compute_dtype) == (
+        "fp4",
+        False,
+        torch.float16,
+    )
     default = bnb_config(QuantizationConfig())
-    assert (default.bnb_4bit_quant_type, default.bnb_4bit_use_double_quant, default.bnb_4bit_compute_dtype) == \
-        ("nf4", True, torch.bfloat16)
+    assert (default.bnb_4bit_quant_type, default.bnb_4bit_use_double_quant, default.bnb_4bit_compute_dtype) == (
+        "nf4",
+        True,
+        torch.bfloat16,
+    )
     assert bnb_config(QuantizationConfig(bits=8)).load_in_8bit
 
 
@@ -110,9 +116,20 @@ def llama64_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-llama64")
     torch.manual_seed(0)
     n = len(tiny.make_tokenizer(out))
-    LlamaForCausalLM(LlamaConfig(vocab_size=n, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                 num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
-                                 pad_token_id=0, eos_token_id=4, bos_token_id=4)).save_pretrained(out)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=n,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            pad_token_id=0,
+            eos_token_id=4,
+            bos_token_id=4,
+        )
+    ).save_pretrained(out)
     return out
 
 
@@ -130,15 +147,22 @@ def test_qlora_trains_on_cpu_when_bitsandbytes_runs_4bit_here(tmp_path: Path, ll
         pytest.skip(f"QLoRA on CPU needs bitsandbytes with a CPU 4-bit backend: {reason}")
     peft = {"r": 8, "alpha": 16, "target_modules": "all-linear"}
     lora = run_job(_sft(tmp_path, llama64_dir, "lora", peft={"method": "lora", **peft}, model_dtype="fp32"))
-    qlora = run_job(_sft(tmp_path, llama64_dir, "qlora", peft={"method": "qlora", **peft,
-                                                                "quantization": {"compute_dtype": "fp32"}}))
+    qlora = run_job(
+        _sft(
+            tmp_path, llama64_dir, "qlora", peft={"method": "qlora", **peft, "quantization": {"compute_dtype": "fp32"}}
+        )
+    )
     assert qlora.metrics["eval_loss"] < qlora.history[0]["eval_loss"] - 0.01  # it learns
     assert abs(qlora.metrics["eval_loss"] - lora.metrics["eval_loss"]) / lora.metrics["eval_loss"] < 0.05
     # 4-bit linear weights: the model's bytes well under the fp32 LoRA model's
     assert qlora.parameters["bytes"] < 0.6 * lora.parameters["bytes"]
     saved = json.loads((tmp_path / "qlora" / "metrics.json").read_text())
-    assert saved["config"]["peft"]["quantization"] == {"bits": 4, "type": "nf4", "double_quant": True,
-                                                        "compute_dtype": "fp32"}
+    assert saved["config"]["peft"]["quantization"] == {
+        "bits": 4,
+        "type": "nf4",
+        "double_quant": True,
+        "compute_dtype": "fp32",
+    }
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -177,11 +201,25 @@ def test_a_worker_killed_for_memory_fails_without_a_retry() -> None:
 
     assert killed_for_memory(OutOfMemoryError("Task was killed due to the node running low on memory."))
     assert not killed_for_memory(RuntimeError("node died"))
-    message, retry = failure(stopped=None, result=None, error=True, worker_error="out of memory: the trial's Ray "
-                             "worker died: killed", retries=lambda: 0, timed_out=None, stop_reason="")
+    message, retry = failure(
+        stopped=None,
+        result=None,
+        error=True,
+        worker_error="out of memory: the trial's Ray worker died: killed",
+        retries=lambda: 0,
+        timed_out=None,
+        stop_reason="",
+    )
     assert not retry and "not retried" in message
-    _, retry = failure(stopped=None, result=None, error=True, worker_error="the trial's Ray worker died: x",
-                       retries=lambda: 0, timed_out=None, stop_reason="")
+    _, retry = failure(
+        stopped=None,
+        result=None,
+        error=True,
+        worker_error="the trial's Ray worker died: x",
+        retries=lambda: 0,
+        timed_out=None,
+        stop_reason="",
+    )
     assert retry
 
 
@@ -193,17 +231,27 @@ def _args(cfg, tmp: Path, max_steps: int = 100):
 
     from trainer._optim import trainer_options
 
-    return TrainingArguments(output_dir=str(tmp / "_t"), learning_rate=cfg.train.learning_rate, max_steps=max_steps,
-                             report_to="none", use_cpu=True, **trainer_options(cfg, max_steps))
+    return TrainingArguments(
+        output_dir=str(tmp / "_t"),
+        learning_rate=cfg.train.learning_rate,
+        max_steps=max_steps,
+        report_to="none",
+        use_cpu=True,
+        **trainer_options(cfg, max_steps),
+    )
 
 
-@pytest.mark.parametrize(("name", "cls", "expected"), [
-    ("adamw", "AdamW", {"betas": (0.9, 0.95)}),
-    ("sgd", "SGD", {"momentum": 0.9}),
-    ("adafactor", "Adafactor", {"relative_step": False, "scale_parameter": False}),
-])
-def test_optimizer_choice_is_the_optimizer_trainer_builds(tmp_path: Path, llama_dir: Path, name: str, cls: str,
-                                                          expected: dict) -> None:
+@pytest.mark.parametrize(
+    ("name", "cls", "expected"),
+    [
+        ("adamw", "AdamW", {"betas": (0.9, 0.95)}),
+        ("sgd", "SGD", {"momentum": 0.9}),
+        ("adafactor", "Adafactor", {"relative_step": False, "scale_parameter": False}),
+    ],
+)
+def test_optimizer_choice_is_the_optimizer_trainer_builds(
+    tmp_path: Path, llama_dir: Path, name: str, cls: str, expected: dict
+) -> None:
     from transformers import Trainer
 
     cfg = _sft(tmp_path, llama_dir, "o", optimizer=name, adam_beta2=0.95)
@@ -217,8 +265,13 @@ def _lrs(cfg, tmp: Path, steps: int = 100) -> list[float]:
 
     args = _args(cfg, tmp, steps)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.learning_rate)
-    sched = get_scheduler(args.lr_scheduler_type, opt, num_warmup_steps=10, num_training_steps=steps,
-                          scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    sched = get_scheduler(
+        args.lr_scheduler_type,
+        opt,
+        num_warmup_steps=10,
+        num_training_steps=steps,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )
     out = []
     for _ in range(steps):
         out.append(opt.param_groups[0]["lr"])
@@ -231,8 +284,18 @@ def test_cosine_ends_at_min_lr_ratio_and_wsd_holds_then_decays(tmp_path: Path, l
     lr = 1e-3
     cos = _lrs(_sft(tmp_path, llama_dir, "c", learning_rate=lr, lr_scheduler="cosine", min_lr_ratio=0.1), tmp_path)
     assert cos[10] == pytest.approx(lr) and cos[-1] == pytest.approx(0.1 * lr)
-    wsd = _lrs(_sft(tmp_path, llama_dir, "w", learning_rate=lr, lr_scheduler="warmup_stable_decay",
-                    min_lr_ratio=0.05, decay_ratio=0.2), tmp_path)
+    wsd = _lrs(
+        _sft(
+            tmp_path,
+            llama_dir,
+            "w",
+            learning_rate=lr,
+            lr_scheduler="warmup_stable_decay",
+            min_lr_ratio=0.05,
+            decay_ratio=0.2,
+        ),
+        tmp_path,
+    )
     assert all(v == pytest.approx(lr) for v in wsd[10:80])  # stable until the last 20%
     assert wsd[90] < lr and wsd[-1] == pytest.approx(0.05 * lr)
 
@@ -301,8 +364,13 @@ def test_loraplus_gives_the_b_matrices_ratio_times_the_rate(tmp_path: Path, llam
     from trainer._model import build_model, load_tokenizer
     from trainer._optim import loraplus_optimizer
 
-    cfg = _sft(tmp_path, llama_dir, "p", peft={"method": "lora", "r": 4, "alpha": 8, "loraplus_ratio": 16.0},
-               learning_rate=1e-4)
+    cfg = _sft(
+        tmp_path,
+        llama_dir,
+        "p",
+        peft={"method": "lora", "r": 4, "alpha": 8, "loraplus_ratio": 16.0},
+        learning_rate=1e-4,
+    )
     model = build_model(cfg, str(llama_dir), load_tokenizer(str(llama_dir)), 0, [])
     opt = loraplus_optimizer(cfg, model, _args(cfg, tmp_path))
     names = {id(p): n for n, p in model.named_parameters()}
@@ -312,10 +380,21 @@ def test_loraplus_gives_the_b_matrices_ratio_times_the_rate(tmp_path: Path, llam
 
 
 def test_options_run_through_a_job_and_are_recorded(tmp_path: Path, llama_dir: Path) -> None:
-    cfg = _sft(tmp_path, llama_dir, "all", peft={"method": "lora", "r": 4, "alpha": 8, "use_rslora": True,
-                                                 "use_dora": True, "loraplus_ratio": 4.0},
-               optimizer="adamw", adam_beta2=0.95, lr_scheduler="cosine", min_lr_ratio=0.1, label_smoothing=0.1,
-               dropout=0.1, neftune_alpha=5.0, gradient_checkpointing=True, model_dtype="bf16")
+    cfg = _sft(
+        tmp_path,
+        llama_dir,
+        "all",
+        peft={"method": "lora", "r": 4, "alpha": 8, "use_rslora": True, "use_dora": True, "loraplus_ratio": 4.0},
+        optimizer="adamw",
+        adam_beta2=0.95,
+        lr_scheduler="cosine",
+        min_lr_ratio=0.1,
+        label_smoothing=0.1,
+        dropout=0.1,
+        neftune_alpha=5.0,
+        gradient_checkpointing=True,
+        model_dtype="bf16",
+    )
     result = run_job(cfg)
     assert result.metrics["eval_loss"] < result.history[0]["eval_loss"]
     saved = json.loads((tmp_path / "all" / "metrics.json").read_text())["config"]
@@ -340,8 +419,9 @@ def sft_data(tmp_path: Path, llama_dir: Path) -> dict:
     return tiny.sft_config(tmp_path, llama_dir, max_steps=4, eval_every=2)
 
 
-def test_missing_bitsandbytes_is_named(tmp_path: Path, sft_data: dict, capsys: pytest.CaptureFixture,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_bitsandbytes_is_named(
+    tmp_path: Path, sft_data: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import trainer._quant
 
     monkeypatch.setattr(trainer._quant, "bitsandbytes_installed", lambda: False)
@@ -368,8 +448,9 @@ def test_fp16_weights_on_a_cpu(tmp_path: Path, sft_data: dict, capsys: pytest.Ca
     assert "train.model_dtype: fp16 weights need a CUDA GPU" in err
 
 
-def test_gradient_checkpointing_on_a_model_without_it(tmp_path: Path, llama_dir: Path, sft_data: dict,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_gradient_checkpointing_on_a_model_without_it(
+    tmp_path: Path, llama_dir: Path, sft_data: dict, capsys: pytest.CaptureFixture
+) -> None:
     import shutil
 
     jet = tmp_path / "jetmoe"
@@ -383,8 +464,15 @@ def test_gradient_checkpointing_on_a_model_without_it(tmp_path: Path, llama_dir:
 
 
 def test_option_ranges_and_pairings(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    data = tiny.classification_config(tmp_path, bert_dir, neftune_alpha=5, min_lr_ratio=0.1, label_smoothing=0.1,
-                                      class_weights="balanced", adam_beta2=1.5)
+    data = tiny.classification_config(
+        tmp_path,
+        bert_dir,
+        neftune_alpha=5,
+        min_lr_ratio=0.1,
+        label_smoothing=0.1,
+        class_weights="balanced",
+        adam_beta2=1.5,
+    )
     err = _exit2(tmp_path, data, capsys)
     assert "train.neftune_alpha: NEFTune noises the embeddings of a causal LM" in err
     assert "train.min_lr_ratio: applies to lr_scheduler cosine or warmup_stable_decay; lr_scheduler is linear" in err

@@ -10,8 +10,8 @@ import optuna
 import pytest
 import tiny
 import yaml
-
 from conftest import REPO
+
 from search.cli import main
 from search.config import load_study
 from search.space import sample_params
@@ -27,8 +27,10 @@ peft.r:              {type: categorical, choices: [4, 8, 16, 32]}
 peft.dropout:        {type: float, low: 0.0, high: 0.1}
 peft.target_modules: {type: categorical, choices: [all-linear]}
 """
-SEARCHED = {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-            "peft.r": {"type": "int", "low": 2, "high": 8}}
+SEARCHED = {
+    "train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+    "peft.r": {"type": "int", "low": 2, "high": 8},
+}
 
 
 def _space_file(tmp_path: Path, text: str, name: str = "space.yaml") -> str:
@@ -51,11 +53,16 @@ def _run_one_trial(cfg: Any) -> optuna.trial.FrozenTrial:
 
 
 def test_fixed_values_are_in_the_config_not_in_the_params(tmp_path: Path, bert_dir: Path) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, space={**SEARCHED, "fixed": {"peft.target_modules": "all-linear",
-                                                                            "train.weight_decay": 0.01}})
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        space={**SEARCHED, "fixed": {"peft.target_modules": "all-linear", "train.weight_decay": 0.01}},
+    )
     cfg = load_study(path)
-    assert cfg.space.keys() == list(SEARCHED) and cfg.space.fixed == {"peft.target_modules": "all-linear",
-                                                                      "train.weight_decay": 0.01}
+    assert cfg.space.keys() == list(SEARCHED) and cfg.space.fixed == {
+        "peft.target_modules": "all-linear",
+        "train.weight_decay": 0.01,
+    }
     assert cfg.base_config.peft.target_modules == "all-linear" and cfg.base_config.train.weight_decay == 0.01
     trial = _run_one_trial(cfg)
     assert set(trial.params) == set(SEARCHED)  # never a stored param
@@ -63,8 +70,9 @@ def test_fixed_values_are_in_the_config_not_in_the_params(tmp_path: Path, bert_d
     assert config["peft"]["target_modules"] == "all-linear" and config["train"]["weight_decay"] == 0.01
 
 
-def test_a_changed_fixed_value_is_a_base_change_on_resume(tmp_path: Path, bert_dir: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_a_changed_fixed_value_is_a_base_change_on_resume(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, space={**SEARCHED, "fixed": {"train.weight_decay": 0.01}})
     _run_one_trial(load_study(path))
     data = yaml.safe_load(path.read_text())
@@ -76,17 +84,23 @@ def test_a_changed_fixed_value_is_a_base_change_on_resume(tmp_path: Path, bert_d
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("fixed,expected", [
-    ({"peft.target_module": "all-linear"},
-     "space.fixed.peft.target_module: not a train-config field; did you mean 'peft.target_modules'?"),
-    ({"train.batch_size": "many"}, "space.fixed.train.batch_size: value 'many': "),
-    ({"peft.r": 8}, "space.fixed.peft.r: peft.r is both fixed and searched"),
-    ({"output_dir": "elsewhere"}, "space.fixed.output_dir: the study sets each trial's output_dir"),
-    (["peft.r", 8], "space.fixed: expected a mapping of config keys to values"),
-    ({"peft.target_modules": "everything"}, "space.fixed.peft.target_modules: value 'everything': expected 'auto'"),
-])
-def test_bad_fixed_values(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture, fixed: Any,
-                          expected: str) -> None:
+@pytest.mark.parametrize(
+    "fixed,expected",
+    [
+        (
+            {"peft.target_module": "all-linear"},
+            "space.fixed.peft.target_module: not a train-config field; did you mean 'peft.target_modules'?",
+        ),
+        ({"train.batch_size": "many"}, "space.fixed.train.batch_size: value 'many': "),
+        ({"peft.r": 8}, "space.fixed.peft.r: peft.r is both fixed and searched"),
+        ({"output_dir": "elsewhere"}, "space.fixed.output_dir: the study sets each trial's output_dir"),
+        (["peft.r", 8], "space.fixed: expected a mapping of config keys to values"),
+        ({"peft.target_modules": "everything"}, "space.fixed.peft.target_modules: value 'everything': expected 'auto'"),
+    ],
+)
+def test_bad_fixed_values(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture, fixed: Any, expected: str
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, space={**SEARCHED, "fixed": fixed})
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
@@ -96,12 +110,13 @@ def test_bad_fixed_values(tmp_path: Path, bert_dir: Path, capsys: pytest.Capture
 
 
 def test_a_when_on_a_fixed_key_says_so(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    space = {"fixed": {"peft.method": "lora"}, "peft.r": {"type": "int", "low": 2, "high": 8,
-                                                          "when": {"peft.method": "lora"}}}
+    space = {
+        "fixed": {"peft.method": "lora"},
+        "peft.r": {"type": "int", "low": 2, "high": 8, "when": {"peft.method": "lora"}},
+    }
     path = tiny.study_file(tmp_path, bert_dir, space=space)
     assert main(["run", str(path)]) == 2
-    assert "space.peft.r.when: names 'peft.method', which is fixed (to 'lora'), not searched" in \
-        capsys.readouterr().err
+    assert "space.peft.r.when: names 'peft.method', which is fixed (to 'lora'), not searched" in capsys.readouterr().err
 
 
 def test_shipped_spaces_fix_instead_of_one_choice_params() -> None:
@@ -112,8 +127,9 @@ def test_shipped_spaces_fix_instead_of_one_choice_params() -> None:
     assert "peft.target_modules" not in load_study(REPO / "studies" / "quickstart.yaml").space.keys()
 
 
-def test_a_study_made_with_the_old_shipped_space_resumes_with_the_new(tmp_path: Path, bert_dir: Path,
-                                                                      capsys: pytest.CaptureFixture) -> None:
+def test_a_study_made_with_the_old_shipped_space_resumes_with_the_new(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     # The shipped lora-classification space as it was: peft.target_modules a one-choice categorical param.
     old_space = OLD_LORA_CLASSIFICATION
     new_space = (REPO / "spaces" / "lora-classification.yaml").read_text()
@@ -137,4 +153,3 @@ def test_a_study_made_with_the_old_shipped_space_resumes_with_the_new(tmp_path: 
     assert second.user_attrs["config"]["peft"]["target_modules"] == "all-linear"
     third = _run_one_trial(load_study(path))  # and again, now that the study holds trials of both kinds
     assert third.user_attrs["config"]["peft"]["target_modules"] == "all-linear"
-

@@ -9,9 +9,19 @@ import pytest
 from search._ray.gpu import CONTEXT_MB, check_packing, trials_per_gpu
 
 
-@pytest.mark.parametrize("share, concurrency, expected", [
-    (0.25, 8, 4), (0.25, 2, 2), (1 / 3, 8, 3), (0.3, 8, 3), (0.5, 1, 1), (1.0, 4, 1), (2.0, 4, 1), (0, 4, 0),
-])
+@pytest.mark.parametrize(
+    "share, concurrency, expected",
+    [
+        (0.25, 8, 4),
+        (0.25, 2, 2),
+        (1 / 3, 8, 3),
+        (0.3, 8, 3),
+        (0.5, 1, 1),
+        (1.0, 4, 1),
+        (2.0, 4, 1),
+        (0, 4, 0),
+    ],
+)
 def test_trials_per_gpu(share: float, concurrency: int, expected: int) -> None:
     assert trials_per_gpu(share, concurrency) == expected
 

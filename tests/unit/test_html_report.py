@@ -25,7 +25,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
     reason="headless Chromium not installed (Debian: apt-get install -y chromium); the report's and the "
-           "dashboard's pages are checked in a real browser only where it is")
+    "dashboard's pages are checked in a real browser only where it is",
+)
 
 
 def make_study(tmp: Path, bert_dir: Path, name: str = "rep") -> Path:
@@ -33,18 +34,26 @@ def make_study(tmp: Path, bert_dir: Path, name: str = "rep") -> Path:
     path = tiny.study_file(tmp, bert_dir, name=name, pruner={"name": "median"})
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp / (name + '.db')}", direction="maximize")
     dist = {"train.learning_rate": FloatDistribution(1e-3, 1e-2, log=True), "peft.r": IntDistribution(2, 8)}
-    for i, (lr, r, curve, state) in enumerate([
-        (0.002, 4, [0.6, 0.7, 0.75], TrialState.COMPLETE),
-        (0.008, 8, [0.55, 0.8, 0.85], TrialState.COMPLETE),
-        (0.001, 2, [0.5], TrialState.PRUNED),
-        (0.004, 6, [0.62, 0.72, 0.7], TrialState.COMPLETE),
-    ]):
+    for i, (lr, r, curve, state) in enumerate(
+        [
+            (0.002, 4, [0.6, 0.7, 0.75], TrialState.COMPLETE),
+            (0.008, 8, [0.55, 0.8, 0.85], TrialState.COMPLETE),
+            (0.001, 2, [0.5], TrialState.PRUNED),
+            (0.004, 6, [0.62, 0.72, 0.7], TrialState.COMPLETE),
+        ]
+    ):
         steps = {10 * (j + 1): v for j, v in enumerate(curve)}
         config = {"model": "tiny", "train": {"learning_rate": lr}, "peft": {"r": r}}
-        study.add_trial(optuna.trial.create_trial(
-            params={"train.learning_rate": lr, "peft.r": r}, distributions=dist, state=state,
-            value=curve[-1] if state == TrialState.COMPLETE else None, intermediate_values=steps,
-            user_attrs={"config": config, "final_step": max(steps)}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"train.learning_rate": lr, "peft.r": r},
+                distributions=dist,
+                state=state,
+                value=curve[-1] if state == TrialState.COMPLETE else None,
+                intermediate_values=steps,
+                user_attrs={"config": config, "final_step": max(steps)},
+            )
+        )
     study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"error": "ValueError: boom <b>"}))
     return path
 
@@ -72,28 +81,49 @@ def make_wide_study(tmp: Path, bert_dir: Path, name: str = "wide", n_complete: i
     each trial's stored config the base plus its params, as `sftune run` stores them."""
     from search.config import load_study
 
-    path = tiny.study_file(tmp, bert_dir, name=name, space={
-        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-        "train.batch_size": {"type": "categorical", "choices": [8, 16, 32]},
-        "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1},
-        "peft.r": {"type": "categorical", "choices": [4, 8, 16, 32]},
-        "peft.dropout": {"type": "float", "low": 0.0, "high": 0.1},
-        "peft.target_modules": {"type": "categorical", "choices": ["all-linear"]}})
+    path = tiny.study_file(
+        tmp,
+        bert_dir,
+        name=name,
+        space={
+            "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+            "train.batch_size": {"type": "categorical", "choices": [8, 16, 32]},
+            "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1},
+            "peft.r": {"type": "categorical", "choices": [4, 8, 16, 32]},
+            "peft.dropout": {"type": "float", "low": 0.0, "high": 0.1},
+            "peft.target_modules": {"type": "categorical", "choices": ["all-linear"]},
+        },
+    )
     cfg = load_study(str(path), [])
-    dist = {"train.learning_rate": FloatDistribution(1e-4, 3e-3, log=True),
-            "train.batch_size": CategoricalDistribution([8, 16, 32]),
-            "train.warmup_ratio": FloatDistribution(0.0, 0.1), "peft.r": CategoricalDistribution([4, 8, 16, 32]),
-            "peft.dropout": FloatDistribution(0.0, 0.1), "peft.target_modules": CategoricalDistribution(["all-linear"])}
+    dist = {
+        "train.learning_rate": FloatDistribution(1e-4, 3e-3, log=True),
+        "train.batch_size": CategoricalDistribution([8, 16, 32]),
+        "train.warmup_ratio": FloatDistribution(0.0, 0.1),
+        "peft.r": CategoricalDistribution([4, 8, 16, 32]),
+        "peft.dropout": FloatDistribution(0.0, 0.1),
+        "peft.target_modules": CategoricalDistribution(["all-linear"]),
+    }
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp / (name + '.db')}", direction="maximize")
     for i in range(n_complete):
-        params = {"train.learning_rate": 1e-4 * (1.5 + i), "train.batch_size": [8, 16, 32][i % 3],
-                  "train.warmup_ratio": 0.01 * (i + 1), "peft.r": [4, 8, 16, 32][i % 4], "peft.dropout": 0.01 * i,
-                  "peft.target_modules": "all-linear"}
+        params = {
+            "train.learning_rate": 1e-4 * (1.5 + i),
+            "train.batch_size": [8, 16, 32][i % 3],
+            "train.warmup_ratio": 0.01 * (i + 1),
+            "peft.r": [4, 8, 16, 32][i % 4],
+            "peft.dropout": 0.01 * i,
+            "peft.target_modules": "all-linear",
+        }
         config = cfg.trial_config(params, i)
         config["train"]["threads"] = 1
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions=dist, value=0.6 + 0.05 * (i % 3) + 0.001 * i,
-            intermediate_values={10: 0.5, 20: 0.6 + 0.05 * (i % 3)}, user_attrs={"config": config}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=dist,
+                value=0.6 + 0.05 * (i % 3) + 0.001 * i,
+                intermediate_values={10: 0.5, 20: 0.6 + 0.05 * (i % 3)},
+                user_attrs={"config": config},
+            )
+        )
     return path
 
 
@@ -102,19 +132,19 @@ def test_best_trial_shows_its_searched_values_and_what_differs_from_the_base(tmp
     out = tmp_path / "wide.html"
     assert main(["report", str(path), "--out", str(out)]) == 0
     page = out.read_text()
-    best = page[page.index('id="best-params"'):page.index("<details>")]
-    searched = re.findall(r"<tr><th>([\w.]+)</th><td", best[:best.index("</table>")])
+    best = page[page.index('id="best-params"') : page.index("<details>")]
+    searched = re.findall(r"<tr><th>([\w.]+)</th><td", best[: best.index("</table>")])
     assert searched == ["train.learning_rate", "train.batch_size", "train.warmup_ratio", "peft.r", "peft.dropout"]
     assert '<p id="best">Trial 2: accuracy 0.702</p>' in page
     assert '<tr><th>train.batch_size</th><td class="num">32</td><td class="num">16</td></tr>' in best  # vs base
-    changes = best[best.index('id="best-changes"'):]
+    changes = best[best.index('id="best-changes"') :]
     # the fixed value differs from the base (not searched, so here); a trial's own folder and threads do not count
     assert re.findall(r"<tr><th>([\w.]+)</th><td", changes) == ["peft.target_modules"]
     assert "<details><summary>Trial 2's whole config</summary>" in page
     caption = re.search(r'data-plot="importances".*?<figcaption class="warn">([^<]*)</figcaption>', page, re.DOTALL)
     assert caption and "from 4 complete trials: fewer than 10, so read them as a hint" in caption.group(1)
     for plot in ("importances", "parallel", "slice"):  # searched params only: a fixed value is no parameter
-        figure = page[page.index(f'data-plot="{plot}"'):].split("</figure>")[0]
+        figure = page[page.index(f'data-plot="{plot}"') :].split("</figure>")[0]
         assert "peft.dropout" in figure and "peft.target_modules" not in figure, plot
 
 
@@ -170,11 +200,23 @@ def test_report_of_a_study_that_does_not_exist_creates_nothing(tmp_path: Path, b
 
 def _dump_dom(url: str, tmp: Path, budget_ms: int = 15000, window: str | None = None) -> str:
     proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'chromium-profile'}",
-         *([f"--window-size={window}"] if window else []),
-         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp / 'chromium-profile'}",
+            *([f"--window-size={window}"] if window else []),
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -205,8 +247,12 @@ def test_dashboard_page_lists_the_trials_in_headless_chromium(tmp_path: Path, be
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "search", "dashboard", str(path), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "dashboard", str(path), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         for _ in range(240):  # the server is up when its API answers
             try:
@@ -228,12 +274,19 @@ def test_dashboard_page_lists_the_trials_in_headless_chromium(tmp_path: Path, be
 
 def test_multi_objective_report_has_the_pareto_front(tmp_path: Path, bert_dir: Path) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="mo", objective=[{"metric": "accuracy"}, {"metric": "eval_loss"}])
-    study = optuna.create_study(study_name="mo", storage=f"sqlite:///{tmp_path / 'mo.db'}",
-                                directions=["maximize", "minimize"])
+    study = optuna.create_study(
+        study_name="mo", storage=f"sqlite:///{tmp_path / 'mo.db'}", directions=["maximize", "minimize"]
+    )
     dist = {"train.learning_rate": FloatDistribution(1e-3, 1e-2, log=True)}
     for lr, acc, loss in [(0.002, 0.7, 0.5), (0.005, 0.8, 0.6), (0.009, 0.6, 0.7)]:
-        study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": lr}, distributions=dist,
-                                                  values=[acc, loss], intermediate_values={10: acc}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"train.learning_rate": lr},
+                distributions=dist,
+                values=[acc, loss],
+                intermediate_values={10: acc},
+            )
+        )
     out = tmp_path / "mo.html"
     assert main(["report", str(path), "--out", str(out)]) == 0
     page = out.read_text()
@@ -249,14 +302,19 @@ def test_the_best_trial_shows_what_it_generated(tmp_path: Path, bert_dir: Path) 
     study = optuna.load_study(study_name="rep", storage=f"sqlite:///{tmp_path / 'rep.db'}")
     samples = [{"prompt": "add 3 and 4 :", "output": " 7 <i>", "reference": " 7"}]
     dist = {"train.learning_rate": FloatDistribution(1e-3, 1e-2, log=True), "peft.r": IntDistribution(2, 8)}
-    study.add_trial(optuna.trial.create_trial(
-        params={"train.learning_rate": 0.005, "peft.r": 4}, distributions=dist, value=0.9,
-        intermediate_values={10: 0.9}, user_attrs={"config": {"model": "tiny"}, "final_step": 10,
-                                                   "generations": {"step": 30, "samples": samples}}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"train.learning_rate": 0.005, "peft.r": 4},
+            distributions=dist,
+            value=0.9,
+            intermediate_values={10: 0.9},
+            user_attrs={"config": {"model": "tiny"}, "final_step": 10, "generations": {"step": 30, "samples": samples}},
+        )
+    )
     best = study.best_trial
     out = tmp_path / "report.html"
     assert main(["report", str(path), "--out", str(out)]) == 0
     page = out.read_text()
-    table = page[page.index('id="best-generations"'):]
+    table = page[page.index('id="best-generations"') :]
     assert f"What trial {best.number} wrote at step 30" in page
     assert "add 3 and 4 :" in table and " 7 &lt;i&gt;" in table and "<i>" not in table.split("</table>")[0]

@@ -71,8 +71,14 @@ SCRIPT = textwrap.dedent("""
 def test_a_ctrl_c_during_a_fork_no_longer_leaves_loggings_lock_held(held: bool) -> None:
     """The deadlock CI met: without holding, the interrupt is lost and logging's lock stays held."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, "-c", SCRIPT, "held" if held else "bare"], capture_output=True,
-                          text=True, timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": root})
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "held" if held else "bare"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
     if held:
         assert done.stdout.split("\n")[:2] == ["interrupted", "logging works"], done.stdout + done.stderr
     else:  # what the product did before: the Ctrl-C is lost and logging is stuck

@@ -92,8 +92,10 @@ def test_instruction_columns_are_formatted(tmp_path: Path, gpt2_dir: Path) -> No
     assert prep.examples.train[0]["prompt"].startswith("### Instruction:\nadd 1 and 2")
 
 
-@pytest.mark.parametrize("arch,expected", [("bert", {"query", "key", "value"}), ("gpt2", {"c_attn"}),
-                                           ("llama", {"q_proj", "k_proj", "v_proj", "o_proj"})])
+@pytest.mark.parametrize(
+    "arch,expected",
+    [("bert", {"query", "key", "value"}), ("gpt2", {"c_attn"}), ("llama", {"q_proj", "k_proj", "v_proj", "o_proj"})],
+)
 def test_auto_target_modules(tmp_path: Path, arch: str, expected: set, request: pytest.FixtureRequest) -> None:
     from trainer._model import build_model
 

@@ -27,15 +27,16 @@ class _RaiseAtFirst:
         raise self.exc
 
 
-def test_model_optimizer_and_trainer_are_released_after_each_job(tmp_path: Path, bert_dir: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_optimizer_and_trainer_are_released_after_each_job(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
     from transformers import Trainer
 
     models: list[weakref.ref] = []
     build = job.build_model
 
-    def tracked(*args, **kwargs):  # noqa: ANN002, ANN003
+    def tracked(*args, **kwargs):
         model = build(*args, **kwargs)
         models.append(weakref.ref(model))
         return model

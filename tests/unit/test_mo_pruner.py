@@ -46,8 +46,14 @@ def _eval(d: Driver, tid: str, step: int, acc: float, loss: float) -> bool:
 
 
 def test_the_driver_prunes_a_dominated_two_objective_trial(tmp_path: Path, bert_dir: Path) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, name="mo", n_trials=4, objective=TWO,
-                           pruner={"name": "mo-successive-halving", "reduction_factor": 2})
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        name="mo",
+        n_trials=4,
+        objective=TWO,
+        pruner={"name": "mo-successive-halving", "reduction_factor": 2},
+    )
     cfg = load_study(path)
     d = Driver(cfg=cfg, study=open_study(cfg), progress=Events())
     for tid in ("a", "b", "c"):
@@ -65,16 +71,26 @@ def test_the_driver_prunes_a_dominated_two_objective_trial(tmp_path: Path, bert_
     assert d.study.trials[0].user_attrs[RUNGS_ATTR] == {"10": [0.9, 0.2]}
 
 
-@pytest.mark.parametrize(("study", "expected"), [
-    ({"pruner": {"name": "mo-successive-halving"}},
-     "pruner.name: mo-successive-halving prunes multi-objective studies, but this study has one objective"),
-    ({"pruner": {"name": "mo-successive-halving", "reduction_factor": 1}, "objective": TWO},
-     "pruner: mo-successive-halving: reduction_factor must be an integer >= 2, but got 1"),
-    ({"pruner": {"name": "mo-successive-halving", "eta": 3}, "objective": TWO},
-     "pruner.eta: unknown option for pruner 'mo-successive-halving'"),
-])
-def test_bad_mo_pruner_exits_2(tmp_path: Path, bert_dir: Path, study: dict[str, Any], expected: str,
-                               capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("study", "expected"),
+    [
+        (
+            {"pruner": {"name": "mo-successive-halving"}},
+            "pruner.name: mo-successive-halving prunes multi-objective studies, but this study has one objective",
+        ),
+        (
+            {"pruner": {"name": "mo-successive-halving", "reduction_factor": 1}, "objective": TWO},
+            "pruner: mo-successive-halving: reduction_factor must be an integer >= 2, but got 1",
+        ),
+        (
+            {"pruner": {"name": "mo-successive-halving", "eta": 3}, "objective": TWO},
+            "pruner.eta: unknown option for pruner 'mo-successive-halving'",
+        ),
+    ],
+)
+def test_bad_mo_pruner_exits_2(
+    tmp_path: Path, bert_dir: Path, study: dict[str, Any], expected: str, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="bad", **study)
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err

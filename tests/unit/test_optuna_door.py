@@ -92,21 +92,25 @@ def test_cached_trials_are_the_finished_trials_the_cache_hands_out(tmp_path: Pat
     storage = door.storage_of(study)
     storage.get_all_trials(door.study_id_of(study))
     cached = door.cached_trials(storage, door.study_id_of(study))
-    assert [door.trial_id_of(t) for t in cached] == [door.trial_id_of(trial)], \
+    assert [door.trial_id_of(t) for t in cached] == [door.trial_id_of(trial)], (
         "optuna's _CachedStorage no longer keeps trials in `_studies[study_id].trials`"
+    )
     cached[0].user_attrs.pop("x")
     assert "x" not in storage.get_trial(door.trial_id_of(trial)).user_attrs, "the cache hands out other copies"
     assert door.cached_trials(optuna.storages.InMemoryStorage(), 0) == []
 
 
-@pytest.mark.parametrize("model,columns", [
-    ("TrialModel", ("trial_id", "study_id", "number", "state")),
-    ("TrialValueModel", ("trial_id", "objective", "value", "value_type")),
-    ("TrialHeartbeatModel", ("trial_heartbeat_id", "trial_id", "heartbeat")),
-    ("TrialParamModel", ("trial_id", "param_name", "distribution_json")),
-    ("TrialUserAttributeModel", ("trial_id", "key", "value_json")),
-    ("TrialSystemAttributeModel", ("trial_id", "key")),
-])
+@pytest.mark.parametrize(
+    "model,columns",
+    [
+        ("TrialModel", ("trial_id", "study_id", "number", "state")),
+        ("TrialValueModel", ("trial_id", "objective", "value", "value_type")),
+        ("TrialHeartbeatModel", ("trial_heartbeat_id", "trial_id", "heartbeat")),
+        ("TrialParamModel", ("trial_id", "param_name", "distribution_json")),
+        ("TrialUserAttributeModel", ("trial_id", "key", "value_json")),
+        ("TrialSystemAttributeModel", ("trial_id", "key")),
+    ],
+)
 def test_rdb_models_have_the_tables_and_columns_sftune_queries(model: str, columns: tuple[str, ...]) -> None:
     """optuna.storages._rdb.models: the tables and columns of sftune's own queries and writes."""
     models = door.rdb_models()
@@ -150,8 +154,9 @@ def test_cached_storage_base_updates_the_copy_the_cache_keeps(tmp_path: Path) ->
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask()
     before = study.get_trials(deepcopy=False)
-    assert door.trial_id_of(before[0]) in storage._trial_id_to_study_id_and_number, \
+    assert door.trial_id_of(before[0]) in storage._trial_id_to_study_id_and_number, (
         "_CachedStorage no longer maps trial ids in `_trial_id_to_study_id_and_number`"
+    )
 
     def change(t: FrozenTrial) -> None:
         t.user_attrs = {"seen": 1}
@@ -159,8 +164,9 @@ def test_cached_storage_base_updates_the_copy_the_cache_keeps(tmp_path: Path) ->
     storage.update_cached_trial(door.trial_id_of(trial), change)
     storage.update_cached_trial(10_000, change)  # not cached: nothing
     after = storage._studies[door.study_id_of(study)].trials[0]
-    assert after.user_attrs == {"seen": 1} and after is not before[0], \
+    assert after.user_attrs == {"seen": 1} and after is not before[0], (
         "_CachedStorage no longer keeps its trials in `_studies[study_id].trials[number]`"
+    )
     assert before[0].user_attrs == {}  # what was handed out before keeps its copy
 
 
@@ -191,12 +197,15 @@ def test_every_private_backend_method_the_cache_calls_is_listed_and_retried(tmp_
 
 def test_rdb_storage_base_decides_what_fail_stale_trials_fails(tmp_path: Path) -> None:
     """RDBStorage._get_stale_trial_ids: what optuna.storages.fail_stale_trials asks (through the cache)."""
-    assert _params(optuna.storages.RDBStorage._get_stale_trial_ids) == ["self", "study_id"], \
+    assert _params(optuna.storages.RDBStorage._get_stale_trial_ids) == ["self", "study_id"], (
         "RDBStorage._get_stale_trial_ids changed its signature"
-    assert "_get_stale_trial_ids" in inspect.getsource(optuna.storages.fail_stale_trials), \
+    )
+    assert "_get_stale_trial_ids" in inspect.getsource(optuna.storages.fail_stale_trials), (
         "fail_stale_trials no longer asks the storage's _get_stale_trial_ids"
-    assert "_get_stale_trial_ids" in inspect.getsource(optuna.storages._CachedStorage), \
+    )
+    assert "_get_stale_trial_ids" in inspect.getsource(optuna.storages._CachedStorage), (
         "_CachedStorage no longer passes _get_stale_trial_ids to its backend"
+    )
 
     class FirstIsStale(door.RDBStorageBase):
         def stale_trial_ids(self, study_id: int) -> list[int]:
@@ -210,8 +219,9 @@ def test_rdb_storage_base_decides_what_fail_stale_trials_fails(tmp_path: Path) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)
-    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING], \
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING], (
         "fail_stale_trials no longer fails what _get_stale_trial_ids names"
+    )
     # sftune's storage retries the door's hook, and overrides no private name of its own
     assert issubclass(_rdb.SftuneStorage, door.RDBStorageBase)
     assert vars(_rdb.SftuneStorage)["_get_stale_trial_ids"].__wrapped__ is door.RDBStorageBase._get_stale_trial_ids
@@ -219,8 +229,9 @@ def test_rdb_storage_base_decides_what_fail_stale_trials_fails(tmp_path: Path) -
 
 def test_tpe_sampler_base_hands_tpe_the_study_for_sampling() -> None:
     """TPESampler._sample(study, trial, search_space): where TPE reads the trials it splits."""
-    assert _params(optuna.samplers.TPESampler._sample) == ["self", "study", "trial", "search_space"], \
+    assert _params(optuna.samplers.TPESampler._sample) == ["self", "study", "trial", "search_space"], (
         "TPESampler._sample changed its signature"
+    )
     seen: list[object] = []
 
     class Watching(door.TPESamplerBase):
@@ -237,17 +248,32 @@ def test_tpe_sampler_base_hands_tpe_the_study_for_sampling() -> None:
 
 def test_with_trials_shown_as_is_what_tpe_reads() -> None:
     """Study._get_trials(deepcopy, states, use_cache): what TPESampler._sample reads."""
-    assert _params(optuna.Study._get_trials) == ["self", "deepcopy", "states", "use_cache"], \
+    assert _params(optuna.Study._get_trials) == ["self", "deepcopy", "states", "use_cache"], (
         "Study._get_trials changed its signature"
-    assert "study._get_trials(" in inspect.getsource(optuna.samplers.TPESampler._sample), \
+    )
+    assert "study._get_trials(" in inspect.getsource(optuna.samplers.TPESampler._sample), (
         "TPESampler._sample no longer reads the trials through study._get_trials"
+    )
     study = optuna.create_study()
     study.enqueue_trial({"x": 0.5})
     study.ask({"x": FloatDistribution(0.0, 1.0)})
-    shown = door.with_trials_shown_as(study, lambda t: FrozenTrial(
-        number=t.number, state=TrialState.COMPLETE, value=1.0, values=None, datetime_start=t.datetime_start,
-        datetime_complete=None, params=t.params, distributions=t.distributions, user_attrs={}, system_attrs={},
-        intermediate_values={}, trial_id=door.trial_id_of(t)))
+    shown = door.with_trials_shown_as(
+        study,
+        lambda t: FrozenTrial(
+            number=t.number,
+            state=TrialState.COMPLETE,
+            value=1.0,
+            values=None,
+            datetime_start=t.datetime_start,
+            datetime_complete=None,
+            params=t.params,
+            distributions=t.distributions,
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=door.trial_id_of(t),
+        ),
+    )
     assert [t.state for t in shown._get_trials(deepcopy=False, states=None, use_cache=False)] == [TrialState.COMPLETE]
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]  # the stored trial never changes
     assert shown.study_name == study.study_name  # everything else is the study's

@@ -71,8 +71,7 @@ def test_unknown_precision_is_a_config_error(tmp_path: Path, bert_dir: Path) -> 
     assert "train.precision" in text and "fp16" in text
 
 
-def test_cli_train_says_which_precision_it_used(tmp_path: Path, bert_dir: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_cli_train_says_which_precision_it_used(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
     data = tiny.classification_config(tmp_path, bert_dir, max_steps=10, eval_every=10)
     data["train"]["precision"] = "fp32"
     path = tmp_path / "train.yaml"

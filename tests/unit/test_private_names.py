@@ -17,12 +17,31 @@ REPO = Path(__file__).resolve().parents[2]
 DOOR = "search/storage/_optuna.py"
 SCANNED = ("search", "trainer")
 
-ALWAYS = frozenset({
-    "_storage", "_study_id", "_trial_id", "_backend", "_studies", "_thread_local", "_get_trials", "_sample",
-    "_sample_relative", "_CachedStorage", "_get_stale_trial_ids", "_read_trials_from_remote_storage",
-    "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_rdb", "_cached_storage", "_heartbeat",
-    "_constant_liar", "_add_trials_to_cache", "_get_cached_trial",
-})
+ALWAYS = frozenset(
+    {
+        "_storage",
+        "_study_id",
+        "_trial_id",
+        "_backend",
+        "_studies",
+        "_thread_local",
+        "_get_trials",
+        "_sample",
+        "_sample_relative",
+        "_CachedStorage",
+        "_get_stale_trial_ids",
+        "_read_trials_from_remote_storage",
+        "_create_new_trial",
+        "_set_trial_param",
+        "_get_best_trial_id",
+        "_rdb",
+        "_cached_storage",
+        "_heartbeat",
+        "_constant_liar",
+        "_add_trials_to_cache",
+        "_get_cached_trial",
+    }
+)
 """Private Optuna names that are flagged wherever they appear, even where a file defines the same name."""
 
 
@@ -42,8 +61,17 @@ def _optuna_attributes() -> set[str]:
     """Private names of Optuna's objects: what its public modules hold, the attributes and methods of their
     classes, and the instance attributes of a study, a trial, storages and samplers."""
     names: set[str] = set(ALWAYS)
-    modules = [optuna, optuna.storages, optuna.samplers, optuna.pruners, optuna.trial, optuna.study,
-               optuna.distributions, optuna.artifacts, optuna.exceptions]
+    modules = [
+        optuna,
+        optuna.storages,
+        optuna.samplers,
+        optuna.pruners,
+        optuna.trial,
+        optuna.study,
+        optuna.distributions,
+        optuna.artifacts,
+        optuna.exceptions,
+    ]
     classes = [optuna.storages._CachedStorage]
     for module in modules:
         for name, value in vars(module).items():
@@ -123,15 +151,21 @@ def private_reaches(source: str, filename: str = "<source>") -> list[str]:
                     flag(node, f"from {node.module} import {alias.name}")
         elif isinstance(node, ast.Attribute):
             chain = _dotted(node)
-            if chain and chain[0] in optuna_aliases and any(_private(p) for p in chain[1:]) \
-                    and node.attr == chain[-1] and _private(node.attr):
+            if (
+                chain
+                and chain[0] in optuna_aliases
+                and any(_private(p) for p in chain[1:])
+                and node.attr == chain[-1]
+                and _private(node.attr)
+            ):
                 flag(node, ".".join(chain))
             elif optunas(node.attr) or (chain and node.attr in OPTUNA_MODULES and chain[0] in optuna_aliases):
                 flag(node, f".{node.attr}")
         elif isinstance(node, ast.ClassDef):
             for item in node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
-                        (item.name in ALWAYS or item.name in OPTUNA_NAMES):
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                    item.name in ALWAYS or item.name in OPTUNA_NAMES
+                ):
                     flag(item, f"def {item.name} (overrides Optuna's private method)")
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and optunas(node.id):
             flag(node, node.id)
@@ -149,8 +183,10 @@ def test_no_private_optuna_name_outside_the_door() -> None:
     files = _scanned_files()
     assert len(files) > 20, files  # the scan really sees the code base
     hits = [h for path in files for h in private_reaches(path.read_text(), path.relative_to(REPO).as_posix())]
-    assert not hits, ("Optuna's private names outside " + DOOR + " (add a named function there, with a canary "
-                      "in tests/unit/test_optuna_door.py, and call it):\n" + "\n".join(hits))
+    assert not hits, (
+        "Optuna's private names outside " + DOOR + " (add a named function there, with a canary "
+        "in tests/unit/test_optuna_door.py, and call it):\n" + "\n".join(hits)
+    )
 
 
 PLANTED = {
@@ -166,13 +202,13 @@ PLANTED = {
     "aliased optuna": "import optuna as o\nX = o.storages._rdb.models\n",
     "import of a private module": "import optuna.storages._heartbeat\n",
     "override of _sample": "import optuna\nclass T(optuna.samplers.TPESampler):\n"
-                           "    def _sample(self, study, trial, space):\n        return {}\n",
+    "    def _sample(self, study, trial, space):\n        return {}\n",
     "override of _get_stale_trial_ids": "class S(Base):\n    def _get_stale_trial_ids(self, study_id):\n        "
-                                        "return []\n",
+    "return []\n",
     "study._get_trials": "def f(study):\n    return study._get_trials(deepcopy=False)\n",
     "getattr by name": "def f(study):\n    return getattr(study, '_storage')\n",
     "own class with the same attribute": "class Mine:\n    def __init__(self):\n        self._storage = 1\n"
-                                         "def f(study):\n    return study._storage\n",
+    "def f(study):\n    return study._storage\n",
     "another private method of a study": "def f(study):\n    return study._is_multi_objective()\n",
     "a private method of a trial": "def f(trial):\n    return trial._suggest('x', None)\n",
 }
@@ -208,7 +244,16 @@ def test_the_scan_leaves_a_files_own_private_names_alone() -> None:
 def test_the_door_itself_is_what_the_scan_would_flag() -> None:
     """The door holds the reaches (so a scan that found none there would be blind)."""
     hits = private_reaches((REPO / DOOR).read_text(), DOOR)
-    for name in ("_storage", "_study_id", "_trial_id", "_CachedStorage", "_rdb", "_sample", "_get_trials",
-                 "_get_stale_trial_ids", "_read_trials_from_remote_storage"):
+    for name in (
+        "_storage",
+        "_study_id",
+        "_trial_id",
+        "_CachedStorage",
+        "_rdb",
+        "_sample",
+        "_get_trials",
+        "_get_stale_trial_ids",
+        "_read_trials_from_remote_storage",
+    ):
         assert any(name in h for h in hits), (name, hits)
     assert FrozenTrial.__name__ and len(OPTUNA_NAMES) > 100 and "_rdb" in OPTUNA_MODULES

@@ -59,16 +59,20 @@ def private_ray_names(path: Path) -> list[str]:
                 root = root.value
             if isinstance(root, ast.Name) and root.id in ray_names:
                 found.add((node.lineno, f"{ast.unparse(node)}"))
-    return [f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{n}: {what}"
-            for n, what in sorted(found)]
+    return [f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{n}: {what}" for n, what in sorted(found)]
 
 
 def ray_imports(path: Path) -> list[str]:
     """`file:line: import` for every import of Ray in `path` (at any depth: inside functions too)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom) and node.level == 0
+            else []
+        )
         found += [f"{path.relative_to(REPO)}:{node.lineno}: imports {n}" for n in names if _ray_module(n)]
     return found
 
@@ -77,7 +81,7 @@ def _sources(*folders: str) -> list[Path]:
     return sorted(p for folder in folders for p in (REPO / folder).rglob("*.py"))
 
 
-PLANTED = '''
+PLANTED = """
 import ray._private.node
 import ray.tune.execution.class_cache as cache
 from ray import _raylet
@@ -93,7 +97,7 @@ ray.init(_system_config={})
 tune.something._hidden
 x = ray.__version__
 y = self.started_ray._fine
-'''
+"""
 
 
 def test_the_scanner_catches_planted_private_names(tmp_path: Path) -> None:

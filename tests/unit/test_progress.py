@@ -78,8 +78,7 @@ def test_live_view_rows_bars_counts_best_and_time_left() -> None:
     assert "FAILED: RuntimeError: out of memory" in row0
     progress.trial_started(2, {"peft.r": 2})
     progress.trial_finished(2, "COMPLETE", [0.8125], "")
-    progress.counts(finished=2, n_trials=4, running=0, pruned=1, failed=1,
-                    best="best accuracy 0.8125 (trial 2: r=2)")
+    progress.counts(finished=2, n_trials=4, running=0, pruned=1, failed=1, best="best accuracy 0.8125 (trial 2: r=2)")
     view = _view(progress)
     assert "best accuracy 0.8125 (trial 2: r 2)" in view  # the best trial's params as its row shows them
     assert "complete" in next(line for line in view.splitlines() if line.strip().startswith("2 "))
@@ -135,15 +134,43 @@ def test_live_view_pickles_while_live() -> None:
 
 
 def test_short_numbers_and_names_follow_the_stated_rule() -> None:
-    assert [short_number(v) for v in (0.00148123, 0.0071234, 0.0871, 0.5, 16.0, 1234.5, 0.0, 32, "all-linear")] == \
-        ["1.48e-3", "7.12e-3", "0.0871", "0.5", "16", "1.23e3", "0", "32", "all-linear"]
-    assert short_names(["train.learning_rate", "train.batch_size", "peft.r", "train.warmup_ratio", "peft.dropout",
-                        "train.weight_decay", "peft.alpha", "train.seed"]) == {
-        "train.learning_rate": "lr", "train.batch_size": "bs", "peft.r": "r", "train.warmup_ratio": "wu",
-        "peft.dropout": "do", "train.weight_decay": "wd", "peft.alpha": "alpha", "train.seed": "seed"}
+    assert [short_number(v) for v in (0.00148123, 0.0071234, 0.0871, 0.5, 16.0, 1234.5, 0.0, 32, "all-linear")] == [
+        "1.48e-3",
+        "7.12e-3",
+        "0.0871",
+        "0.5",
+        "16",
+        "1.23e3",
+        "0",
+        "32",
+        "all-linear",
+    ]
+    assert short_names(
+        [
+            "train.learning_rate",
+            "train.batch_size",
+            "peft.r",
+            "train.warmup_ratio",
+            "peft.dropout",
+            "train.weight_decay",
+            "peft.alpha",
+            "train.seed",
+        ]
+    ) == {
+        "train.learning_rate": "lr",
+        "train.batch_size": "bs",
+        "peft.r": "r",
+        "train.warmup_ratio": "wu",
+        "peft.dropout": "do",
+        "train.weight_decay": "wd",
+        "peft.alpha": "alpha",
+        "train.seed": "seed",
+    }
     # two keys with one short name keep their full names
-    assert short_names(["peft.dropout", "model.dropout"]) == {"peft.dropout": "peft.dropout",
-                                                              "model.dropout": "model.dropout"}
+    assert short_names(["peft.dropout", "model.dropout"]) == {
+        "peft.dropout": "peft.dropout",
+        "model.dropout": "model.dropout",
+    }
 
 
 QUICKSTART_SPACE = {
@@ -167,18 +194,34 @@ def _quickstart_view(clock: Clock) -> LiveProgress:
     assert isinstance(made, LiveProgress) and made.hidden == {"peft.target_modules"} and made.slots == 2
     progress, _ = _live(clock)
     progress.hidden, progress.slots = made.hidden, 1  # a cluster with room for one trial: trial 12 waits
-    for number, (lr, bs, wu, r, do) in enumerate([(0.000123456, 32, 0.0071234, 16, 0.0871234),
-                                                  (0.00148, 8, 0.0999, 32, 0.0123456),
-                                                  (0.002, 16, 0.05, 4, 0.1)], start=10):
-        progress.trial_started(number, {"train.learning_rate": lr, "train.batch_size": bs, "train.warmup_ratio": wu,
-                                        "peft.r": r, "peft.dropout": do, "peft.target_modules": "all-linear"})
+    for number, (lr, bs, wu, r, do) in enumerate(
+        [(0.000123456, 32, 0.0071234, 16, 0.0871234), (0.00148, 8, 0.0999, 32, 0.0123456), (0.002, 16, 0.05, 4, 0.1)],
+        start=10,
+    ):
+        progress.trial_started(
+            number,
+            {
+                "train.learning_rate": lr,
+                "train.batch_size": bs,
+                "train.warmup_ratio": wu,
+                "peft.r": r,
+                "peft.dropout": do,
+                "peft.target_modules": "all-linear",
+            },
+        )
     clock.now += 3725
     progress.trial_reported(10, 1250, 1500, {"accuracy": 0.8125})
     progress.trial_reported(11, 1500, 1500, {"accuracy": 0.75})
     progress.trial_finished(11, "PRUNED", None, "at step 1500")
-    progress.counts(finished=11, n_trials=12, running=2, pruned=3, failed=0,
-                    best="best accuracy 0.8300 (trial 10: learning_rate=0.000123, batch_size=32, "
-                         "warmup_ratio=0.00712, r=16, dropout=0.0871, target_modules=all-linear)")
+    progress.counts(
+        finished=11,
+        n_trials=12,
+        running=2,
+        pruned=3,
+        failed=0,
+        best="best accuracy 0.8300 (trial 10: learning_rate=0.000123, batch_size=32, "
+        "warmup_ratio=0.00712, r=16, dropout=0.0871, target_modules=all-linear)",
+    )
     return progress
 
 
@@ -195,9 +238,11 @@ def test_live_view_reads_at_60_80_and_160_columns(width: int) -> None:
     assert all(len(line) <= width for line in lines)
     text = "\n".join(lines)
     assert "target_modules" not in text and "all-linear" not in text and " tm " not in text  # not searched
-    shown = {"10": ["lr 1.23e-4", "bs 32", "wu 7.12e-3", "r 16", "do 0.0871"],
-             "11": ["lr 1.48e-3", "bs 8", "wu 0.0999", "r 32", "do 0.0123"],
-             "12": ["lr 2e-3", "bs 16", "wu 0.05", "r 4", "do 0.1"]}
+    shown = {
+        "10": ["lr 1.23e-4", "bs 32", "wu 7.12e-3", "r 16", "do 0.0871"],
+        "11": ["lr 1.48e-3", "bs 8", "wu 0.0999", "r 32", "do 0.0123"],
+        "12": ["lr 2e-3", "bs 16", "wu 0.05", "r 4", "do 0.1"],
+    }
     for items in shown.values():
         for item in items:  # a param and its number on one line, never split
             assert any(item in line for line in lines), (item, text)

@@ -26,19 +26,25 @@ def _study(tmp: Path, bert: Path, **resources: object) -> Path:
     return path
 
 
-@pytest.mark.parametrize("resources,expected", [
-    ({"workers": 0}, "resources.workers: must be a whole number >= 1, found 0"),
-    ({"workers": 2, "gpu": 0.5}, "resources.gpu: with workers: 2 each rank needs a whole GPU of its own"),
-    ({"workers": 2, "gpu": 2}, "resources.gpu: with workers: 2 each rank trains on one GPU, so gpu: 2 per rank"),
-    ({"workers": 1.5}, "resources.workers"),
-    ({"workers": 1, "fsdp": "full_shard auto_wrap"}, "resources.fsdp: FSDP shards a model over several GPUs: it needs "
-                                                     "workers >= 2 and gpu: 1, found workers: 1, gpu: 0"),
-    ({"workers": 2, "gpu": 1, "fsdp": "full_shard auto_wrap"}, "resources.fsdp: FSDP is for full fine-tunes"),
-    ({"workers": 2, "gpu": 1, "fsdp": "full_shard sideways"}, "resources.fsdp: expected the Trainer's fsdp words"),
-])
-def test_bad_workers_exit_2_before_anything_is_written(tmp_path: Path, bert_dir: Path,
-                                                        capsys: pytest.CaptureFixture, resources: dict,
-                                                        expected: str) -> None:
+@pytest.mark.parametrize(
+    "resources,expected",
+    [
+        ({"workers": 0}, "resources.workers: must be a whole number >= 1, found 0"),
+        ({"workers": 2, "gpu": 0.5}, "resources.gpu: with workers: 2 each rank needs a whole GPU of its own"),
+        ({"workers": 2, "gpu": 2}, "resources.gpu: with workers: 2 each rank trains on one GPU, so gpu: 2 per rank"),
+        ({"workers": 1.5}, "resources.workers"),
+        (
+            {"workers": 1, "fsdp": "full_shard auto_wrap"},
+            "resources.fsdp: FSDP shards a model over several GPUs: it needs "
+            "workers >= 2 and gpu: 1, found workers: 1, gpu: 0",
+        ),
+        ({"workers": 2, "gpu": 1, "fsdp": "full_shard auto_wrap"}, "resources.fsdp: FSDP is for full fine-tunes"),
+        ({"workers": 2, "gpu": 1, "fsdp": "full_shard sideways"}, "resources.fsdp: expected the Trainer's fsdp words"),
+    ],
+)
+def test_bad_workers_exit_2_before_anything_is_written(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture, resources: dict, expected: str
+) -> None:
     path = _study(tmp_path, bert_dir, **resources)
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
@@ -46,9 +52,9 @@ def test_bad_workers_exit_2_before_anything_is_written(tmp_path: Path, bert_dir:
     assert not (tmp_path / "w.db").exists() and not (tmp_path / "runs").exists()
 
 
-def test_a_task_that_cannot_train_data_parallel_is_refused(tmp_path: Path, bert_dir: Path,
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_a_task_that_cannot_train_data_parallel_is_refused(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from trainer.tasks.classification import Classification
 
     monkeypatch.setattr(Classification, "data_parallel", False, raising=False)
@@ -87,13 +93,19 @@ class WorkerHealthCheckFailedError(Exception):
 
 
 def test_a_dead_rank_is_named_and_retried_a_raised_job_error_is_not() -> None:
-    died = judge_failure({1: WorkerHealthCheckFailedError("The actor is dead because its worker process has died."),
-                          0: RuntimeError("[gloo] Connection closed by peer")}, workers=2)
+    died = judge_failure(
+        {
+            1: WorkerHealthCheckFailedError("The actor is dead because its worker process has died."),
+            0: RuntimeError("[gloo] Connection closed by peer"),
+        },
+        workers=2,
+    )
     assert died.retry and died.message.startswith("rank 1 of 2 died (WorkerHealthCheckFailedError")
     lost = judge_failure({0: RuntimeError("Gloo connection reset by peer")}, workers=2)
     assert lost.retry and "rank 0 of 2 lost its peers" in lost.message
-    raised = judge_failure({1: ValueError("no_such_layer not found"), 0: ValueError("no_such_layer not found")},
-                           workers=2)
+    raised = judge_failure(
+        {1: ValueError("no_such_layer not found"), 0: ValueError("no_such_layer not found")}, workers=2
+    )
     assert not raised.retry and raised.message == "rank 0 of 2: ValueError: no_such_layer not found"
     gone = judge_failure({3: RayActorError("x" * 1000)}, workers=4)
     assert gone.retry and len(gone.message) < 300
@@ -102,21 +114,26 @@ def test_a_dead_rank_is_named_and_retried_a_raised_job_error_is_not() -> None:
 def test_a_lost_rank_fails_the_trial_as_a_dead_worker_params_queued() -> None:
     result = lost_report("rank 1 of 2 died (ActorDiedError: killed)")
     assert outcome_state(pruned=False, error=False, result=result) == TrialState.FAIL
-    message, retry = failure(stopped=None, result=result, error=False, worker_error=None, retries=lambda: 0,
-                             timed_out=None, stop_reason="")
+    message, retry = failure(
+        stopped=None, result=result, error=False, worker_error=None, retries=lambda: 0, timed_out=None, stop_reason=""
+    )
     assert retry and "rank 1 of 2 died" in message and "queued to run again" in message
-    message, retry = failure(stopped=None, result=result, error=False, worker_error=None, retries=lambda: 2,
-                             timed_out=None, stop_reason="")
+    message, retry = failure(
+        stopped=None, result=result, error=False, worker_error=None, retries=lambda: 2, timed_out=None, stop_reason=""
+    )
     assert not retry  # as often as a dead worker's, no more
 
 
-def test_an_effective_batch_that_does_not_divide_over_the_ranks_is_refused(tmp_path: Path, bert_dir: Path,
-                                                                           capsys: pytest.CaptureFixture) -> None:
+def test_an_effective_batch_that_does_not_divide_over_the_ranks_is_refused(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = _study(tmp_path, bert_dir, workers=3, batch="effective")  # the base's batch_size: 16
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "resources.batch: effective: each rank takes train.batch_size / (workers x gradient_accumulation), " \
-           "but batch size 16 does not divide by 3 x 1" in err
+    assert (
+        "resources.batch: effective: each rank takes train.batch_size / (workers x gradient_accumulation), "
+        "but batch size 16 does not divide by 3 x 1" in err
+    )
     assert not (tmp_path / "w.db").exists()
     path = _study(tmp_path, bert_dir, workers=2, batch="sideways")
     assert main(["run", str(path)]) == 2

@@ -16,32 +16,52 @@ from types import SimpleNamespace
 
 import pytest
 
-from search._ray.cluster import (TOKEN_HELP, Target, check_address, choose_target, host_port, join_problem,
-                                 local_gpu_problem, node_problem, probe)
+from search._ray.cluster import (
+    TOKEN_HELP,
+    Target,
+    check_address,
+    choose_target,
+    host_port,
+    join_problem,
+    local_gpu_problem,
+    node_problem,
+    probe,
+)
 from search._ray.reaper import descendants, orphans, process_table
 from trainer import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("address, env, expected", [
-    (None, {}, Target(None, "")),
-    (None, {"RAY_ADDRESS": "10.0.0.1:6379"}, Target("10.0.0.1:6379", "RAY_ADDRESS")),
-    (None, {"RAY_ADDRESS": "  "}, Target(None, "")),
-    ("10.0.0.2:6379", {"RAY_ADDRESS": "10.0.0.1:6379"}, Target("10.0.0.2:6379", "--address")),
-    ("auto", {"RAY_ADDRESS": "10.0.0.1:6379"}, Target("10.0.0.1:6379", "RAY_ADDRESS")),
-    ("auto", {}, Target("auto", "--address")),
-    ("local", {"RAY_ADDRESS": "10.0.0.1:6379"}, Target(None, "")),
-])
+@pytest.mark.parametrize(
+    "address, env, expected",
+    [
+        (None, {}, Target(None, "")),
+        (None, {"RAY_ADDRESS": "10.0.0.1:6379"}, Target("10.0.0.1:6379", "RAY_ADDRESS")),
+        (None, {"RAY_ADDRESS": "  "}, Target(None, "")),
+        ("10.0.0.2:6379", {"RAY_ADDRESS": "10.0.0.1:6379"}, Target("10.0.0.2:6379", "--address")),
+        ("auto", {"RAY_ADDRESS": "10.0.0.1:6379"}, Target("10.0.0.1:6379", "RAY_ADDRESS")),
+        ("auto", {}, Target("auto", "--address")),
+        ("local", {"RAY_ADDRESS": "10.0.0.1:6379"}, Target(None, "")),
+    ],
+)
 def test_the_cluster_a_run_uses(address: str | None, env: dict, expected: Target) -> None:
     assert choose_target(address, env) == expected
 
 
-@pytest.mark.parametrize("address, expected", [
-    ("10.0.0.1:6379", ("10.0.0.1", 6379)), ("head.example:1234", ("head.example", 1234)),
-    ("[::1]:6379", ("::1", 6379)), ("10.0.0.1", None), (":6379", None), ("h:0", None), ("h:70000", None),
-    ("h:port", None),
-])
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        ("10.0.0.1:6379", ("10.0.0.1", 6379)),
+        ("head.example:1234", ("head.example", 1234)),
+        ("[::1]:6379", ("::1", 6379)),
+        ("10.0.0.1", None),
+        (":6379", None),
+        ("h:0", None),
+        ("h:70000", None),
+        ("h:port", None),
+    ],
+)
 def test_host_port(address: str, expected: tuple | None) -> None:
     assert host_port(address) == expected
 
@@ -84,8 +104,10 @@ def test_probe_accepts_an_http2_server_only() -> None:
     assert "refused" in (probe("127.0.0.1", _closed_port()) or "").lower()
 
 
-@pytest.mark.parametrize("source, advice", [("--address", "leave out --address"),
-                                            ("RAY_ADDRESS", "unset RAY_ADDRESS (or pass --address local)")])
+@pytest.mark.parametrize(
+    "source, advice",
+    [("--address", "leave out --address"), ("RAY_ADDRESS", "unset RAY_ADDRESS (or pass --address local)")],
+)
 def test_an_address_nobody_answers_names_it_and_the_way_out(source: str, advice: str) -> None:
     address = f"127.0.0.1:{_closed_port()}"
     started = time.time()
@@ -107,13 +129,22 @@ class AuthenticationError(Exception):
     """Stands in for ray.exceptions.AuthenticationError: join_problem matches the class name."""
 
 
-@pytest.mark.parametrize("exc, env, says", [
-    (ConnectionError("Failed to connect to Ray cluster at h:1"), {},
-     "uses token authentication, which this driver has not turned on"),
-    (AuthenticationError("RAY_AUTH_TOKEN_PATH is set but file cannot be opened or is empty: /x"),
-     {"RAY_AUTH_MODE": "token"}, "uses token authentication, and this driver has no token"),
-    (ConnectionError("Failed to connect"), {"RAY_AUTH_MODE": "token"}, "refused this driver's token"),
-])
+@pytest.mark.parametrize(
+    "exc, env, says",
+    [
+        (
+            ConnectionError("Failed to connect to Ray cluster at h:1"),
+            {},
+            "uses token authentication, which this driver has not turned on",
+        ),
+        (
+            AuthenticationError("RAY_AUTH_TOKEN_PATH is set but file cannot be opened or is empty: /x"),
+            {"RAY_AUTH_MODE": "token"},
+            "uses token authentication, and this driver has no token",
+        ),
+        (ConnectionError("Failed to connect"), {"RAY_AUTH_MODE": "token"}, "refused this driver's token"),
+    ],
+)
 def test_token_problems_say_how_to_provide_the_token(exc: Exception, env: dict, says: str) -> None:
     if isinstance(exc, ConnectionError):
         exc.__cause__ = RuntimeError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect")
@@ -198,8 +229,9 @@ def _wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the watcher reads /proc (Linux)")
 def test_a_sigkilled_driver_takes_its_processes_with_it(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, "kill"], stdout=subprocess.PIPE, text=True, env=env,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, "kill"], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     reaper, orphan, kept = map(int, driver.stdout.readline().split())
     time.sleep(1.5)  # the watcher notes the children (every 0.5 s)
     os.kill(driver.pid, signal.SIGKILL)
@@ -213,8 +245,9 @@ def test_a_sigkilled_driver_takes_its_processes_with_it(tmp_path: Path) -> None:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the watcher reads /proc (Linux)")
 def test_stopping_the_watcher_spares_what_the_driver_still_holds(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, "stop"], stdout=subprocess.PIPE, text=True, env=env,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, "stop"], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         reaper, orphan, kept = map(int, driver.stdout.readline().split())
         assert driver.stdout.readline().strip() == "stopped"

@@ -33,7 +33,8 @@ def test_tune_trial_actors_carry_no_runtime_env_of_their_own(monkeypatch: pytest
 
 
 def test_ray_init_still_takes_a_system_config_and_the_door_passes_the_preload_list(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import ray
 
     assert "_system_config" in inspect.getsource(inspect.unwrap(ray.init))
@@ -48,7 +49,8 @@ def test_ray_init_still_takes_a_system_config_and_the_door_passes_the_preload_li
 
 
 def test_joining_reads_the_gcs_wait_from_the_environment_and_the_door_sets_it_for_a_while(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import ray._private.node
 
     assert _internals.JOIN_WAIT_ENV in inspect.getsource(ray._private.node)

@@ -19,10 +19,15 @@ from search.cli import main
 from search.config import load_study
 from search.recipes import shipped_spaces, shipped_studies
 
-TASK_OF_SPACE = {"lora-classification": ["classification"], "full-finetune": ["classification", "sft"],
-                 "lora-sft": ["sft"], "regression": ["regression"], "multilabel": ["multilabel"],
-                 "token-classification": ["token-classification"],
-                 "image-classification": ["image-classification"]}
+TASK_OF_SPACE = {
+    "lora-classification": ["classification"],
+    "full-finetune": ["classification", "sft"],
+    "lora-sft": ["sft"],
+    "regression": ["regression"],
+    "multilabel": ["multilabel"],
+    "token-classification": ["token-classification"],
+    "image-classification": ["image-classification"],
+}
 
 
 def test_every_shipped_space_is_known_here() -> None:
@@ -31,8 +36,9 @@ def test_every_shipped_space_is_known_here() -> None:
 
 
 @pytest.mark.parametrize("space", sorted(TASK_OF_SPACE))
-def test_shipped_space_validates_against_a_base_config_of_its_task(space: str, tmp_path: Path, bert_dir: Path,
-                                                                   gpt2_dir: Path) -> None:
+def test_shipped_space_validates_against_a_base_config_of_its_task(
+    space: str, tmp_path: Path, bert_dir: Path, gpt2_dir: Path
+) -> None:
     for task in TASK_OF_SPACE[space]:
         if task == "classification":
             base = tiny.classification_config(tmp_path, bert_dir)
@@ -78,8 +84,9 @@ def test_the_quickstart_holds_out_a_test_split_apart_from_train_and_validation()
     assert "test.jsonl" in (REPO / "studies" / "data" / "sst2" / "SOURCE.md").read_text()  # its provenance
 
 
-def test_the_gsm8k_study_optimises_exact_match_on_its_bundled_data(tmp_path: Path, llama_dir: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_gsm8k_study_optimises_exact_match_on_its_bundled_data(
+    tmp_path: Path, llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """As shipped, bar the model (the hub is out of reach here): a tiny local Llama. Its validation answers
     all end in `#### N` (the extraction is checked on each), and its held-out rows are apart from the rest."""
     import json
@@ -103,16 +110,18 @@ def test_the_gsm8k_study_optimises_exact_match_on_its_bundled_data(tmp_path: Pat
     assert "MIT" in (REPO / "studies" / "data" / "gsm8k" / "LICENSE").read_text()
 
 
-def test_an_unknown_study_name_lists_the_shipped_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_an_unknown_study_name_lists_the_shipped_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["status", "quikstart"]) == 2
     assert "did you mean 'quickstart'?" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_unknown_space_name_lists_the_shipped_ones(tmp_path: Path, bert_dir: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_an_unknown_space_name_lists_the_shipped_ones(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     base = tiny.classification_config(tmp_path, bert_dir)
     path = tiny.write_config(tmp_path / "s.yaml", {"name": "s", "base": base, "space": "lora-clasification"})
     assert main(["status", str(path)]) == 2
@@ -142,8 +151,11 @@ def _build_wheel(tmp: Path) -> Path:
         isolation = ["--no-build-isolation"]  # fast, offline: the setuptools installed here
     except ImportError:
         isolation = []
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", *isolation,
-                           "-w", str(tmp / "dist"), "-q"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", *isolation, "-w", str(tmp / "dist"), "-q"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     shutil.rmtree(src)  # with the build/ and egg-info folders the build left there
     return next((tmp / "dist").glob("sftune-*.whl"))
@@ -166,14 +178,23 @@ def test_wheel_installs_no_spaces_or_studies_package_and_works_beside_hf_spaces(
     pip = [sys.executable, "-m", "pip", "--python", str(py), "install", "-q"]
     subprocess.run([*pip, "--no-deps", str(wheel)], check=True, capture_output=True, env=env)
     # Hugging Face's `spaces` in the same environment (with httpx, what `import spaces` needs; not gradio).
-    probe = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "spaces", "-d",
-                            str(tmp_path / "dl")], capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "spaces", "-d", str(tmp_path / "dl")],
+        capture_output=True,
+        text=True,
+    )
     hf_spaces = probe.returncode == 0
     if hf_spaces:
         subprocess.run([*pip, "--no-deps", "spaces"], check=True, capture_output=True, env=env)
         subprocess.run([*pip, "httpx"], check=True, capture_output=True, env=env)
-    site = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     (site / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -184,14 +205,22 @@ def test_wheel_installs_no_spaces_or_studies_package_and_works_beside_hf_spaces(
         return proc.stdout
 
     assert "lora-classification" in run(venv / "bin" / "sftune", "spaces")
-    module, root, storage = run(py, "-c", "import search, search.recipes as r, search.config as c; "
-                                "print(search.__file__); print(r.recipes_root()); "
-                                "print(c.load_study('quickstart').storage)").split()
+    module, root, storage = run(
+        py,
+        "-c",
+        "import search, search.recipes as r, search.config as c; "
+        "print(search.__file__); print(r.recipes_root()); "
+        "print(c.load_study('quickstart').storage)",
+    ).split()
     assert module.startswith(str(site)) and root == str(site / "search" / "_recipes")
     assert storage == f"sqlite:///{elsewhere / 'quickstart.db'}"
     if not hf_spaces:
         pytest.skip(f"cannot fetch Hugging Face's `spaces` from the package index: {probe.stderr.strip()[-300:]}")
-    both = run(py, "-c", "import spaces, search.recipes as r; assert callable(spaces.GPU); "
-               "print(spaces.__file__); print(sorted(r.shipped_spaces()))")
+    both = run(
+        py,
+        "-c",
+        "import spaces, search.recipes as r; assert callable(spaces.GPU); "
+        "print(spaces.__file__); print(sorted(r.shipped_spaces()))",
+    )
     assert both.splitlines()[0].startswith(str(site / "spaces"))
     assert "lora-classification" in run(venv / "bin" / "sftune", "spaces")

@@ -17,11 +17,15 @@ from search.space import sample_params
 
 
 def test_conditional_params_follow_when(tmp_path: Path, bert_dir: Path) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, space={
-        "peft.method": {"type": "categorical", "choices": ["lora", "full"]},
-        "peft.r": {"type": "int", "low": 2, "high": 8, "log": True, "when": {"peft.method": "lora"}},
-        "train.batch_size": {"choices": [8, 16]},
-    })
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        space={
+            "peft.method": {"type": "categorical", "choices": ["lora", "full"]},
+            "peft.r": {"type": "int", "low": 2, "high": 8, "log": True, "when": {"peft.method": "lora"}},
+            "train.batch_size": {"choices": [8, 16]},
+        },
+    )
     cfg = load_study(path)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
@@ -69,35 +73,60 @@ def _bad(path: Path, capsys: pytest.CaptureFixture, *extra: str) -> str:
     return err
 
 
-@pytest.mark.parametrize("change,expected", [
-    ({"sampler": {"name": "tpee"}}, "sampler.name: unknown sampler 'tpee'; did you mean 'tpe'?"),
-    ({"sampler": {"name": "tpe", "running_trials": "best"}},
-     "sampler.running_trials: expected one of reported, worst, found 'best'"),
-    ({"sampler": {"name": "tpe", "constant_lier": False}}, "sampler.constant_lier: unknown option for sampler "
-                                                           "'tpe'; did you mean 'constant_liar'?"),
-    ({"sampler": {"name": "gp", "running_trials": "worst"}}, "sampler.running_trials: unknown option for "
-                                                             "sampler 'gp'"),
-    ({"pruner": {"name": "median", "n_startup": 2}}, "pruner.n_startup: unknown option for pruner 'median'; "
-                                                      "did you mean 'n_startup_trials'?"),
-    ({"pruner": {"name": "hyperbando"}}, "pruner.name: unknown pruner 'hyperbando'; did you mean 'hyperband'?"),
-    ({"space": {"train.learnig_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}},
-     "space.train.learnig_rate: not a train-config field; did you mean 'train.learning_rate'?"),
-    ({"space": {"train.learning_rate": {"type": "float", "low": 1e-2, "high": 1e-4}}},
-     "`low <= high` must hold, but got (low=0.01, high=0.0001)"),
-    ({"space": {"train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}},
-     "space.train.weight_decay: log scale needs low > 0, but got low=0.0"),
-    ({"space": {"train.batch_size": {"type": "categorical", "choices": []}}},
-     "space.train.batch_size.choices: expected a non-empty list, found []"),
-    ({"space": {"peft.r": {"type": "int", "low": 2, "high": 8, "when": {"peft.methd": "lora"}}}},
-     "space.peft.r.when: names unknown parameter 'peft.methd'"),
-    ({"space": {"peft.method": {"type": "categorical", "choices": ["lora", "dora"]}}},
-     "space.peft.method: value 'dora': expected one of lora, qlora, full"),
-    ({"objective": {"metric": "perplexity"}}, "objective.metric: task classification reports accuracy, f1_macro, "
-                                               "eval_loss; found 'perplexity'"),
-    ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage: cannot open study storage"),
-    ({"storage": "notadb://x"}, "storage: cannot open study storage 'notadb://x'"),
-    ({"budget": {"n_trial": 3}}, "budget.n_trial: unknown key; did you mean 'n_trials'?"),
-])
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"sampler": {"name": "tpee"}}, "sampler.name: unknown sampler 'tpee'; did you mean 'tpe'?"),
+        (
+            {"sampler": {"name": "tpe", "running_trials": "best"}},
+            "sampler.running_trials: expected one of reported, worst, found 'best'",
+        ),
+        (
+            {"sampler": {"name": "tpe", "constant_lier": False}},
+            "sampler.constant_lier: unknown option for sampler 'tpe'; did you mean 'constant_liar'?",
+        ),
+        (
+            {"sampler": {"name": "gp", "running_trials": "worst"}},
+            "sampler.running_trials: unknown option for sampler 'gp'",
+        ),
+        (
+            {"pruner": {"name": "median", "n_startup": 2}},
+            "pruner.n_startup: unknown option for pruner 'median'; did you mean 'n_startup_trials'?",
+        ),
+        ({"pruner": {"name": "hyperbando"}}, "pruner.name: unknown pruner 'hyperbando'; did you mean 'hyperband'?"),
+        (
+            {"space": {"train.learnig_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}},
+            "space.train.learnig_rate: not a train-config field; did you mean 'train.learning_rate'?",
+        ),
+        (
+            {"space": {"train.learning_rate": {"type": "float", "low": 1e-2, "high": 1e-4}}},
+            "`low <= high` must hold, but got (low=0.01, high=0.0001)",
+        ),
+        (
+            {"space": {"train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}},
+            "space.train.weight_decay: log scale needs low > 0, but got low=0.0",
+        ),
+        (
+            {"space": {"train.batch_size": {"type": "categorical", "choices": []}}},
+            "space.train.batch_size.choices: expected a non-empty list, found []",
+        ),
+        (
+            {"space": {"peft.r": {"type": "int", "low": 2, "high": 8, "when": {"peft.methd": "lora"}}}},
+            "space.peft.r.when: names unknown parameter 'peft.methd'",
+        ),
+        (
+            {"space": {"peft.method": {"type": "categorical", "choices": ["lora", "dora"]}}},
+            "space.peft.method: value 'dora': expected one of lora, qlora, full",
+        ),
+        (
+            {"objective": {"metric": "perplexity"}},
+            "objective.metric: task classification reports accuracy, f1_macro, eval_loss; found 'perplexity'",
+        ),
+        ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage: cannot open study storage"),
+        ({"storage": "notadb://x"}, "storage: cannot open study storage 'notadb://x'"),
+        ({"budget": {"n_trial": 3}}, "budget.n_trial: unknown key; did you mean 'n_trials'?"),
+    ],
+)
 def test_bad_study(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture, change: dict, expected: str) -> None:
     path = tiny.study_file(tmp_path, bert_dir, **{k: v for k, v in change.items() if k in ("pruner", "space")})
     if set(change) - {"pruner", "space"}:
@@ -112,14 +141,19 @@ def test_bad_study(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
 
 
 def test_many_problems_in_one_message(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    path = tiny.study_file(tmp_path, bert_dir, pruner={"name": "nope"},
-                           space={"train.learning_rate": {"type": "float", "low": 0.0, "high": 1.0, "log": True}})
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        pruner={"name": "nope"},
+        space={"train.learning_rate": {"type": "float", "low": 0.0, "high": 1.0, "log": True}},
+    )
     err = _bad(path, capsys, "--set", "sampler.name=qmcc")
     assert "3 problems" in err and "nope" in err and "qmcc" in err and "log scale" in err
 
 
-def test_existing_study_with_other_direction_is_left_alone(tmp_path: Path, bert_dir: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_existing_study_with_other_direction_is_left_alone(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="keep")
     storage = f"sqlite:///{tmp_path / 'keep.db'}"
     study = optuna.create_study(study_name="keep", storage=storage, direction="minimize")

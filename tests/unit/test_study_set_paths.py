@@ -45,9 +45,9 @@ def _refused(path: Path, capsys: pytest.CaptureFixture, *extra: str) -> str:
 
 
 @pytest.mark.parametrize("existing", [False, True])
-def test_an_output_dir_under_a_file_is_refused_before_anything_runs(tmp_path: Path, bert_dir: Path,
-                                                                    capsys: pytest.CaptureFixture,
-                                                                    existing: bool) -> None:
+def test_an_output_dir_under_a_file_is_refused_before_anything_runs(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture, existing: bool
+) -> None:
     blocker = tmp_path / "some_file"
     blocker.write_text("not a folder")
     path = tiny.study_file(tmp_path, bert_dir, output_dir=str(blocker / "sub"))
@@ -67,10 +67,14 @@ def test_an_output_dir_that_is_a_file_is_refused(tmp_path: Path, bert_dir: Path,
 def test_an_immutable_output_dir_is_refused(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
-    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(locked)],
-                                                        capture_output=True).returncode != 0:
-        pytest.skip("chattr +i is not available here (needs root and a file system with the immutable flag); "
-                    "the under-a-file tests cover the same check")
+    if (
+        shutil.which("chattr") is None
+        or subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0
+    ):
+        pytest.skip(
+            "chattr +i is not available here (needs root and a file system with the immutable flag); "
+            "the under-a-file tests cover the same check"
+        )
     try:
         path = tiny.study_file(tmp_path, bert_dir, output_dir=str(locked / "runs"))
         db, before = _existing_db(tmp_path)
@@ -81,8 +85,9 @@ def test_an_immutable_output_dir_is_refused(tmp_path: Path, bert_dir: Path, caps
         subprocess.run(["chattr", "-i", str(locked)], check=True)
 
 
-def test_an_artifact_folder_that_cannot_be_written_is_refused(tmp_path: Path, bert_dir: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_an_artifact_folder_that_cannot_be_written_is_refused(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     blocker = tmp_path / "some_file"
     blocker.write_text("")
     path = tiny.study_file(tmp_path, bert_dir, artifacts=str(blocker / "artifacts"))
@@ -98,13 +103,16 @@ def test_an_artifact_folder_that_cannot_be_written_is_refused(tmp_path: Path, be
 def test_output_dir_in_an_inline_base_is_noted(tmp_path: Path, bert_dir: Path) -> None:
     path = tiny.study_file(tmp_path, bert_dir)  # its base, a train config, sets output_dir
     cfg = load_study(path)
-    assert cfg.notes == [f"note: {path}: base.output_dir ({tmp_path / 'out'}) is for `sftune train` and not used by "
-                         "this study, which puts each trial in <output_dir>/trials/ (set output_dir at the top of "
-                         "the study file to move them)"]
+    assert cfg.notes == [
+        f"note: {path}: base.output_dir ({tmp_path / 'out'}) is for `sftune train` and not used by "
+        "this study, which puts each trial in <output_dir>/trials/ (set output_dir at the top of "
+        "the study file to move them)"
+    ]
 
 
-def test_output_dir_set_under_base_on_the_command_line_is_refused(tmp_path: Path, bert_dir: Path,
-                                                                  capsys: pytest.CaptureFixture) -> None:
+def test_output_dir_set_under_base_on_the_command_line_is_refused(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir)
     db, before = _existing_db(tmp_path)
     err = _refused(path, capsys, "--set", "base.output_dir=elsewhere")
@@ -120,7 +128,9 @@ def test_output_dir_in_a_base_file_is_noted_not_refused(tmp_path: Path, bert_dir
     data["base"] = "train.yaml"
     path.write_text(yaml.safe_dump(data))
     cfg = load_study(path)
-    assert cfg.notes == [f"note: {tmp_path / 'train.yaml'}: output_dir (runs/solo) is for `sftune train` and not used "
-                         "by this study, which puts each trial in <output_dir>/trials/ (set output_dir at the top of "
-                         "the study file to move them)"]
+    assert cfg.notes == [
+        f"note: {tmp_path / 'train.yaml'}: output_dir (runs/solo) is for `sftune train` and not used "
+        "by this study, which puts each trial in <output_dir>/trials/ (set output_dir at the top of "
+        "the study file to move them)"
+    ]
     assert cfg.trial_config({}, 3)["output_dir"] == str(tmp_path / "runs" / "trials" / "0003")

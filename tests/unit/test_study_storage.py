@@ -67,8 +67,9 @@ def test_driver_study_reads_running_trials_less_often_but_sees_its_own_writes(tm
     assert [t.number for t in study.get_trials(states=(TrialState.RUNNING,))] == [theirs.number]
 
 
-def test_driver_cache_shows_this_process_writes_at_once(tmp_path: Path, bert_dir: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_driver_cache_shows_this_process_writes_at_once(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An intermediate value, a user attribute and a system attribute written by this process are in its
     next `get_trials`, without waiting for REFRESH_S; another driver's still waits for it (the cache stays)."""
     monkeypatch.setattr(sftune_storage.ReadLessOften, "REFRESH_S", 3600.0)
@@ -105,28 +106,37 @@ def _decisions(study: optuna.Study) -> list[tuple[int, int, bool]]:
     return out
 
 
-@pytest.mark.parametrize("pruner", [
-    lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
-    lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=4, reduction_factor=2),
-], ids=["successive-halving", "hyperband"])
-def test_rung_pruners_decide_on_the_driver_cache_as_in_plain_optuna(tmp_path: Path, pruner,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+        lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=4, reduction_factor=2),
+    ],
+    ids=["successive-halving", "hyperband"],
+)
+def test_rung_pruners_decide_on_the_driver_cache_as_in_plain_optuna(
+    tmp_path: Path, pruner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Successive halving and hyperband write each rung value as a system attribute and read the others'
     back through get_trials: on the driver's cache every one is seen at once, so each decision is plain
     Optuna's (before, a rung value written within REFRESH_S was missed and a trial was promoted)."""
     monkeypatch.setattr(sftune_storage.ReadLessOften, "REFRESH_S", 3600.0)
-    plain = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'plain.db'}", direction="maximize",
-                                pruner=pruner())
-    ours = optuna.create_study(storage=sftune_storage.ReadLessOften(open_storage(f"sqlite:///{tmp_path / 'o.db'}")),
-                               study_name="s", direction="maximize", pruner=pruner())  # hyperband: brackets by name
+    plain = optuna.create_study(
+        study_name="s", storage=f"sqlite:///{tmp_path / 'plain.db'}", direction="maximize", pruner=pruner()
+    )
+    ours = optuna.create_study(
+        storage=sftune_storage.ReadLessOften(open_storage(f"sqlite:///{tmp_path / 'o.db'}")),
+        study_name="s",
+        direction="maximize",
+        pruner=pruner(),
+    )  # hyperband: brackets by name
     expected = _decisions(plain)
     assert any(pruned for *_, pruned in expected)
     assert _decisions(ours) == expected
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
-def test_seeded_sampler_reproduces_fresh_and_continues_on_resume(tmp_path: Path, bert_dir: Path,
-                                                                  sampler: str) -> None:
+def test_seeded_sampler_reproduces_fresh_and_continues_on_resume(tmp_path: Path, bert_dir: Path, sampler: str) -> None:
     one = _cfg(tmp_path / "a", bert_dir, sampler={"name": sampler, "seed": 3})
     two = _cfg(tmp_path / "b", bert_dir, sampler={"name": sampler, "seed": 3})
     first = _run_trials(open_study(one), one, 3)
@@ -160,8 +170,9 @@ def _finished_study(tmp: Path, model: Path, n: int = 2, **extra) -> tuple[Path, 
     return path, tmp / "s.db"
 
 
-def test_resume_with_another_base_config_is_refused_then_allowed(tmp_path: Path, bert_dir: Path,
-                                                                capsys: pytest.CaptureFixture) -> None:
+def test_resume_with_another_base_config_is_refused_then_allowed(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path, db = _finished_study(tmp_path, bert_dir)
     before = _bytes(db)
     err = _bad_run(path, capsys, "--set", "base.train.max_steps=40")
@@ -178,7 +189,8 @@ def test_resume_with_another_base_config_is_refused_then_allowed(tmp_path: Path,
 
 
 def test_a_study_from_before_train_precision_resumes_but_a_changed_precision_is_named(
-        tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path, db = _finished_study(tmp_path, bert_dir)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
     record = study.user_attrs[sftune_storage.BASE_ATTR]
@@ -197,7 +209,10 @@ def test_same_data_in_another_folder_and_other_threads_match(tmp_path: Path, ber
     other = tmp_path / "two"
     shutil.copytree(tmp_path / "one" / "data", other / "data")
     data = yaml.safe_load(path.read_text())
-    data["base"]["data"] = {"train": str(other / "data" / "train.jsonl"), "validation": str(other / "data" / "val.jsonl")}
+    data["base"]["data"] = {
+        "train": str(other / "data" / "train.jsonl"),
+        "validation": str(other / "data" / "val.jsonl"),
+    }
     data["base"]["train"]["threads"] = 3
     data["base"]["output_dir"] = str(other / "out")
     data["storage"] = f"sqlite:///{tmp_path / 'one' / 's.db'}"
@@ -205,8 +220,9 @@ def test_same_data_in_another_folder_and_other_threads_match(tmp_path: Path, ber
     assert len(open_study(load_study(moved)).trials) == 2  # no complaint
 
 
-def test_incompatible_space_is_refused_before_any_trial(tmp_path: Path, bert_dir: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_incompatible_space_is_refused_before_any_trial(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     path, db = _finished_study(tmp_path, bert_dir)
     before = _bytes(db)
     data = yaml.safe_load(path.read_text())
@@ -236,7 +252,7 @@ def test_a_database_corrupted_mid_file(tmp_path: Path, bert_dir: Path, capsys: p
     path, db = _finished_study(tmp_path, bert_dir, n=6)
     data = bytearray(db.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 8192] = b"\xa5" * 8192
+    data[middle : middle + 8192] = b"\xa5" * 8192
     db.write_bytes(bytes(data))
     err = _bad_run(path, capsys)
     assert "corrupted" in err and "storage" in err
@@ -279,8 +295,9 @@ def test_storage_problem_names_real_database_errors(tmp_path: Path) -> None:
     assert storage_problem(KeyError("database is locked")) is None  # not a database error
 
 
-def test_a_locked_database_is_retried_not_failed(tmp_path: Path, bert_dir: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_locked_database_is_retried_not_failed(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(_rdb, "SQLITE_BUSY_S", 0)  # SQLite's own wait off: every lock reaches our retry
     cfg = _cfg(tmp_path, bert_dir)
     study = open_study(cfg)
@@ -305,8 +322,9 @@ def test_a_locked_database_is_retried_not_failed(tmp_path: Path, bert_dir: Path,
         holder.execute("COMMIT")
 
 
-def test_once_the_database_has_failed_no_call_waits_out_retries_of_its_own(tmp_path: Path, bert_dir: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_once_the_database_has_failed_no_call_waits_out_retries_of_its_own(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One deadline for every call on the storage, from the first failure: the first blocked call waits
     RETRY_FOR_S, each later one (any thread) fails at once; a call the fault does not touch (a read, in
     write-ahead-log mode) still goes through. A lock that clears within the window is retried through."""
@@ -370,16 +388,21 @@ FULL_DISK_DRIVER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("limit,sentence", [
-    ("pages", "the disk holding the study database is full"),
-    ("rlimit", "failed with a disk I/O error (a full disk, a file size limit"),
-])
-def test_a_full_disk_is_one_storage_failure_and_keeps_what_was_stored(tmp_path: Path, bert_dir: Path, limit: str,
-                                                                       sentence: str) -> None:
+@pytest.mark.parametrize(
+    "limit,sentence",
+    [
+        ("pages", "the disk holding the study database is full"),
+        ("rlimit", "failed with a disk I/O error (a full disk, a file size limit"),
+    ],
+)
+def test_a_full_disk_is_one_storage_failure_and_keeps_what_was_stored(
+    tmp_path: Path, bert_dir: Path, limit: str, sentence: str
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir)
     db = tmp_path / "s.db"
-    proc = subprocess.run([sys.executable, "-c", FULL_DISK_DRIVER, str(path), str(db), limit], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_DRIVER, str(path), str(db), limit], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert sentence in proc.stdout and "Traceback" not in proc.stderr
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
@@ -397,14 +420,16 @@ def test_cli_turns_a_storage_failure_into_one_line_and_exit_1(tmp_path: Path, be
     root = con.execute("select rootpage from sqlite_master where name='trial_values'").fetchone()[0]
     con.close()
     data = bytearray(db.read_bytes())
-    data[(root - 1) * page:root * page] = b"\xff" * page
+    data[(root - 1) * page : root * page] = b"\xff" * page
     db.write_bytes(bytes(data))
-    proc = subprocess.run([sys.executable, "-m", "search", "status", str(path)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "search", "status", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: study storage sqlite:///{db}: the study database file is corrupted (or is not a SQLite database); "
-        "the study cannot be read"]
+        "the study cannot be read"
+    ]
     assert db.read_bytes() == bytes(data)
 
 

@@ -32,8 +32,10 @@ def test_a_resnet_learns_digits_from_a_class_folder(tmp_path: Path, resnet: Path
 def test_a_vit_with_lora_from_a_table_of_paths(tmp_path: Path) -> None:
     vit = tiny.make_image_model(tmp_path / "vit", "vit")
     data = tiny.image_config(tmp_path, vit, learning_rate=3e-3, max_steps=120, eval_every=40)
-    rows = [{"path": str(p.relative_to(tmp_path / "data")), "digit": int(p.parent.name)}
-            for p in sorted((tmp_path / "data" / "digits_train").glob("*/*.png"))]
+    rows = [
+        {"path": str(p.relative_to(tmp_path / "data")), "digit": int(p.parent.name)}
+        for p in sorted((tmp_path / "data" / "digits_train").glob("*/*.png"))
+    ]
     tiny.write_jsonl(tmp_path / "data" / "train.jsonl", rows)
     data["data"].update({"train": "data/train.jsonl", "label_column": "digit"})
     data["data"]["validation"] = "data/digits_val"
@@ -42,7 +44,6 @@ def test_a_vit_with_lora_from_a_table_of_paths(tmp_path: Path) -> None:
     data["peft"] = {"method": "lora", "r": 4}
     result = run_job(config_from_dict(data, base_dir=tmp_path))
     assert result.history[-1]["accuracy"] > max(0.15, result.history[0]["accuracy"]), result.history
-
 
 
 def test_bad_images_exit_2(tmp_path: Path, resnet: Path, capsys: pytest.CaptureFixture) -> None:

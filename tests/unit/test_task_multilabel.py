@@ -39,8 +39,9 @@ def test_tuned_threshold_is_chosen_on_validation_and_reused_on_test() -> None:
     val = metrics(_Pred(logits, truth))
     assert val["threshold"] == pytest.approx(0.25) and val["f1_micro"] == 1.0
     test_truth = np.array([[0, 0], [1, 1]], dtype=float)
-    test = metrics(_Pred(np.log(np.array([[0.27, 0.2], [0.9, 0.9]]) / (1 - np.array([[0.27, 0.2], [0.9, 0.9]]))),
-                         test_truth))
+    test = metrics(
+        _Pred(np.log(np.array([[0.27, 0.2], [0.9, 0.9]]) / (1 - np.array([[0.27, 0.2], [0.9, 0.9]]))), test_truth)
+    )
     assert test["threshold"] == pytest.approx(0.25)  # not re-tuned on the test rows
     assert test["exact_match"] == 0.5
     assert ThresholdMetrics(0.5)(_Pred(logits, truth))["f1_micro"] == 0.0
@@ -52,14 +53,14 @@ def test_training_learns_with_tuned_threshold_and_pos_weight(tmp_path: Path, ber
     prep = prepare(cfg)
     assert prep.examples.labels == ["film", "negative", "positive"]
     assert prep.train[0]["labels"] == [float(j in prep.examples.train[0]["label_ids"]) for j in range(3)]
-    assert prep.stats["train"]["label_counts"] == [sum(j in r["label_ids"] for r in prep.examples.train)
-                                                   for j in range(3)]
+    assert prep.stats["train"]["label_counts"] == [
+        sum(j in r["label_ids"] for r in prep.examples.train) for j in range(3)
+    ]
     result = run_job(cfg, prepared=prep)
     first, last = result.history[0], result.history[-1]
     assert last["f1_micro"] > first["f1_micro"] and last["f1_micro"] > 0.85, result.history
     assert last["exact_match"] > 0.6 and 0 < last["threshold"] < 1
     assert set(result.metrics) == {"f1_micro", "f1_macro", "exact_match", "eval_loss", "threshold"}
-
 
 
 def test_bad_multilabel_input_exits_2(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -68,16 +69,20 @@ def test_bad_multilabel_input_exits_2(tmp_path: Path, bert_dir: Path, capsys: py
     rows[6]["labels"] = "positive"
     tiny.write_jsonl(tmp_path / "data" / "ml_train.jsonl", rows)
     err = tiny.refused_train(tmp_path, data, capsys)
-    assert ("train.yaml: data.label_column: train row 7 of '" in err and "ml_train.jsonl': column 'labels' expected "
-            "a list of label names or ids, found 'positive' (str)" in err)
+    assert (
+        "train.yaml: data.label_column: train row 7 of '" in err
+        and "ml_train.jsonl': column 'labels' expected a list of label names or ids, found 'positive' (str)" in err
+    )
     rows[6]["labels"] = ["positive"]
     tiny.write_jsonl(tmp_path / "data" / "ml_train.jsonl", rows)
     val = tiny.multilabel_rows(10, seed=4)
     val[2]["labels"] = ["sports"]
     tiny.write_jsonl(tmp_path / "data" / "ml_val.jsonl", val)
     err = tiny.refused_train(tmp_path, data, capsys)
-    assert "validation row 3 of" in err and "label 'sports' is not among the labels ['film', 'negative', 'positive']" \
-        in err
+    assert (
+        "validation row 3 of" in err
+        and "label 'sports' is not among the labels ['film', 'negative', 'positive']" in err
+    )
     data["task_options"] = {"threshold": 1.5}
     err = tiny.refused_train(tmp_path, data, capsys)
     assert "task_options.threshold: expected a number in (0, 1) or tune, found 1.5" in err

@@ -32,13 +32,15 @@ def _rows(n: int, seed: int) -> list[dict]:
     out = []
     for r in tiny.sentiment_rows(n, seed):
         asks_good = rng.random() < 0.5
-        out.append({"passage": r["text"], "question": "good" if asks_good else "bad",
-                    "answer": bool(r["label"]) == asks_good})
+        out.append(
+            {"passage": r["text"], "question": "good" if asks_good else "bad", "answer": bool(r["label"]) == asks_good}
+        )
     return out
 
 
-def test_the_documented_own_task_trains_and_reports_its_metric(tmp_path: Path, bert_dir: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_documented_own_task_trains_and_reports_its_metric(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.syspath_prepend(str(_example(tmp_path)))
     data = tiny.classification_config(tmp_path, bert_dir, max_steps=150, eval_every=50)
     tiny.write_jsonl(tmp_path / "data" / "train.jsonl", _rows(320, 1))
@@ -54,9 +56,9 @@ def test_the_documented_own_task_trains_and_reports_its_metric(tmp_path: Path, b
     sys.modules.pop("yesno_task", None)
 
 
-def test_an_own_task_lacking_a_method_or_module_exits_2(tmp_path: Path, bert_dir: Path,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_an_own_task_lacking_a_method_or_module_exits_2(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     folder = _example(tmp_path)
     source = (folder / "yesno_task.py").read_text()
     (folder / "half_task.py").write_text(source.replace("def tokenize(", "def tokenise("))
@@ -66,18 +68,24 @@ def test_an_own_task_lacking_a_method_or_module_exits_2(tmp_path: Path, bert_dir
     path = tiny.write_config(tmp_path / "train.yaml", data)
     assert main(["train", str(path)]) == 2  # the example's own check: sentiment rows have no passage
     err = capsys.readouterr().err
-    assert "train.yaml: data.train: '" in err and "train.jsonl' row 1 (and 239 more): expected str in 'passage', " \
-        "found null" in err
+    assert (
+        "train.yaml: data.train: '" in err
+        and "train.jsonl' row 1 (and 239 more): expected str in 'passage', found null" in err
+    )
     data["task"] = "half_task:YesNo"
     path = tiny.write_config(tmp_path / "train.yaml", data)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "train.yaml: task: half_task:YesNo: expected a method tokenize() (every task implements load_examples, " \
-           "tokenize, load_model), found none" in err
+    assert (
+        "train.yaml: task: half_task:YesNo: expected a method tokenize() (every task implements load_examples, "
+        "tokenize, load_model), found none" in err
+    )
     data["task"] = "not_there_task:YesNo"
     path = tiny.write_config(tmp_path / "train.yaml", data)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "train.yaml: task: cannot import module 'not_there_task' of task 'not_there_task:YesNo': " \
-           "ModuleNotFoundError" in err
+    assert (
+        "train.yaml: task: cannot import module 'not_there_task' of task 'not_there_task:YesNo': "
+        "ModuleNotFoundError" in err
+    )
     assert "Traceback" not in err and not (tmp_path / "out" / "metrics.json").exists()

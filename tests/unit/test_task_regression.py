@@ -27,12 +27,17 @@ def test_metrics_against_known_values() -> None:
     assert regression_metrics(np.ones((4, 1)), y)["pearson"] == 0.0  # a constant prediction: undefined, 0
     task = get_task("regression")
     assert task.default_objective == "rmse"
-    assert task.reported_metrics() == {"rmse": "minimize", "mae": "minimize", "r2": "maximize",
-                                       "pearson": "maximize", "spearman": "maximize", "eval_loss": "minimize"}
+    assert task.reported_metrics() == {
+        "rmse": "minimize",
+        "mae": "minimize",
+        "r2": "maximize",
+        "pearson": "maximize",
+        "spearman": "maximize",
+        "eval_loss": "minimize",
+    }
 
 
-def test_standardised_training_learns_and_a_saved_model_predicts_in_data_units(tmp_path: Path,
-                                                                               bert_dir: Path) -> None:
+def test_standardised_training_learns_and_a_saved_model_predicts_in_data_units(tmp_path: Path, bert_dir: Path) -> None:
     data = tiny.regression_config(tmp_path, bert_dir, max_steps=60, eval_every=20)
     data["save"] = "model"
     cfg = config_from_dict(data, base_dir=tmp_path)
@@ -74,7 +79,6 @@ def test_two_targets_huber_unstandardised(tmp_path: Path, bert_dir: Path) -> Non
     assert rmse > 10 and rmse**2 <= loss * 1.01 and loss <= 2 * rmse**2 * 1.01
 
 
-
 def test_bad_regression_input_exits_2(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
     data = tiny.regression_config(tmp_path, bert_dir)
     rows = tiny.regression_rows(20, seed=3)
@@ -91,8 +95,9 @@ def test_bad_regression_input_exits_2(tmp_path: Path, bert_dir: Path, capsys: py
     assert "task_options.loss: expected one of mse, huber, found 'hubber' (str); did you mean 'huber'?" in err
 
 
-def test_float_labels_for_classification_point_to_regression(tmp_path: Path, bert_dir: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_float_labels_for_classification_point_to_regression(
+    tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     data = tiny.regression_config(tmp_path, bert_dir)
     data["task"] = "classification"
     err = tiny.refused_train(tmp_path, data, capsys)
@@ -103,12 +108,15 @@ def test_objective_the_task_does_not_report(tmp_path: Path, bert_dir: Path) -> N
     from search.config import load_study
 
     base = tiny.regression_config(tmp_path, bert_dir)
-    path = tiny.write_config(tmp_path / "s.yaml", {"name": "s", "base": base, "objective": "accuracy",
-                                                   "space": "regression"})
+    path = tiny.write_config(
+        tmp_path / "s.yaml", {"name": "s", "base": base, "objective": "accuracy", "space": "regression"}
+    )
     with pytest.raises(ConfigError) as err:
         load_study(path)
-    assert "objective.metric: task regression reports rmse, mae, r2, pearson, spearman, eval_loss; found " \
-           "'accuracy'" in str(err.value)
+    assert (
+        "objective.metric: task regression reports rmse, mae, r2, pearson, spearman, eval_loss; found "
+        "'accuracy'" in str(err.value)
+    )
 
 
 def test_data_report_shows_the_target_spread(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -117,8 +125,9 @@ def test_data_report_shows_the_target_spread(tmp_path: Path, bert_dir: Path, cap
     out = capsys.readouterr().out
     assert "target score: mean 5" in out and "trained on standardised targets" in out
     with pytest.raises(ConfigError):
-        config_from_dict({**tiny.regression_config(tmp_path, bert_dir), "task_options": {"huber_delta": 0}},
-                         base_dir=tmp_path)
+        config_from_dict(
+            {**tiny.regression_config(tmp_path, bert_dir), "task_options": {"huber_delta": 0}}, base_dir=tmp_path
+        )
 
 
 def test_options_that_change_the_data_change_its_cache_key(tmp_path: Path, bert_dir: Path) -> None:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import tiny
+
 from trainer import DIRECTIONS, METRICS, ConfigError, config_from_dict, prepare, run_job
 from trainer.tasks import TASKS, Task, get_task, task_names
 
@@ -24,11 +24,18 @@ def test_registry_names_and_lookup() -> None:
         assert get_task(name) is task  # loaded once
 
 
-@pytest.mark.parametrize("name,metrics,default,directions", [
-    ("classification", ("accuracy", "f1_macro", "eval_loss"), "accuracy",
-     {"accuracy": "maximize", "f1_macro": "maximize", "eval_loss": "minimize"}),
-    ("sft", ("eval_loss", "perplexity"), "eval_loss", {"eval_loss": "minimize", "perplexity": "minimize"}),
-])
+@pytest.mark.parametrize(
+    "name,metrics,default,directions",
+    [
+        (
+            "classification",
+            ("accuracy", "f1_macro", "eval_loss"),
+            "accuracy",
+            {"accuracy": "maximize", "f1_macro": "maximize", "eval_loss": "minimize"},
+        ),
+        ("sft", ("eval_loss", "perplexity"), "eval_loss", {"eval_loss": "minimize", "perplexity": "minimize"}),
+    ],
+)
 def test_builtin_metrics_and_directions(name: str, metrics: tuple, default: str, directions: dict) -> None:
     task = get_task(name)
     assert task.metrics == metrics and METRICS[name] == metrics
@@ -40,18 +47,25 @@ def test_builtin_metrics_and_directions(name: str, metrics: tuple, default: str,
 def test_sft_adds_perplexity_and_drops_other_metrics() -> None:
     out = get_task("sft").clean_metrics({"eval_loss": 0.0, "eval_accuracy": 1.0, "epoch": 1, "eval_note": "x"})
     assert out == {"eval_loss": 0.0, "perplexity": 1.0}
-    assert get_task("classification").clean_metrics({"eval_accuracy": 0.5, "eval_loss": 1}) == \
-        {"accuracy": 0.5, "eval_loss": 1.0}
+    assert get_task("classification").clean_metrics({"eval_accuracy": 0.5, "eval_loss": 1}) == {
+        "accuracy": 0.5,
+        "eval_loss": 1.0,
+    }
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("ranking", f"task: expected one of {', '.join(TASKS)}, found 'ranking' (str); a task of your own"),
-    ("clasification", f"task: expected one of {', '.join(TASKS)}, found 'clasification' (str); did you mean "
-                      "'classification'?"),
-    ("no_such_module_xyz:Task", "task: cannot import module 'no_such_module_xyz' of task"),
-    ("_own_task:OwnTsk", "task: module '_own_task' has no 'OwnTsk'; did you mean 'OwnTask'?"),
-    ("_own_task:NotATask", "task: expected a subclass of trainer.tasks.Task at '_own_task:NotATask', found"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("ranking", f"task: expected one of {', '.join(TASKS)}, found 'ranking' (str); a task of your own"),
+        (
+            "clasification",
+            f"task: expected one of {', '.join(TASKS)}, found 'clasification' (str); did you mean 'classification'?",
+        ),
+        ("no_such_module_xyz:Task", "task: cannot import module 'no_such_module_xyz' of task"),
+        ("_own_task:OwnTsk", "task: module '_own_task' has no 'OwnTsk'; did you mean 'OwnTask'?"),
+        ("_own_task:NotATask", "task: expected a subclass of trainer.tasks.Task at '_own_task:NotATask', found"),
+    ],
+)
 def test_bad_task_names(tmp_path: Path, bert_dir: Path, name: str, expected: str) -> None:
     with pytest.raises(ConfigError) as err:
         get_task(name, "train.yaml")
@@ -90,12 +104,16 @@ def test_own_task_needs_usable_metrics() -> None:
     assert "default_objective 'loss' is not one of its metrics ['score']" in text
 
 
-BRANCH = re.compile("|".join([
-    r"""task\s*[!=]=\s*["']""",                                  # cfg.task == "...", ex.task != "..."
-    r"""[!=]=\s*["'](sft|classification)["']""",                 # report["task"] == "sft"
-    r"""["'](sft|classification)["']\s*[!=]=""",                 # "sft" == task
-    r"""\bin\s*[(\[{]\s*["'](sft|classification)["']""",         # task in ("sft", ...)
-]))
+BRANCH = re.compile(
+    "|".join(
+        [
+            r"""task\s*[!=]=\s*["']""",  # cfg.task == "...", ex.task != "..."
+            r"""[!=]=\s*["'](sft|classification)["']""",  # report["task"] == "sft"
+            r"""["'](sft|classification)["']\s*[!=]=""",  # "sft" == task
+            r"""\bin\s*[(\[{]\s*["'](sft|classification)["']""",  # task in ("sft", ...)
+        ]
+    )
+)
 
 
 def test_nothing_outside_the_task_modules_branches_on_a_task_name() -> None:
@@ -113,7 +131,7 @@ def test_nothing_outside_the_task_modules_branches_on_a_task_name() -> None:
 def test_a_metric_may_not_take_a_name_the_trial_report_keeps() -> None:
     """A metric called `precision` was read as the trial's arithmetic ('bf16') by the driver and failed every
     trial; such names are refused when the task loads, and the list follows the report's own keys."""
-    from search._trial_result import EvaluationReport, ErrorReport, FinalReport, ReadyReport
+    from search._trial_result import ErrorReport, EvaluationReport, FinalReport, ReadyReport
     from trainer.tasks import RESERVED_METRIC_NAMES
 
     keys = {k for td in (ReadyReport, EvaluationReport, FinalReport, ErrorReport) for k in td.__annotations__}
@@ -123,7 +141,7 @@ def test_a_metric_may_not_take_a_name_the_trial_report_keeps() -> None:
         metrics = ("precision", "eval_loss")
         directions = {"precision": "maximize", "eval_loss": "minimize"}
 
-        def load_examples(self, *a):  # noqa: ANN002, ANN201
+        def load_examples(self, *a):
             raise NotImplementedError
 
         tokenize = load_model = load_examples

@@ -24,11 +24,21 @@ def _proposals(running_trials: str, lead_reports: dict[int, float]) -> tuple[flo
     sampler = TPESampler(seed=0, n_startup_trials=3, running_trials=running_trials)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for i, x in enumerate([0.05, 0.1, 0.15]):
-        study.add_trial(create_trial(state=TrialState.PRUNED, params={"x": x}, distributions=SPACE,
-                                     intermediate_values={50: 0.5 + 0.02 * i}))
+        study.add_trial(
+            create_trial(
+                state=TrialState.PRUNED, params={"x": x}, distributions=SPACE, intermediate_values={50: 0.5 + 0.02 * i}
+            )
+        )
     for value, x in ((0.6, 0.2), (0.62, 0.25)):
-        study.add_trial(create_trial(state=TrialState.COMPLETE, value=value, params={"x": x}, distributions=SPACE,
-                                     intermediate_values={50: 0.55, 100: value}))
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                value=value,
+                params={"x": x},
+                distributions=SPACE,
+                intermediate_values={50: 0.55, 100: value},
+            )
+        )
     study.enqueue_trial({"x": 0.9})
     lead = study.ask(SPACE)
     for step, value in lead_reports.items():
@@ -78,14 +88,15 @@ def test_multi_objective_studies_sample_with_running_trials() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=TPESampler(seed=0, n_startup_trials=2))
     for x in (0.1, 0.5, 0.9):
-        study.add_trial(create_trial(state=TrialState.COMPLETE, values=[x, 1 - x], params={"x": x},
-                                     distributions=SPACE))
+        study.add_trial(
+            create_trial(state=TrialState.COMPLETE, values=[x, 1 - x], params={"x": x}, distributions=SPACE)
+        )
     study.ask(SPACE)
     trial = study.ask(SPACE)
     assert 0.0 <= trial.params["x"] <= 1.0
 
 
-def test_a_study_files_tpe_is_sftunes_with_its_options(tmp_path, bert_dir) -> None:  # noqa: ANN001
+def test_a_study_files_tpe_is_sftunes_with_its_options(tmp_path, bert_dir) -> None:
     import tiny
     import yaml
 

@@ -16,15 +16,22 @@ from search.config import load_study
 from search.study import open_study
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ({"mlfow": "http://h:5000"}, "tracking.mlfow: unknown tracker; did you mean 'mlflow'?"),
-    ({"mlflow": 5000}, "tracking.mlflow: expected a tracking URI (http://host:5000) or {uri, experiment}, found 5000"),
-    ({"wandb": {"project": "p", "mode": "of"}}, "tracking.wandb.mode: expected online or offline, found 'of'"),
-    ({"wandb": {"project": "p", "team": "x"}}, "tracking.wandb.team: unknown key"),
-    ("mlflow", "tracking: expected {mlflow: URI} or {wandb: {project, mode}}, found 'mlflow'"),
-])
-def test_bad_tracking_exits_2(tmp_path: Path, bert_dir: Path, value: Any, expected: str,
-                              capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"mlfow": "http://h:5000"}, "tracking.mlfow: unknown tracker; did you mean 'mlflow'?"),
+        (
+            {"mlflow": 5000},
+            "tracking.mlflow: expected a tracking URI (http://host:5000) or {uri, experiment}, found 5000",
+        ),
+        ({"wandb": {"project": "p", "mode": "of"}}, "tracking.wandb.mode: expected online or offline, found 'of'"),
+        ({"wandb": {"project": "p", "team": "x"}}, "tracking.wandb.team: unknown key"),
+        ("mlflow", "tracking: expected {mlflow: URI} or {wandb: {project, mode}}, found 'mlflow'"),
+    ],
+)
+def test_bad_tracking_exits_2(
+    tmp_path: Path, bert_dir: Path, value: Any, expected: str, capsys: pytest.CaptureFixture
+) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="t", tracking=value)
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
@@ -59,8 +66,9 @@ class Flaky:
         self.calls.append(("close", None))
 
 
-def test_a_failing_tracker_warns_once_and_counts(tmp_path: Path, bert_dir: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_tracker_warns_once_and_counts(
+    tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tracking, "_MLflow", Flaky)
     path = tiny.study_file(tmp_path, bert_dir, name="t", tracking={"mlflow": "http://h:1"})
     cfg = load_study(path)
@@ -83,6 +91,7 @@ def test_a_failing_tracker_warns_once_and_counts(tmp_path: Path, bert_dir: Path,
         "warning: tracking failed (mlflow: ConnectionError: tracking server went away); trials go on, and "
         "further tracking failures are counted",
         "warning: 3 tracking call(s) failed (first: mlflow: ConnectionError: tracking server went away); the "
-        "study's database holds every trial"]
+        "study's database holds every trial",
+    ]
     assert [kind for kind, _ in events.lines].count("reported") == 3
     assert study.user_attrs["tracking_runs"] == {"mlflow": {"uri": "fake", "run_id": "r1"}}

@@ -11,5 +11,13 @@ from trainer.generation.checks import check_eval_config, check_eval_data, genera
 from trainer.generation.generate import Generator, prompt_and_reference
 from trainer.generation.scores import BUILT_IN, extract, score
 
-__all__ = ["BUILT_IN", "Generator", "check_eval_config", "check_eval_data", "extract", "generation_metrics",
-           "prompt_and_reference", "score"]
+__all__ = [
+    "BUILT_IN",
+    "Generator",
+    "check_eval_config",
+    "check_eval_data",
+    "extract",
+    "generation_metrics",
+    "prompt_and_reference",
+    "score",
+]

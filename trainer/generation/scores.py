@@ -50,7 +50,7 @@ def extract(text: str, how: str) -> str | None:
         numbers = _NUMBER.findall(text)
         return _number(numbers[-1]) if numbers else None
     if how.startswith("regex:"):
-        found = re.search(how[len("regex:"):], text)
+        found = re.search(how[len("regex:") :], text)
         if found is None:
             return None
         return _words(found.group(1) if found.groups() else found.group(0))
@@ -102,8 +102,13 @@ def load_function(ref: str) -> Callable[..., Any]:
     return fn
 
 
-def user_scores(fn: Callable[..., Any], predictions: list[str], references: list[str],
-                rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, float]:
+def user_scores(
+    fn: Callable[..., Any],
+    predictions: list[str],
+    references: list[str],
+    rows: list[dict[str, Any]],
+    names: Sequence[str],
+) -> dict[str, float]:
     """Call the user's function; ValueError when it does not return a number for each declared name."""
     out = fn(predictions, references, rows)
     if not isinstance(out, dict):
@@ -111,8 +116,10 @@ def user_scores(fn: Callable[..., Any], predictions: list[str], references: list
     missing = [n for n in names if n not in out]
     extra = [n for n in out if n not in names]
     if missing or extra:
-        raise ValueError(f"expected the metrics declared in eval.directions ({', '.join(names)}), found "
-                         f"{', '.join(map(str, out)) or 'none'}")
+        raise ValueError(
+            f"expected the metrics declared in eval.directions ({', '.join(names)}), found "
+            f"{', '.join(map(str, out)) or 'none'}"
+        )
     values = {}
     for name, value in out.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -121,9 +128,15 @@ def user_scores(fn: Callable[..., Any], predictions: list[str], references: list
     return values
 
 
-def score(metrics: Sequence[str], how: str, predictions: list[str], references: list[str],
-          rows: list[dict[str, Any]], function: Callable[..., Any] | None = None,
-          declared: Sequence[str] = ()) -> dict[str, float]:
+def score(
+    metrics: Sequence[str],
+    how: str,
+    predictions: list[str],
+    references: list[str],
+    rows: list[dict[str, Any]],
+    function: Callable[..., Any] | None = None,
+    declared: Sequence[str] = (),
+) -> dict[str, float]:
     """Every asked metric over one evaluation's generations."""
     out: dict[str, float] = {}
     if "exact_match" in metrics:

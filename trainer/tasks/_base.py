@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
@@ -71,8 +71,9 @@ class Task:
 
     # --- rows -----------------------------------------------------------------------------------------
 
-    def load_examples(self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str],
-                      source: str) -> Examples:
+    def load_examples(
+        self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str], source: str
+    ) -> Examples:
         """Check the raw rows of every split ({split: rows}; `paths` says where each came from) and turn
         them into this task's examples; raise ConfigError listing every problem."""
         raise NotImplementedError
@@ -96,8 +97,9 @@ class Task:
 
         return load_tokenizer(location, source)
 
-    def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any,
-                 max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def tokenize(
+        self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """One split's examples to model inputs, and what that cost (see the class docstring for the stats).
 
         A task whose `load_examples` sets `Examples.options` (settings from the config) gets them as a

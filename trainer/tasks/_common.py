@@ -9,27 +9,49 @@ from trainer.data import columns
 from trainer.schema import Problem, describe
 
 
-def check_columns(rows: list[dict[str, Any]], wanted: list[tuple[str, str]], split: str, path: str,
-                  source: str, problems: list[Problem]) -> None:
+def check_columns(
+    rows: list[dict[str, Any]],
+    wanted: list[tuple[str, str]],
+    split: str,
+    path: str,
+    source: str,
+    problems: list[Problem],
+) -> None:
     """Each (key, column) must be in every row of the split; one problem per missing column."""
     for key, col in wanted:
         missing = sum(1 for r in rows if col not in r)
         if missing == len(rows):
-            problems.append(Problem(source, key, f"column '{col}' not found in {split} data '{path}' "
-                                    f"(columns: {', '.join(columns(rows))})"))
+            problems.append(
+                Problem(
+                    source,
+                    key,
+                    f"column '{col}' not found in {split} data '{path}' (columns: {', '.join(columns(rows))})",
+                )
+            )
         elif missing:
-            problems.append(Problem(source, key, f"column '{col}' is missing from {missing} of {len(rows)} "
-                                    f"rows of {split} data '{path}'"))
+            problems.append(
+                Problem(
+                    source,
+                    key,
+                    f"column '{col}' is missing from {missing} of {len(rows)} rows of {split} data '{path}'",
+                )
+            )
 
 
-def check_texts(rows: list[dict[str, Any]], cols: list[str], split: str, path: str, source: str,
-                problems: list[Problem]) -> None:
+def check_texts(
+    rows: list[dict[str, Any]], cols: list[str], split: str, path: str, source: str, problems: list[Problem]
+) -> None:
     """The first row whose text column is not a string, as one problem."""
     for i, r in enumerate(rows):
         for col in cols:
             if col in r and not isinstance(r[col], str):
-                problems.append(Problem(source, "data.text_column", f"{split} row {i + 1} of '{path}': column "
-                                        f"'{col}' must be text, found {describe(r[col])}"))
+                problems.append(
+                    Problem(
+                        source,
+                        "data.text_column",
+                        f"{split} row {i + 1} of '{path}': column '{col}' must be text, found {describe(r[col])}",
+                    )
+                )
                 return
 
 

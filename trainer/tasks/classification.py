@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from trainer._loss import balanced_weights, class_weighted_loss
 from trainer._tokenize import length_stats, quiet, unknown_tokens
@@ -26,11 +27,13 @@ class Classification(Task):
     peft_task_type = "SEQ_CLS"
     model_mapping = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING"
 
-    def load_examples(self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str],
-                      source: str) -> Examples:
+    def load_examples(
+        self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str], source: str
+    ) -> Examples:
         names, out = read_labelled(cfg, splits, paths, source)
-        return Examples(task=cfg.task, train=out["train"], validation=out["validation"], labels=names,
-                        test=out.get("test", []))
+        return Examples(
+            task=cfg.task, train=out["train"], validation=out["validation"], labels=names, test=out.get("test", [])
+        )
 
     def label_counts(self, rows: list[dict[str, Any]], examples: Examples) -> list[int] | None:
         counts = [0] * len(examples.labels)
@@ -38,16 +41,21 @@ class Classification(Task):
             counts[r["label"]] += 1
         return counts
 
-    def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any,
-                 max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def tokenize(
+        self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return classification_with_stats(rows, tokenizer, max_length)
 
     def load_model(self, location: str, labels: list[str], **options: Any) -> Any:
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(
-            location, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True, **options,
+            location,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            **options,
         )
 
     def modules_to_save(self, model: Any) -> list[str] | None:
@@ -62,8 +70,9 @@ class Classification(Task):
         return classification_metrics(pred)
 
 
-def classification_with_stats(rows: list[dict[str, Any]], tokenizer: Any,
-                              max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def classification_with_stats(
+    rows: list[dict[str, Any]], tokenizer: Any, max_length: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Token ids (truncated to max_length) and what truncation cost: full lengths, rows truncated, unknown tokens."""
     texts = [r["text"] for r in rows]
     pairs = [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0] else None
@@ -74,8 +83,12 @@ def classification_with_stats(rows: list[dict[str, Any]], tokenizer: Any,
     full = [len(ids) for ids in enc["input_ids"]]
     long = [i for i, n in enumerate(full) if n > max_length]
     if long:  # re-encode only the rows that need it, with the tokenizer's own truncation rules
-        cut = tokenizer([texts[i] for i in long], [pairs[i] for i in long] if pairs else None,
-                        truncation=True, max_length=max_length)
+        cut = tokenizer(
+            [texts[i] for i in long],
+            [pairs[i] for i in long] if pairs else None,
+            truncation=True,
+            max_length=max_length,
+        )
         for j, i in enumerate(long):
             for k in keys:
                 enc[k][i] = cut[k][j]
@@ -83,8 +96,9 @@ def classification_with_stats(rows: list[dict[str, Any]], tokenizer: Any,
     stats = length_stats(full, max_length)
     stats["truncated"] = len(long)
     stats["unknown_tokens"], stats["tokens"] = unknown_tokens(enc["input_ids"], tokenizer)
-    stats["empty_texts"] = sum(1 for r in rows if not r["text"].strip()
-                               or ("text_pair" in r and not r["text_pair"].strip()))
+    stats["empty_texts"] = sum(
+        1 for r in rows if not r["text"].strip() or ("text_pair" in r and not r["text_pair"].strip())
+    )
     return out, stats
 
 
@@ -92,8 +106,9 @@ def tokenize_classification(rows: list[dict[str, Any]], tokenizer: Any, max_leng
     return classification_with_stats(rows, tokenizer, max_length)[0]
 
 
-def read_labelled(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, str],
-                  source: str) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+def read_labelled(
+    cfg: TrainConfig, splits: dict[str, list], paths: dict[str, str], source: str
+) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
     """Check every split's text and label columns: (label names in id order, {split: [{text, label}]})."""
     d = cfg.data
     problems: list[Problem] = []
@@ -104,13 +119,20 @@ def read_labelled(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, st
         if d.text_pair_column:
             wanted.append(("data.text_pair_column", d.text_pair_column))
         check_columns(rows, wanted, split, path, source, problems)
-        check_texts(rows, [d.text_column] + ([d.text_pair_column] if d.text_pair_column else []), split, path,
-                    source, problems)
+        check_texts(
+            rows, [d.text_column] + ([d.text_pair_column] if d.text_pair_column else []), split, path, source, problems
+        )
         bad = [r[d.label_column] for r in rows if d.label_column in r and not is_label(r[d.label_column])]
         if bad:
-            problems.append(Problem(source, "data.label_column", f"{split} labels in column '{d.label_column}' of "
-                                    f"'{path}' must be integer ids >= 0 or names, found {describe(bad[0])}"
-                                    f" ({len(bad)} such rows)" + _float_hint(bad)))
+            problems.append(
+                Problem(
+                    source,
+                    "data.label_column",
+                    f"{split} labels in column '{d.label_column}' of "
+                    f"'{path}' must be integer ids >= 0 or names, found {describe(bad[0])}"
+                    f" ({len(bad)} such rows)" + _float_hint(bad),
+                )
+            )
     if problems:
         raise ConfigError(problems)
 
@@ -121,35 +143,55 @@ def read_labelled(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, st
         n = max(ids) + 1
         if d.labels is not None:
             if len(d.labels) < n:
-                raise ConfigError(Problem(source, "data.labels", f"{len(d.labels)} names given, but train has "
-                                          f"label id {n - 1}"))
+                raise ConfigError(
+                    Problem(source, "data.labels", f"{len(d.labels)} names given, but train has label id {n - 1}")
+                )
             names = list(d.labels)
         else:
             names = [str(i) for i in range(n)]
     else:
         if any(not isinstance(v, str) for v in values):
-            raise ConfigError(Problem(source, "data.label_column", f"train labels in '{d.train}' mix integer ids "
-                                      "and names; use one kind"))
+            raise ConfigError(
+                Problem(
+                    source, "data.label_column", f"train labels in '{d.train}' mix integer ids and names; use one kind"
+                )
+            )
         found = sorted(set(values))
         names = list(d.labels) if d.labels is not None else found
         unknown = [v for v in found if v not in names]
         if unknown:
-            raise ConfigError(Problem(source, "data.labels", f"train label {unknown[0]!r} is not in data.labels "
-                                      f"{names}"))
+            raise ConfigError(
+                Problem(source, "data.labels", f"train label {unknown[0]!r} is not in data.labels {names}")
+            )
     if len(names) < 2:
-        raise ConfigError(Problem(source, "data.label_column", f"train data '{d.train}' has a single label "
-                                  f"({names[0]!r}); classification needs at least two"))
+        raise ConfigError(
+            Problem(
+                source,
+                "data.label_column",
+                f"train data '{d.train}' has a single label ({names[0]!r}); classification needs at least two",
+            )
+        )
     index = {name: i for i, name in enumerate(names)}
 
     def to_id(v: Any, split: str, path: str) -> int:
         if isinstance(v, str):
             if v not in index:
-                raise ConfigError(Problem(source, "data.label_column", f"{split} label {v!r} in '{path}' is not "
-                                          f"among the train labels {names}"))
+                raise ConfigError(
+                    Problem(
+                        source,
+                        "data.label_column",
+                        f"{split} label {v!r} in '{path}' is not among the train labels {names}",
+                    )
+                )
             return index[v]
         if int(v) >= len(names):
-            raise ConfigError(Problem(source, "data.label_column", f"{split} label id {int(v)} in '{path}' is "
-                                      f"outside the label set 0..{len(names) - 1}"))
+            raise ConfigError(
+                Problem(
+                    source,
+                    "data.label_column",
+                    f"{split} label id {int(v)} in '{path}' is outside the label set 0..{len(names) - 1}",
+                )
+            )
         return int(v)
 
     def convert(rows: list, split: str, path: str) -> list[dict[str, Any]]:

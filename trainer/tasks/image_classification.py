@@ -37,19 +37,26 @@ class ImageClassification(Classification):
             return rows
         classes = sorted(d for d in p.iterdir() if d.is_dir())
         if not classes:
-            raise ConfigError(Problem(source, key, f"image folder '{path}': expected one sub-folder per class, "
-                                      "found none"))
+            raise ConfigError(
+                Problem(source, key, f"image folder '{path}': expected one sub-folder per class, found none")
+            )
         rows = []
         for d in classes:
             images = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
-                raise ConfigError(Problem(source, key, f"image folder '{path}': class folder '{d.name}' has no "
-                                          f"images ({', '.join(IMAGE_SUFFIXES)})"))
+                raise ConfigError(
+                    Problem(
+                        source,
+                        key,
+                        f"image folder '{path}': class folder '{d.name}' has no images ({', '.join(IMAGE_SUFFIXES)})",
+                    )
+                )
             rows += [{cfg.task_options.image_column: str(f), cfg.data.label_column: d.name} for f in images]
         return rows
 
-    def load_examples(self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str],
-                      source: str) -> Examples:
+    def load_examples(
+        self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str], source: str
+    ) -> Examples:
         from PIL import Image
 
         col = cfg.task_options.image_column
@@ -60,15 +67,25 @@ class ImageClassification(Classification):
                 f = r.get(col)
                 where = f"{split} row {i + 1} of '{paths[split]}'"
                 if not isinstance(f, str) or not Path(f).is_file():
-                    problems.append(Problem(source, "task_options.image_column", f"{where}: expected an image "
-                                            f"file, found {f!r}, which does not exist"))
+                    problems.append(
+                        Problem(
+                            source,
+                            "task_options.image_column",
+                            f"{where}: expected an image file, found {f!r}, which does not exist",
+                        )
+                    )
                     break
                 try:
                     with Image.open(f) as im:
                         im.verify()
                 except Exception as exc:  # any failure to read is a bad image
-                    problems.append(Problem(source, "task_options.image_column", f"{where}: expected an image, "
-                                            f"found '{f}', which is not one ({type(exc).__name__})"))
+                    problems.append(
+                        Problem(
+                            source,
+                            "task_options.image_column",
+                            f"{where}: expected an image, found '{f}', which is not one ({type(exc).__name__})",
+                        )
+                    )
                     break
         if problems:
             raise ConfigError(problems)
@@ -86,16 +103,20 @@ class ImageClassification(Classification):
             return AutoImageProcessor.from_pretrained(location)
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else ""
-            raise ConfigError(Problem(source, "model", f"cannot load an image processor from '{location}': "
-                                      f"{type(exc).__name__}: {first}")) from None
+            raise ConfigError(
+                Problem(
+                    source, "model", f"cannot load an image processor from '{location}': {type(exc).__name__}: {first}"
+                )
+            ) from None
 
-    def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any,
-                 max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def tokenize(
+        self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         from PIL import Image
 
         out = []
         for start in range(0, len(rows), 64):
-            chunk = rows[start:start + 64]
+            chunk = rows[start : start + 64]
             images = []
             for r in chunk:
                 with Image.open(r["image"]) as im:
@@ -109,8 +130,10 @@ class ImageClassification(Classification):
             import numpy as np
             import torch
 
-            return {"pixel_values": torch.from_numpy(np.stack([f["pixel_values"] for f in features])).float(),
-                    "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long)}
+            return {
+                "pixel_values": torch.from_numpy(np.stack([f["pixel_values"] for f in features])).float(),
+                "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long),
+            }
 
         return collate
 
@@ -118,8 +141,13 @@ class ImageClassification(Classification):
         from transformers import AutoModelForImageClassification
 
         return AutoModelForImageClassification.from_pretrained(
-            location, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True, **options)
+            location,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            **options,
+        )
 
     def show_row(self, row: dict[str, Any], labels: list[str]) -> str | None:
         return f"{Path(row['image']).name} ({labels[row['label']]})"

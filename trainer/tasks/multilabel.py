@@ -23,8 +23,12 @@ class Multilabel(Task):
 
     name = "multilabel"
     metrics = ("f1_micro", "f1_macro", "exact_match", "eval_loss")
-    directions: ClassVar[Mapping[str, str]] = {"f1_micro": "maximize", "f1_macro": "maximize",
-                                               "exact_match": "maximize", "eval_loss": "minimize"}
+    directions: ClassVar[Mapping[str, str]] = {
+        "f1_micro": "maximize",
+        "f1_macro": "maximize",
+        "exact_match": "maximize",
+        "eval_loss": "minimize",
+    }
     default_objective = "f1_micro"
     class_weights = True
     peft_task_type = "SEQ_CLS"
@@ -33,11 +37,13 @@ class Multilabel(Task):
     def check_config(self, cfg: TrainConfig, source: str, problems: list[Problem]) -> None:
         t = cfg.task_options.threshold
         if t != "tune" and not 0 < t < 1:
-            problems.append(Problem(source, "task_options.threshold", f"expected a number in (0, 1) or tune, "
-                                    f"found {t}"))
+            problems.append(
+                Problem(source, "task_options.threshold", f"expected a number in (0, 1) or tune, found {t}")
+            )
 
-    def load_examples(self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str],
-                      source: str) -> Examples:
+    def load_examples(
+        self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str], source: str
+    ) -> Examples:
         d = cfg.data
         problems: list[Problem] = []
         for split, rows in splits.items():
@@ -50,22 +56,39 @@ class Multilabel(Task):
             for i, r in enumerate(rows):
                 v = r.get(d.label_column, [])
                 if not isinstance(v, list):
-                    problems.append(Problem(source, "data.label_column", f"{split} row {i + 1} of '{path}': "
-                                            f"column '{d.label_column}' expected a list of label names or ids, "
-                                            f"found {describe(v)}"))
+                    problems.append(
+                        Problem(
+                            source,
+                            "data.label_column",
+                            f"{split} row {i + 1} of '{path}': "
+                            f"column '{d.label_column}' expected a list of label names or ids, "
+                            f"found {describe(v)}",
+                        )
+                    )
                     break
                 if not all(is_label(x) for x in v):
                     bad = next(x for x in v if not is_label(x))
-                    problems.append(Problem(source, "data.label_column", f"{split} row {i + 1} of '{path}': "
-                                            f"expected label names or integer ids >= 0 in the list, found "
-                                            f"{describe(bad)}"))
+                    problems.append(
+                        Problem(
+                            source,
+                            "data.label_column",
+                            f"{split} row {i + 1} of '{path}': "
+                            f"expected label names or integer ids >= 0 in the list, found "
+                            f"{describe(bad)}",
+                        )
+                    )
                     break
         if problems:
             raise ConfigError(problems)
         values = [x for r in splits["train"] for x in r[d.label_column]]
         if any(isinstance(x, str) for x in values) and not all(isinstance(x, str) for x in values):
-            raise ConfigError(Problem(source, "data.label_column", f"train labels in '{paths['train']}' mix integer "
-                                      "ids and names; use one kind"))
+            raise ConfigError(
+                Problem(
+                    source,
+                    "data.label_column",
+                    f"train labels in '{paths['train']}' mix integer ids and names; use one kind",
+                )
+            )
         if d.labels is not None:
             names = list(d.labels)
         elif values and isinstance(values[0], str):
@@ -73,8 +96,13 @@ class Multilabel(Task):
         else:
             names = [str(i) for i in range(int(max(values, default=-1)) + 1)]
         if len(names) < 2:
-            raise ConfigError(Problem(source, "data.label_column", f"train data '{paths['train']}' has "
-                                      f"{len(names)} label(s) {names}; multilabel needs at least two"))
+            raise ConfigError(
+                Problem(
+                    source,
+                    "data.label_column",
+                    f"train data '{paths['train']}' has {len(names)} label(s) {names}; multilabel needs at least two",
+                )
+            )
         index = {n: i for i, n in enumerate(names)}
 
         def ids(v: list[Any], split: str, i: int) -> list[int]:
@@ -82,8 +110,13 @@ class Multilabel(Task):
             for x in v:
                 j = index.get(x) if isinstance(x, str) else int(x)
                 if j is None or j >= len(names):
-                    raise ConfigError(Problem(source, "data.label_column", f"{split} row {i + 1} of "
-                                              f"'{paths[split]}': label {x!r} is not among the labels {names}"))
+                    raise ConfigError(
+                        Problem(
+                            source,
+                            "data.label_column",
+                            f"{split} row {i + 1} of '{paths[split]}': label {x!r} is not among the labels {names}",
+                        )
+                    )
                 out.append(j)
             return sorted(set(out))
 
@@ -91,16 +124,20 @@ class Multilabel(Task):
             out = []
             for i, r in enumerate(rows):
                 label_ids = ids(r[d.label_column], split, i)
-                ex: dict[str, Any] = {"text": r[d.text_column], "label_ids": label_ids,
-                                      "hot": _hot(label_ids, len(names))}
+                ex: dict[str, Any] = {
+                    "text": r[d.text_column],
+                    "label_ids": label_ids,
+                    "hot": _hot(label_ids, len(names)),
+                }
                 if d.text_pair_column:
                     ex["text_pair"] = r[d.text_pair_column]
                 out.append(ex)
             return out
 
         out = {split: convert(rows, split) for split, rows in splits.items()}
-        return Examples(task=cfg.task, train=out["train"], validation=out["validation"], labels=names,
-                        test=out.get("test", []))
+        return Examples(
+            task=cfg.task, train=out["train"], validation=out["validation"], labels=names, test=out.get("test", [])
+        )
 
     def label_counts(self, rows: list[dict[str, Any]], examples: Examples) -> list[int] | None:
         counts = [0] * len(examples.labels)
@@ -109,8 +146,9 @@ class Multilabel(Task):
                 counts[j] += 1
         return counts
 
-    def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any,
-                 max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def tokenize(
+        self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return classification_with_stats([{**r, "label": r["hot"]} for r in rows], tokenizer, max_length)
 
     def collator(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
@@ -120,9 +158,14 @@ class Multilabel(Task):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(
-            location, num_labels=len(labels), problem_type="multi_label_classification",
-            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-            ignore_mismatched_sizes=True, **options)
+            location,
+            num_labels=len(labels),
+            problem_type="multi_label_classification",
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            **options,
+        )
 
     def modules_to_save(self, model: Any) -> list[str] | None:
         return head_modules(model)
@@ -143,8 +186,13 @@ class Multilabel(Task):
 
     def describe_split(self, rows: list[dict[str, Any]], examples: Examples) -> dict[str, Any]:
         sizes = [len(r["label_ids"]) for r in rows]
-        return {"labels_per_row": {"mean": round(sum(sizes) / len(sizes), 3) if sizes else 0.0,
-                                   "none": sizes.count(0), "max": max(sizes, default=0)}}
+        return {
+            "labels_per_row": {
+                "mean": round(sum(sizes) / len(sizes), 3) if sizes else 0.0,
+                "none": sizes.count(0),
+                "max": max(sizes, default=0),
+            }
+        }
 
     def describe_lines(self, info: dict[str, Any]) -> list[str]:
         per = info.get("labels_per_row")
@@ -181,7 +229,7 @@ def bce_loss(weights: list[float]) -> Callable[..., Any]:
         logits, labels = logits.float(), labels.float()
         if not torch.is_grad_enabled():
             return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        w = torch.tensor(weights[:labels.shape[-1]], dtype=logits.dtype, device=logits.device)
+        w = torch.tensor(weights[: labels.shape[-1]], dtype=logits.dtype, device=logits.device)
         total = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=w, reduction="sum")
         return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
 
@@ -201,9 +249,11 @@ def multilabel_metrics(probs: Any, truth: Any, threshold: float) -> dict[str, fl
     den = 2 * tp.sum() + fp.sum() + fn.sum()
     present = (tp + fp + fn) > 0
     per_label = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
-    return {"f1_micro": float(2 * tp.sum() / den) if den else 1.0,
-            "f1_macro": float(per_label[present].mean()) if present.any() else 1.0,
-            "exact_match": float((pred == truth).all(1).mean())}
+    return {
+        "f1_micro": float(2 * tp.sum() / den) if den else 1.0,
+        "f1_macro": float(per_label[present].mean()) if present.any() else 1.0,
+        "exact_match": float((pred == truth).all(1).mean()),
+    }
 
 
 class ThresholdMetrics:

@@ -21,8 +21,13 @@ class Regression(Task):
     name = "regression"
     metrics = ("rmse", "mae", "r2", "pearson", "spearman", "eval_loss")
     directions: ClassVar[Mapping[str, str]] = {
-        "rmse": "minimize", "mae": "minimize", "r2": "maximize", "pearson": "maximize", "spearman": "maximize",
-        "eval_loss": "minimize"}
+        "rmse": "minimize",
+        "mae": "minimize",
+        "r2": "maximize",
+        "pearson": "maximize",
+        "spearman": "maximize",
+        "eval_loss": "minimize",
+    }
     default_objective = "rmse"
     peft_task_type = "SEQ_CLS"
     model_mapping = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING"
@@ -30,13 +35,19 @@ class Regression(Task):
     def check_config(self, cfg: TrainConfig, source: str, problems: list[Problem]) -> None:
         o = cfg.task_options
         if o.target_columns is not None and not o.target_columns:
-            problems.append(Problem(source, "task_options.target_columns", "expected a non-empty list of column "
-                                    "names (or null for data.label_column), found []"))
+            problems.append(
+                Problem(
+                    source,
+                    "task_options.target_columns",
+                    "expected a non-empty list of column names (or null for data.label_column), found []",
+                )
+            )
         if not o.huber_delta > 0:
             problems.append(Problem(source, "task_options.huber_delta", f"must be > 0, found {o.huber_delta}"))
 
-    def load_examples(self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str],
-                      source: str) -> Examples:
+    def load_examples(
+        self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str], source: str
+    ) -> Examples:
         d = cfg.data
         targets = list(cfg.task_options.target_columns or [d.label_column])
         key = "task_options.target_columns" if cfg.task_options.target_columns else "data.label_column"
@@ -44,16 +55,29 @@ class Regression(Task):
         for split, rows in splits.items():
             path = paths[split]
             text_cols = [d.text_column] + ([d.text_pair_column] if d.text_pair_column else [])
-            check_columns(rows, [("data.text_column", d.text_column)]
-                          + ([("data.text_pair_column", d.text_pair_column)] if d.text_pair_column else [])
-                          + [(key, t) for t in targets], split, path, source, problems)
+            check_columns(
+                rows,
+                [("data.text_column", d.text_column)]
+                + ([("data.text_pair_column", d.text_pair_column)] if d.text_pair_column else [])
+                + [(key, t) for t in targets],
+                split,
+                path,
+                source,
+                problems,
+            )
             check_texts(rows, text_cols, split, path, source, problems)
             for col in targets:
                 bad = [(i, r[col]) for i, r in enumerate(rows) if col in r and not is_number(r[col])]
                 if bad:
                     i, v = bad[0]
-                    problems.append(Problem(source, key, f"{split} row {i + 1} of '{path}': target column '{col}' "
-                                            f"expected a finite number, found {describe(v)} ({len(bad)} such rows)"))
+                    problems.append(
+                        Problem(
+                            source,
+                            key,
+                            f"{split} row {i + 1} of '{path}': target column '{col}' "
+                            f"expected a finite number, found {describe(v)} ({len(bad)} such rows)",
+                        )
+                    )
         if problems:
             raise ConfigError(problems)
         import numpy as np
@@ -63,9 +87,15 @@ class Regression(Task):
         if cfg.task_options.standardize:
             flat = [t for t, s in zip(targets, std, strict=True) if s == 0]
             if flat:
-                raise ConfigError(Problem(source, "task_options.standardize", f"train target '{flat[0]}' of "
-                                          f"'{paths['train']}' is constant ({mean[targets.index(flat[0])]:g}): it "
-                                          "has no spread to standardise by"))
+                raise ConfigError(
+                    Problem(
+                        source,
+                        "task_options.standardize",
+                        f"train target '{flat[0]}' of "
+                        f"'{paths['train']}' is constant ({mean[targets.index(flat[0])]:g}): it "
+                        "has no spread to standardise by",
+                    )
+                )
         else:
             mean, std = np.zeros(len(targets)), np.ones(len(targets))
 
@@ -73,21 +103,35 @@ class Regression(Task):
             out = []
             for r in rows:
                 y = [float(r[c]) for c in targets]
-                ex = {"text": r[d.text_column], "target": y,
-                      "scaled": [(v - m) / s for v, m, s in zip(y, mean.tolist(), std.tolist(), strict=True)]}
+                ex = {
+                    "text": r[d.text_column],
+                    "target": y,
+                    "scaled": [(v - m) / s for v, m, s in zip(y, mean.tolist(), std.tolist(), strict=True)],
+                }
                 if d.text_pair_column:
                     ex["text_pair"] = r[d.text_pair_column]
                 out.append(ex)
             return out
 
         out = {split: convert(rows) for split, rows in splits.items()}
-        meta = {"targets": targets, "standardize": cfg.task_options.standardize, "mean": mean.tolist(),
-                "std": std.tolist()}
-        return Examples(task=cfg.task, train=out["train"], validation=out["validation"], labels=targets,
-                        test=out.get("test", []), meta=meta)
+        meta = {
+            "targets": targets,
+            "standardize": cfg.task_options.standardize,
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+        }
+        return Examples(
+            task=cfg.task,
+            train=out["train"],
+            validation=out["validation"],
+            labels=targets,
+            test=out.get("test", []),
+            meta=meta,
+        )
 
-    def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any,
-                 max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def tokenize(
+        self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return classification_with_stats([{**r, "label": r["scaled"]} for r in rows], tokenizer, max_length)
 
     def collator(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
@@ -97,8 +141,14 @@ class Regression(Task):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(
-            location, num_labels=len(labels), problem_type="regression", id2label=dict(enumerate(labels)),
-            label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True, **options)
+            location,
+            num_labels=len(labels),
+            problem_type="regression",
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            **options,
+        )
 
     def modules_to_save(self, model: Any) -> list[str] | None:
         return head_modules(model)
@@ -127,15 +177,28 @@ class Regression(Task):
         if not rows:
             return {}
         y = np.asarray([r["target"] for r in rows], dtype=float)
-        return {"targets": {c: {"mean": round(float(y[:, j].mean()), 6), "std": round(float(y[:, j].std()), 6),
-                                "min": float(y[:, j].min()), "max": float(y[:, j].max())}
-                            for j, c in enumerate(examples.meta["targets"])},
-                **({"standardized_by": {"mean": examples.meta["mean"], "std": examples.meta["std"]}}
-                   if examples.meta.get("standardize") else {})}
+        return {
+            "targets": {
+                c: {
+                    "mean": round(float(y[:, j].mean()), 6),
+                    "std": round(float(y[:, j].std()), 6),
+                    "min": float(y[:, j].min()),
+                    "max": float(y[:, j].max()),
+                }
+                for j, c in enumerate(examples.meta["targets"])
+            },
+            **(
+                {"standardized_by": {"mean": examples.meta["mean"], "std": examples.meta["std"]}}
+                if examples.meta.get("standardize")
+                else {}
+            ),
+        }
 
     def describe_lines(self, info: dict[str, Any]) -> list[str]:
-        lines = [f"target {c}: mean {t['mean']:.4g} · std {t['std']:.4g} · min {t['min']:.4g} · max {t['max']:.4g}"
-                 for c, t in info.get("targets", {}).items()]
+        lines = [
+            f"target {c}: mean {t['mean']:.4g} · std {t['std']:.4g} · min {t['min']:.4g} · max {t['max']:.4g}"
+            for c, t in info.get("targets", {}).items()
+        ]
         if "standardized_by" in info:
             lines.append("trained on standardised targets (train mean and std above); metrics in the data's units")
         return lines

@@ -36,23 +36,41 @@ class SFT(Task):
     def check_config(self, cfg: TrainConfig, source: str, problems: list[Problem]) -> None:
         d = cfg.data
         if (d.prompt_column is None) != (d.response_column is None):
-            problems.append(Problem(source, "data.prompt_column" if d.prompt_column is None else "data.response_column",
-                                    "prompt_column and response_column go together: set both or neither"))
+            problems.append(
+                Problem(
+                    source,
+                    "data.prompt_column" if d.prompt_column is None else "data.response_column",
+                    "prompt_column and response_column go together: set both or neither",
+                )
+            )
 
     def check_model(self, cfg: TrainConfig, settings: dict[str, Any], source: str, problems: list[Problem]) -> None:
         if not settings or settings.get("is_decoder"):
             return
         model_type = settings.get("model_type", "")
         if settings.get("is_encoder_decoder"):
-            problems.append(Problem(source, "task", f"sft trains a decoder-only causal LM, but '{cfg.model}' is an "
-                                    f"encoder-decoder model ({model_type}); use a decoder such as GPT-2 or Llama"))
+            problems.append(
+                Problem(
+                    source,
+                    "task",
+                    f"sft trains a decoder-only causal LM, but '{cfg.model}' is an "
+                    f"encoder-decoder model ({model_type}); use a decoder such as GPT-2 or Llama",
+                )
+            )
         elif model_type in ENCODER_TYPES:
-            problems.append(Problem(source, "task", f"sft trains a causal LM, but '{cfg.model}' is a bidirectional "
-                                    f"encoder ({model_type}): it never learned to predict the next token; use "
-                                    "task: classification with it, or a decoder model (GPT-2, Llama, ...) for sft"))
+            problems.append(
+                Problem(
+                    source,
+                    "task",
+                    f"sft trains a causal LM, but '{cfg.model}' is a bidirectional "
+                    f"encoder ({model_type}): it never learned to predict the next token; use "
+                    "task: classification with it, or a decoder model (GPT-2, Llama, ...) for sft",
+                )
+            )
 
-    def load_examples(self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str],
-                      source: str) -> Examples:
+    def load_examples(
+        self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str], source: str
+    ) -> Examples:
         from trainer.generation import check_eval_data
 
         examples = read_pairs(cfg, splits, paths, source)
@@ -72,8 +90,9 @@ class SFT(Task):
             out["perplexity"] = math.exp(min(out["eval_loss"], 700.0))
         return out
 
-    def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
-                 options: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def tokenize(
+        self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int, options: dict[str, Any] | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return sft_with_stats(rows, tokenizer, max_length, options)
 
     def load_model(self, location: str, labels: list[str], **options: Any) -> Any:
@@ -83,20 +102,25 @@ class SFT(Task):
 
     def warning_line(self, split: str, what: str, n: int, of: str, limit: str) -> str | None:
         if what == "truncated":
-            return (f"{split}: {n}{of} rows are longer than{limit} tokens: their prompt loses its start "
-                    "(a conversation its earliest exchanges first; the last response is kept whole)")
+            return (
+                f"{split}: {n}{of} rows are longer than{limit} tokens: their prompt loses its start "
+                "(a conversation its earliest exchanges first; the last response is kept whole)"
+            )
         if what == "empty_texts":
             return f"{split}: {n}{of} rows have an empty response"
         return None
 
     def over_length_words(self, info: dict[str, Any]) -> str:
-        return (f": {info['truncated']} keep their response and lose the start of their prompt, "
-                f"{info['dropped']} are dropped (response alone too long; a conversation loses its earliest "
-                "exchanges before its prompt is cut)")
+        return (
+            f": {info['truncated']} keep their response and lose the start of their prompt, "
+            f"{info['dropped']} are dropped (response alone too long; a conversation loses its earliest "
+            "exchanges before its prompt is cut)"
+        )
 
 
-def _chat_prompt(tokenizer: Any, messages: list[dict[str, str]],
-                 template: ChatTemplate | str = "auto") -> tuple[str, str]:
+def _chat_prompt(
+    tokenizer: Any, messages: list[dict[str, str]], template: ChatTemplate | str = "auto"
+) -> tuple[str, str]:
     """A conversation's prompt (every message before the last, then the template's generation prompt) and
     its last message's content: what a model is asked, and the reference answer."""
     chosen = _chat.resolve(template, tokenizer)
@@ -113,8 +137,9 @@ def _template_record(options: dict[str, Any], tokenizer: Any, rows: list[dict[st
     return {"name": "none", "format": "prompt_response"}
 
 
-def sft_with_stats(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
-                   options: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def sft_with_stats(
+    rows: list[dict[str, Any]], tokenizer: Any, max_length: int, options: dict[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Token ids of every row, and labels that mark what is learned (-100 elsewhere).
 
     Prompt/response (and instruction) rows: the response and an end-of-sequence token are learned.
@@ -158,8 +183,14 @@ def sft_with_stats(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
         labels = [t if (learn or whole) else -100 for p, learn in row_ids for t in p]
         out.append({"input_ids": tokens, "attention_mask": [1] * len(tokens), "labels": labels})
     stats = length_stats(full, max_length)
-    stats.update({"prompt_cut": cut, "turns_cut": turns, "dropped": dropped,
-                  "truncated": sum(1 for n in full if n > max_length) - dropped})
+    stats.update(
+        {
+            "prompt_cut": cut,
+            "turns_cut": turns,
+            "dropped": dropped,
+            "truncated": sum(1 for n in full if n > max_length) - dropped,
+        }
+    )
     stats["unknown_tokens"], stats["tokens"] = unknown_tokens(all_ids, tokenizer)
     stats["empty_texts"] = sum(1 for r in rows if _has_empty_response(r))
     stats["template"] = _template_record(options, tokenizer, rows)
@@ -184,9 +215,15 @@ def _pieces(r: dict[str, Any], template: ChatTemplate, tokenizer: Any) -> list[P
     except Exception as exc:  # a template that fails on a row: the data's or the template's problem
         first = next((m["content"] for m in r["messages"] if m["role"] == "user"), "")
         start = first if len(first) <= 60 else first[:57] + "..."
-        raise ConfigError(Problem("", "data.chat_template", f"template {_chat.describe(template.record())} "
-                                  f"cannot render the conversation whose first user message is {start!r}: "
-                                  f"{type(exc).__name__}: {exc}")) from None
+        raise ConfigError(
+            Problem(
+                "",
+                "data.chat_template",
+                f"template {_chat.describe(template.record())} "
+                f"cannot render the conversation whose first user message is {start!r}: "
+                f"{type(exc).__name__}: {exc}",
+            )
+        ) from None
 
 
 def _encode(pieces: list[list[Piece]], tokenizer: Any) -> list[list[tuple[list[int], bool]]]:
@@ -216,25 +253,28 @@ def _end_with_eos(row: list[tuple[list[int], bool]], eos: int | None) -> list[tu
     last = max((k for k, (_, learn) in enumerate(row) if learn), default=None)
     if eos is None or last is None or eos in row[last][0]:
         return row
-    return [*row[:last], (row[last][0] + [eos], True), *row[last + 1:]]
+    return [*row[:last], (row[last][0] + [eos], True), *row[last + 1 :]]
 
 
-def _drop_turns(messages: list[dict[str, Any]], template: ChatTemplate, tokenizer: Any, max_length: int,
-                eos: int | None) -> list[tuple[list[int], bool]] | None:
+def _drop_turns(
+    messages: list[dict[str, Any]], template: ChatTemplate, tokenizer: Any, max_length: int, eos: int | None
+) -> list[tuple[list[int], bool]] | None:
     """The conversation without its earliest exchanges, as few dropped as fit max_length (a system message
     kept); None when it has one exchange or even its last one does not fit."""
     head = messages[:1] if messages[0]["role"] == "system" else []
     starts = [i for i, m in enumerate(messages) if m["role"] == "user"][1:]
     for k in starts:
-        row = _end_with_eos(_encode([_pieces({"messages": head + messages[k:]}, template, tokenizer)],
-                                    tokenizer)[0], eos)
+        row = _end_with_eos(
+            _encode([_pieces({"messages": head + messages[k:]}, template, tokenizer)], tokenizer)[0], eos
+        )
         if sum(len(p) for p, _ in row) <= max_length or k == starts[-1]:
             return row  # the last exchange may still be too long: its prompt is cut next
     return None
 
 
-def _cut_prompt(row: list[tuple[list[int], bool]], max_length: int,
-                bos: int | None) -> list[tuple[list[int], bool]] | None:
+def _cut_prompt(
+    row: list[tuple[list[int], bool]], max_length: int, bos: int | None
+) -> list[tuple[list[int], bool]] | None:
     """The row with the start of what comes before its last learned piece cut to fit (a BOS kept); None when
     the last learned piece and what follows it do not fit alone."""
     last = max(k for k, (_, learn) in enumerate(row) if learn)
@@ -244,7 +284,7 @@ def _cut_prompt(row: list[tuple[list[int], bool]], max_length: int,
     room = max_length - sum(len(p) for p, _ in kept) - len(head)
     if room < 0:
         return None
-    return [(head + (prompt[len(head):][-room:] if room > 0 else []), False), *kept]
+    return [(head + (prompt[len(head) :][-room:] if room > 0 else []), False), *kept]
 
 
 def _sft_format(cfg: TrainConfig, cols: list[str]) -> tuple[str, dict[str, str]]:
@@ -285,16 +325,27 @@ def read_pairs(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, str],
         cols = columns(rows)
         fmt, names = _sft_format(cfg, cols)
         if not fmt:
-            problems.append(Problem(source, "data", f"sft needs prompt and response columns in {split} data "
-                                    f"'{path}': set data.prompt_column + data.response_column, or provide "
-                                    f"instruction/input/output or messages columns; found columns: {', '.join(cols)}"))
+            problems.append(
+                Problem(
+                    source,
+                    "data",
+                    f"sft needs prompt and response columns in {split} data "
+                    f"'{path}': set data.prompt_column + data.response_column, or provide "
+                    f"instruction/input/output or messages columns; found columns: {', '.join(cols)}",
+                )
+            )
             continue
         needed = [c for k, c in names.items() if k != "input"]
         missing = [c for c in needed if c not in cols]
         if missing:
             key = "data.messages_column" if fmt == "messages" else "data.prompt_column"
-            problems.append(Problem(source, key, f"column '{missing[0]}' not found in {split} data '{path}' "
-                                    f"(columns: {', '.join(cols)})"))
+            problems.append(
+                Problem(
+                    source,
+                    key,
+                    f"column '{missing[0]}' not found in {split} data '{path}' (columns: {', '.join(cols)})",
+                )
+            )
             continue
         pairs = []
         for i, r in enumerate(rows):
@@ -307,8 +358,14 @@ def read_pairs(cfg: TrainConfig, splits: dict[str, list], paths: dict[str, str],
     if problems:
         raise ConfigError(problems)
     options = {"format": fmt, "chat_template": template, "train_on_prompt": cfg.data.train_on_prompt}
-    return Examples(task=cfg.task, train=out["train"], validation=out["validation"], sft_format=fmt,
-                    test=out.get("test", []), options=options)
+    return Examples(
+        task=cfg.task,
+        train=out["train"],
+        validation=out["validation"],
+        sft_format=fmt,
+        test=out.get("test", []),
+        options=options,
+    )
 
 
 def _to_pair(fmt: str, names: dict[str, str], r: dict[str, Any]) -> dict[str, Any]:
@@ -323,13 +380,18 @@ def _to_pair(fmt: str, names: dict[str, str], r: dict[str, Any]) -> dict[str, An
             raise ValueError("instruction, input and output must be text")
         return {"prompt": format_instruction(ins, inp), "response": o}
     msgs = r.get(names["messages"])
-    if (not isinstance(msgs, list) or not msgs
-            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
+    if (
+        not isinstance(msgs, list)
+        or not msgs
+        or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)
+    ):
         raise ValueError(f"messages must be a list of {{role, content}} objects, found {describe(msgs)}")
     for k, m in enumerate(msgs):
         if m["role"] not in _chat.ROLES or not isinstance(m["content"], str):
-            raise ValueError(f"message {k + 1}: expected role system, user or assistant and text content, "
-                             f"found role {describe(m['role'])} and content {describe(m['content'])}")
+            raise ValueError(
+                f"message {k + 1}: expected role system, user or assistant and text content, "
+                f"found role {describe(m['role'])} and content {describe(m['content'])}"
+            )
     wrong = _chat.check_roles(msgs)
     if wrong:
         raise ValueError(wrong)

@@ -20,37 +20,67 @@ class TokenClassification(Task):
 
     name = "token-classification"
     metrics = ("entity_f1", "entity_precision", "entity_recall", "accuracy", "eval_loss")
-    directions: ClassVar[Mapping[str, str]] = {"entity_f1": "maximize", "entity_precision": "maximize",
-                                               "entity_recall": "maximize", "accuracy": "maximize",
-                                               "eval_loss": "minimize"}
+    directions: ClassVar[Mapping[str, str]] = {
+        "entity_f1": "maximize",
+        "entity_precision": "maximize",
+        "entity_recall": "maximize",
+        "accuracy": "maximize",
+        "eval_loss": "minimize",
+    }
     default_objective = "entity_f1"
     peft_task_type = "TOKEN_CLS"
     model_mapping = "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING"
 
-    def load_examples(self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str],
-                      source: str) -> Examples:
+    def load_examples(
+        self, cfg: TrainConfig, splits: dict[str, list[dict[str, Any]]], paths: dict[str, str], source: str
+    ) -> Examples:
         o, d = cfg.task_options, cfg.data
         problems: list[Problem] = []
         for split, rows in splits.items():
             path = paths[split]
-            check_columns(rows, [("task_options.tokens_column", o.tokens_column),
-                                 ("task_options.tags_column", o.tags_column)], split, path, source, problems)
+            check_columns(
+                rows,
+                [("task_options.tokens_column", o.tokens_column), ("task_options.tags_column", o.tags_column)],
+                split,
+                path,
+                source,
+                problems,
+            )
             for i, r in enumerate(rows):
                 words, tags = r.get(o.tokens_column, []), r.get(o.tags_column, [])
                 where = f"{split} row {i + 1} of '{path}'"
                 if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
-                    problems.append(Problem(source, "task_options.tokens_column", f"{where}: column "
-                                            f"'{o.tokens_column}' expected a list of non-empty words, found "
-                                            f"{describe(words)}"))
-                elif not isinstance(tags, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool)
-                                                           for t in tags):
-                    problems.append(Problem(source, "task_options.tags_column", f"{where}: column "
-                                            f"'{o.tags_column}' expected a list of tag names or ids, found "
-                                            f"{describe(tags)}"))
+                    problems.append(
+                        Problem(
+                            source,
+                            "task_options.tokens_column",
+                            f"{where}: column "
+                            f"'{o.tokens_column}' expected a list of non-empty words, found "
+                            f"{describe(words)}",
+                        )
+                    )
+                elif not isinstance(tags, list) or not all(
+                    isinstance(t, (str, int)) and not isinstance(t, bool) for t in tags
+                ):
+                    problems.append(
+                        Problem(
+                            source,
+                            "task_options.tags_column",
+                            f"{where}: column "
+                            f"'{o.tags_column}' expected a list of tag names or ids, found "
+                            f"{describe(tags)}",
+                        )
+                    )
                 elif len(words) != len(tags):
-                    problems.append(Problem(source, "task_options.tags_column", f"{where}: expected one tag per "
-                                            f"word, found {len(words)} words in '{o.tokens_column}' and {len(tags)} "
-                                            f"tags in '{o.tags_column}'"))
+                    problems.append(
+                        Problem(
+                            source,
+                            "task_options.tags_column",
+                            f"{where}: expected one tag per "
+                            f"word, found {len(words)} words in '{o.tokens_column}' and {len(tags)} "
+                            f"tags in '{o.tags_column}'",
+                        )
+                    )
                 else:
                     continue
                 break
@@ -64,14 +94,25 @@ class TokenClassification(Task):
         elif all(isinstance(t, int) for t in values):
             names = [str(i) for i in range(max(values) + 1)]
         else:
-            raise ConfigError(Problem(source, "task_options.tags_column", f"train tags in '{paths['train']}' mix "
-                                      "integer ids and names; use one kind"))
+            raise ConfigError(
+                Problem(
+                    source,
+                    "task_options.tags_column",
+                    f"train tags in '{paths['train']}' mix integer ids and names; use one kind",
+                )
+            )
         if o.tag_scheme == "bio":
             bad = [n for n in names if n != "O" and not n.startswith(("B-", "I-"))]
             if bad:
-                raise ConfigError(Problem(source, "task_options.tag_scheme", f"expected BIO tags (O, B-X, I-X) in "
-                                          f"'{paths['train']}', found {bad[0]!r}; set task_options.tag_scheme: "
-                                          "plain for tags without B-/I-"))
+                raise ConfigError(
+                    Problem(
+                        source,
+                        "task_options.tag_scheme",
+                        f"expected BIO tags (O, B-X, I-X) in "
+                        f"'{paths['train']}', found {bad[0]!r}; set task_options.tag_scheme: "
+                        "plain for tags without B-/I-",
+                    )
+                )
         index = {n: i for i, n in enumerate(names)}
 
         def convert(rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
@@ -81,15 +122,27 @@ class TokenClassification(Task):
                 for t in r[o.tags_column]:
                     j = index.get(t) if isinstance(t, str) else t
                     if j is None or not 0 <= j < len(names):
-                        raise ConfigError(Problem(source, "task_options.tags_column", f"{split} row {i + 1} of "
-                                                  f"'{paths[split]}': tag {t!r} is not among the train tags {names}"))
+                        raise ConfigError(
+                            Problem(
+                                source,
+                                "task_options.tags_column",
+                                f"{split} row {i + 1} of "
+                                f"'{paths[split]}': tag {t!r} is not among the train tags {names}",
+                            )
+                        )
                     ids.append(j)
                 out.append({"tokens": list(r[o.tokens_column]), "tag_ids": ids})
             return out
 
         out = {split: convert(rows, split) for split, rows in splits.items()}
-        return Examples(task=cfg.task, train=out["train"], validation=out["validation"], labels=names,
-                        test=out.get("test", []), meta={"tag_scheme": o.tag_scheme})
+        return Examples(
+            task=cfg.task,
+            train=out["train"],
+            validation=out["validation"],
+            labels=names,
+            test=out.get("test", []),
+            meta={"tag_scheme": o.tag_scheme},
+        )
 
     def label_counts(self, rows: list[dict[str, Any]], examples: Examples) -> list[int] | None:
         """Rows in which each tag occurs."""
@@ -99,15 +152,22 @@ class TokenClassification(Task):
                 counts[j] += 1
         return counts
 
-    def tokenize(self, rows: list[dict[str, Any]], tokenizer: Any,
-                 max_length: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def tokenize(
+        self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         from trainer._tokenize import length_stats, quiet, unknown_tokens
 
         if not rows:
             return [], {"rows": 0}
         if not getattr(tokenizer, "is_fast", False):
-            raise ConfigError(Problem("", "model", "token-classification needs a fast tokenizer (tokenizer.json) "
-                                      "to map sub-words to words; this model's tokenizer is a slow one"))
+            raise ConfigError(
+                Problem(
+                    "",
+                    "model",
+                    "token-classification needs a fast tokenizer (tokenizer.json) "
+                    "to map sub-words to words; this model's tokenizer is a slow one",
+                )
+            )
         words = [r["tokens"] for r in rows]
         full = quiet(lambda: tokenizer(words, is_split_into_words=True, truncation=False))
         enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
@@ -134,8 +194,13 @@ class TokenClassification(Task):
         from transformers import AutoModelForTokenClassification
 
         return AutoModelForTokenClassification.from_pretrained(
-            location, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True, **options)
+            location,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            **options,
+        )
 
     def modules_to_save(self, model: Any) -> list[str] | None:
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -218,5 +283,9 @@ def tagging_metrics(true_rows: list[list[str]], pred_rows: list[list[str]], sche
     precision = correct / n_pred if n_pred else 0.0
     recall = correct / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"entity_f1": f1, "entity_precision": precision, "entity_recall": recall,
-            "accuracy": right / total if total else 0.0}
+    return {
+        "entity_f1": f1,
+        "entity_precision": precision,
+        "entity_recall": recall,
+        "accuracy": right / total if total else 0.0,
+    }
