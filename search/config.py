@@ -35,6 +35,7 @@ PRUNERS = {
     "wilcoxon": "WilcoxonPruner",
     "threshold": "ThresholdPruner",
     "none": "NopPruner",
+    "learning-curve": "LearningCurvePruner",
     "mo-successive-halving": "MOSuccessiveHalving",
 }
 
@@ -333,12 +334,15 @@ def sampler_class(name: str) -> type:
 
 
 def pruner_class(name: str) -> type:
-    """The class a pruner name builds (whose signature lists its options): Optuna's, except sftune's pruner of
-    multi-objective studies (`search.pruners`)."""
+    """The class a pruner name builds (whose signature lists its options): Optuna's, except sftune's own: the
+    learning-curve pruner (`search.curve_pruner`) and the pruner of multi-objective studies (`search.pruners`)."""
     import optuna
 
+    from search.curve_pruner import LearningCurvePruner
     from search.pruners import MO_PRUNERS, MOSuccessiveHalving
 
+    if name == "learning-curve":
+        return LearningCurvePruner
     return MOSuccessiveHalving if name in MO_PRUNERS else getattr(optuna.pruners, PRUNERS[name])
 
 
@@ -407,6 +411,17 @@ def _objectives(raw: Any, task: str, source: str, problems: list[Problem], base_
                     source,
                     f"{key}.use",
                     "best needs a single objective (a multi-objective study has no one best evaluation); use final",
+                )
+            )
+            continue
+        if obj.use == "best" and base_cfg is not None and base_cfg.eval.early_sample is not None:
+            problems.append(
+                Problem(
+                    source,
+                    f"{key}.use",
+                    f"best compares every evaluation's value, but the base config's eval.early_sample "
+                    f"({base_cfg.eval.early_sample}) scores early evaluations on a sample; use final, or drop "
+                    "eval.early_sample",
                 )
             )
             continue
@@ -562,7 +577,7 @@ def load_study(
             )
         )
     if pruner:
-        _check_mo_pruner(pruner, objectives, source, problems)
+        _check_pruner(pruner, objectives, source, problems)
     b = study.budget
     if b.n_trials < 1:
         problems.append(Problem(source, "budget.n_trials", f"must be >= 1, found {b.n_trials}"))
@@ -621,11 +636,17 @@ def load_study(
     )
 
 
-def _check_mo_pruner(pruner: dict[str, Any], objectives: list[Objective], source: str, problems: list[Problem]) -> None:
-    """A pruner of multi-objective studies needs several objectives, and options its rule accepts."""
+def _check_pruner(pruner: dict[str, Any], objectives: list[Objective], source: str, problems: list[Problem]) -> None:
+    """The pruner takes its options' values (it is built here once, so a bad value stops the run before the study
+    is opened); a pruner of multi-objective studies needs several objectives."""
     from search.pruners import MO_PRUNERS, MOSuccessiveHalving
 
     if pruner["name"] not in MO_PRUNERS:
+        if len(objectives) == 1:
+            try:
+                pruner_class(pruner["name"])(**{k: v for k, v in pruner.items() if k != "name"})
+            except (TypeError, ValueError) as exc:
+                problems.append(Problem(source, "pruner", f"{pruner['name']}: {exc}"))
         return
     if len(objectives) == 1:
         problems.append(

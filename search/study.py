@@ -26,7 +26,7 @@ from optuna.distributions import (
     json_to_distribution,
 )
 
-from search.config import PRUNERS, StudyConfig, sampler_class
+from search.config import StudyConfig, pruner_class, sampler_class
 from search.space import Param
 from search.storage import (
     BASE_ATTR,
@@ -74,11 +74,25 @@ def build_sampler(cfg: StudyConfig, seed: Any = "configured") -> optuna.samplers
         raise ConfigError(Problem(str(cfg.path), "sampler", f"{cfg.sampler['name']}: {exc}")) from None
 
 
+def training_steps(cfg: StudyConfig) -> int | None:
+    """The step every trial's training ends at, when the study fixes it (`train.max_steps` neither searched nor
+    replaced by `train.epochs`); None when it varies or is not known before training."""
+    train = cfg.base_config.train if cfg.base_config is not None else None
+    searched = cfg.space.python is not None or any(
+        key in cfg.space for key in ("train.max_steps", "train.epochs", "train.stop_at_step")
+    )
+    if train is None or train.epochs is not None or searched:
+        return None
+    return int(min(train.max_steps, train.stop_at_step or train.max_steps))
+
+
 def build_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     if cfg.multi_objective:
         return optuna.pruners.NopPruner()
     options = {k: v for k, v in cfg.pruner.items() if k != "name"}
-    cls = getattr(optuna.pruners, PRUNERS[cfg.pruner["name"]])
+    cls = pruner_class(cfg.pruner["name"])
+    if cfg.pruner["name"] == "learning-curve" and options.get("max_resource") is None:
+        options["max_resource"] = training_steps(cfg)
     try:
         return cls(**options)
     except (TypeError, ValueError) as exc:

@@ -179,7 +179,8 @@ class TrainParams:
 
 @dataclasses.dataclass
 class EvalConfig:
-    """What a causal LM generates at evaluation, and how it is scored (`trainer.generation`)."""
+    """How evaluations run: what a causal LM generates and how it is scored (`trainer.generation`), and the
+    validation sample early evaluations score."""
 
     metrics: list[str] = dataclasses.field(default_factory=list)
     """Generation metrics each evaluation reports: exact_match, rouge_l, chrf (empty: the loss only)."""
@@ -198,6 +199,10 @@ class EvalConfig:
     """Prompts generated at once (left-padded)."""
     show: int = 3
     """Sample generations (prompt, reference, output) kept with each evaluation."""
+    early_sample: float | None = None
+    """Evaluations before the last score a fixed, seeded sample of the validation rows: this many (>= 1) or this
+    fraction of them (0 < f < 1); the last evaluation always scores them all. Cheaper early evaluations for the
+    pruner; not with `objective.use: best`, which compares every evaluation's value."""
 
 
 @dataclasses.dataclass
@@ -215,7 +220,7 @@ class TrainConfig:
     save: Literal["none", "adapter", "model"] = "none"
     """What to keep after training besides metrics.json: nothing, the LoRA adapter, or the model."""
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-    """Generation-based metrics (sft): what is generated at evaluation and how it is scored."""
+    """How evaluations run: generation metrics (sft), and the validation sample early evaluations score."""
     task_options: TaskOptions = dataclasses.field(default_factory=TaskOptions)
     """What only one task reads: regression targets and loss, a multilabel threshold, token tag columns."""
 
@@ -356,6 +361,12 @@ def check_config(cfg: TrainConfig, source: str, problems: list[Problem]) -> None
     need(t.max_steps >= 1, "train.max_steps", f"must be >= 1, found {t.max_steps}")
     need(t.epochs is None or t.epochs > 0, "train.epochs", f"must be > 0, found {t.epochs}")
     need(t.eval_every >= 1, "train.eval_every", f"must be >= 1, found {t.eval_every}")
+    sample = cfg.eval.early_sample
+    need(
+        sample is None or (0 < sample < 1) or (sample >= 1 and float(sample).is_integer()),
+        "eval.early_sample",
+        f"expected a fraction in (0, 1) or a whole number of rows >= 1, found {sample}",
+    )
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), found {t.warmup_ratio}")
     need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, found {t.weight_decay}")
     need(t.threads is None or t.threads >= 1, "train.threads", f"must be >= 1, found {t.threads}")

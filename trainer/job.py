@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+import random
 import sys
 import threading
 import time
@@ -490,6 +491,9 @@ def _train(
                 control.should_training_stop = True
 
     per_token = TokenMean() if task.eval_loss_per_token else None
+    early = early_sample(prep.validation, cfg.eval.early_sample)
+    if early is not None:
+        say(f"early evaluations score a fixed sample of {len(early)} of {len(prep.validation)} validation rows")
 
     class _TimedTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -523,6 +527,9 @@ def _train(
             return output
 
         def evaluate(self, *args, **kwargs):
+            final = state_box.get("final") or self.state.global_step >= last_step
+            if early is not None and not args and kwargs.get("eval_dataset") is None and not final:
+                kwargs["eval_dataset"] = early  # an early evaluation: the fixed sample (`eval.early_sample`)
             state_box["eval_start"] = time.perf_counter()
             try:
                 return super().evaluate(*args, **kwargs)
@@ -607,6 +614,17 @@ def _train(
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), "config": cfg.to_dict()}, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return result
+
+
+def early_sample(rows: list[Any], size: float | None) -> list[Any] | None:
+    """The fixed sample of validation rows early evaluations score (`eval.early_sample`: a count, or a fraction
+    of the rows), drawn with seed 0 and kept in the rows' order; None when it would be every row."""
+    if size is None:
+        return None
+    k = int(size) if size >= 1 else max(1, round(size * len(rows)))
+    if k >= len(rows):
+        return None
+    return [rows[i] for i in sorted(random.Random(0).sample(range(len(rows)), k))]
 
 
 def _generators(cfg: TrainConfig, task: Any, prep: Prepared, evaluate_test: bool) -> dict[str, Any]:
