@@ -2,17 +2,23 @@
 
 Runs one task through the three, one after another, each in its own child process, once per sampler
 seed (`--seeds 0,1,2`), and prints a table per seed: best validation metric, wall time, optimizer
-steps trained, time to 99% of the best metric any of them found with that seed, mean per-trial
-overhead (trial wall time minus time inside training and evaluation steps), time from command start
-to the first training step, mean CPU utilisation, and the anytime view: the best metric each had
-found at 25%, 50% and 100% of the slowest system's wall time. Then the medians over the seeds, with
-sftune's speedup to 99% against each baseline (per seed, and their median), and one line that
-measures the model recipe itself (sftune's default LoRA recipe against plain peft LoRA, one fixed
-config), since the baselines here are given sftune's recipe.
+steps trained, and, to 99% of the best metric any of them found with that seed: the time, the
+optimizer steps and the machine's busy CPU seconds; then the mean per-trial overhead (trial wall time
+minus time inside training and evaluation steps), time from command start to the first training
+step, mean CPU utilisation, and the anytime view: the best metric each had found at 25%, 50% and 100%
+of the slowest system's wall time. Below each table, sftune's speedups to 99% (time, steps, CPU
+seconds: the baseline's / sftune's) against each baseline. Then the medians over the seeds, sftune's
+speedups per seed and their medians, and one line that measures the model recipe itself (sftune's
+default LoRA recipe against plain peft LoRA, one fixed config), since the baselines here are given
+sftune's recipe.
 
     python tests/benchmarks/compare.py --seeds 0,1,2   # MiniLM + LoRA on SST-2, 12 trials, 2 at a time
     python tests/benchmarks/compare.py --quick --seeds 0,1,2   # tiny random model, smoke run
     python tests/benchmarks/compare.py --dataset trec6 --n-trials 8 --only sftune
+    # a sftune variant against the baselines stored by an earlier run (same seeds, data and settings):
+    python tests/benchmarks/compare.py --seeds 0,1,2 --only sftune --reuse /tmp/sftune-bench-XXXX \
+        --pruner median --label median
+    python tests/benchmarks/compare.py --only sftune --reuse DIR --eval-option early_sample=0.2
 
 Same space (a sftune space file), same sampler (TPE, same seed and startup trials; sftune's ranks a
 running trial by its reports, where Optuna's counts it as bad: search/tpe.py), same pruning rule
@@ -20,11 +26,41 @@ running trial by its reports, where Optuna's counts it as bad: search/tpe.py), s
 with sftune's recipe), steps and evaluation schedule, and an explicit objective for the Hugging Face
 runs. The seeds vary the samplers only: the data subset and the training seed stay those of `--seed`.
 "Found" counts every evaluation, a pruned trial's included (the same events as time to 99%).
+
+Precision: like with like. The baselines train in the arithmetic sftune's `train.precision: auto`
+picks (`trainer.job.resolve_precision("auto")`: bf16 mixed precision where the GPU or the CPU does
+bf16 natively, else fp32), their weights held as sftune's `model_dtype: auto` holds them.
+`--baseline-fp32` trains them in Hugging Face's default instead, fp32 weights and arithmetic (the
+header then says "baselines in fp32 (Hugging Face's default), not like with like"). The header
+names the precision of each.
+
+To 99%, per system: t = the first evaluation (any trial) at or above 99% of the best metric any
+system found with that seed. Steps = the optimizer steps all of that system's trials had trained at
+t, every trial counted (finished, pruned or running): each trial's steps are interpolated linearly
+in time through (its first step's start, 0) and (each of its evaluations, that step), so a trial
+running at t counts the share of steps between its last evaluation and its next one that the time
+gone says; a trial whose first step comes after t counts nothing. CPU seconds = the machine's busy
+CPU seconds, all cores (user + nice + system + irq + softirq from psutil.cpu_times(); idle, iowait
+and steal are not busy), from the system's start to t, interpolated between samples taken every half
+second. The machine's: other load on a shared machine counts too. Never = not reached.
+
+Ablations of sftune without re-running the baselines: `--pruner NAME` and `--pruner-option
+key=value` (repeatable; values read as YAML) set the study's pruner (default: successive-halving,
+min_resource = eval_every, reduction_factor 3; options without --pruner change that one's),
+`--eval-option key=value` (repeatable) sets keys of the `eval:` section of sftune's base train
+config as given (the baselines never read them), and `--label TEXT` names the variant in the tables
+(default: what it changes). Every system's result for every seed is written to
+`<out>/seed<N>/<system>/result.json` (raw evaluations, trials, timings, busy-CPU samples, its
+settings, the scored figures). `--reuse DIR` reads from DIR the results of the systems `--only`
+leaves out, for the same seeds (a missing one is left out, with a note), and refuses, before anything
+runs, where their settings differ from this run's (task, data and space by content, steps,
+evaluation schedule, trials, concurrency, CPUs, GPU share, precisions); the recipe line is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -97,8 +133,63 @@ def make_task(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "eval_every": args.eval_every,
         "cpus": os.cpu_count() or 1,
         "gpu": args.gpu_per_trial,
-        "baseline_bf16": args.baseline_bf16,
+        "precision": precisions(args.baseline_fp32),
+        # What the stored results of another run are checked against (--reuse): the data and space by content.
+        "inputs": {
+            "model": "tiny random bert" if args.quick else model,
+            "train": _sha(data_dir / "train.jsonl"),
+            "validation": _sha(data_dir / "validation.jsonl"),
+            "space": _sha(Path(args.space)),
+        },
+        # sftune's variant (an ablation changes these only; the baselines never read them).
+        "sftune": {
+            "label": args.label or variant_label(args),
+            "pruner": sftune_pruner(args),
+            "eval": dict(args.eval_option),
+        },
     }
+
+
+def precisions(baseline_fp32: bool) -> dict[str, str]:
+    """The arithmetic each system trains in: sftune's `train.precision: auto` (bf16 where the hardware does bf16
+    natively, `trainer.job.resolve_precision`), and the baselines' the same unless --baseline-fp32."""
+    from trainer.job import resolve_precision
+
+    auto = resolve_precision("auto")[1]
+    return {"sftune": auto, "baselines": "fp32" if baseline_fp32 else auto}
+
+
+def sftune_pruner(args: argparse.Namespace) -> dict[str, Any]:
+    """The study's pruner: successive halving on the evaluation steps (as the baselines'), or --pruner's."""
+    default = {"name": "successive-halving", "min_resource": args.eval_every, "reduction_factor": 3}
+    base = default if args.pruner in (None, default["name"]) else {"name": args.pruner}
+    return {**base, **dict(args.pruner_option)}
+
+
+def variant_label(args: argparse.Namespace) -> str:
+    """`--label`'s default: what the variant changes (empty: sftune as it ships)."""
+    parts = []
+    if args.pruner not in (None, "successive-halving") or args.pruner_option:
+        options = "".join(f" {k}={v}" for k, v in args.pruner_option)
+        parts.append(f"pruner {args.pruner or 'successive-halving'}{options}")
+    parts += [f"eval.{k}={v}" for k, v in args.eval_option]
+    return ", ".join(parts)
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """`key=value`, the value read as YAML (0.2, true, [a, b]; a plain word stays a string)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
 
 
 # ------------------------------------------------------------------------------------------- workers
@@ -108,15 +199,19 @@ def run_sftune(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
     import optuna
     import yaml
 
+    variant = task["sftune"]
+    base = task["base"]
+    if variant["eval"]:  # passed through as given (the train config checks the keys)
+        base = {**base, "eval": {**base.get("eval", {}), **variant["eval"]}}
     study = {
         "name": "bench",
         "storage": f"sqlite:///{out / 'sftune.db'}",
         "objective": {"metric": task["metric"], "direction": "maximize"},
         "sampler": {"name": "tpe", "seed": task["seed"], "n_startup_trials": task["startup"]},
-        "pruner": {"name": "successive-halving", "min_resource": task["eval_every"], "reduction_factor": 3},
+        "pruner": variant["pruner"],
         "budget": {"n_trials": task["n_trials"], "concurrency": task["concurrency"]},
         "resources": {"cpu": max(1, task["cpus"] // task["concurrency"]), "gpu": task["gpu"]},
-        "base": task["base"],
+        "base": base,
         "space": task["space"],
         "output_dir": str(out / "sftune-runs"),
     }
@@ -126,14 +221,15 @@ def run_sftune(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
     with (out / "sftune.log").open("w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     s = optuna.load_study(study_name="bench", storage=study["storage"])
-    trials, evals, first = [], [], None
+    trials, evals, first, starts = [], [], None, {}
     for t in s.trials:
         sec = t.user_attrs.get("seconds", {})
         if sec.get("first_step_at"):
             first = min(first or 1e18, sec["first_step_at"])
+            starts[str(t.number)] = sec["first_step_at"] - t0
         for h in t.user_attrs.get("history", []):
             if "at" in h:
-                evals.append((h["at"] - t0, h[task["metric"]]))
+                evals.append((h["at"] - t0, h.get(task["metric"]), str(t.number), h.get("step", 0)))
         if t.datetime_start and t.datetime_complete:
             trials.append(
                 {
@@ -144,11 +240,12 @@ def run_sftune(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
                     "steps": max(t.intermediate_values) if t.intermediate_values else 0,
                 }
             )
-    return {"trials": trials, "evals": evals, "first_step_at": first}
+    return {"trials": trials, "evals": evals, "first_step_at": first, "starts": starts}
 
 
 class _Probe:
-    """A TrainerCallback measuring time inside training steps and evaluation, and each evaluation."""
+    """A TrainerCallback measuring time inside training steps and evaluation, and each evaluation (its time,
+    metric, trial and step), and when each trial took its first step."""
 
     def __init__(self, metric: str) -> None:
         from transformers import TrainerCallback
@@ -158,10 +255,15 @@ class _Probe:
         class CB(TrainerCallback):
             def on_train_begin(self, args, state, control, **kw):
                 probe.train = probe.eval = 0.0
+                probe.trial += 1
+                probe.trial_first = None
 
             def on_step_begin(self, args, state, control, **kw):
                 probe.step_start = time.time()
                 probe.first = probe.first or probe.step_start
+                if probe.trial_first is None:
+                    probe.trial_first = probe.step_start
+                    probe.starts[str(probe.trial)] = probe.step_start
 
             def on_step_end(self, args, state, control, **kw):
                 probe.train += time.time() - probe.step_start
@@ -176,16 +278,21 @@ class _Probe:
                             "probe_eval": probe.eval,
                             "probe_first": probe.first,
                             "probe_step": state.global_step,
+                            "probe_trial_first": probe.trial_first,
                             "probe_at": time.time(),
                         }
                     )
-                    probe.events.append((time.time(), metrics.get(f"eval_{metric}")))
+                    probe.events.append(
+                        (time.time(), metrics.get(f"eval_{metric}"), str(probe.trial), state.global_step)
+                    )
 
         self.callback = CB()
         self.train = self.eval = 0.0
-        self.first = None
+        self.first = self.trial_first = None
+        self.trial = -1
         self.step_start = self.eval_start = time.time()
-        self.events: list[tuple[float, float]] = []
+        self.events: list[tuple[float, float | None, str, int]] = []
+        self.starts: dict[str, float] = {}
 
 
 def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[str, str]) -> Any:
@@ -197,7 +304,10 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
     from trainer.schema import set_dotted
     from trainer.tasks.classification import classification_metrics, tokenize_classification
 
-    base = config_from_dict(task["base"])
+    data = task["base"]
+    if task["precision"]["baselines"] == "fp32":  # Hugging Face's default: fp32 weights too (sftune's model_dtype:
+        data = {**data, "train": {**data["train"], "model_dtype": "fp32"}}  # auto holds LoRA's base in bf16)
+    base = config_from_dict(data)
     prep = prepare(base)
     # What a user of these tools has: the validation set in file order (sftune sorts it by length).
     validation = tokenize_classification(prep.examples.validation, prep.tokenizer, base.train.max_length)
@@ -227,10 +337,10 @@ def _hf_trainer(task: dict[str, Any], out: Path, probe: _Probe, hp_names: dict[s
         seed=t.seed,
         data_seed=t.seed,
         disable_tqdm=True,
-        # Hugging Face's default is fp32; the baselines get bf16 on a GPU (as users set it there) and, with
-        # --baseline-bf16, on a CPU too (sftune's `train.precision: auto` uses bf16 where the CPU does it natively).
+        # sftune's `train.precision: auto` (bf16 mixed precision where the GPU or CPU does bf16 natively); with
+        # --baseline-fp32, Hugging Face's default fp32.
         use_cpu=not task["gpu"],
-        bf16=bool(task["gpu"]) or bool(task.get("baseline_bf16")),
+        bf16=task["precision"]["baselines"] == "bf16",
         remove_unused_columns=False,
         label_names=["labels"],
     )
@@ -337,8 +447,9 @@ def run_hf_optuna(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
             )
     return {
         "trials": trials,
-        "evals": [(at - t0, v) for at, v in probe.events if v is not None],
+        "evals": [(at - t0, v, trial, step) for at, v, trial, step in probe.events if v is not None],
         "first_step_at": probe.first,
+        "starts": {trial: at - t0 for trial, at in probe.starts.items()},
     }
 
 
@@ -356,7 +467,8 @@ def run_hf_ray(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
     starts: dict[str, float] = {}
     ends: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {}
-    evals: list[tuple[float, float]] = []
+    evals: list[tuple[float, float, str, int]] = []
+    trial_firsts: dict[str, float] = {}
 
     class Times(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -364,8 +476,11 @@ def run_hf_ray(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             results[trial.trial_id] = result
+            if result.get("probe_trial_first"):
+                trial_firsts.setdefault(trial.trial_id, result["probe_trial_first"] - t0)
             if f"eval_{task['metric']}" in result:
-                evals.append((time.time() - t0, result[f"eval_{task['metric']}"]))
+                step = int(result.get("probe_step", 0))
+                evals.append((time.time() - t0, result[f"eval_{task['metric']}"], trial.trial_id, step))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             ends[trial.trial_id] = time.time()
@@ -418,7 +533,7 @@ def run_hf_ray(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
                 "steps": steps,
             }
         )
-    return {"trials": trials, "evals": evals, "first_step_at": first}
+    return {"trials": trials, "evals": evals, "first_step_at": first, "starts": trial_firsts}
 
 
 def run_recipe(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
@@ -458,13 +573,16 @@ def run_recipe(task: dict[str, Any], out: Path, t0: float) -> dict[str, Any]:
     for name, build, precision in runs:
         trainable: list[int] = []
 
-        def counted(*args: Any, _build: Any = build, **kwargs: Any) -> Any:
+        def counted(*args: Any, _build: Any = build, _trainable: list[int] = trainable, **kwargs: Any) -> Any:
             model = _build(*args, **kwargs)
-            trainable.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
+            _trainable.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
             return model
 
         job.build_model = counted
         base.train.precision = precision
+        # fp32 as Hugging Face runs it: fp32 weights too (model_dtype auto holds LoRA's base in bf16 where the
+        # device does bf16, and without autocast the fp32 head then meets bf16 activations)
+        base.train.model_dtype = "fp32" if precision == "fp32" else "auto"
         started = time.time()
         result = job.run_job(base, threads=threads)
         rows[f"{name}, {result.precision}"] = {
@@ -482,15 +600,31 @@ RUNNERS = {"sftune": run_sftune, "hf-optuna": run_hf_optuna, "hf-ray": run_hf_ra
 # ----------------------------------------------------------------------------------------- the table
 
 
-class UsageSampler(threading.Thread):
-    """Mean CPU utilisation (all cores) and, where there is an NVIDIA GPU, mean GPU utilisation."""
+def busy_cpu_seconds() -> float:
+    """The machine's busy CPU seconds since boot, all cores: user + nice + system + irq + softirq (guest time is
+    counted inside user; idle, iowait and steal, time the hypervisor gave to another machine, are not busy)."""
+    import psutil
 
-    def __init__(self, gpu: bool) -> None:
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+class UsageSampler(threading.Thread):
+    """Mean CPU utilisation (all cores), the machine's cumulative busy CPU seconds over time (a sample when it
+    starts, every `every` seconds, and when it stops) and, where there is an NVIDIA GPU, mean GPU utilisation."""
+
+    def __init__(self, gpu: bool, every: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.cpu: list[float] = []
         self.gpu: list[float] = []
+        self.busy: list[tuple[float, float]] = []
         self.with_gpu = gpu
+        self.every = every
         self.stop_event = threading.Event()
+
+    def start(self) -> None:
+        self.busy.append((time.time(), busy_cpu_seconds()))
+        super().start()
 
     def run(self) -> None:
         import psutil
@@ -505,60 +639,118 @@ class UsageSampler(threading.Thread):
             except Exception:  # noqa: BLE001 - no NVML: CPU only
                 handle = None
         psutil.cpu_percent(None)
-        while not self.stop_event.wait(1.0):
-            self.cpu.append(psutil.cpu_percent(None))
-            if handle is not None:
-                self.gpu.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+        ticks = 0
+        while not self.stop_event.wait(self.every):
+            self.busy.append((time.time(), busy_cpu_seconds()))
+            ticks += 1
+            if ticks * self.every >= len(self.cpu) + 1:  # utilisation once a second, as before
+                self.cpu.append(psutil.cpu_percent(None))
+                if handle is not None:
+                    self.gpu.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
 
     def stop(self) -> tuple[float, float]:
         self.stop_event.set()
         self.join()
+        self.busy.append((time.time(), busy_cpu_seconds()))
         mean = lambda xs: statistics.fmean(xs) if xs else float("nan")  # noqa: E731
         return mean(self.cpu), mean(self.gpu)
 
+    def busy_since(self, t0: float) -> list[list[float]]:
+        """[seconds since t0, busy CPU seconds since t0] per sample."""
+        b0 = _interpolate(self.busy, t0)
+        return [[round(t - t0, 3), round(b - b0, 3)] for t, b in self.busy]
 
-def summarize(name: str, raw: dict[str, Any], wall: float, usage: tuple[float, float], t0: float) -> dict[str, Any]:
+
+def _interpolate(points: list[Any], x: float) -> float:
+    """The piecewise-linear function through (x, y) points at `x`, held flat outside them (NaN: no points)."""
+    points = sorted(points)
+    if not points:
+        return float("nan")
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return points[-1][1]
+
+
+def steps_at(raw: dict[str, Any], at: float) -> float:
+    """Optimizer steps all trials had trained `at` seconds after the start, pruned, finished or running.
+
+    Each trial's steps are the piecewise-linear function of time through (its first step's start, 0) and
+    (each of its evaluations, that evaluation's step): a trial running at `at` counts the steps between
+    its last evaluation and its next one in proportion to the time gone; one done by then counts the step
+    of its last evaluation (a pruned trial stops there); one not yet at its first step counts nothing.
+    """
+    marks: dict[str, list[tuple[float, float]]] = {}
+    for e in raw["evals"]:
+        if len(e) >= 4:
+            marks.setdefault(str(e[2]), []).append((e[0], float(e[3])))
+    total = 0.0
+    for trial, points in marks.items():
+        start = raw.get("starts", {}).get(trial)
+        if start is not None:
+            points = [(start, 0.0), *points]
+        if min(p[0] for p in points) > at:
+            continue
+        total += _interpolate(points, at)
+    return total
+
+
+def summarize(name: str, label: str, raw: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     trials = raw["trials"]
     complete = [t["value"] for t in trials if t["value"] is not None]
     overheads = [t["wall"] - t["busy"] for t in trials if t["busy"] > 0]
     walls = [t["wall"] for t in trials if t["busy"] > 0]
     return {
         "system": name,
+        "label": label,
         "best": max(complete) if complete else float("nan"),
-        "wall": wall,
+        "wall": run["wall"],
         "steps": sum(t["steps"] for t in trials),
         "trials": f"{len(complete)}c/{sum(t['state'] == 'PRUNED' for t in trials)}p",
         "evals": raw["evals"],
+        "raw": raw,
+        "busy": run.get("busy", []),
         "overhead": statistics.fmean(overheads) if overheads else float("nan"),
         "overhead_pct": 100 * sum(overheads) / sum(walls) if walls else float("nan"),
-        "first_step": (raw["first_step_at"] - t0) if raw.get("first_step_at") else float("nan"),
-        "cpu": usage[0],
-        "gpu": usage[1],
+        "first_step": (raw["first_step_at"] - run["t0"]) if raw.get("first_step_at") else float("nan"),
+        "cpu": run["usage"][0],
+        "gpu": run["usage"][1],
     }
 
 
-def time_to(evals: list[tuple[float, float]], target: float) -> float:
+def _shown(r: dict[str, Any]) -> str:
+    return f"{r['system']} ({r['label']})" if r.get("label") else r["system"]
+
+
+def time_to(evals: list[Any], target: float) -> float:
     """Seconds from the command's start to the first evaluation at or above `target` (inf: never)."""
-    hits = [at for at, v in sorted(evals) if v is not None and v >= target]
+    hits = sorted(e[0] for e in evals if e[1] is not None and e[1] >= target)
     return hits[0] if hits else float("inf")
 
 
-def best_by(evals: list[tuple[float, float]], at: float) -> float:
+def best_by(evals: list[Any], at: float) -> float:
     """The best metric found by `at` seconds (NaN: nothing evaluated yet)."""
-    found = [v for t, v in evals if v is not None and t <= at]
+    found = [e[1] for e in evals if e[1] is not None and e[0] <= at]
     return max(found) if found else float("nan")
 
 
 ANYTIME = (0.25, 0.5, 1.0)
+MEASURES = (("t99", "time"), ("steps99", "steps"), ("cpu99", "cpu-s"))
 
 
 def score_seed(rows: list[dict[str, Any]]) -> None:
-    """Per system: time to 99% of the best any system found with this seed, and the anytime view."""
+    """Per system: time, optimizer steps and busy CPU seconds to 99% of the best any system found with this seed,
+    and the anytime view."""
     best_any = max((r["best"] for r in rows if r["best"] == r["best"]), default=float("nan"))
     horizon = max(r["wall"] for r in rows)
     for r in rows:
         r["target"] = 0.99 * best_any
         r["t99"] = time_to(r["evals"], r["target"])
+        finite = r["t99"] != float("inf")
+        r["steps99"] = steps_at(r["raw"], r["t99"]) if finite else float("inf")
+        r["cpu99"] = _interpolate(r["busy"], r["t99"]) if finite else float("inf")
         r["anytime"] = [best_by(r["evals"], f * horizon) for f in ANYTIME]
 
 
@@ -573,9 +765,9 @@ def _x(ratio: float) -> str:
 def _markdown(header: list[str], body: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     return [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ] + ["| " + " | ".join(v.ljust(w) for v, w in zip(b, widths)) + " |" for b in body]
+    ] + ["| " + " | ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)) + " |" for b in body]
 
 
 def print_table(rows: list[dict[str, Any]], title: str) -> str:
@@ -589,6 +781,8 @@ def print_table(rows: list[dict[str, Any]], title: str) -> str:
             "opt steps",
             "trials",
             "t->99% s",
+            "steps->99%",
+            "cpu s->99%",
             "overhead s/trial",
             "overhead %",
             "first step s",
@@ -601,12 +795,14 @@ def print_table(rows: list[dict[str, Any]], title: str) -> str:
     for r in rows:
         body.append(
             [
-                r["system"],
+                _shown(r),
                 f"{r['best']:.4f}",
                 f"{r['wall']:.0f}",
                 str(r["steps"]),
                 r["trials"],
                 _s(r["t99"]),
+                _s(r["steps99"]),
+                _s(r["cpu99"]),
                 f"{r['overhead']:.2f}",
                 f"{r['overhead_pct']:.1f}",
                 f"{r['first_step']:.1f}",
@@ -619,10 +815,17 @@ def print_table(rows: list[dict[str, Any]], title: str) -> str:
     lines = [
         title,
         f"99% of the best accuracy any system found ({rows[0]['target'] / 0.99:.4f}) = "
-        f"{rows[0]['target']:.4f}; best eval@N% = best evaluation (any trial, pruned ones included) by N% of "
-        f"the slowest system's wall time ({horizon:.0f} s)",
+        f"{rows[0]['target']:.4f}; steps->99% = optimizer steps of all its trials by then; cpu s->99% = the "
+        f"machine's busy CPU seconds (all cores) from its start to then; best eval@N% = best evaluation (any "
+        f"trial, pruned ones included) by N% of the slowest system's wall time ({horizon:.0f} s)",
     ]
-    text = "\n".join(lines + _markdown(header, body))
+    ours = next((r for r in rows if r["system"] == "sftune"), None)
+    speedups = []
+    for r in rows:
+        if ours is not None and r is not ours:
+            ratios = ", ".join(f"{word} {_x(_ratio(r[key], ours[key]))}" for key, word in MEASURES)
+            speedups.append(f"{_shown(ours)} vs {r['system']}, to 99%: {ratios} (baseline's / sftune's)")
+    text = "\n".join(lines + _markdown(header, body) + speedups)
     print(text, flush=True)
     return text
 
@@ -633,52 +836,54 @@ def _median(xs: list[float]) -> float:
 
 
 def _ratio(baseline: float, ours: float) -> float:
-    """How many times sooner sftune reached 99% (inf: the baseline never did; 0: sftune never did)."""
+    """How many times less sftune needed to reach 99% (inf: the baseline never did; 0: sftune never did)."""
     if ours == float("inf"):
         return float("nan") if baseline == float("inf") else 0.0
     return baseline / ours if ours > 0 else float("nan")
 
 
 def print_summary(per_seed: dict[int, list[dict[str, Any]]]) -> str:
-    """Medians over the seeds, and sftune's speedup to 99% against each baseline, per seed and median."""
+    """Medians over the seeds, and sftune's speedups to 99% (time, steps, CPU seconds) against each baseline,
+    per seed and median."""
     seeds = list(per_seed)
-    names = [r["system"] for r in per_seed[seeds[0]]]
     by = {s: {r["system"]: r for r in rows} for s, rows in per_seed.items()}
-    header = [
-        "system",
-        "median best",
-        "median wall s",
-        "t->99% s per seed",
-        "median t->99% s",
-        "sftune speedup per seed",
-        "median speedup",
-    ] + [f"median best@{int(f * 100)}%" for f in ANYTIME]
+    names = [n for n in SYSTEMS if any(n in by[s] for s in seeds)]
+    header = (
+        ["system", "median best", "median wall s"]
+        + [h for key, word in MEASURES for h in (f"{word}->99% per seed", f"median {word}->99%")]
+        + [f"median best@{int(f * 100)}%" for f in ANYTIME]
+    )
     body = []
     for name in names:
         got = [by[s][name] for s in seeds if name in by[s]]
-        t99 = [r["t99"] for r in got]
-        ratios = (
-            [_ratio(r["t99"], by[s]["sftune"]["t99"]) for s, r in zip(seeds, got) if "sftune" in by[s]]
-            if name != "sftune"
-            else []
-        )
-        body.append(
-            [
-                name,
-                f"{_median([r['best'] for r in got]):.4f}",
-                f"{_median([r['wall'] for r in got]):.0f}",
-                " / ".join(_s(t) for t in t99),
-                _s(statistics.median(t99)),
-                " / ".join(_x(x) for x in ratios),
-                _x(_median(ratios)) if ratios else "",
-            ]
-            + [_s(_median([r["anytime"][k] for r in got]), ".4f") for k in range(len(ANYTIME))]
-        )
+        row = [_shown(got[0]), f"{_median([r['best'] for r in got]):.4f}", f"{_median([r['wall'] for r in got]):.0f}"]
+        for key, _ in MEASURES:
+            row += [" / ".join(_s(r[key]) for r in got), _s(_median([r[key] for r in got]))]
+        body.append(row + [_s(_median([r["anytime"][k] for r in got]), ".4f") for k in range(len(ANYTIME))])
+    speed_header = ["sftune vs"] + [h for _, word in MEASURES for h in (f"{word} speedup per seed", f"median {word}")]
+    speed_body = []
+    for name in names:
+        if name == "sftune":
+            continue
+        pairs = [(by[s][name], by[s]["sftune"]) for s in seeds if name in by[s] and "sftune" in by[s]]
+        row = [name]
+        for key, _ in MEASURES:
+            ratios = [_ratio(b[key], o[key]) for b, o in pairs]
+            row += [" / ".join(_x(x) for x in ratios), _x(_median(ratios))]
+        speed_body.append(row)
     lines = [
-        f"over sampler seeds {', '.join(map(str, seeds))} (medians; speedup = baseline's time to 99% / "
-        "sftune's, each seed's own 99% target; never = not reached, inf = only sftune reached it)"
+        f"over sampler seeds {', '.join(map(str, seeds))} (medians; per seed values in seed order; never = not "
+        "reached 99%)",
+        *_markdown(header, body),
     ]
-    text = "\n".join(lines + _markdown(header, body))
+    if speed_body and any("sftune" in by[s] for s in seeds):
+        lines += [
+            "",
+            "sftune's speedup to 99% = the baseline's time, optimizer steps or busy CPU seconds to 99% / sftune's, "
+            "each seed's own 99% target (inf = only sftune reached it, 0 = only the baseline did)",
+            *_markdown(speed_header, speed_body),
+        ]
+    text = "\n".join(lines)
     print(text, flush=True)
     return text
 
@@ -712,6 +917,38 @@ def _nvidia_gpu() -> bool:
     return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
+def settings(task: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs' baselines comparable: the task less its paths and sftune's variant (--reuse)."""
+    skip_base = ("data", "output_dir", "model")  # the data and model by content: task["inputs"]
+    return {
+        **{k: v for k, v in task.items() if k not in ("base", "space", "sftune")},
+        "base": {k: v for k, v in task["base"].items() if k not in skip_base},
+    }
+
+
+def _differences(a: Any, b: Any, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in _differences(a.get(k), b.get(k), f"{where}.{k}")]
+    return [] if a == b else [f"{where.lstrip('.')}: {b!r} there, {a!r} here"]
+
+
+def header_lines(task: dict[str, Any]) -> list[str]:
+    """Which precision each system trains in, and sftune's variant."""
+    p = task["precision"]
+    if p["baselines"] == p["sftune"]:
+        baselines = f"baselines {p['baselines']} (as sftune's)"
+    elif p["baselines"] == "fp32":
+        baselines = "baselines in fp32 (Hugging Face's default), not like with like"
+    else:
+        baselines = f"baselines {p['baselines']}"
+    v = task["sftune"]
+    pruner = " ".join([v["pruner"]["name"], *(f"{k}={x}" for k, x in v["pruner"].items() if k != "name")])
+    variant = f"pruner {pruner}" + "".join(f", eval.{k}={x}" for k, x in v["eval"].items())
+    named = v["label"] and v["label"] not in variant  # a --label of its own, not the default description
+    variant = f"sftune ({v['label']}): {variant}" if named else f"sftune: {variant}"
+    return [f"precision: sftune {p['sftune']} (train.precision: auto), {baselines}", variant]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke run)")
@@ -737,16 +974,40 @@ def main() -> int:
         help="GPU share of each trial (default: 1/concurrency where an NVIDIA GPU is seen, else 0)",
     )
     p.add_argument(
-        "--baseline-bf16",
+        "--baseline-fp32",
         action="store_true",
-        help="train the baselines in bf16 on a CPU too (default: Hugging Face's fp32; sftune's "
-        "train.precision: auto uses bf16 where the CPU does bf16 natively)",
+        help="train the baselines in fp32, Hugging Face's default (default: the precision sftune's "
+        "train.precision: auto picks, bf16 where the GPU or CPU does bf16 natively)",
     )
     p.add_argument(
+        "--pruner",
+        default=None,
+        metavar="NAME",
+        help="sftune's study pruner (default: successive-halving on the evaluation steps, as the baselines')",
+    )
+    p.add_argument(
+        "--pruner-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of sftune's pruner (repeatable; the value is read as YAML)",
+    )
+    p.add_argument(
+        "--eval-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a key of the eval: section of sftune's base train config (repeatable; e.g. early_sample=0.2)",
+    )
+    p.add_argument("--label", default="", help="the sftune variant's name in the tables (default: what it changes)")
+    p.add_argument(
         "--reuse",
-        default="",
-        help="comma-separated systems whose figures an earlier run left in --out are used, not re-run "
-        "(e.g. hf-optuna,hf-ray while sftune changes)",
+        default=None,
+        metavar="DIR",
+        help="the work folder of an earlier run: the systems --only leaves out are read from its results "
+        "(seed<N>/<system>/result.json), not run; refused where its settings differ",
     )
     p.add_argument("--out", default=None, help="work folder (default: a new one under /tmp)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -760,6 +1021,13 @@ def main() -> int:
         (out / args.worker / "raw.json").write_text(json.dumps(raw))
         return 0
 
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in SYSTEMS]
+    if unknown:
+        p.error(f"--only: unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    reuse = Path(args.reuse).resolve() if args.reuse else None
+    if reuse is not None and not reuse.is_dir():
+        p.error(f"--reuse {args.reuse}: no such folder")
     if args.gpu_per_trial is None:
         args.gpu_per_trial = 1.0 / args.concurrency if _nvidia_gpu() else 0.0
     if args.quick:
@@ -767,7 +1035,7 @@ def main() -> int:
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else [args.seed]
     import tempfile
 
-    out = Path(args.out or tempfile.mkdtemp(prefix="sftune-bench-"))
+    out = Path(args.out or tempfile.mkdtemp(prefix="sftune-bench-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     task = make_task(args, out)
     (out / "task.json").write_text(json.dumps(task, indent=2))
@@ -776,36 +1044,83 @@ def main() -> int:
         if args.quick
         else f"{args.model} + LoRA on {args.dataset} ({args.train_samples} train / {args.eval_samples} validation)"
     )
-    title = (
-        f"{desc}; {task['n_trials']} trials, {args.concurrency} at a time, {task['max_steps']} steps, eval every "
-        f"{task['eval_every']}; {task['cpus']} CPUs"
-        + (f", {task['gpu']:g} GPU per trial ({_gpu_name()})" if task["gpu"] else "")
+    title = "\n".join(
+        [
+            f"{desc}; {task['n_trials']} trials, {args.concurrency} at a time, {task['max_steps']} steps, eval "
+            f"every {task['eval_every']}; {task['cpus']} CPUs"
+            + (f", {task['gpu']:g} GPU per trial ({_gpu_name()})" if task["gpu"] else ""),
+            *header_lines(task),
+        ]
     )
-    reuse = {x.strip() for x in args.reuse.split(",") if x.strip()}
+    print(title, flush=True)
+
+    # Stored results first: a run whose settings differ is refused before anything trains.
+    stored: dict[tuple[int, str], dict[str, Any]] = {}
+    if reuse is not None:
+        for seed in seeds:
+            for name in (s for s in SYSTEMS if s not in only):
+                path = reuse / f"seed{seed}" / name / "result.json"
+                if not path.exists():
+                    print(f"seed {seed}: {name}: no stored result in {reuse} ({path.name} missing); left out")
+                    continue
+                old = json.loads(path.read_text())
+                diffs = _differences(settings({**task, "seed": seed}), old.get("settings", {}))
+                if diffs:
+                    print(
+                        f"--reuse {reuse}: {name}'s stored result for sampler seed {seed} was run with other "
+                        "settings, so it does not compare with this run:\n  " + "\n  ".join(diffs),
+                        file=sys.stderr,
+                    )
+                    return 2
+                stored[seed, name] = old
+
     texts, per_seed = [], {}
     for seed in seeds:
         seed_dir = out / f"seed{seed}"
         seed_dir.mkdir(exist_ok=True)
-        (seed_dir / "task.json").write_text(json.dumps({**task, "seed": seed}, indent=2))
-        rows = []
-        for name in [s.strip() for s in args.only.split(",") if s.strip()]:
-            if name in reuse and (seed_dir / name / "run.json").exists():
-                print(f"seed {seed}: {name}: figures of an earlier run ({seed_dir / name / 'run.json'})", flush=True)
-                result = _load_child(name, seed_dir)
-            else:
+        seed_task = {**task, "seed": seed}
+        (seed_dir / "task.json").write_text(json.dumps(seed_task, indent=2))
+        rows, records = [], {}
+        for name in SYSTEMS:
+            if (seed, name) in stored:
+                old = stored[seed, name]
+                origin = old.get("reused_from") or str(reuse / f"seed{seed}" / name)
+                print(f"seed {seed}: {name}: stored result of an earlier run ({origin})", flush=True)
+                raw, run, label = old["raw"], old["run"], old.get("label", "")
+            elif name in only:
                 print(f"seed {seed}: running {name} ...", flush=True)
                 result = _run_child(name, seed_dir, bool(args.gpu_per_trial))
-            if result is None:
+                if result is None:
+                    continue
+                (raw, run), origin = result, None
+                label = task["sftune"]["label"] if name == "sftune" else ""
+            else:
                 continue
-            raw, wall, usage, t0 = result
-            rows.append(summarize(name, raw, wall, usage, t0))
-            print(f"  {name}: best {rows[-1]['best']:.4f} in {wall:.0f}s", flush=True)
+            rows.append(summarize(name, label, raw, run))
+            records[name] = {
+                "system": name,
+                "label": label,
+                "sampler_seed": seed,
+                "settings": settings(seed_task),
+                "variant": task["sftune"] if name == "sftune" else None,
+                "reused_from": origin,
+                "run": run,
+                "raw": raw,
+            }
+            print(f"  {name}: best {rows[-1]['best']:.4f} in {run['wall']:.0f}s", flush=True)
         if rows:
-            texts.append(print_table(rows, f"{title}; sampler seed {seed}"))
+            texts.append(print_table(rows, f"{title}\nsampler seed {seed}"))
             per_seed[seed] = rows
-    if per_seed and "sftune" in args.only:
+            for r in rows:  # each system's result, with the figures scored against this seed's rows
+                scored = {k: r[k] for k in ("best", "wall", "steps", "trials", "t99", "steps99", "cpu99", "target")}
+                (seed_dir / r["system"]).mkdir(exist_ok=True)
+                path = seed_dir / r["system"] / "result.json"
+                path.write_text(json.dumps({**records[r["system"]], "scored": scored}, indent=1))
+    if any(r["system"] == "sftune" for rows in per_seed.values() for r in rows):
         texts.append(print_summary(per_seed))
-    if not args.no_recipe:
+    if reuse is not None and not args.no_recipe:
+        print("recipe: skipped with --reuse (it measures the model recipe, which a variant does not change)")
+    elif not args.no_recipe:
         print("recipe: one fixed config, sftune's model recipe vs plain peft LoRA ...", flush=True)
         result = _run_child("recipe", out, False)
         if result is not None:
@@ -815,8 +1130,9 @@ def main() -> int:
     return 0
 
 
-def _run_child(name: str, folder: Path, gpu: bool) -> tuple[dict[str, Any], float, tuple[float, float], float] | None:
-    """Run one system in its own process (its figures in `folder/name/raw.json`); None if it failed."""
+def _run_child(name: str, folder: Path, gpu: bool) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Run one system in its own process (its figures in `folder/name/raw.json`, the parent's measurements
+    in `run.json`: wall time, mean utilisation, its start t0 and busy CPU seconds since); None if it failed."""
     (folder / name).mkdir(exist_ok=True)
     sampler = UsageSampler(gpu=gpu)
     sampler.start()
@@ -835,15 +1151,9 @@ def _run_child(name: str, folder: Path, gpu: bool) -> tuple[dict[str, Any], floa
     if proc.returncode != 0:
         print(f"  {name} failed (exit {proc.returncode}); see {folder / name / 'worker.log'}", flush=True)
         return None
-    (folder / name / "run.json").write_text(json.dumps({"wall": wall, "usage": list(usage), "t0": t0}))
-    return json.loads((folder / name / "raw.json").read_text()), wall, usage, t0
-
-
-def _load_child(name: str, folder: Path) -> tuple[dict[str, Any], float, tuple[float, float], float]:
-    """What `_run_child` measured in an earlier run (`--reuse`)."""
-    run = json.loads((folder / name / "run.json").read_text())
-    usage = (float(run["usage"][0]), float(run["usage"][1]))
-    return json.loads((folder / name / "raw.json").read_text()), float(run["wall"]), usage, float(run["t0"])
+    run = {"wall": wall, "usage": list(usage), "t0": t0, "busy": sampler.busy_since(t0)}
+    (folder / name / "run.json").write_text(json.dumps(run))
+    return json.loads((folder / name / "raw.json").read_text()), run
 
 
 if __name__ == "__main__":
