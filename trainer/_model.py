@@ -352,7 +352,7 @@ def build_model(
 ) -> Any:
     """Load the model with the task's head, its weights in `train.model_dtype`, and wrap it with LoRA when asked."""
     task = get_task(cfg.task, source)
-    dtype = torch_dtype(resolve_model_dtype(cfg.train.model_dtype, cfg.peft.method))
+    dtype = torch_dtype(resolve_model_dtype(cfg.train.model_dtype, cfg.peft.method, precision=cfg.train.precision))
     qlora = cfg.peft.method == "qlora"
     options: dict[str, Any] = dropout_options(cfg, model_settings(location))  # config fields, set as it loads
     if qlora:  # quantized as the weights load; what is not quantized is held in `dtype`

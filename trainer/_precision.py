@@ -13,15 +13,17 @@ from typing import Any
 DTYPES = ("fp32", "bf16", "fp16")
 
 
-def resolve_model_dtype(model_dtype: str, method: str, native_bf16: bool | None = None) -> str:
-    """fp32 | bf16 | fp16: what `model_dtype` means for a job of `method` (lora | qlora | full).
+def resolve_model_dtype(model_dtype: str, method: str, native_bf16: bool | None = None, precision: str = "auto") -> str:
+    """fp32 | bf16 | fp16: what `model_dtype` means for a job of `method` (lora | qlora | full) that trains in
+    `precision` (`train.precision`).
 
-    `auto`: bf16 where the device computes bf16 natively (`trainer.job.resolve_precision`) and the job
-    trains adapters (lora, qlora); fp32 otherwise (a full fine-tune keeps fp32 master weights).
+    `auto`: bf16 where the device computes bf16 natively (`trainer.job.resolve_precision`), the job trains
+    adapters (lora, qlora) and does not ask for fp32 arithmetic; fp32 otherwise (a full fine-tune keeps fp32
+    master weights; `precision: fp32` runs without autocast, which bf16 frozen weights would need).
     """
     if model_dtype != "auto":
         return model_dtype
-    if method not in ("lora", "qlora"):
+    if method not in ("lora", "qlora") or precision == "fp32":
         return "fp32"
     if native_bf16 is None:
         from trainer.job import resolve_precision

@@ -595,7 +595,7 @@ def _train(
         labels=prep.examples.labels,
         device=device,
         precision=precision,
-        model_dtype=resolve_model_dtype(t.model_dtype, cfg.peft.method),
+        model_dtype=resolve_model_dtype(t.model_dtype, cfg.peft.method, precision=t.precision),
         parameters=parameter_bytes(model),
         seconds={**timing, "total": time.perf_counter() - started},
         test_metrics=tested,

@@ -27,6 +27,8 @@ def test_auto_model_dtype_is_bf16_only_for_adapters_on_a_native_bf16_device() ->
     assert resolve_model_dtype("auto", "full", native_bf16=True) == "fp32"
     assert resolve_model_dtype("auto", "lora", native_bf16=False) == "fp32"
     assert resolve_model_dtype("fp16", "full", native_bf16=False) == "fp16"
+    assert resolve_model_dtype("auto", "lora", native_bf16=True, precision="fp32") == "fp32"  # no autocast
+    assert resolve_model_dtype("auto", "lora", native_bf16=True, precision="bf16") == "bf16"
 
 
 def test_bf16_weights_halve_the_frozen_bytes_and_train_as_fp32_does(tmp_path: Path, llama_dir: Path) -> None:

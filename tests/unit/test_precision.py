@@ -78,3 +78,13 @@ def test_cli_train_says_which_precision_it_used(tmp_path: Path, bert_dir: Path, 
     tiny.write_config(path, data)
     assert main(["train", str(path)]) == 0
     assert "fp32" in capsys.readouterr().out.split("final metrics", 1)[1].splitlines()[0]
+
+
+def test_lora_in_fp32_arithmetic_holds_fp32_weights(tmp_path: Path, bert_dir: Path) -> None:
+    """`precision: fp32` runs without autocast: `model_dtype: auto` keeps the frozen weights in fp32 then (bf16
+    weights under fp32 arithmetic fail on the first matmul)."""
+    data = tiny.classification_config(tmp_path, bert_dir, max_steps=20, eval_every=10, precision="fp32")
+    data["peft"] = {"method": "lora", "r": 4}
+    result = run_job(config_from_dict(data, source="test", base_dir=tmp_path))
+    assert (result.precision, result.model_dtype) == ("fp32", "fp32")
+    assert [h["step"] for h in result.history] == [10, 20]
