@@ -205,7 +205,8 @@ def replay(args: argparse.Namespace) -> None:
         random.Random(seed).shuffle(order)
         orders.append(order)
     print(
-        f"{runs[0]['dataset']}: {len(trials)} recorded trials, best final accuracy {pool_best:.4f} (trial {best_trial}); "
+        f"{runs[0]['dataset']}: {len(trials)} recorded trials, best final accuracy {pool_best:.4f} "
+        f"(trial {best_trial}); "
         f"target 99% = {target:.4f}; {args.seeds} random orders, trials one after another"
     )
     print(
@@ -250,7 +251,8 @@ def replay(args: argparse.Namespace) -> None:
             )
             saved = 1 - statistics.median(s["seconds"] for s in sampled) / statistics.median(f["seconds"] for f in full)
             print(
-                f"  {name:<20} same winner {agree:.0%} of orders (two orders of the whole-set runs agree {chance:.0%}); "
+                f"  {name:<20} same winner {agree:.0%} of orders "
+                f"(two orders of the whole-set runs agree {chance:.0%}); "
                 f"seconds of the whole pass {saved:+.0%} saved"
             )
 
