@@ -65,6 +65,7 @@ class Driver:
     """The Ray node this driver runs on: a trial elsewhere sends its output files back."""
     trials: dict[str, optuna.Trial] = field(default_factory=dict)
     pruned: set[str] = field(default_factory=set)
+    prune_reasons: dict[str, str] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
     """Trials this driver stopped for another reason than pruning (a non-finite metric, a storage failure)."""
     errors: dict[str, str] = field(default_factory=dict)
@@ -256,7 +257,9 @@ class Driver:
             self.guard(trial.set_user_attr, "seconds", seconds_of(result))
         self.tell(trial, state=TrialState.PRUNED)
         self.n_pruned += 1
-        self.progress.trial_finished(trial.number, "PRUNED", None, f"at step {self.last_step.get(tune_id, 0)}")
+        why = self.prune_reasons.pop(tune_id, None)
+        at = f"at step {self.last_step.get(tune_id, 0)}" + (f" ({why})" if why else "")
+        self.progress.trial_finished(trial.number, "PRUNED", None, at)
 
     def _completed(self, tune_id: str, trial: optuna.Trial, result: dict[str, Any]) -> None:
         values, best_step = told_values(self.cfg, result, self.history.get(tune_id, []))
@@ -392,6 +395,10 @@ class Driver:
             self.guard(trial.report, values[0], step)
             if self.guard(trial.should_prune):
                 self.pruned.add(tune_id)
+                why = getattr(self.study.pruner, "reasons", {}).pop(trial.number, None)  # search/curve_pruner.py
+                if why:
+                    self.prune_reasons[tune_id] = why
+                    self.guard(trial.set_user_attr, "pruned_because", why)
                 return True
         elif self.mo_pruner is not None and (
             tune_id in self.pruned or self.guard(self.mo_pruner.judge, self.study, trial, values, step)

@@ -113,6 +113,9 @@ class LearningCurvePruner(optuna.pruners.BasePruner):
         self.min_completed = min_completed
         self.n_warmup_steps = n_warmup_steps
         self.max_resource = max_resource
+        self._why = ""
+        self.reasons: dict[int, str] = {}
+        """Why each trial this pruner stopped was stopped, by trial number (the driver records it on the trial)."""
 
     def chance(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
         """The probability that `trial` ends at least as good as the best finished trial, or None while the rule
@@ -145,8 +148,18 @@ class LearningCurvePruner(optuna.pruners.BasePruner):
         bias = sum(residuals) / (len(residuals) + 1)
         noise = sum((r - bias) ** 2 for r in residuals) / max(len(residuals), 1)
         shape = max(spread, abs(predicted - values[-1]))  # how unsure this curve's own extrapolation is
-        return _normal_sf((best - predicted - bias) / math.sqrt(shape**2 + noise + 1e-18))
+        sigma = math.sqrt(shape**2 + noise + 1e-18)
+        chance = _normal_sf((best - predicted - bias) / sigma)
+        self._why = (
+            f"{chance:.1%} chance to end at or above the best finished trial's {sign * best:.4g}: its curve "
+            f"extrapolates to {sign * (predicted + bias):.4g} +- {sigma:.2g} at step {end:g}"
+        )
+        return chance
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        self._why = ""
         chance = self.chance(study, trial)
-        return chance is not None and chance < self.threshold
+        if chance is not None and chance < self.threshold:
+            self.reasons[trial.number] = self._why
+            return True
+        return False

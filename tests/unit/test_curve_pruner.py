@@ -151,6 +151,10 @@ def test_the_driver_prunes_by_name_with_the_base_configs_steps(tmp_path: Path, b
     states = {t.number: t.state for t in d.study.trials}
     assert states == {0: TrialState.COMPLETE, 1: TrialState.PRUNED}
     assert d.study.trials[1].intermediate_values == {10: 0.5, 20: 0.5}
+    why = d.study.trials[1].user_attrs["pruned_because"]  # the rule's numbers, on the trial and in the view
+    assert why.startswith("0.0% chance to end at or above the best finished trial's 0.8: its curve extrapolates to 0.5")
+    finished = [v for k, v in d.progress.lines if k == "finished"]
+    assert finished[-1][:2] == (1, "PRUNED") and finished[-1][2].startswith("at step 20 (0.0% chance")
 
 
 def test_training_steps_is_unknown_when_searched_or_by_epochs(tmp_path: Path, bert_dir: Path) -> None:
