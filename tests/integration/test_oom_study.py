@@ -89,3 +89,36 @@ def test_a_study_searching_the_job_options_records_faithful_trials(
         assert config["peft"]["use_dora"] == t.params["peft.use_dora"]
         assert config["train"]["label_smoothing"] == t.params["train.label_smoothing"]
         assert t.user_attrs["model_dtype"] == "bf16"
+
+
+def test_the_python_api_raises_run_failed_with_the_study_as_stored(
+    tmp_path: Path, llama_dir: Path, ray_cluster: None
+) -> None:
+    """`sftune.run` of a study whose trials fail beyond `budget.max_failures`: RunFailed with exit code 1, the
+    run's own reason, and the study's trials as stored (FAIL with their error)."""
+    import sftune
+
+    base = tiny.sft_config(tmp_path, llama_dir, max_steps=6, eval_every=3)
+    base["task"] = "_oom_task:OomSFT"
+    study = {
+        "name": "fails",
+        "objective": {"metric": "eval_loss", "direction": "minimize"},
+        "sampler": {"name": "grid"},
+        "pruner": {"name": "none"},
+        "budget": {"n_trials": 3, "concurrency": 1, "max_failures": 0},
+        "resources": {"cpu": 1},
+        "base": base,
+        "space": {"train.batch_size": {"type": "categorical", "choices": [16, 32]}},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    path = tiny.write_config(tmp_path / "fails.yaml", study)
+    with pytest.raises(sftune.RunFailed) as raised:
+        sftune.run(path, say=None)
+    failed = raised.value
+    assert failed.exit_code == 1 and "fail" in failed.reason.lower()
+    assert failed.study is not None and failed.study.counts.get("FAIL", 0) >= 1
+    assert failed.study.counts.get("COMPLETE", 0) == 0 and failed.study.best is None
+    assert failed.study.failed[0].error.startswith("out of memory at step 3")
+    stored = optuna.load_study(study_name="fails", storage=f"sqlite:///{tmp_path / 'fails.db'}").trials
+    assert stored and all(t.state == TrialState.FAIL for t in stored)
+    assert stored[0].user_attrs["error"].startswith("out of memory at step 3")
