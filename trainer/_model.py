@@ -175,7 +175,8 @@ ENCODER_TYPES = frozenset(
         "yoso",
     }
 )
-"""Bidirectional encoders: transformers will load some as a "causal LM", but they never learned to predict the next token."""
+"""Bidirectional encoders: transformers will load some as a "causal LM", but they never learned to predict the next
+token."""
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 ROBERTA_LIKE = frozenset(

@@ -537,7 +537,7 @@ def _train(
         gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate,
         **trainer_options(cfg, max_steps),  # optimizer, scheduler options, NEFTune (trainer._optim)
-        warmup_steps=int(round(t.warmup_ratio * max_steps)),
+        warmup_steps=round(t.warmup_ratio * max_steps),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         max_steps=max_steps,

@@ -60,9 +60,9 @@ def ranks_problems(r: Resources, base: TrainConfig | None, space: Space, source:
                 source,
                 "resources.gpu",
                 (
-                    f"with workers: {r.workers} each rank needs a whole GPU of its own (NCCL runs one rank per GPU; ranks "
-                    f"sharing a GPU fail or crawl), found gpu: {r.gpu:g}; use gpu: 1, or workers: 1 to pack trials on a "
-                    "GPU"
+                    f"with workers: {r.workers} each rank needs a whole GPU of its own (NCCL runs one rank per GPU; "
+                    f"ranks sharing a GPU fail or crawl), found gpu: {r.gpu:g}; use gpu: 1, or workers: 1 to pack "
+                    "trials on a GPU"
                 ),
             )
         )
@@ -72,15 +72,15 @@ def ranks_problems(r: Resources, base: TrainConfig | None, space: Space, source:
                 source,
                 "resources.gpu",
                 (
-                    f"with workers: {r.workers} each rank trains on one GPU, so gpu: {r.gpu:g} per rank would leave GPUs "
-                    f"idle; use gpu: 1 and workers: {r.workers * int(r.gpu)}"
+                    f"with workers: {r.workers} each rank trains on one GPU, so gpu: {r.gpu:g} per rank would leave "
+                    f"GPUs idle; use gpu: 1 and workers: {r.workers * int(r.gpu)}"
                 ),
             )
         )
     if base is not None:
         try:
             task = get_task(base.task, source)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a task that fails to load is reported by the task check
             task = None
         if task is not None and not getattr(task, "data_parallel", True):
             problems.append(
@@ -144,8 +144,8 @@ def _undivided(workers: int, base: TrainConfig, space: Space, source: str) -> li
             "resources.batch",
             (
                 f"effective: each rank takes train.batch_size / (workers x gradient_accumulation), but batch size "
-                f"{shown}{more} does not divide by {workers} x {'/'.join(str(a) for a in steps)}; choose batch sizes that are "
-                f"multiples of it (a categorical such as [{workers * steps[0] * 2}, {workers * steps[0] * 4}])"
+                f"{shown}{more} does not divide by {workers} x {'/'.join(str(a) for a in steps)}; choose batch sizes "
+                f"that are multiples of it (a categorical such as [{workers * steps[0] * 2}, {workers * steps[0] * 4}])"
             ),
         )
     ]
@@ -176,8 +176,8 @@ def _fsdp_problems(r: Resources, base: TrainConfig | None, space: Space, source:
                 source,
                 "resources.fsdp",
                 (
-                    f"FSDP shards a model over several GPUs: it needs workers >= 2 and gpu: 1, found workers: {r.workers}, "
-                    f"gpu: {r.gpu:g}"
+                    f"FSDP shards a model over several GPUs: it needs workers >= 2 and gpu: 1, found workers: "
+                    f"{r.workers}, gpu: {r.gpu:g}"
                 ),
             )
         )
@@ -346,7 +346,7 @@ def release_group(group: str | None) -> None:
 
     try:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group))))
-    except Exception:
+    except Exception:  # noqa: BLE001 - best-effort cleanup: already gone is fine
         pass
 
 
@@ -405,7 +405,7 @@ def _trial_class() -> type:
             for actor in (self.run, self.results.actor):
                 try:
                     ray.kill(actor, no_restart=True)
-                except Exception:
+                except Exception:  # noqa: BLE001 - best-effort cleanup: a dead actor is fine
                     pass
             release_group(self.group)
 

@@ -78,7 +78,7 @@ class ImageClassification(Classification):
                 try:
                     with Image.open(f) as im:
                         im.verify()
-                except Exception as exc:  # any failure to read is a bad image
+                except Exception as exc:  # noqa: BLE001 - any failure to read is a bad image
                     problems.append(
                         Problem(
                             source,
@@ -101,7 +101,7 @@ class ImageClassification(Classification):
 
         try:
             return AutoImageProcessor.from_pretrained(location)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to load is said as a config problem
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise ConfigError(
                 Problem(

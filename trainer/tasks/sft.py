@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from trainer import _chat
 from trainer._chat import ChatTemplate
@@ -23,7 +23,7 @@ class SFT(Task):
 
     name = "sft"
     metrics = ("eval_loss", "perplexity")
-    directions = {"eval_loss": "minimize", "perplexity": "minimize"}
+    directions: ClassVar[Mapping[str, str]] = {"eval_loss": "minimize", "perplexity": "minimize"}
     default_objective = "eval_loss"
     prediction_loss_only = True
     eval_loss_per_token = True
@@ -212,7 +212,7 @@ def _pieces(r: dict[str, Any], template: ChatTemplate, tokenizer: Any) -> list[P
         return [(r["prompt"], False), (r["response"], True)]
     try:
         return _chat.segments(template, tokenizer, r["messages"])
-    except Exception as exc:  # a template that fails on a row: the data's or the template's problem
+    except Exception as exc:  # noqa: BLE001 - a template that fails on a row: the data's or the template's problem
         first = next((m["content"] for m in r["messages"] if m["role"] == "user"), "")
         start = first if len(first) <= 60 else first[:57] + "..."
         raise ConfigError(
