@@ -348,7 +348,7 @@ def init_options(cls: type) -> list[str]:
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
-        params = inspect.signature(klass.__init__).parameters
+        params = inspect.signature(vars(klass)["__init__"]).parameters
         out += [
             p
             for p in params
@@ -530,6 +530,7 @@ def load_study(
     if base and space.fixed and not problems:
         unfixed_base = base
         base_cfg = _apply_fixed(space, base, base_root, prefix, problems) or base_cfg
+        assert base_cfg is not None  # `base` is non-empty only when base_cfg was built
         # Only the fixed keys change (as the checked config holds them): the rest stays as a study made
         # before them fingerprinted it.
         checked = base_cfg.to_dict()

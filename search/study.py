@@ -92,9 +92,11 @@ def build_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 def param_distribution(param: Param) -> BaseDistribution:
     """The Optuna distribution a space parameter samples from (as `Param.sample` suggests it)."""
     if param.type == "float":
-        return FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+        low, high = param.bounds()
+        return FloatDistribution(low, high, log=param.log, step=param.step)
     if param.type == "int":
-        return IntDistribution(int(param.low), int(param.high), log=param.log, step=int(param.step or 1))
+        low, high = param.bounds()
+        return IntDistribution(int(low), int(high), log=param.log, step=int(param.step or 1))
     return CategoricalDistribution(param.choices)
 
 

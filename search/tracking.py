@@ -194,23 +194,23 @@ class _MLflow:
         experiment = self.client.get_experiment_by_name(name)
         self.experiment = experiment.experiment_id if experiment else self.client.create_experiment(name)
         stored = (study.user_attrs.get(PARENT_ATTR) or {}).get("mlflow") or {}
-        self.parent = None
+        parent: str | None = None
         if stored.get("uri") == t.mlflow and stored.get("run_id"):
             try:
                 self.client.get_run(stored["run_id"])
-                self.parent = stored["run_id"]
-                self.client.update_run(self.parent, status="RUNNING")
+                parent = stored["run_id"]
+                self.client.update_run(parent, status="RUNNING")
             except Exception:  # noqa: BLE001 - gone from the server (or unreadable): a new parent
-                self.parent = None
-        if self.parent is None:
+                parent = None
+        if parent is None:
             run = self.client.create_run(
                 self.experiment,
                 run_name=cfg.name,
                 tags={"sftune.study": cfg.name, "sftune.objectives": ", ".join(cfg.metrics)},
             )
-            self.parent = run.info.run_id
+            parent = run.info.run_id
             self.client.log_batch(
-                self.parent,
+                parent,
                 params=_params(
                     {
                         "sampler": cfg.sampler.get("name"),
@@ -221,6 +221,7 @@ class _MLflow:
                     }
                 ),
             )
+        self.parent: str = parent
         self.record = {"uri": t.mlflow, "run_id": self.parent, "experiment_id": self.experiment}
         self.runs: dict[int, str] = {}
 
@@ -274,7 +275,7 @@ class _WandB:
 
         t: TrackingConfig = cfg.tracking
         self.wandb = wandb
-        self.common = {
+        self.common: dict[str, Any] = {  # wandb.init's keyword arguments shared by the study's runs
             "project": t.wandb_project,
             "entity": t.wandb_entity,
             "mode": t.wandb_mode,

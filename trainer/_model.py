@@ -327,7 +327,8 @@ def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> li
     if table is None:
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_table
 
-        table = peft_table.get(model_type)
+        found = peft_table.get(model_type)
+        table = list(found) if found is not None else None
     if table is None:
         guess = [
             n
@@ -394,7 +395,7 @@ def build_model(
     lora = LoraConfig(
         task_type=TaskType[task.peft_task_type] if task.peft_task_type else None,
         r=cfg.peft.r,
-        lora_alpha=cfg.peft.alpha,
+        lora_alpha=cfg.peft.alpha,  # type: ignore[arg-type]  # peft annotates int; a float scales the same (alpha/r)
         lora_dropout=cfg.peft.dropout,
         target_modules=resolve_target_modules(model, cfg, source),
         modules_to_save=(task.modules_to_save(model) or []) + (cfg.peft.modules_to_save or []) or None,

@@ -202,7 +202,7 @@ def _plan(
     key = fingerprint(cfg, location) if cache_dir is not None else ""
     if key and key in _PREPARED:
         return location, lambda: _PREPARED[key]
-    cached = Path(cache_dir) / f"prepared-{key}.pkl" if key else None
+    cached = Path(cache_dir) / f"prepared-{key}.pkl" if key and cache_dir is not None else None
     examples = None if cached is not None and cached.exists() else load_examples(cfg, source)
     return location, lambda: _build(cfg, source, location, key, cached, examples, say or _to_stderr)
 
@@ -277,7 +277,7 @@ def cpu_has_native_bf16() -> bool:
 
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if all(callable(p) for p in probes):
-        return any(bool(p()) for p in probes)
+        return any(bool(p()) for p in probes if callable(p))
     try:
         flags = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -556,7 +556,7 @@ def _train(
         remove_unused_columns=False,
         label_names=["labels"],
         prediction_loss_only=task.prediction_loss_only,
-        **({"fsdp": fsdp} if fsdp else {}),
+        fsdp=fsdp or None,
     )
     trainer = _TimedTrainer(
         model=model,

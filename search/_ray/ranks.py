@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from search.config import Resources
@@ -372,11 +372,12 @@ def _trial_class() -> type:
         def setup(
             self,
             config: dict[str, Any],
-            prepared: Any = None,  # type: ignore[override]
+            prepared: Any = None,
             ranks: Mapping[str, Any] | None = None,
         ) -> None:
             self.results = Queue(maxsize=1, actor_options={"num_cpus": 0})  # rank 0's reports, one at a time
-            self.run = ray.remote(num_cpus=0)(TrainRun).remote()
+            # an actor handle: Ray's stubs type a created actor as handle-or-class, whose fit has no .remote
+            self.run = cast(Any, ray.remote(num_cpus=0)(TrainRun).remote())
             self.fitted = self.run.fit.remote(config["sftune"], prepared, dict(ranks or {}), self.results)
             self.group: Any = None  # the ranks' placement group, which outlives a killed Train controller
 
@@ -402,7 +403,8 @@ def _trial_class() -> type:
             return {**error_report(verdict["message"], verdict["traceback"]), "done": True}
 
         def cleanup(self) -> None:
-            for actor in (self.run, self.results.actor):
+            actors: list[Any] = [self.run, self.results.actor]  # handles, however Ray's stubs type them
+            for actor in actors:
                 try:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - best-effort cleanup: a dead actor is fine
@@ -439,7 +441,9 @@ class TrainRun:
                 storage_path=str(storage),
                 callbacks=[_rank0_to(results)],
                 # A retry is the driver's (the params queued again), never Ray Train's.
-                failure_config=train.FailureConfig(
+                # ray.train's FailureConfig is Train V2's at run time; mypy resolves it to V1's (ray.air), which
+                # lacks these two
+                failure_config=train.FailureConfig(  # type: ignore[call-arg]
                     max_failures=0, controller_failure_limit=0, max_preemption_failures=0
                 ),
             ),

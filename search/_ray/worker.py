@@ -113,7 +113,7 @@ def run_trial_job(
         keep_best=keep_best,
         memory=memory,  # never the test split
         generations=generations,
-        **({"fsdp": fsdp} if fsdp else {}),
+        fsdp=fsdp or None,
     )
     remote = files and spec.get("driver_node") not in (None, node)  # the driver cannot read this node's disk
     send(

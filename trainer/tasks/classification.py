@@ -24,7 +24,7 @@ class Classification(Task):
     directions: ClassVar[Mapping[str, str]] = {"accuracy": "maximize", "f1_macro": "maximize", "eval_loss": "minimize"}
     default_objective = "accuracy"
     class_weights = True
-    peft_task_type = "SEQ_CLS"
+    peft_task_type: ClassVar[str | None] = "SEQ_CLS"
     model_mapping = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING"
 
     def load_examples(

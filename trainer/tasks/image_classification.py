@@ -91,8 +91,8 @@ class ImageClassification(Classification):
             raise ConfigError(problems)
         texts = {split: [{**r, cfg.data.text_column: r[col]} for r in rows] for split, rows in splits.items()}
         examples = super().load_examples(cfg, texts, paths, source)  # labels checked and mapped as classification's
-        for split in examples.splits().values():
-            for ex in split:
+        for split_examples in examples.splits().values():
+            for ex in split_examples:
                 ex["image"] = ex.pop("text")
         return examples
 

@@ -174,10 +174,11 @@ def sft_with_stats(
             if fitted is not None:
                 row_ids, turns = fitted, turns + 1
         if sum(len(p) for p, _ in row_ids) > max_length:
-            row_ids = _cut_prompt(row_ids, max_length, bos)
-            if row_ids is None:
+            kept = _cut_prompt(row_ids, max_length, bos)
+            if kept is None:
                 dropped += 1  # the (last) response alone is longer than max_length
                 continue
+            row_ids = kept
             cut += 1
         tokens = [t for p, _ in row_ids for t in p]
         labels = [t if (learn or whole) else -100 for p, learn in row_ids for t in p]
