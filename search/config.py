@@ -515,7 +515,7 @@ def load_study(
     _study_set_keys(study.base, base_raw, base_source, parsed, source, problems, notes)
     base_raw = apply_overrides(base_raw or {}, {k[5:]: v for k, v in parsed.items() if k.startswith("base.")})
     base_cfg = None
-    if base_raw:
+    if base_raw or not problems:  # an empty base (`base: {}`) is checked too; one that did not load was said
         base_cfg = config_from_dict(base_raw, source=base_source, base_dir=base_root, problems=problems)
     base = base_cfg.to_dict() if base_cfg is not None else {}
 
@@ -600,6 +600,7 @@ def load_study(
     tracking = parse_tracking(study.tracking, source, problems)
     if problems:
         raise ConfigError(problems)
+    assert base_cfg is not None  # a base that was not built is a problem raised above
     return StudyConfig(
         name=study.name,
         path=path,
