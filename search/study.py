@@ -175,7 +175,7 @@ def _check_readable(storage: SftuneStorage, url: str, source: str) -> None:
     try:
         with storage.engine.connect() as conn:
             result = conn.execute(text("PRAGMA quick_check(1)")).scalar()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to check is said as the database's problem
         result = storage_problem(exc) or str(exc)
     if result != "ok":
         raise ConfigError(

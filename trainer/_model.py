@@ -112,7 +112,7 @@ def model_location(cfg: TrainConfig, source: str = "") -> str:
         )
     try:
         AutoConfig.from_pretrained(cfg.model)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to load is said as a config problem
         raise ConfigError(
             Problem(source, "model", f"cannot load '{cfg.model}' from the Hugging Face hub: {str(exc).splitlines()[0]}")
         ) from None
@@ -270,7 +270,7 @@ def load_tokenizer(location: str, source: str = "") -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(location)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to load is said as a config problem
         raise ConfigError(
             Problem(
                 source,
@@ -363,7 +363,7 @@ def build_model(
         options.update(quantization_config=bnb_config(cfg.peft.quantization), dtype=dtype)
     try:
         model = task.load_model(location, labels, **options) if options else task.load_model(location, labels)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to load is said as a config problem
         raise ConfigError(
             Problem(
                 source,

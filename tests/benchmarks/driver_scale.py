@@ -167,7 +167,7 @@ class WorkerMemory(threading.Thread):
         me = psutil.Process()
         try:
             return {p.pid for p in me.children(recursive=True)}
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a process gone meanwhile: none counted
             return set()
 
     def stop(self) -> dict[str, Any]:
