@@ -337,7 +337,7 @@ class Driver:
             # trial is stored by then, and is_exhausted (checked before each ask) is the public test.
             if "Study.stop" not in str(exc):
                 raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be recorded is said, never a crash
             problem = storage_problem(exc)
             if problem is not None:
                 self.storage_failed(problem)

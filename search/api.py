@@ -226,7 +226,7 @@ def run(
 def _status_or_none(study: str | Path, items: list[str], storage: str | None) -> StudyStatus | None:
     try:
         return status(study, storage=storage, _items=items)
-    except Exception:
+    except Exception:  # noqa: BLE001 - the status is an extra on a failure already raised
         return None
 
 
@@ -353,7 +353,7 @@ def _close(study: Any) -> None:
 
     try:
         close_study(study)
-    except Exception:
+    except Exception:  # noqa: BLE001 - best-effort cleanup
         pass
 
 

@@ -352,7 +352,7 @@ def init_options(cls: type) -> list[str]:
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
-        params = inspect.signature(klass.__init__).parameters
+        params = inspect.signature(vars(klass)["__init__"]).parameters
         out += [
             p
             for p in params
@@ -530,7 +530,7 @@ def load_study(
     _study_set_keys(study.base, base_raw, base_source, parsed, source, problems, notes)
     base_raw = apply_overrides(base_raw or {}, {k[5:]: v for k, v in parsed.items() if k.startswith("base.")})
     base_cfg = None
-    if base_raw:
+    if base_raw or not problems:  # an empty base (`base: {}`) is checked too; one that did not load was said
         base_cfg = config_from_dict(base_raw, source=base_source, base_dir=base_root, problems=problems)
     base = base_cfg.to_dict() if base_cfg is not None else {}
 
@@ -545,6 +545,7 @@ def load_study(
     if base and space.fixed and not problems:
         unfixed_base = base
         base_cfg = _apply_fixed(space, base, base_root, prefix, problems) or base_cfg
+        assert base_cfg is not None  # `base` is non-empty only when base_cfg was built
         # Only the fixed keys change (as the checked config holds them): the rest stays as a study made
         # before them fingerprinted it.
         checked = base_cfg.to_dict()
@@ -614,6 +615,7 @@ def load_study(
     tracking = parse_tracking(study.tracking, source, problems)
     if problems:
         raise ConfigError(problems)
+    assert base_cfg is not None  # a base that was not built is a problem raised above
     return StudyConfig(
         name=study.name,
         path=path,

@@ -141,10 +141,13 @@ def data_report(cfg: TrainConfig, source: str = "", prepared: Prepared | None = 
             )
     counted = prep.warnings
     report["warning_counts"] = counted
-    per_class = (".absent_classes", ".rare_classes")  # said above, class by class
+    said_per_class = (".absent_classes", ".rare_classes")  # said above, class by class
     warnings.extend(
         describe_warnings(
-            {k: v for k, v in counted.items() if not k.endswith(per_class)}, prep.stats, cfg.train.max_length, ex.task
+            {k: v for k, v in counted.items() if not k.endswith(said_per_class)},
+            prep.stats,
+            cfg.train.max_length,
+            ex.task,
         )
     )
     if "labels" in report["splits"]["train"] and task.class_weights:

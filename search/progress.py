@@ -102,7 +102,7 @@ def finished_line(number: int | None, state: str, values: list[float] | None, me
     """The line that says how a trial ended, the same in plain lines and in the live view's log."""
     who = f"trial {number}" if number is not None else "a trial"
     if state == "COMPLETE":
-        shown = ", ".join(f"{m}={v:.4f}" for m, v in zip(metrics, values or [])) or message
+        shown = ", ".join(f"{m}={v:.4f}" for m, v in zip(metrics, values or [], strict=False)) or message
         return f"{who} complete: {shown}"
     if state == "PRUNED":
         return f"{who} pruned{': ' + message if message else ''}"
@@ -272,7 +272,7 @@ class LiveProgress:
             if row is not None:
                 row.state, row.message, row.ended = state, message, now
                 if values:
-                    row.metrics.update(zip(self.metrics, values))
+                    row.metrics.update(zip(self.metrics, values, strict=False))
                 if state in ("COMPLETE", "PRUNED"):
                     self.durations.append(now - row.started)
         self.message(finished_line(number, state, values, message, self.metrics))

@@ -71,7 +71,7 @@ def ranked(study: optuna.Study, cfg: StudyConfig, limit: int | None = None) -> l
             return top
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t)]
     sign = [1 if d == "maximize" else -1 for d in cfg.directions]
-    done.sort(key=lambda t: (tuple(-s * v for s, v in zip(sign, t.values)), t.number))
+    done.sort(key=lambda t: (tuple(-s * v for s, v in zip(sign, t.values, strict=False)), t.number))
     if cfg.multi_objective:
         front = {t.number for t in study.best_trials if _finite(t)}
         done.sort(key=lambda t: t.number not in front)
@@ -91,7 +91,7 @@ def summary(study: optuna.Study, cfg: StudyConfig, top: int = 5) -> dict[str, An
     return {
         "study": cfg.name,
         "storage": cfg.storage,
-        "objectives": [{"metric": m, "direction": d} for m, d in zip(cfg.metrics, cfg.directions)],
+        "objectives": [{"metric": m, "direction": d} for m, d in zip(cfg.metrics, cfg.directions, strict=True)],
         "n_trials_target": cfg.budget.n_trials,
         "counts": counts,
         "finished": counts["COMPLETE"] + counts["PRUNED"],
@@ -139,7 +139,7 @@ def fail_reason(t: FrozenTrial) -> str:
 def _trial_row(t: FrozenTrial, cfg: StudyConfig) -> dict[str, Any]:
     return {
         "number": t.number,
-        "values": dict(zip(cfg.metrics, t.values or [])),
+        "values": dict(zip(cfg.metrics, t.values or [], strict=False)),
         "params": t.params,
         "duration_s": t.duration.total_seconds() if t.duration else None,
     }
@@ -185,8 +185,8 @@ def render_table(info: dict[str, Any]) -> str:
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
     title = "pareto front and best trials" if info.get("pareto_front") else f"top {len(body)} trials"
     lines.append(title + ":")
-    lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in body]
+    lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in body]
     return "\n".join(lines)
 
 
@@ -220,7 +220,7 @@ def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int |
         which = "best" if cfg.use == "best" else "final"
         header.append(
             f"# Its {which} "
-            + ", ".join(f"{m} = {v:.6g}" for m, v in zip(cfg.metrics, trial.values))
+            + ", ".join(f"{m} = {v:.6g}" for m, v in zip(cfg.metrics, trial.values, strict=False))
             + ". Re-run: sftune train "
             + str(out)
         )

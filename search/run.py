@@ -178,7 +178,7 @@ def _header(cfg: StudyConfig, done: int) -> str:
     return (
         f"study {cfg.name} · {cfg.storage}\n"
         f"  {base.task} · model {base.model} · objective "
-        + ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions))
+        + ", ".join(f"{m} ({d})" for m, d in zip(cfg.metrics, cfg.directions, strict=True))
         + f"\n  sampler {cfg.sampler['name']} · pruner {cfg.pruner['name']} · {done} of {cfg.budget.n_trials} "
         f"trials already finished · {cfg.budget.concurrency} at a time, {cfg.resources.cpu:g} cpu"
         + (f" {cfg.resources.gpu:g} gpu" if cfg.resources.gpu else "")

@@ -201,7 +201,7 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
                 continue
             try:
                 _import_function(spec, base_dir)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - any failure to import is the user's module
                 bad(key, f"cannot import {spec!r}: {type(exc).__name__}: {exc}")
                 continue
             space.python = spec

@@ -106,9 +106,11 @@ def build_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 def param_distribution(param: Param) -> BaseDistribution:
     """The Optuna distribution a space parameter samples from (as `Param.sample` suggests it)."""
     if param.type == "float":
-        return FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+        low, high = param.bounds()
+        return FloatDistribution(low, high, log=param.log, step=param.step)
     if param.type == "int":
-        return IntDistribution(int(param.low), int(param.high), log=param.log, step=int(param.step or 1))
+        low, high = param.bounds()
+        return IntDistribution(int(low), int(high), log=param.log, step=int(param.step or 1))
     return CategoricalDistribution(param.choices)
 
 
@@ -187,7 +189,7 @@ def _check_readable(storage: SftuneStorage, url: str, source: str) -> None:
     try:
         with storage.engine.connect() as conn:
             result = conn.execute(text("PRAGMA quick_check(1)")).scalar()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to check is said as the database's problem
         result = storage_problem(exc) or str(exc)
     if result != "ok":
         raise ConfigError(

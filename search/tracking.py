@@ -161,6 +161,7 @@ def _unreachable(uri: str) -> str | None:
     """Why an http(s) MLflow server does not answer its /health (None: it does, or the URI is not http)."""
     if not uri.startswith(("http://", "https://")):
         return None
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -169,7 +170,9 @@ def _unreachable(uri: str) -> str | None:
             return None if response.status == 200 else f"HTTP {response.status} from /health"
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code} from /health"
-    except Exception as exc:  # refused, unknown host, timeout: said to the user
+    # refused, unknown host, timeout (URLError and socket errors are OSErrors), a malformed URL (ValueError), a
+    # server that answers no HTTP (HTTPException): said to the user
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         return str(getattr(exc, "reason", None) or exc)
 
 
@@ -191,23 +194,23 @@ class _MLflow:
         experiment = self.client.get_experiment_by_name(name)
         self.experiment = experiment.experiment_id if experiment else self.client.create_experiment(name)
         stored = (study.user_attrs.get(PARENT_ATTR) or {}).get("mlflow") or {}
-        self.parent = None
+        parent: str | None = None
         if stored.get("uri") == t.mlflow and stored.get("run_id"):
             try:
                 self.client.get_run(stored["run_id"])
-                self.parent = stored["run_id"]
-                self.client.update_run(self.parent, status="RUNNING")
-            except Exception:  # gone from the server: a new parent
-                self.parent = None
-        if self.parent is None:
+                parent = stored["run_id"]
+                self.client.update_run(parent, status="RUNNING")
+            except Exception:  # noqa: BLE001 - gone from the server (or unreadable): a new parent
+                parent = None
+        if parent is None:
             run = self.client.create_run(
                 self.experiment,
                 run_name=cfg.name,
                 tags={"sftune.study": cfg.name, "sftune.objectives": ", ".join(cfg.metrics)},
             )
-            self.parent = run.info.run_id
+            parent = run.info.run_id
             self.client.log_batch(
-                self.parent,
+                parent,
                 params=_params(
                     {
                         "sampler": cfg.sampler.get("name"),
@@ -218,6 +221,7 @@ class _MLflow:
                     }
                 ),
             )
+        self.parent: str = parent
         self.record = {"uri": t.mlflow, "run_id": self.parent, "experiment_id": self.experiment}
         self.runs: dict[int, str] = {}
 
@@ -271,7 +275,7 @@ class _WandB:
 
         t: TrackingConfig = cfg.tracking
         self.wandb = wandb
-        self.common = {
+        self.common: dict[str, Any] = {  # wandb.init's keyword arguments shared by the study's runs
             "project": t.wandb_project,
             "entity": t.wandb_entity,
             "mode": t.wandb_mode,
@@ -366,7 +370,7 @@ class TrackedProgress:
                 continue
             try:
                 sink = kind(cfg, study)
-            except Exception as exc:  # never fails the run: a warning
+            except Exception as exc:  # noqa: BLE001 - never fails the run: a warning
                 self._failed(kind.name, exc)
                 continue
             self.sinks.append(sink)
@@ -374,7 +378,7 @@ class TrackedProgress:
         if records:
             try:
                 study.set_user_attr(PARENT_ATTR, {**(study.user_attrs.get(PARENT_ATTR) or {}), **records})
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - tracking never fails the run: counted
                 self._failed("study", exc)
         self.thread = threading.Thread(target=self._work, name="sftune-tracking", daemon=True)
         self.thread.start()
@@ -418,7 +422,7 @@ class TrackedProgress:
             for sink in self.sinks:
                 try:
                     getattr(sink, method)(*args)
-                except Exception as exc:  # a tracking failure never fails a trial
+                except Exception as exc:  # noqa: BLE001 - a tracking failure never fails a trial
                     self._failed(sink.name, exc)
 
     def _send(self, method: str, *args: Any) -> None:
@@ -452,7 +456,7 @@ class TrackedProgress:
 
             attrs = StudyHandle.of(self.study).trial(number).user_attrs
             tags.update({k: str(attrs[k]) for k in ("host", "node") if k in attrs})
-        except Exception:  # where it ran is a nicety
+        except Exception:  # noqa: BLE001 - where it ran is a nicety
             pass
         folder = self.cfg.output_dir / "trials" / f"{number:04d}"
         files = [
@@ -469,7 +473,7 @@ class TrackedProgress:
         for sink in self.sinks:
             try:
                 sink.close()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - tracking never fails the run: counted
                 self._failed(sink.name, exc)
         if self.thread.is_alive():
             self.inner.message(f"warning: tracking calls still queued after {CLOSE_WAIT_S:.0f} s were dropped")

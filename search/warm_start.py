@@ -116,6 +116,7 @@ def parse_warm_start(raw: Any, source: str, problems: list[Problem]) -> list[War
             problems.append(Problem(source, f"{key}.top", f"expected an integer >= 1, found {describe(top)}"))
             bad = True
         if not bad:
+            assert isinstance(study, str)  # checked above
             out.append(WarmStart(study, storage, top))
     return out
 

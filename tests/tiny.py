@@ -25,7 +25,7 @@ def sentiment_rows(n: int, seed: int, string_labels: bool = False) -> list[dict[
     rows = []
     for _ in range(n):
         label = rng.randint(0, 1)
-        words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        words = [*rng.sample(FILLER, 4), rng.choice(POSITIVE if label else NEGATIVE)]
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": ["negative", "positive"][label] if string_labels else label})
     return rows
@@ -43,7 +43,7 @@ def sft_rows(n: int, seed: int) -> list[dict[str, Any]]:
 def _vocab() -> list[str]:
     words = POSITIVE + NEGATIVE + FILLER + ["add", "and", ":", "###", "instruction", "response", "input"]
     words += [str(i) for i in range(19)]
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]"] + sorted(set(words))
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]", *sorted(set(words))]
 
 
 def make_tokenizer(out: Path) -> Any:

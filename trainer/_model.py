@@ -112,7 +112,7 @@ def model_location(cfg: TrainConfig, source: str = "") -> str:
         )
     try:
         AutoConfig.from_pretrained(cfg.model)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to load is said as a config problem
         raise ConfigError(
             Problem(source, "model", f"cannot load '{cfg.model}' from the Hugging Face hub: {str(exc).splitlines()[0]}")
         ) from None
@@ -175,7 +175,8 @@ ENCODER_TYPES = frozenset(
         "yoso",
     }
 )
-"""Bidirectional encoders: transformers will load some as a "causal LM", but they never learned to predict the next token."""
+"""Bidirectional encoders: transformers will load some as a "causal LM", but they never learned to predict the next
+token."""
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 ROBERTA_LIKE = frozenset(
@@ -269,7 +270,7 @@ def load_tokenizer(location: str, source: str = "") -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(location)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to load is said as a config problem
         raise ConfigError(
             Problem(
                 source,
@@ -326,7 +327,8 @@ def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> li
     if table is None:
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_table
 
-        table = peft_table.get(model_type)
+        found = peft_table.get(model_type)
+        table = list(found) if found is not None else None
     if table is None:
         guess = [
             n
@@ -361,7 +363,7 @@ def build_model(
         options.update(quantization_config=bnb_config(cfg.peft.quantization), dtype=dtype)
     try:
         model = task.load_model(location, labels, **options) if options else task.load_model(location, labels)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to load is said as a config problem
         raise ConfigError(
             Problem(
                 source,
@@ -393,7 +395,7 @@ def build_model(
     lora = LoraConfig(
         task_type=TaskType[task.peft_task_type] if task.peft_task_type else None,
         r=cfg.peft.r,
-        lora_alpha=cfg.peft.alpha,
+        lora_alpha=cfg.peft.alpha,  # type: ignore[arg-type]  # peft annotates int; a float scales the same (alpha/r)
         lora_dropout=cfg.peft.dropout,
         target_modules=resolve_target_modules(model, cfg, source),
         modules_to_save=(task.modules_to_save(model) or []) + (cfg.peft.modules_to_save or []) or None,

@@ -177,7 +177,7 @@ def supports_gradient_checkpointing(settings: dict[str, Any], mapping: str) -> b
         from transformers.models.auto import modeling_auto
 
         cls = getattr(modeling_auto, mapping)[CONFIG_MAPPING[model_type]]
-    except Exception:  # an architecture of its own (remote code): found out when it loads
+    except Exception:  # noqa: BLE001 - an architecture of its own (remote code): found out when it loads
         return None
     return bool(getattr(cls, "supports_gradient_checkpointing", False))
 

@@ -39,7 +39,7 @@ def backend_problem(bits: int) -> str | None:
         ).to(device)
         x = torch.randn(2, 3, 64, device=device, requires_grad=True)
         layer(x).float().sum().backward()
-    except Exception as exc:  # any failure means the backend is missing here
+    except Exception as exc:  # noqa: BLE001 - any failure means the backend is missing here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return (
             f"bitsandbytes {version} cannot run {bits}-bit layers on this device ({device}): "

@@ -33,7 +33,9 @@ def read_rows(path: str, key: str, source: str) -> list[dict[str, Any]]:
                         try:
                             rows.append(json.loads(line))
                         except json.JSONDecodeError as exc:
-                            raise ConfigError(Problem(source, key, f"'{path}' line {n} is not valid JSON: {exc.msg}"))
+                            raise ConfigError(
+                                Problem(source, key, f"'{path}' line {n} is not valid JSON: {exc.msg}")
+                            ) from None
         elif suffix == ".json":
             with p.open(encoding="utf-8") as fh:
                 try:
@@ -45,7 +47,8 @@ def read_rows(path: str, key: str, source: str) -> list[dict[str, Any]]:
                 obj = next(iter(obj.values()))  # {"data": [...]}
             elif isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
                 cols = list(obj)
-                obj = [dict(zip(cols, vals)) for vals in zip(*obj.values())]  # column-oriented
+                # column-oriented
+                obj = [dict(zip(cols, vals, strict=True)) for vals in zip(*obj.values(), strict=False)]
             rows = obj
         elif suffix == ".csv":
             import pandas as pd

@@ -203,7 +203,7 @@ def _plan(
     key = fingerprint(cfg, location) if cache_dir is not None else ""
     if key and key in _PREPARED:
         return location, lambda: _PREPARED[key]
-    cached = Path(cache_dir) / f"prepared-{key}.pkl" if key else None
+    cached = Path(cache_dir) / f"prepared-{key}.pkl" if key and cache_dir is not None else None
     examples = None if cached is not None and cached.exists() else load_examples(cfg, source)
     return location, lambda: _build(cfg, source, location, key, cached, examples, say or _to_stderr)
 
@@ -278,7 +278,7 @@ def cpu_has_native_bf16() -> bool:
 
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if all(callable(p) for p in probes):
-        return any(bool(p()) for p in probes)
+        return any(bool(p()) for p in probes if callable(p))
     try:
         flags = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -544,7 +544,7 @@ def _train(
         gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate,
         **trainer_options(cfg, max_steps),  # optimizer, scheduler options, NEFTune (trainer._optim)
-        warmup_steps=int(round(t.warmup_ratio * max_steps)),
+        warmup_steps=round(t.warmup_ratio * max_steps),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         max_steps=max_steps,
@@ -563,7 +563,7 @@ def _train(
         remove_unused_columns=False,
         label_names=["labels"],
         prediction_loss_only=task.prediction_loss_only,
-        **({"fsdp": fsdp} if fsdp else {}),
+        fsdp=fsdp or None,
     )
     trainer = _TimedTrainer(
         model=model,

@@ -10,6 +10,7 @@ before any trial. A local cluster is ended with the driver, even a SIGKILLed one
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -198,7 +199,7 @@ def node_problem(
     alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
     if any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in alive):
         return None
-    largest = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    largest: dict[str, Any] = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
     key = "resources.gpu" if all(r.get("GPU", 0) < gpu for r in alive) else "resources.cpu"
     asked = f"{cpu:g} CPU" + (f" and {gpu:g} GPU" if gpu else "")
     return Problem(
@@ -254,7 +255,7 @@ def _join(target: Target) -> None:
                 address=target.address,
                 include_dashboard=False,
                 log_to_driver=False,
-                logging_level="ERROR",
+                logging_level=logging.ERROR,
                 runtime_env={"env_vars": worker_env()},
             )
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
@@ -358,7 +359,7 @@ class Cluster:
                 num_cpus=local_cluster_cpus(self.cfg),
                 include_dashboard=False,
                 log_to_driver=False,
-                logging_level="ERROR",
+                logging_level=logging.ERROR,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. a raylet that did not start in time on a busy machine
             # The watcher stays until this process exits, then ends whatever the failed start left.

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from search.config import Resources
@@ -60,9 +60,9 @@ def ranks_problems(r: Resources, base: TrainConfig | None, space: Space, source:
                 source,
                 "resources.gpu",
                 (
-                    f"with workers: {r.workers} each rank needs a whole GPU of its own (NCCL runs one rank per GPU; ranks "
-                    f"sharing a GPU fail or crawl), found gpu: {r.gpu:g}; use gpu: 1, or workers: 1 to pack trials on a "
-                    "GPU"
+                    f"with workers: {r.workers} each rank needs a whole GPU of its own (NCCL runs one rank per GPU; "
+                    f"ranks sharing a GPU fail or crawl), found gpu: {r.gpu:g}; use gpu: 1, or workers: 1 to pack "
+                    "trials on a GPU"
                 ),
             )
         )
@@ -72,15 +72,15 @@ def ranks_problems(r: Resources, base: TrainConfig | None, space: Space, source:
                 source,
                 "resources.gpu",
                 (
-                    f"with workers: {r.workers} each rank trains on one GPU, so gpu: {r.gpu:g} per rank would leave GPUs "
-                    f"idle; use gpu: 1 and workers: {r.workers * int(r.gpu)}"
+                    f"with workers: {r.workers} each rank trains on one GPU, so gpu: {r.gpu:g} per rank would leave "
+                    f"GPUs idle; use gpu: 1 and workers: {r.workers * int(r.gpu)}"
                 ),
             )
         )
     if base is not None:
         try:
             task = get_task(base.task, source)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a task that fails to load is reported by the task check
             task = None
         if task is not None and not getattr(task, "data_parallel", True):
             problems.append(
@@ -144,8 +144,8 @@ def _undivided(workers: int, base: TrainConfig, space: Space, source: str) -> li
             "resources.batch",
             (
                 f"effective: each rank takes train.batch_size / (workers x gradient_accumulation), but batch size "
-                f"{shown}{more} does not divide by {workers} x {'/'.join(str(a) for a in steps)}; choose batch sizes that are "
-                f"multiples of it (a categorical such as [{workers * steps[0] * 2}, {workers * steps[0] * 4}])"
+                f"{shown}{more} does not divide by {workers} x {'/'.join(str(a) for a in steps)}; choose batch sizes "
+                f"that are multiples of it (a categorical such as [{workers * steps[0] * 2}, {workers * steps[0] * 4}])"
             ),
         )
     ]
@@ -176,8 +176,8 @@ def _fsdp_problems(r: Resources, base: TrainConfig | None, space: Space, source:
                 source,
                 "resources.fsdp",
                 (
-                    f"FSDP shards a model over several GPUs: it needs workers >= 2 and gpu: 1, found workers: {r.workers}, "
-                    f"gpu: {r.gpu:g}"
+                    f"FSDP shards a model over several GPUs: it needs workers >= 2 and gpu: 1, found workers: "
+                    f"{r.workers}, gpu: {r.gpu:g}"
                 ),
             )
         )
@@ -346,7 +346,7 @@ def release_group(group: str | None) -> None:
 
     try:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group))))
-    except Exception:
+    except Exception:  # noqa: BLE001 - best-effort cleanup: already gone is fine
         pass
 
 
@@ -372,11 +372,12 @@ def _trial_class() -> type:
         def setup(
             self,
             config: dict[str, Any],
-            prepared: Any = None,  # type: ignore[override]
+            prepared: Any = None,
             ranks: Mapping[str, Any] | None = None,
         ) -> None:
             self.results = Queue(maxsize=1, actor_options={"num_cpus": 0})  # rank 0's reports, one at a time
-            self.run = ray.remote(num_cpus=0)(TrainRun).remote()
+            # an actor handle: Ray's stubs type a created actor as handle-or-class, whose fit has no .remote
+            self.run = cast(Any, ray.remote(num_cpus=0)(TrainRun).remote())
             self.fitted = self.run.fit.remote(config["sftune"], prepared, dict(ranks or {}), self.results)
             self.group: Any = None  # the ranks' placement group, which outlives a killed Train controller
 
@@ -402,10 +403,11 @@ def _trial_class() -> type:
             return {**error_report(verdict["message"], verdict["traceback"]), "done": True}
 
         def cleanup(self) -> None:
-            for actor in (self.run, self.results.actor):
+            actors: list[Any] = [self.run, self.results.actor]  # handles, however Ray's stubs type them
+            for actor in actors:
                 try:
                     ray.kill(actor, no_restart=True)
-                except Exception:
+                except Exception:  # noqa: BLE001 - best-effort cleanup: a dead actor is fine
                     pass
             release_group(self.group)
 
@@ -439,7 +441,9 @@ class TrainRun:
                 storage_path=str(storage),
                 callbacks=[_rank0_to(results)],
                 # A retry is the driver's (the params queued again), never Ray Train's.
-                failure_config=train.FailureConfig(
+                # ray.train's FailureConfig is Train V2's at run time; mypy resolves it to V1's (ray.air), which
+                # lacks these two
+                failure_config=train.FailureConfig(  # type: ignore[call-arg]
                     max_failures=0, controller_failure_limit=0, max_preemption_failures=0
                 ),
             ),

@@ -27,7 +27,8 @@ class OptunaSearcher(Searcher):
     def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Ray's Searcher.suggest says dict | None, but its own Searcher.FINISHED (a str) is a documented answer
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         with self.driver.lock:
             out = self.driver.suggest(trial_id)
         return Searcher.FINISHED if out == FINISHED else out

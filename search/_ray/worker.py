@@ -80,7 +80,8 @@ def run_trial_job(
     memory: dict[str, float] = {}  # CUDA figures (trainer._memory); empty on CPU
     precision = resolve_precision(cfg.train.precision)[1]  # what run_job will use: bf16 | fp32
     template = describe_template(prepared.template) if prepared is not None else ""  # e.g. chatml
-    model_dtype = resolve_model_dtype(cfg.train.model_dtype, cfg.peft.method, precision=cfg.train.precision)  # fp32 | bf16 | fp16
+    # fp32 | bf16 | fp16: what the weights are held in
+    model_dtype = resolve_model_dtype(cfg.train.model_dtype, cfg.peft.method, precision=cfg.train.precision)
 
     generations: list[dict[str, Any]] = []  # each generating evaluation's samples (`eval:`)
 
@@ -113,7 +114,7 @@ def run_trial_job(
         keep_best=keep_best,
         memory=memory,  # never the test split
         generations=generations,
-        **({"fsdp": fsdp} if fsdp else {}),
+        fsdp=fsdp or None,
     )
     remote = files and spec.get("driver_node") not in (None, node)  # the driver cannot read this node's disk
     send(

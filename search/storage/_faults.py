@@ -127,7 +127,7 @@ def safe_url(url: str) -> str:
 
         parsed = make_url(url)
         return url if parsed.password is None else parsed.render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - best effort: an unparsable URL is shown as given
         return url
 
 

@@ -16,13 +16,22 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.storage._optuna import rdb_models, storage_of, study_id_of
 from trainer import ConfigError, Problem
+
+
+@runtime_checkable
+class _Heartbeats(Protocol):
+    """A storage with Optuna's heartbeats (RDBStorage, and the cache over it)."""
+
+    def record_heartbeat(self, trial_id: int) -> None: ...
+
+    def get_heartbeat_interval(self) -> int | None: ...
 
 
 def _env_seconds(name: str, default: int) -> int:
@@ -179,7 +188,7 @@ def record_heartbeats(study: optuna.Study, trial_numbers: Iterable[int]) -> None
     from search.storage._rdb import SftuneStorage, rdb_storage
 
     storage = storage_of(study)
-    if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
+    if not isinstance(storage, _Heartbeats) or storage.get_heartbeat_interval() is None:
         return
     numbers = list(trial_numbers)
     if not numbers:
@@ -221,7 +230,11 @@ def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
     first; a live trial (heartbeat younger than the grace period) is never failed."""
     storage = storage_of(study)
     get_cb = getattr(storage, "get_heartbeat_stale_trial_callback", None)
-    callback = get_cb() if get_cb is not None and storage.get_heartbeat_interval() is not None else None
+    callback = (
+        get_cb()
+        if get_cb is not None and isinstance(storage, _Heartbeats) and storage.get_heartbeat_interval() is not None
+        else None
+    )
     if not isinstance(callback, RetryStale):
         return []
     with callback.lock:

@@ -164,7 +164,7 @@ def sqlite_path(url: str) -> Path | None:
 
     try:
         u = make_url(url)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: not a SQLite file
         return None
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         return None

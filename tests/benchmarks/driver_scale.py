@@ -107,7 +107,7 @@ def prefill(study: Any, space: Any, n: int, seed: int = 0) -> float:
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     rng = random.Random(seed)
     batch = []
-    for i in range(n):
+    for _i in range(n):
         trial = draw.ask()
         params = sample_params(trial, space)
         frozen = draw._storage.get_trial(trial._trial_id)
@@ -167,7 +167,7 @@ class WorkerMemory(threading.Thread):
         me = psutil.Process()
         try:
             return {p.pid for p in me.children(recursive=True)}
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a process gone meanwhile: none counted
             return set()
 
     def stop(self) -> dict[str, Any]:
@@ -431,9 +431,11 @@ def print_runs(rows: list[dict[str, Any]]) -> None:
         print(
             f"| {r['storage']} | {r['sampler']} | {r['concurrency']} | {r['study_size']:,} | "
             f"{r['trials']} | {r['results_per_s']:.1f} ({r['offered_per_s']:.0f}) | {r['latency_p50_ms']:.0f} / "
-            f"{r['latency_p99_ms']:.0f} | {r['decide_p50_ms']:.0f} / {r['decide_p99_ms']:.0f} | {100 * r['busy']:.0f}% | "
+            f"{r['latency_p99_ms']:.0f} | {r['decide_p50_ms']:.0f} / {r['decide_p99_ms']:.0f} | "
+            f"{100 * r['busy']:.0f}% | "
             f"{r['ask_first_ms']:.0f} / {r['ask_last_ms']:.0f} | {r['tell_first_ms']:.0f} / {r['tell_last_ms']:.0f} | "
-            f"{r['driver_cpu']:.2f} | {r['driver_cpu_s_per_trial']:.2f} | {sum(r['in_driver_s_per_trial'].values()):.2f} | "
+            f"{r['driver_cpu']:.2f} | {r['driver_cpu_s_per_trial']:.2f} | "
+            f"{sum(r['in_driver_s_per_trial'].values()):.2f} | "
             f"{w['uss_mb']:.0f} / {w['rss_mb']:.0f} | {r['fail']} | {r['load_avg']:.0f} |",
             flush=True,
         )
@@ -478,8 +480,8 @@ def main() -> int:
         )
         for r in rows:
             print(
-                f"| {r['sampler']} | {r['size']:,} | {r['ask_ms']:.1f} | {r['tell_ms']:.1f} | {r['ask_ms_memory']:.1f} | "
-                f"{r['tell_ms_memory']:.1f} |"
+                f"| {r['sampler']} | {r['size']:,} | {r['ask_ms']:.1f} | {r['tell_ms']:.1f} | "
+                f"{r['ask_ms_memory']:.1f} | {r['tell_ms_memory']:.1f} |"
             )
         return 0
 

@@ -142,7 +142,7 @@ def main() -> int:
         "| median complete |"
     )
     print("|---|---|---|---|---|---|")
-    for w, n in zip((int(x) for x in args.workers.split(",")), (int(x) for x in args.trials.split(","))):
+    for w, n in zip((int(x) for x in args.workers.split(",")), (int(x) for x in args.trials.split(",")), strict=False):
         for mode in ("reported", "worst"):
             runs = [simulate(mode, w, n, seed, target) for seed in range(args.seeds)]
             times = [r["reached"] for r in runs]

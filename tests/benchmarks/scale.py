@@ -111,13 +111,20 @@ def main() -> int:
     print(f"  built in {build(storage, name, args.trials, base):.1f}s", flush=True)
     sftune = [sys.executable, "-m", "search"]
     rows = [
-        ("sftune status", sftune + ["status", str(study_file)]),
-        ("sftune status --json", sftune + ["status", str(study_file), "--json"]),
-        ("sftune export (best)", sftune + ["export", str(study_file), "--out", str(out / "best.yaml")]),
+        ("sftune status", [*sftune, "status", str(study_file)]),
+        ("sftune status --json", [*sftune, "status", str(study_file), "--json"]),
+        ("sftune export (best)", [*sftune, "export", str(study_file), "--out", str(out / "best.yaml")]),
         (
             "sftune export --trial 1234",
-            sftune
-            + ["export", str(study_file), "--out", str(out / "t.yaml"), "--trial", str(min(1234, args.trials - 1))],
+            [
+                *sftune,
+                "export",
+                str(study_file),
+                "--out",
+                str(out / "t.yaml"),
+                "--trial",
+                str(min(1234, args.trials - 1)),
+            ],
         ),
         ("python -c 'import search.cli' (floor)", [sys.executable, "-c", "import search.cli, trainer"]),
     ]

@@ -4,8 +4,9 @@ Used by `driver_scale.py` through `run_trials(..., job="stub_job:job")`. The acc
 the sampled learning rate and LoRA rank (best near lr 1e-3, r 8) plus seeded noise, so the sampler
 and the pruner have something real to work on. Settings come from the environment the Ray workers
 inherit: SFTUNE_STUB_EVALS (evaluations per trial, default 4), SFTUNE_STUB_EVAL_S (seconds between
-them, default 1.0), SFTUNE_STUB_EXIT_S (seconds a stopped trial takes to end, default 0). Every report carries `sent_at` (Unix time) so the driver's side can time it, and
-`stub_torch_loaded` (1.0 when torch is imported in this worker: it should never be).
+them, default 1.0), SFTUNE_STUB_EXIT_S (seconds a stopped trial takes to end, default 0). Every report
+carries `sent_at` (Unix time) so the driver's side can time it, and `stub_torch_loaded` (1.0 when torch
+is imported in this worker: it should never be).
 """
 
 from __future__ import annotations

@@ -97,8 +97,9 @@ def main() -> None:
             r = one_run(variant, args.tiny)
             results[variant].append(r)
             print(
-                f"{variant}: first step {r['first_step']:.1f} s (both trials stepping by {r['last_first_step']:.1f} s), "
-                f"run {r['wall']:.1f} s, {r['preloaded']:.0f}/2 trials on preloaded workers; {r['ray']}",
+                f"{variant}: first step {r['first_step']:.1f} s "
+                f"(both trials stepping by {r['last_first_step']:.1f} s), run {r['wall']:.1f} s, "
+                f"{r['preloaded']:.0f}/2 trials on preloaded workers; {r['ray']}",
                 flush=True,
             )
     print("\nmedians over", args.repeat, "runs each:")

@@ -246,7 +246,7 @@ def test_a_database_gone_for_good_ends_the_run_within_one_retry_window(tmp_path:
         def one_complete_one_running() -> bool:
             try:
                 trials = optuna.load_study(study_name="gone", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
-            except Exception:  # not created yet
+            except Exception:  # noqa: BLE001 - not created yet: poll again
                 return False
             states = [t.state for t in trials]
             return TrialState.COMPLETE in states and any(

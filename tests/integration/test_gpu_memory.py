@@ -67,7 +67,7 @@ def test_six_trials_in_one_process_return_to_the_memory_baseline(tmp_path: Path)
     assert (baseline - start) / MB < SLACK_MB, f"the first trial left {(baseline - start) / MB:.1f} MiB allocated"
     for i, end in enumerate(ends[1:], start=1):
         assert abs(end - baseline) / MB < SLACK_MB, f"trial {i} ended {(end - baseline) / MB:+.1f} MiB off baseline"
-    for i, memory in enumerate(records):
+    for _i, memory in enumerate(records):
         assert memory["cuda_peak_mb"] > memory["cuda_allocated_start_mb"] + 50, memory  # the model was there
         assert abs(memory["cuda_allocated_end_mb"] - baseline / MB) < SLACK_MB, memory
         assert memory["cuda_reserved_end_mb"] < memory["cuda_reserved_peak_mb"], memory  # the cache was emptied

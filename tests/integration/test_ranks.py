@@ -124,7 +124,7 @@ def test_a_killed_rank_fails_its_trial_naming_the_rank_and_its_params_run_again(
         while time.time() < deadline and not killed:
             try:
                 trials = optuna.load_study(study_name="rkill", storage=storage).get_trials(deepcopy=False)
-            except Exception:
+            except Exception:  # noqa: BLE001 - not created yet: poll again
                 trials = []
             for t in trials:
                 if t.state == TrialState.RUNNING and t.intermediate_values and "ranks" in t.user_attrs:

@@ -54,7 +54,7 @@ def test_without_keep_best_the_last_weights_are_saved(tmp_path: Path, bert_dir: 
 
 def test_stop_at_step_must_be_positive(tmp_path: Path, bert_dir: Path) -> None:
     data = tiny.classification_config(tmp_path, bert_dir, stop_at_step=0)
-    with pytest.raises(ConfigError, match="train.stop_at_step"):
+    with pytest.raises(ConfigError, match=r"train\.stop_at_step"):
         config_from_dict(data, base_dir=tmp_path)
 
 

@@ -124,7 +124,7 @@ def test_shipped_spaces_fix_instead_of_one_choice_params() -> None:
         data = yaml.safe_load(path.read_text())
         one_choice = [k for k, v in data.items() if isinstance(v, dict) and len(v.get("choices", [0, 1])) == 1]
         assert one_choice == [], path
-    assert "peft.target_modules" not in load_study(REPO / "studies" / "quickstart.yaml").space.keys()
+    assert "peft.target_modules" not in load_study(REPO / "studies" / "quickstart.yaml").space
 
 
 def test_a_study_made_with_the_old_shipped_space_resumes_with_the_new(

@@ -34,7 +34,7 @@ def make_study(tmp: Path, bert_dir: Path, name: str = "rep") -> Path:
     path = tiny.study_file(tmp, bert_dir, name=name, pruner={"name": "median"})
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp / (name + '.db')}", direction="maximize")
     dist = {"train.learning_rate": FloatDistribution(1e-3, 1e-2, log=True), "peft.r": IntDistribution(2, 8)}
-    for i, (lr, r, curve, state) in enumerate(
+    for _i, (lr, r, curve, state) in enumerate(
         [
             (0.002, 4, [0.6, 0.7, 0.75], TrialState.COMPLETE),
             (0.008, 8, [0.55, 0.8, 0.85], TrialState.COMPLETE),

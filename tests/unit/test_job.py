@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import tiny
@@ -43,7 +44,7 @@ def test_final_step_is_evaluated_when_not_a_multiple_of_eval_every(tmp_path: Pat
 
 def test_reporter_stops_the_run(tmp_path: Path, bert_dir: Path) -> None:
     class StopAtSecond:
-        calls: list[int] = []
+        calls: ClassVar[list[int]] = []
 
         def report(self, step: int, metrics: dict) -> bool:
             self.calls.append(step)

@@ -8,6 +8,7 @@ import inspect
 import re
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import optuna
 import pytest
@@ -131,7 +132,7 @@ def test_cached_storage_base_reads_through_the_hook_get_all_trials_calls(tmp_pat
     assert "_read_trials_from_remote_storage" in inspect.getsource(optuna.storages._CachedStorage.get_all_trials)
 
     class Counting(door.CachedStorageBase):
-        reads: list[int] = []
+        reads: ClassVar[list[int]] = []
 
         def read_trials(self, study_id: int) -> None:
             self.reads.append(study_id)

@@ -49,7 +49,7 @@ def _optuna_modules() -> set[str]:
     """The names of Optuna's private modules and packages (`_rdb`, `_cached_storage`, `_tpe`, ...)."""
     root = Path(optuna.__file__).parent
     names = set()
-    for folder, dirs, files in os.walk(root):
+    for _folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         for name in dirs + [f[:-3] for f in files if f.endswith(".py")]:
             if name.startswith("_") and not name.startswith("__"):

@@ -125,6 +125,7 @@ def _bad(path: Path, capsys: pytest.CaptureFixture, *extra: str) -> str:
         ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage: cannot open study storage"),
         ({"storage": "notadb://x"}, "storage: cannot open study storage 'notadb://x'"),
         ({"budget": {"n_trial": 3}}, "budget.n_trial: unknown key; did you mean 'n_trials'?"),
+        ({"base": {}}, "(base): data: required key is missing"),
     ],
 )
 def test_bad_study(tmp_path: Path, bert_dir: Path, capsys: pytest.CaptureFixture, change: dict, expected: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import tiny
@@ -92,7 +93,7 @@ def test_own_task_by_module_and_class(tmp_path: Path, bert_dir: Path) -> None:
 def test_own_task_needs_usable_metrics() -> None:
     class Broken(Task):
         metrics = ("score",)
-        directions = {"score": "up"}
+        directions: ClassVar[dict[str, str]] = {"score": "up"}
         default_objective = "loss"
 
     sys.modules["_broken_task"] = type(sys)("_broken_task")
@@ -139,7 +140,7 @@ def test_a_metric_may_not_take_a_name_the_trial_report_keeps() -> None:
 
     class Clash(Task):
         metrics = ("precision", "eval_loss")
-        directions = {"precision": "maximize", "eval_loss": "minimize"}
+        directions: ClassVar[dict[str, str]] = {"precision": "maximize", "eval_loss": "minimize"}
 
         def load_examples(self, *a):
             raise NotImplementedError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from functools import cache, lru_cache
+from functools import cache
 
 from trainer.schema import ConfigError, Problem, describe, did_you_mean
 from trainer.tasks._base import Task

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from trainer._loss import balanced_weights, class_weighted_loss
 from trainer._tokenize import length_stats, quiet, unknown_tokens
@@ -21,10 +21,10 @@ class Classification(Task):
 
     name = "classification"
     metrics = ("accuracy", "f1_macro", "eval_loss")
-    directions = {"accuracy": "maximize", "f1_macro": "maximize", "eval_loss": "minimize"}
+    directions: ClassVar[Mapping[str, str]] = {"accuracy": "maximize", "f1_macro": "maximize", "eval_loss": "minimize"}
     default_objective = "accuracy"
     class_weights = True
-    peft_task_type = "SEQ_CLS"
+    peft_task_type: ClassVar[str | None] = "SEQ_CLS"
     model_mapping = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING"
 
     def load_examples(

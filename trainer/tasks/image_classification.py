@@ -78,7 +78,7 @@ class ImageClassification(Classification):
                 try:
                     with Image.open(f) as im:
                         im.verify()
-                except Exception as exc:  # any failure to read is a bad image
+                except Exception as exc:  # noqa: BLE001 - any failure to read is a bad image
                     problems.append(
                         Problem(
                             source,
@@ -91,8 +91,8 @@ class ImageClassification(Classification):
             raise ConfigError(problems)
         texts = {split: [{**r, cfg.data.text_column: r[col]} for r in rows] for split, rows in splits.items()}
         examples = super().load_examples(cfg, texts, paths, source)  # labels checked and mapped as classification's
-        for split in examples.splits().values():
-            for ex in split:
+        for split_examples in examples.splits().values():
+            for ex in split_examples:
                 ex["image"] = ex.pop("text")
         return examples
 
@@ -101,7 +101,7 @@ class ImageClassification(Classification):
 
         try:
             return AutoImageProcessor.from_pretrained(location)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to load is said as a config problem
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise ConfigError(
                 Problem(

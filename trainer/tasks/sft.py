@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from trainer import _chat
 from trainer._chat import ChatTemplate
@@ -23,7 +23,7 @@ class SFT(Task):
 
     name = "sft"
     metrics = ("eval_loss", "perplexity")
-    directions = {"eval_loss": "minimize", "perplexity": "minimize"}
+    directions: ClassVar[Mapping[str, str]] = {"eval_loss": "minimize", "perplexity": "minimize"}
     default_objective = "eval_loss"
     prediction_loss_only = True
     eval_loss_per_token = True
@@ -174,10 +174,11 @@ def sft_with_stats(
             if fitted is not None:
                 row_ids, turns = fitted, turns + 1
         if sum(len(p) for p, _ in row_ids) > max_length:
-            row_ids = _cut_prompt(row_ids, max_length, bos)
-            if row_ids is None:
+            kept = _cut_prompt(row_ids, max_length, bos)
+            if kept is None:
                 dropped += 1  # the (last) response alone is longer than max_length
                 continue
+            row_ids = kept
             cut += 1
         tokens = [t for p, _ in row_ids for t in p]
         labels = [t if (learn or whole) else -100 for p, learn in row_ids for t in p]
@@ -212,7 +213,7 @@ def _pieces(r: dict[str, Any], template: ChatTemplate, tokenizer: Any) -> list[P
         return [(r["prompt"], False), (r["response"], True)]
     try:
         return _chat.segments(template, tokenizer, r["messages"])
-    except Exception as exc:  # a template that fails on a row: the data's or the template's problem
+    except Exception as exc:  # noqa: BLE001 - a template that fails on a row: the data's or the template's problem
         first = next((m["content"] for m in r["messages"] if m["role"] == "user"), "")
         start = first if len(first) <= 60 else first[:57] + "..."
         raise ConfigError(
