@@ -67,3 +67,32 @@ def test_data_report_of_images(tmp_path: Path, resnet: Path, capsys: pytest.Capt
     assert main(["data", str(path)]) == 0
     out = capsys.readouterr().out
     assert "train: 400 rows" in out and "labels: 0 40 (10.0%)" in out
+
+
+def test_lora_on_a_resnet_adapts_its_convolutions_and_reruns(
+    tmp_path: Path, resnet: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    from trainer._model import build_model
+
+    data = tiny.image_config(tmp_path, resnet, learning_rate=1e-2, max_steps=20, eval_every=10)
+    data["peft"] = {"method": "lora", "r": 4}
+    data["save"] = "adapter"
+    cfg = config_from_dict(data, base_dir=tmp_path)
+    model = build_model(cfg, str(resnet), None, 10, [str(i) for i in range(10)])
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(".convolution.lora_A." in n for n in trainable)  # `auto`: the ResNet's Conv2d layers
+    assert all("lora_" in n or "classifier.modules_to_save" in n for n in trainable), trainable
+    assert any("classifier.modules_to_save" in n for n in trainable)  # the new head, trained in full
+    result = run_job(cfg)
+    assert len(result.history) == 2 and result.parameters["trainable_bytes"] < result.parameters["bytes"] / 2
+    adapter = tmp_path / "out" / "adapter"
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert set(saved["target_modules"]) == {"convolution"}
+    assert "classifier" in saved["modules_to_save"] and (adapter / "adapter_model.safetensors").exists()
+    again = tmp_path / "again.yaml"
+    again.write_text((tmp_path / "out" / "config.yaml").read_text())
+    assert main(["train", str(again)]) == 0
+    rerun = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert rerun["history"] == result.history  # the saved config repeats the run exactly
