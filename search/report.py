@@ -71,7 +71,7 @@ def ranked(study: optuna.Study, cfg: StudyConfig, limit: int | None = None) -> l
             return top
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t)]
     sign = [1 if d == "maximize" else -1 for d in cfg.directions]
-    done.sort(key=lambda t: (tuple(-s * v for s, v in zip(sign, t.values)), t.number))
+    done.sort(key=lambda t: (tuple(-s * v for s, v in zip(sign, t.values, strict=False)), t.number))
     if cfg.multi_objective:
         front = {t.number for t in study.best_trials if _finite(t)}
         done.sort(key=lambda t: t.number not in front)
@@ -91,7 +91,7 @@ def summary(study: optuna.Study, cfg: StudyConfig, top: int = 5) -> dict[str, An
     return {
         "study": cfg.name,
         "storage": cfg.storage,
-        "objectives": [{"metric": m, "direction": d} for m, d in zip(cfg.metrics, cfg.directions)],
+        "objectives": [{"metric": m, "direction": d} for m, d in zip(cfg.metrics, cfg.directions, strict=False)],
         "n_trials_target": cfg.budget.n_trials,
         "counts": counts,
         "finished": counts["COMPLETE"] + counts["PRUNED"],
@@ -139,7 +139,7 @@ def fail_reason(t: FrozenTrial) -> str:
 def _trial_row(t: FrozenTrial, cfg: StudyConfig) -> dict[str, Any]:
     return {
         "number": t.number,
-        "values": dict(zip(cfg.metrics, t.values or [])),
+        "values": dict(zip(cfg.metrics, t.values or [], strict=False)),
         "params": t.params,
         "duration_s": t.duration.total_seconds() if t.duration else None,
     }
@@ -185,8 +185,8 @@ def render_table(info: dict[str, Any]) -> str:
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
     title = "pareto front and best trials" if info.get("pareto_front") else f"top {len(body)} trials"
     lines.append(title + ":")
-    lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in body]
+    lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)))
+    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)) for row in body]
     return "\n".join(lines)
 
 
@@ -220,7 +220,7 @@ def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int |
         which = "best" if cfg.use == "best" else "final"
         header.append(
             f"# Its {which} "
-            + ", ".join(f"{m} = {v:.6g}" for m, v in zip(cfg.metrics, trial.values))
+            + ", ".join(f"{m} = {v:.6g}" for m, v in zip(cfg.metrics, trial.values, strict=False))
             + ". Re-run: sftune train "
             + str(out)
         )
@@ -236,12 +236,28 @@ def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int |
             f"# objective.use: best: training stops at step {best_step}, its best evaluation "
             "(train.stop_at_step), with the learning-rate schedule of the full run."
         )
+    chosen = tuned_threshold(trial, config, best_step if cfg.use == "best" else None)
+    if chosen is not None:
+        header.append(
+            f"# task_options.threshold: tune chose {chosen[1]:g} on validation at step {chosen[0]}; this run tunes it "
+            "again the same way and scores any test split at it (to fix it instead: "
+            f"task_options.threshold: {chosen[1]:g})."
+        )
     threads = config.get("train", {}).get("threads")
     if threads:
         header.append(f"# train.threads: {threads} as in the trial, so the numbers match; raise it to train faster.")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False))
     return trial
+
+
+def tuned_threshold(trial: FrozenTrial, config: dict[str, Any], step: int | None) -> tuple[int, float] | None:
+    """The (step, threshold) a `threshold: tune` trial chose: at `step` (its best evaluation) or its last one."""
+    if (config.get("task_options") or {}).get("threshold") != "tune":
+        return None
+    tuned = [h for h in trial.user_attrs.get("history") or [] if "threshold" in h]
+    at = [h for h in tuned if step is not None and h.get("step") == step] or tuned[-1:]
+    return (int(at[0]["step"]), float(at[0]["threshold"])) if at else None
 
 
 def export_path(out: str, number: int | None) -> Path:

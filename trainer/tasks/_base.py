@@ -34,6 +34,9 @@ class Task:
     A study objective must name one of these."""
     directions: ClassVar[Mapping[str, str]] = {"eval_loss": "minimize"}
     """Each metric's natural direction: maximize | minimize."""
+    recorded: ClassVar[tuple[str, ...]] = ()
+    """Values an evaluation reports beside its metrics that are not objectives (multilabel's tuned `threshold`):
+    kept in each evaluation of a trial's history as the metrics are."""
     default_objective: ClassVar[str] = "eval_loss"
     """The metric a study optimizes when its objective is not given."""
     eval_loss_per_token: ClassVar[bool] = False
