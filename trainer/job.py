@@ -544,7 +544,7 @@ def _train(
         gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate,
         **trainer_options(cfg, max_steps),  # optimizer, scheduler options, NEFTune (trainer._optim)
-        warmup_steps=int(round(t.warmup_ratio * max_steps)),
+        warmup_steps=round(t.warmup_ratio * max_steps),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         max_steps=max_steps,
@@ -568,7 +568,7 @@ def _train(
     trainer = _TimedTrainer(
         model=model,
         args=args,
-        train_dataset=prep.train,
+        train_dataset=task.train_rows(cfg, prep.train),  # an image task's augmentation, training only
         eval_dataset=prep.validation,
         data_collator=task.collator(prep.tokenizer),
         compute_metrics=None if task.prediction_loss_only else task.metric_function(cfg, prep.examples),

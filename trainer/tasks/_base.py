@@ -116,6 +116,12 @@ class Task:
 
         return PadCollator(tokenizer.pad_token_id or 0)
 
+    def train_rows(self, cfg: TrainConfig, rows: list[dict[str, Any]]) -> Any:
+        """What training draws its rows from (a list, or a torch Dataset over `rows`): default the tokenized rows
+        as they are; an image task with `task_options.augment` returns them augmented anew at each draw. Evaluation
+        always reads the rows as tokenized."""
+        return rows
+
     # --- model ----------------------------------------------------------------------------------------
 
     def load_model(self, location: str, labels: list[str], **options: Any) -> Any:
