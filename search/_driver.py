@@ -462,11 +462,13 @@ class Driver:
 
 
 def _metric_names(cfg: StudyConfig) -> set[str]:
-    """Every metric a trial of this study may report: its task's, its `eval:` section's, and the objectives."""
+    """Every metric a trial of this study may report: its task's, its `eval:` section's, and the objectives; and what
+    its task records beside them (multilabel's tuned `threshold`)."""
     from trainer import METRICS
     from trainer.tasks import get_task
 
     names = {m for metric_names in METRICS.values() for m in metric_names} | set(cfg.metrics)
     if cfg.base_config is not None:
-        names |= set(get_task(cfg.base_config.task).reported_metrics(cfg.base_config))
+        task = get_task(cfg.base_config.task)
+        names |= set(task.reported_metrics(cfg.base_config)) | set(task.recorded)
     return names

@@ -236,12 +236,28 @@ def export_trial(study: optuna.Study, cfg: StudyConfig, out: Path, number: int |
             f"# objective.use: best: training stops at step {best_step}, its best evaluation "
             "(train.stop_at_step), with the learning-rate schedule of the full run."
         )
+    chosen = tuned_threshold(trial, config, best_step if cfg.use == "best" else None)
+    if chosen is not None:
+        header.append(
+            f"# task_options.threshold: tune chose {chosen[1]:g} on validation at step {chosen[0]}; this run tunes it "
+            "again the same way and scores any test split at it (to fix it instead: "
+            f"task_options.threshold: {chosen[1]:g})."
+        )
     threads = config.get("train", {}).get("threads")
     if threads:
         header.append(f"# train.threads: {threads} as in the trial, so the numbers match; raise it to train faster.")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False))
     return trial
+
+
+def tuned_threshold(trial: FrozenTrial, config: dict[str, Any], step: int | None) -> tuple[int, float] | None:
+    """The (step, threshold) a `threshold: tune` trial chose: at `step` (its best evaluation) or its last one."""
+    if (config.get("task_options") or {}).get("threshold") != "tune":
+        return None
+    tuned = [h for h in trial.user_attrs.get("history") or [] if "threshold" in h]
+    at = [h for h in tuned if step is not None and h.get("step") == step] or tuned[-1:]
+    return (int(at[0]["step"]), float(at[0]["threshold"])) if at else None
 
 
 def export_path(out: str, number: int | None) -> Path:

@@ -33,6 +33,11 @@ ATTENTION_MODULES: dict[str, list[str]] = {
     "gptj": ["q_proj", "k_proj", "v_proj"],
     "phi": ["q_proj", "k_proj", "v_proj"],
     "phi3": ["qkv_proj"],
+    # convolutional image models: LoRA on the convolutions (peft adapts Conv2d; ConvNeXt's pointwise convolutions
+    # are Linear layers, its depthwise ones grouped and left alone)
+    "resnet": ["convolution"],
+    "convnext": ["pwconv1", "pwconv2"],
+    "convnextv2": ["pwconv1", "pwconv2"],
 }
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj"]
 for _name in (
@@ -298,7 +303,8 @@ def load_tokenizer(location: str, source: str = "") -> Any:
 
 def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> list[str] | str:
     """The LoRA target modules: the explicit list, the attention projections of the architecture
-    (`auto`), or `all-linear` (peft's: every linear layer but the output/classification head)."""
+    (`auto`; a convolutional image model: its convolutions), or `all-linear` (peft's: every linear layer but the
+    output/classification head)."""
     import torch
 
     if cfg.peft.target_modules == "all-linear":
@@ -307,7 +313,7 @@ def resolve_target_modules(model: Any, cfg: TrainConfig, source: str = "") -> li
     linear_names = {
         name.rsplit(".", 1)[-1]
         for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) or type(m).__name__ == "Conv1D"
     }
     if cfg.peft.target_modules != "auto":
         wanted = list(cfg.peft.target_modules)

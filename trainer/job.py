@@ -568,7 +568,7 @@ def _train(
     trainer = _TimedTrainer(
         model=model,
         args=args,
-        train_dataset=prep.train,
+        train_dataset=task.train_rows(cfg, prep.train),  # an image task's augmentation, training only
         eval_dataset=prep.validation,
         data_collator=task.collator(prep.tokenizer),
         compute_metrics=None if task.prediction_loss_only else task.metric_function(cfg, prep.examples),

@@ -366,3 +366,28 @@ def test_cuda_memory_figures_are_kept_and_packing_is_judged_once(tmp_path: Path,
     assert t.user_attrs["cuda_peak_mb"] == 650.0 and t.user_attrs["cuda_allocated_end_mb"] == 0.0
     said = [x[1] for x in d.progress.lines if x[0] == "message" and "GPU memory" in x[1]]
     assert len(said) == 1 and said[0].startswith("warning: ") and "over" in said[0]  # 2 x 700+ MiB > 1000 MiB
+
+
+def test_a_tuned_multilabel_threshold_is_kept_in_the_history_and_named_by_export(
+    tmp_path: Path, bert_dir: Path
+) -> None:
+    from search.report import export_trial
+
+    base = tiny.multilabel_config(tmp_path, bert_dir)
+    base["task_options"] = {"threshold": "tune"}
+    objective = {"metric": "f1_micro", "direction": "maximize"}
+    d = _driver(tmp_path, bert_dir, n_trials=1, base=base, objective=objective)
+    d.suggest("t1")
+    _ready(d, "t1")
+    for step, f1, threshold in ((10, 0.6, 0.35), (30, 0.8, 0.4)):
+        evaluation = {"f1_micro": f1, "f1_macro": f1, "exact_match": f1, "eval_loss": 1 - f1, "threshold": threshold}
+        assert d.result("t1", {**evaluation, "step": step, "max_steps": 30}) is False
+    d.complete("t1", {**evaluation, "step": 30, DONE_KEY: True}, error=False)
+    (t,) = d.study.trials
+    assert t.state == TrialState.COMPLETE and t.value == 0.8
+    assert [(h["step"], h["threshold"]) for h in t.user_attrs["history"]] == [(10, 0.35), (30, 0.4)]
+    out = tmp_path / "best.yaml"
+    export_trial(d.study, d.cfg, out, None)
+    text = out.read_text()
+    assert "# task_options.threshold: tune chose 0.4 on validation at step 30;" in text
+    assert "threshold: tune" in text  # the re-run tunes again, as the trial did

@@ -67,3 +67,74 @@ def test_data_report_of_images(tmp_path: Path, resnet: Path, capsys: pytest.Capt
     assert main(["data", str(path)]) == 0
     out = capsys.readouterr().out
     assert "train: 400 rows" in out and "labels: 0 40 (10.0%)" in out
+
+
+def test_lora_on_a_resnet_adapts_its_convolutions_and_reruns(
+    tmp_path: Path, resnet: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    from trainer._model import build_model
+
+    data = tiny.image_config(tmp_path, resnet, learning_rate=1e-2, max_steps=20, eval_every=10)
+    data["peft"] = {"method": "lora", "r": 4}
+    data["save"] = "adapter"
+    cfg = config_from_dict(data, base_dir=tmp_path)
+    model = build_model(cfg, str(resnet), None, 10, [str(i) for i in range(10)])
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(".convolution.lora_A." in n for n in trainable)  # `auto`: the ResNet's Conv2d layers
+    assert all("lora_" in n or "classifier.modules_to_save" in n for n in trainable), trainable
+    assert any("classifier.modules_to_save" in n for n in trainable)  # the new head, trained in full
+    result = run_job(cfg)
+    assert len(result.history) == 2 and result.parameters["trainable_bytes"] < result.parameters["bytes"] / 2
+    adapter = tmp_path / "out" / "adapter"
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert set(saved["target_modules"]) == {"convolution"}
+    assert "classifier" in saved["modules_to_save"] and (adapter / "adapter_model.safetensors").exists()
+    again = tmp_path / "again.yaml"
+    again.write_text((tmp_path / "out" / "config.yaml").read_text())
+    assert main(["train", str(again)]) == 0
+    rerun = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert rerun["history"] == result.history  # the saved config repeats the run exactly
+
+
+def test_augment_changes_training_only_and_repeats_exactly(
+    tmp_path: Path, resnet: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import numpy as np
+
+    from trainer.tasks import get_task
+
+    data = tiny.image_config(tmp_path, resnet, max_steps=10, eval_every=5)
+    plain = config_from_dict(data, base_dir=tmp_path)
+    prep = prepare(plain)
+    data["task_options"] = {"augment": "flip+crop"}
+    cfg = config_from_dict(data, base_dir=tmp_path)
+    task = get_task("image-classification")
+    assert task.train_rows(plain, prep.train) is prep.train  # none: the rows as processed
+    first = prep.train[0]["pixel_values"].copy()
+    rows = task.train_rows(cfg, prep.train)
+    drawn = [rows[i]["pixel_values"] for i in range(8)]
+    assert all(d.shape == prep.train[i]["pixel_values"].shape for i, d in enumerate(drawn))
+    assert not all(np.array_equal(d, prep.train[i]["pixel_values"]) for i, d in enumerate(drawn))
+    again = task.train_rows(cfg, prep.train)  # seeded by train.seed: the same draws
+    assert all(np.array_equal(again[i]["pixel_values"], d) for i, d in enumerate(drawn))
+    flipped = task.train_rows(
+        config_from_dict({**data, "task_options": {"augment": "flip"}}, base_dir=tmp_path), prep.train
+    )
+    for i in range(8):  # a flip is the mirror image or the image itself
+        x, y = flipped[i]["pixel_values"], prep.train[i]["pixel_values"]
+        assert np.array_equal(x, y) or np.array_equal(x, y[..., ::-1])
+    off = run_job(plain, prepared=prep)
+    on = run_job(cfg, prepared=prep)
+    assert run_job(cfg, prepared=prep).history == on.history  # repeats exactly
+    assert on.history != off.history  # trained on other pixels
+    batch = task.collator(None)(prep.validation[:4])  # evaluation batches the rows as processed
+    assert np.array_equal(batch["pixel_values"].numpy(), np.stack([r["pixel_values"] for r in prep.validation[:4]]))
+    assert np.array_equal(prep.train[0]["pixel_values"], first)  # drawing never changes the processed rows
+    recorded = tiny.json.loads((tmp_path / "out" / "metrics.json").read_text())["config"]["task_options"]
+    assert recorded["augment"] == "flip+crop"
+    (tmp_path / "out" / "metrics.json").unlink()
+    data["task_options"] = {"augment": "mirror"}
+    err = tiny.refused_train(tmp_path, data, capsys)
+    assert "train.yaml: task_options.augment: expected one of none, flip, crop, flip+crop, found 'mirror'" in err

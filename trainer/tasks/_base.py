@@ -34,6 +34,9 @@ class Task:
     A study objective must name one of these."""
     directions: ClassVar[Mapping[str, str]] = {"eval_loss": "minimize"}
     """Each metric's natural direction: maximize | minimize."""
+    recorded: ClassVar[tuple[str, ...]] = ()
+    """Values an evaluation reports beside its metrics that are not objectives (multilabel's tuned `threshold`):
+    kept in each evaluation of a trial's history as the metrics are."""
     default_objective: ClassVar[str] = "eval_loss"
     """The metric a study optimizes when its objective is not given."""
     eval_loss_per_token: ClassVar[bool] = False
@@ -112,6 +115,12 @@ class Task:
         from trainer._tokenize import PadCollator
 
         return PadCollator(tokenizer.pad_token_id or 0)
+
+    def train_rows(self, cfg: TrainConfig, rows: list[dict[str, Any]]) -> Any:
+        """What training draws its rows from (a list, or a torch Dataset over `rows`): default the tokenized rows
+        as they are; an image task with `task_options.augment` returns them augmented anew at each draw. Evaluation
+        always reads the rows as tokenized."""
+        return rows
 
     # --- model ----------------------------------------------------------------------------------------
 

@@ -30,6 +30,10 @@ class TaskOptions:
     same tag is one entity; O is outside)."""
     image_column: str = "image"
     """image-classification: the image path column of a table (relative paths from the table's folder)."""
+    augment: Literal["none", "flip", "crop", "flip+crop"] = "none"
+    """image-classification: light augmentation of training images only, drawn anew each time a row is batched and
+    seeded by `train.seed`: `flip` mirrors left-right with p=0.5, `crop` takes a random crop (0.8-1.0 of the area,
+    aspect 3/4-4/3) resized back; validation and test images are never augmented."""
 
 
 DATA_FIELDS = ("target_columns", "standardize", "tokens_column", "tags_column", "tag_scheme", "image_column")

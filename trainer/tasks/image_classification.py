@@ -137,6 +137,10 @@ class ImageClassification(Classification):
 
         return collate
 
+    def train_rows(self, cfg: TrainConfig, rows: list[dict[str, Any]]) -> Any:
+        augment = cfg.task_options.augment
+        return rows if augment == "none" else AugmentedRows(rows, augment.split("+"), cfg.train.seed)
+
     def load_model(self, location: str, labels: list[str], **options: Any) -> Any:
         from transformers import AutoModelForImageClassification
 
@@ -151,3 +155,54 @@ class ImageClassification(Classification):
 
     def show_row(self, row: dict[str, Any], labels: list[str]) -> str | None:
         return f"{Path(row['image']).name} ({labels[row['label']]})"
+
+
+CROP_SCALE = (0.8, 1.0)
+"""`augment: crop`: the share of the image's area a crop keeps."""
+CROP_RATIO = (3 / 4, 4 / 3)
+"""`augment: crop`: the crop's aspect ratio (width over height), drawn log-uniformly."""
+
+
+class AugmentedRows:
+    """Training rows whose `pixel_values` (channels, height, width) are augmented each time one is read: a random
+    resized crop (`crop`), then a left-right flip with p=0.5 (`flip`). One generator seeded by `seed` draws them
+    all, so a run that reads its rows in the same (seeded) order repeats exactly."""
+
+    def __init__(self, rows: list[dict[str, Any]], kinds: list[str], seed: int) -> None:
+        import numpy as np
+
+        self.rows, self.kinds = rows, kinds
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import numpy as np
+
+        row = self.rows[i]
+        x = np.asarray(row["pixel_values"])
+        if "crop" in self.kinds:
+            x = random_resized_crop(x, self.rng)
+        if "flip" in self.kinds and self.rng.random() < 0.5:
+            x = x[..., ::-1]
+        return {**row, "pixel_values": np.ascontiguousarray(x)}
+
+
+def random_resized_crop(x: Any, rng: Any) -> Any:
+    """A crop of `x` (channels, height, width) covering CROP_SCALE of its area at an aspect in CROP_RATIO, at a
+    random place, resized back to the full size (bilinear)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    _, height, width = x.shape
+    area = height * width * rng.uniform(*CROP_SCALE)
+    ratio = math.exp(rng.uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])))
+    w = min(width, max(1, round(math.sqrt(area * ratio))))
+    h = min(height, max(1, round(math.sqrt(area / ratio))))
+    top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+    crop = torch.from_numpy(np.ascontiguousarray(x[:, top : top + h, left : left + w], dtype=np.float32))
+    resized = torch.nn.functional.interpolate(crop[None], size=(height, width), mode="bilinear", align_corners=False)
+    return resized[0].numpy().astype(x.dtype, copy=False)

@@ -30,6 +30,7 @@ class Multilabel(Task):
         "eval_loss": "minimize",
     }
     default_objective = "f1_micro"
+    recorded = ("threshold",)  # with `threshold: tune`: the one each evaluation chose
     class_weights = True
     peft_task_type = "SEQ_CLS"
     model_mapping = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING"
