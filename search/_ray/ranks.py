@@ -231,9 +231,9 @@ def _ranks_on(resources: Mapping[str, float], cpu: float, gpu: float) -> int:
     return min(counts) if counts else 0
 
 
-COORDINATOR_CPU = 0.01
-"""The CPU a multi-worker trial's Tune actor asks for: it only waits on its ranks (a local cluster adds one CPU
-for all of them, `search._ray.resources.local_cluster_cpus`)."""
+COORDINATOR = {"cpu": 0, "memory": 1}
+"""What a multi-worker trial's Tune actor asks for: no CPU (it only waits on its ranks, so a node with one CPU
+still holds a rank beside it) and one byte of memory, since Tune refuses an empty request."""
 
 
 # ---- a failed Train run, judged ------------------------------------------------------------------------------
@@ -312,8 +312,8 @@ def runnable(cfg: Any, prepared: Any, per_rank: Mapping[str, float]) -> Any:
     """In the driver: the Tune trainable of a study whose trials run `resources.workers` ranks of `per_rank` each.
 
     The study's tokenized data is put in Ray's object store once, here; every rank of every trial reads it from
-    there. The Tune trial itself (the coordinator, and Ray Train's controller beside it) asks for a sliver of a CPU
-    (`COORDINATOR_CPU`; Tune refuses none): the ranks ask for theirs."""
+    there. The Tune trial itself (the coordinator, and Ray Train's controller beside it) asks for no CPU
+    (`COORDINATOR`): the ranks ask for theirs."""
     import ray
     from ray import tune
 
@@ -325,7 +325,7 @@ def runnable(cfg: Any, prepared: Any, per_rank: Mapping[str, float]) -> Any:
     }
     shared = {"ref": ray.put(prepared)} if prepared is not None else None
     return tune.with_resources(
-        tune.with_parameters(_trial_class(), prepared=shared, ranks=ranks), {"cpu": COORDINATOR_CPU}
+        tune.with_parameters(_trial_class(), prepared=shared, ranks=ranks), dict(COORDINATOR)
     )
 
 

@@ -42,8 +42,8 @@ def local_request(cfg: StudyConfig) -> dict[str, float]:
 
 def local_cluster_cpus(cfg: StudyConfig) -> int:
     """The CPUs a local cluster offers Ray: one slot per concurrent trial (`budget.concurrency`), or per rank of
-    each when trials run over several workers (`resources.workers`), with one more CPU for their coordinators
-    (`search._ray.ranks.COORDINATOR_CPU` each)."""
+    each when trials run over several workers (`resources.workers`; their coordinators ask for no CPU,
+    `search._ray.ranks.COORDINATOR`)."""
     if cfg.resources.workers > 1:
-        return cfg.budget.concurrency * LOCAL_SLOT_CPUS * cfg.resources.workers + 1
+        return cfg.budget.concurrency * LOCAL_SLOT_CPUS * cfg.resources.workers
     return cfg.budget.concurrency * LOCAL_SLOT_CPUS

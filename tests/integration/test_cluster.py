@@ -111,6 +111,45 @@ def test_trials_spread_over_both_nodes_with_the_data_sent_through_ray(
     assert {t.user_attrs.get("node") for t in trials} == {n.node_id() for n in two_nodes.nodes}
 
 
+def test_a_two_worker_trial_trains_one_rank_on_each_node(tmp_path: Path, bert_dir: Path, two_nodes: Cluster) -> None:
+    """`resources.workers: 2` on the two-node cluster `ray start` made (1 CPU each): each trial's two ranks are
+    placed one per node, the study counts one trial per slot, and every rank process is gone afterwards."""
+    path = tiny.study_file(
+        tmp_path,
+        bert_dir,
+        name="ranks2",
+        n_trials=2,
+        concurrency=1,
+        max_steps=10,
+        eval_every=5,
+        resources={"cpu": 1, "workers": 2},
+    )
+    run = _sftune(path, "--address", two_nodes.address, env=_env())
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    trials = _trials(tmp_path, "ranks2")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, out  # one trial per slot, never one per rank
+    node_ids = {n.node_id() for n in two_nodes.nodes}
+    for t in trials:
+        ranks = t.user_attrs["ranks"]
+        assert [r["rank"] for r in ranks] == [0, 1]
+        assert {r["node"] for r in ranks} == node_ids, ranks  # one rank per node
+        assert sorted(t.intermediate_values) == [5, 10]
+    pids = [r["pid"] for t in trials for r in t.user_attrs["ranks"]]
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in pids if _alive(pid)], "rank processes left running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_more_cpus_per_trial_than_any_node_has(tmp_path: Path, bert_dir: Path, two_nodes: Cluster) -> None:
     path = tiny.study_file(tmp_path, bert_dir, name="big", n_trials=1)
     err = _bad_input(_sftune(path, "--address", two_nodes.address, "--set", "resources.cpu=2", env=_env()))
