@@ -324,9 +324,7 @@ def runnable(cfg: Any, prepared: Any, per_rank: Mapping[str, float]) -> Any:
         "fsdp": cfg.resources.fsdp,
     }
     shared = {"ref": ray.put(prepared)} if prepared is not None else None
-    return tune.with_resources(
-        tune.with_parameters(_trial_class(), prepared=shared, ranks=ranks), dict(COORDINATOR)
-    )
+    return tune.with_resources(tune.with_parameters(_trial_class(), prepared=shared, ranks=ranks), dict(COORDINATOR))
 
 
 GROUP_KEY = "placement_group"
