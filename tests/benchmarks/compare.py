@@ -81,9 +81,43 @@ sys.path.insert(0, str(REPO / "tests"))
 # ---------------------------------------------------------------------------------------------- task
 
 
+def write_subset(dataset: str, seed: int, n_train: int, n_eval: int, data_dir: Path) -> None:
+    """A seeded subset of a dataset of ../shared/data: data_dir/train.jsonl and data_dir/validation.jsonl."""
+    import random
+
+    src = SHARED / dataset
+    train_rows = (src / "train.jsonl").read_text().splitlines()
+    val_file = src / "validation.jsonl" if (src / "validation.jsonl").exists() else src / "test.jsonl"
+    val_rows = val_file.read_text().splitlines()
+    rng = random.Random(seed)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "train.jsonl").write_text("\n".join(rng.sample(train_rows, min(n_train, len(train_rows)))) + "\n")
+    (data_dir / "validation.jsonl").write_text("\n".join(rng.sample(val_rows, min(n_eval, len(val_rows)))) + "\n")
+
+
+def lora_base(
+    model: str, data_dir: Path, max_steps: int, eval_every: int, max_length: int, seed: int, out: Path
+) -> dict[str, Any]:
+    """The base train config every system trains from: LoRA classification on data_dir's subset."""
+    return {
+        "model": model,
+        "task": "classification",
+        "data": {"train": str(data_dir / "train.jsonl"), "validation": str(data_dir / "validation.jsonl")},
+        "peft": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05},
+        "train": {
+            "learning_rate": 3e-4,
+            "batch_size": 16,
+            "max_steps": max_steps,
+            "eval_every": eval_every,
+            "max_length": max_length,
+            "seed": seed,
+        },
+        "output_dir": str(out / "unused"),
+    }
+
+
 def make_task(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Write the data subset and the base train config; returns the task description."""
-    import random
 
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -95,32 +129,8 @@ def make_task(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         tiny.write_jsonl(data_dir / "validation.jsonl", tiny.sentiment_rows(100, seed=2))
     else:
         model = args.model
-        src = SHARED / args.dataset
-        train_rows = (src / "train.jsonl").read_text().splitlines()
-        val_file = src / "validation.jsonl" if (src / "validation.jsonl").exists() else src / "test.jsonl"
-        val_rows = val_file.read_text().splitlines()
-        rng = random.Random(args.seed)
-        (data_dir / "train.jsonl").write_text(
-            "\n".join(rng.sample(train_rows, min(args.train_samples, len(train_rows)))) + "\n"
-        )
-        (data_dir / "validation.jsonl").write_text(
-            "\n".join(rng.sample(val_rows, min(args.eval_samples, len(val_rows)))) + "\n"
-        )
-    base = {
-        "model": model,
-        "task": "classification",
-        "data": {"train": str(data_dir / "train.jsonl"), "validation": str(data_dir / "validation.jsonl")},
-        "peft": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05},
-        "train": {
-            "learning_rate": 3e-4,
-            "batch_size": 16,
-            "max_steps": args.max_steps,
-            "eval_every": args.eval_every,
-            "max_length": args.max_length,
-            "seed": args.seed,
-        },
-        "output_dir": str(out / "unused"),
-    }
+        write_subset(args.dataset, args.seed, args.train_samples, args.eval_samples, data_dir)
+    base = lora_base(model, data_dir, args.max_steps, args.eval_every, args.max_length, args.seed, out)
     return {
         "base": base,
         "space": str(Path(args.space).resolve()),

@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("SFTUNE_SHARED_DATA", REPO.parent / "shared" / "data"))
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from compare import lora_base, write_subset  # noqa: E402 - the same data subset and base config as compare.py
 
 # -------------------------------------------------------------------------------------------- record
 
@@ -53,28 +54,8 @@ def record(args: argparse.Namespace) -> Path:
     variant = f"sample{args.early_sample:g}" if args.early_sample else "full"
     out = Path(args.out) / f"{args.dataset}-{variant}"
     out.mkdir(parents=True, exist_ok=True)
-    src = SHARED / args.dataset
-    train_rows = (src / "train.jsonl").read_text().splitlines()
-    val_file = src / "validation.jsonl" if (src / "validation.jsonl").exists() else src / "test.jsonl"
-    val_rows = val_file.read_text().splitlines()
-    rng = random.Random(0)  # the same subset as compare.py's --seed 0
-    (out / "train.jsonl").write_text("\n".join(rng.sample(train_rows, min(args.train_samples, len(train_rows)))) + "\n")
-    (out / "validation.jsonl").write_text("\n".join(rng.sample(val_rows, min(args.eval_samples, len(val_rows)))) + "\n")
-    base: dict[str, Any] = {
-        "model": args.model,
-        "task": "classification",
-        "data": {"train": str(out / "train.jsonl"), "validation": str(out / "validation.jsonl")},
-        "peft": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05},
-        "train": {
-            "learning_rate": 3e-4,
-            "batch_size": 16,
-            "max_steps": args.max_steps,
-            "eval_every": args.eval_every,
-            "max_length": 64,
-            "seed": 0,
-        },
-        "output_dir": str(out / "unused"),
-    }
+    write_subset(args.dataset, 0, args.train_samples, args.eval_samples, out)  # compare.py's --seed 0 subset
+    base = lora_base(args.model, out, args.max_steps, args.eval_every, 64, 0, out)
     if args.early_sample:
         base["eval"] = {"early_sample": args.early_sample}
     study = {

@@ -33,21 +33,26 @@ def user_task_importable():
         os.environ["PYTHONPATH"] = old
 
 
-def test_out_of_memory_trial_fails_alone_and_is_not_retried(tmp_path: Path, llama_dir: Path, ray_cluster: None) -> None:
-    base = tiny.sft_config(tmp_path, llama_dir, max_steps=6, eval_every=3)
+def _oom_study(tmp: Path, llama_dir: Path, name: str, batches: list[int], budget: dict) -> Path:
+    """A grid study of the out-of-memory task over `train.batch_size` (16 rows and more run out at step 3)."""
+    base = tiny.sft_config(tmp, llama_dir, max_steps=6, eval_every=3)
     base["task"] = "_oom_task:OomSFT"
     study = {
-        "name": "oom",
+        "name": name,
         "objective": {"metric": "eval_loss", "direction": "minimize"},
         "sampler": {"name": "grid"},
         "pruner": {"name": "none"},
-        "budget": {"n_trials": 3, "concurrency": 1},
+        "budget": budget,
         "resources": {"cpu": 1},
         "base": base,
-        "space": {"train.batch_size": {"type": "categorical", "choices": [4, 16, 8]}},
-        "output_dir": str(tmp_path / "runs"),
+        "space": {"train.batch_size": {"type": "categorical", "choices": batches}},
+        "output_dir": str(tmp / "runs"),
     }
-    path = tiny.write_config(tmp_path / "oom.yaml", study)
+    return tiny.write_config(tmp / f"{name}.yaml", study)
+
+
+def test_out_of_memory_trial_fails_alone_and_is_not_retried(tmp_path: Path, llama_dir: Path, ray_cluster: None) -> None:
+    path = _oom_study(tmp_path, llama_dir, "oom", [4, 16, 8], {"n_trials": 3, "concurrency": 1})
     assert main(["run", str(path)]) == 0
     trials = optuna.load_study(study_name="oom", storage=f"sqlite:///{tmp_path / 'oom.db'}").trials
     by_batch = {t.params["train.batch_size"]: t for t in trials}
@@ -98,20 +103,7 @@ def test_the_python_api_raises_run_failed_with_the_study_as_stored(
     run's own reason, and the study's trials as stored (FAIL with their error)."""
     import sftune
 
-    base = tiny.sft_config(tmp_path, llama_dir, max_steps=6, eval_every=3)
-    base["task"] = "_oom_task:OomSFT"
-    study = {
-        "name": "fails",
-        "objective": {"metric": "eval_loss", "direction": "minimize"},
-        "sampler": {"name": "grid"},
-        "pruner": {"name": "none"},
-        "budget": {"n_trials": 3, "concurrency": 1, "max_failures": 0},
-        "resources": {"cpu": 1},
-        "base": base,
-        "space": {"train.batch_size": {"type": "categorical", "choices": [16, 32]}},
-        "output_dir": str(tmp_path / "runs"),
-    }
-    path = tiny.write_config(tmp_path / "fails.yaml", study)
+    path = _oom_study(tmp_path, llama_dir, "fails", [16, 32], {"n_trials": 3, "concurrency": 1, "max_failures": 0})
     with pytest.raises(sftune.RunFailed) as raised:
         sftune.run(path, say=None)
     failed = raised.value
