@@ -494,125 +494,24 @@ def load_study(
     path = find_study_file(path)
     source = str(path)
     problems: list[Problem] = []
-    known = {**{k: None for k in STUDY_KEYS}, **{f"base.{k}": v for k, v in FIELDS.items()}}
-    # Sampler and pruner options and space entries are free-form here; they are checked below.
-    known.update(
-        {
-            item.split("=", 1)[0].strip(): None
-            for item in overrides or []
-            if item.startswith(("sampler.", "pruner.", "space.", "tracking."))
-        }
-    )
-    parsed = parse_overrides(overrides, known, problems)
-    raw = read_yaml(path, "study")
-    raw = apply_overrides(raw, {k: v for k, v in parsed.items() if not k.startswith("base.")})
-    if n_trials is not None:
-        set_dotted(raw, "budget.n_trials", n_trials)
-    if storage is not None:
-        raw["storage"] = storage
-    study = build(StudyFile, raw, source=source, problems=problems)
-    if study is None:
-        raise ConfigError(problems)
-    problems += _storage_problems(
-        study.storage or "",
-        "--storage" if storage is not None else source,
-        default_storage(path, study.name or "study"),
-    )
+    parsed = _parse_study_overrides(overrides, problems)
+    study = _read_study_file(path, parsed, n_trials, storage, problems)
     base_dir = path.resolve().parent
-
-    # The base train config and the space: each inline, or a path to its own file.
-    base_raw, base_source, base_root = _inline_or_file(
-        study.base, "base", "base train config", base_dir, source, problems
-    )
-    if isinstance(study.base, dict):
-        base_source = f"{source} (base)"
     notes: list[str] = []
-    _study_set_keys(study.base, base_raw, base_source, parsed, source, problems, notes)
-    base_raw = apply_overrides(base_raw or {}, {k[5:]: v for k, v in parsed.items() if k.startswith("base.")})
-    base_cfg = None
-    if base_raw or not problems:  # an empty base (`base: {}`) is checked too; one that did not load was said
-        base_cfg = config_from_dict(base_raw, source=base_source, base_dir=base_root, problems=problems)
-    base = base_cfg.to_dict() if base_cfg is not None else {}
-
-    space_raw, space_source, space_dir = _inline_or_file(study.space, "space", "space", base_dir, source, problems)
-    prefix = "" if space_source != source else "space."
-    space = (
-        parse_space(space_raw, source=space_source, base_dir=space_dir, problems=problems, prefix=prefix)
-        if space_raw is not None
-        else Space([])
-    )
-    unfixed_base = None
-    if base and space.fixed and not problems:
-        unfixed_base = base
-        base_cfg = _apply_fixed(space, base, base_root, prefix, problems) or base_cfg
-        assert base_cfg is not None  # `base` is non-empty only when base_cfg was built
-        # Only the fixed keys change (as the checked config holds them): the rest stays as a study made
-        # before them fingerprinted it.
-        checked = base_cfg.to_dict()
-        base = apply_overrides(base, {key: _dotted(checked, key) for key in space.fixed})
-    if base and space.params and not problems:
-        _check_space_values(space, base, base_root, prefix, problems)
-        check_space_with_base(space, base_cfg, prefix, problems)
-
+    base_cfg, base, base_root = _load_base(study, parsed, base_dir, source, problems, notes)
+    space, prefix = _load_space(study, base_dir, source, problems)
+    base_cfg, base, unfixed_base = _fix_and_check_space(space, base_cfg, base, base_root, prefix, problems)
     task = base_cfg.task if base_cfg is not None else "classification"
     objectives = _objectives(study.objective, task, source, problems, base_cfg)
     sampler = _options("sampler", study.sampler, SAMPLERS, "sampler", source, problems)
     pruner = _options("pruner", study.pruner, PRUNERS, "pruner", source, problems)
-    if sampler and sampler["name"] == "grid":
-        for p in space.params:
-            if p.grid_values() is None:
-                problems.append(
-                    Problem(
-                        source,
-                        "sampler.name",
-                        f"grid needs a finite space, but {p.name} is a "
-                        "continuous float; give it a `step` or use categorical choices",
-                    )
-                )
-    if sampler and sampler["name"] in ("cmaes", "gp", "qmc") and len(objectives) > 1 and sampler["name"] != "gp":
-        problems.append(
-            Problem(
-                source,
-                "sampler.name",
-                f"{sampler['name']} handles one objective; use tpe, nsga2, gp or random for a multi-objective study",
-            )
-        )
+    _check_sampler(sampler, space, objectives, source, problems)
     if pruner:
         _check_pruner(pruner, objectives, source, problems)
-    b = study.budget
-    if b.n_trials < 1:
-        problems.append(Problem(source, "budget.n_trials", f"must be >= 1, found {b.n_trials}"))
-    if b.concurrency < 1:
-        problems.append(Problem(source, "budget.concurrency", f"must be >= 1, found {b.concurrency}"))
-    if b.timeout is not None and b.timeout <= 0:
-        problems.append(Problem(source, "budget.timeout", f"must be > 0 seconds, found {b.timeout}"))
-    if b.max_failures is not None and b.max_failures < 0:
-        problems.append(Problem(source, "budget.max_failures", f"must be >= 0, found {b.max_failures}"))
-    r = study.resources
-    if r.cpu <= 0:
-        problems.append(Problem(source, "resources.cpu", f"must be > 0, found {r.cpu}"))
-    if r.gpu < 0:
-        problems.append(Problem(source, "resources.gpu", f"must be >= 0, found {r.gpu}"))
-    if r.workers != 1 or r.batch != "per_worker" or r.fsdp:
-        from search._ray.ranks import ranks_problems
-
-        problems.extend(ranks_problems(r, base_cfg, space, source))
-    if study.artifacts and "://" in study.artifacts and not study.artifacts.startswith("s3://"):
-        problems.append(
-            Problem(source, "artifacts", f"expected a folder or s3://bucket/prefix, found {study.artifacts!r}")
-        )
-    if study.keep_best is not None and study.keep_best < 1:
-        problems.append(
-            Problem(source, "keep_best", f"must be >= 1 (or null to keep every trial's files), found {study.keep_best}")
-        )
-    if not study.name or not isinstance(study.name, str):
-        problems.append(Problem(source, "name", "expected a non-empty study name"))
-    from search.warm_start import parse_warm_start
-
-    warm_start = parse_warm_start(study.warm_start, source, problems)
-    from search.tracking import parse_tracking
-
-    tracking = parse_tracking(study.tracking, source, problems)
+    _check_budget(study.budget, source, problems)
+    _check_resources(study.resources, base_cfg, space, source, problems)
+    _check_outputs(study, source, problems)
+    warm_start, tracking = _warm_start_and_tracking(study, source, problems)
     if problems:
         raise ConfigError(problems)
     assert base_cfg is not None  # a base that was not built is a problem raised above
@@ -636,6 +535,182 @@ def load_study(
         warm_start=warm_start,
         tracking=tracking,
     )
+
+
+def _parse_study_overrides(overrides: list[str] | None, problems: list[Problem]) -> dict[str, Any]:
+    """The `--set KEY=VALUE` overrides, parsed against the study's keys and the base config's fields."""
+    known = {**{k: None for k in STUDY_KEYS}, **{f"base.{k}": v for k, v in FIELDS.items()}}
+    # Sampler and pruner options and space entries are free-form here; they are checked below.
+    known.update(
+        {
+            item.split("=", 1)[0].strip(): None
+            for item in overrides or []
+            if item.startswith(("sampler.", "pruner.", "space.", "tracking."))
+        }
+    )
+    return parse_overrides(overrides, known, problems)
+
+
+def _read_study_file(
+    path: Path, parsed: dict[str, Any], n_trials: int | None, storage: str | None, problems: list[Problem]
+) -> StudyFile:
+    """The study file with the study-level overrides, `n_trials` and `storage` applied, and its storage checked;
+    raise ConfigError when it does not build."""
+    source = str(path)
+    raw = read_yaml(path, "study")
+    raw = apply_overrides(raw, {k: v for k, v in parsed.items() if not k.startswith("base.")})
+    if n_trials is not None:
+        set_dotted(raw, "budget.n_trials", n_trials)
+    if storage is not None:
+        raw["storage"] = storage
+    study: StudyFile | None = build(StudyFile, raw, source=source, problems=problems)
+    if study is None:
+        raise ConfigError(problems)
+    problems.extend(
+        _storage_problems(
+            study.storage or "",
+            "--storage" if storage is not None else source,
+            default_storage(path, study.name or "study"),
+        )
+    )
+    return study
+
+
+def _load_base(
+    study: StudyFile,
+    parsed: dict[str, Any],
+    base_dir: Path,
+    source: str,
+    problems: list[Problem],
+    notes: list[str],
+) -> tuple[TrainConfig | None, dict[str, Any], Path]:
+    """The base train config (inline, or a path to its own file) with the `base.` overrides applied: the checked
+    config (None when it was not built), it as a mapping, and the folder its relative paths start from."""
+    base_raw, base_source, base_root = _inline_or_file(
+        study.base, "base", "base train config", base_dir, source, problems
+    )
+    if isinstance(study.base, dict):
+        base_source = f"{source} (base)"
+    _study_set_keys(study.base, base_raw, base_source, parsed, source, problems, notes)
+    base_raw = apply_overrides(base_raw or {}, {k[5:]: v for k, v in parsed.items() if k.startswith("base.")})
+    base_cfg = None
+    if base_raw or not problems:  # an empty base (`base: {}`) is checked too; one that did not load was said
+        base_cfg = config_from_dict(base_raw, source=base_source, base_dir=base_root, problems=problems)
+    base = base_cfg.to_dict() if base_cfg is not None else {}
+    return base_cfg, base, base_root
+
+
+def _load_space(study: StudyFile, base_dir: Path, source: str, problems: list[Problem]) -> tuple[Space, str]:
+    """The search space (inline, or a path to its own file), and the prefix its problems' keys take."""
+    space_raw, space_source, space_dir = _inline_or_file(study.space, "space", "space", base_dir, source, problems)
+    prefix = "" if space_source != source else "space."
+    space = (
+        parse_space(space_raw, source=space_source, base_dir=space_dir, problems=problems, prefix=prefix)
+        if space_raw is not None
+        else Space([])
+    )
+    return space, prefix
+
+
+def _fix_and_check_space(
+    space: Space,
+    base_cfg: TrainConfig | None,
+    base: dict[str, Any],
+    base_root: Path,
+    prefix: str,
+    problems: list[Problem],
+) -> tuple[TrainConfig | None, dict[str, Any], dict[str, Any] | None]:
+    """The base with the space's `fixed:` values applied (config, mapping, and the mapping before them, or None),
+    and the space's values checked against it."""
+    unfixed_base = None
+    if base and space.fixed and not problems:
+        unfixed_base = base
+        base_cfg = _apply_fixed(space, base, base_root, prefix, problems) or base_cfg
+        assert base_cfg is not None  # `base` is non-empty only when base_cfg was built
+        # Only the fixed keys change (as the checked config holds them): the rest stays as a study made
+        # before them fingerprinted it.
+        checked = base_cfg.to_dict()
+        base = apply_overrides(base, {key: _dotted(checked, key) for key in space.fixed})
+    if base and space.params and not problems:
+        _check_space_values(space, base, base_root, prefix, problems)
+        check_space_with_base(space, base_cfg, prefix, problems)
+    return base_cfg, base, unfixed_base
+
+
+def _check_sampler(
+    sampler: dict[str, Any] | None, space: Space, objectives: list[Objective], source: str, problems: list[Problem]
+) -> None:
+    """The sampler fits the study: grid needs a finite space, and cmaes and qmc one objective."""
+    if sampler and sampler["name"] == "grid":
+        for p in space.params:
+            if p.grid_values() is None:
+                problems.append(
+                    Problem(
+                        source,
+                        "sampler.name",
+                        f"grid needs a finite space, but {p.name} is a "
+                        "continuous float; give it a `step` or use categorical choices",
+                    )
+                )
+    if sampler and sampler["name"] in ("cmaes", "gp", "qmc") and len(objectives) > 1 and sampler["name"] != "gp":
+        problems.append(
+            Problem(
+                source,
+                "sampler.name",
+                f"{sampler['name']} handles one objective; use tpe, nsga2, gp or random for a multi-objective study",
+            )
+        )
+
+
+def _check_budget(b: Budget, source: str, problems: list[Problem]) -> None:
+    """The budget's counts and timeout are in range."""
+    if b.n_trials < 1:
+        problems.append(Problem(source, "budget.n_trials", f"must be >= 1, found {b.n_trials}"))
+    if b.concurrency < 1:
+        problems.append(Problem(source, "budget.concurrency", f"must be >= 1, found {b.concurrency}"))
+    if b.timeout is not None and b.timeout <= 0:
+        problems.append(Problem(source, "budget.timeout", f"must be > 0 seconds, found {b.timeout}"))
+    if b.max_failures is not None and b.max_failures < 0:
+        problems.append(Problem(source, "budget.max_failures", f"must be >= 0, found {b.max_failures}"))
+
+
+def _check_resources(
+    r: Resources, base_cfg: TrainConfig | None, space: Space, source: str, problems: list[Problem]
+) -> None:
+    """Each trial's resources are in range, and a trial of several ranks can run them."""
+    if r.cpu <= 0:
+        problems.append(Problem(source, "resources.cpu", f"must be > 0, found {r.cpu}"))
+    if r.gpu < 0:
+        problems.append(Problem(source, "resources.gpu", f"must be >= 0, found {r.gpu}"))
+    if r.workers != 1 or r.batch != "per_worker" or r.fsdp:
+        from search._ray.ranks import ranks_problems
+
+        problems.extend(ranks_problems(r, base_cfg, space, source))
+
+
+def _check_outputs(study: StudyFile, source: str, problems: list[Problem]) -> None:
+    """The artifact location, `keep_best` and the study's name are valid."""
+    if study.artifacts and "://" in study.artifacts and not study.artifacts.startswith("s3://"):
+        problems.append(
+            Problem(source, "artifacts", f"expected a folder or s3://bucket/prefix, found {study.artifacts!r}")
+        )
+    if study.keep_best is not None and study.keep_best < 1:
+        problems.append(
+            Problem(source, "keep_best", f"must be >= 1 (or null to keep every trial's files), found {study.keep_best}")
+        )
+    if not study.name or not isinstance(study.name, str):
+        problems.append(Problem(source, "name", "expected a non-empty study name"))
+
+
+def _warm_start_and_tracking(study: StudyFile, source: str, problems: list[Problem]) -> tuple[list[Any], Any]:
+    """The parsed `warm_start:` and `tracking:` values."""
+    from search.warm_start import parse_warm_start
+
+    warm_start = parse_warm_start(study.warm_start, source, problems)
+    from search.tracking import parse_tracking
+
+    tracking = parse_tracking(study.tracking, source, problems)
+    return warm_start, tracking
 
 
 def _check_pruner(pruner: dict[str, Any], objectives: list[Objective], source: str, problems: list[Problem]) -> None:
