@@ -194,114 +194,165 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
         key = str(key)
         if key == "fixed":
             space.fixed = _parse_fixed(spec, bad)
-            continue
-        if key == "python":
-            if not isinstance(spec, str) or ":" not in spec:
-                bad(key, f"expected 'module:function', found {describe(spec)}")
-                continue
-            try:
-                _import_function(spec, base_dir)
-            except Exception as exc:  # noqa: BLE001 - any failure to import is the user's module
-                bad(key, f"cannot import {spec!r}: {type(exc).__name__}: {exc}")
-                continue
-            space.python = spec
-            continue
-        if key not in LEAF_FIELDS:
-            bad(key, f"not a train-config field{did_you_mean(key, LEAF_FIELDS)}")
-            continue
-        if not isinstance(spec, dict):
-            bad(
-                key, f"expected a parameter spec such as {{type: float, low: 1e-5, high: 1e-3}}, found {describe(spec)}"
-            )
-            continue
-        kind = spec.get("type")
-        if kind is None and "choices" in spec:
-            kind = "categorical"
-        if kind not in TYPES:
-            bad(
-                f"{key}.type",
-                f"expected one of {', '.join(TYPES)}, found {describe(kind)}"
-                + (did_you_mean(kind, TYPES) if isinstance(kind, str) else ""),
-            )
-            continue
-        for extra in set(spec) - SPEC_KEYS[kind]:
-            bad(f"{key}.{extra}", f"unknown option for a {kind} parameter{did_you_mean(str(extra), SPEC_KEYS[kind])}")
-        param = Param(name=key, type=kind)
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                bad(f"{key}.choices", f"expected a non-empty list, found {describe(choices)}")
-            elif not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
-                bad(f"{key}.choices", "choices must be null, booleans, numbers or strings")
-            else:
-                param.choices = choices
+        elif key == "python":
+            python = _parse_python(spec, base_dir, bad)
+            if python is not None:
+                space.python = python
         else:
-            low, high = spec.get("low"), spec.get("high")
-            ok = True
-            for name, v in (("low", low), ("high", high)):
-                if isinstance(v, str):
-                    try:
-                        v = float(v)
-                    except ValueError:
-                        pass
-                if not _number(v):
-                    bad(f"{key}.{name}", f"expected a number, found {describe(v)}")
-                    ok = False
-                elif kind == "int" and not float(cast(float, v)).is_integer():
-                    bad(f"{key}.{name}", f"expected an integer for an int parameter, found {v!r}")
-                    ok = False
-                else:
-                    setattr(param, name, float(cast(float, v)) if kind == "float" else int(cast(float, v)))
-            log = spec.get("log", False)
-            if not isinstance(log, bool):
-                bad(f"{key}.log", f"expected true/false, found {describe(log)}")
-                ok = False
-            param.log = bool(log)
-            step = spec.get("step")
-            if step is not None and (not _number(step) or not math.isfinite(float(step)) or step <= 0):
-                bad(f"{key}.step", f"expected a number > 0, found {describe(step)}")
-                ok = False
-            elif step is not None and kind == "int" and not float(step).is_integer():
-                bad(f"{key}.step", f"an int parameter needs a whole step, found {step!r}")
-                ok = False
-            elif step is not None and kind == "int":
-                step = int(step)
-            param.step = step
-            if ok and not all(math.isfinite(v) for v in param.bounds()):
-                bad(key, f"low and high must be finite numbers, found (low={low}, high={high})")
-                ok = False
-            if kind == "float" and _is_int_field(key):
-                bad(
-                    f"{key}.type",
-                    f"{key} is an integer field, so a float parameter would give it values like "
-                    "4.7; use type: int (or categorical choices)",
-                )
-                ok = False
-            if ok:
-                p_low, p_high = param.bounds()
-                if p_low > p_high:
-                    bad(key, f"`low <= high` must hold, but got (low={p_low}, high={p_high})")
-                if param.log and p_low <= 0:
-                    bad(key, f"log scale needs low > 0, but got low={p_low}")
-                if param.log and step is not None:
-                    bad(key, "`step` and `log: true` cannot be used together")
-                elif step is not None and p_low <= p_high:
-                    _check_step(param, key, bad)
-        when = spec.get("when")
-        if when is not None:
-            if not isinstance(when, dict) or not when:
-                bad(f"{key}.when", f"expected a mapping {{parameter: value or [values]}}, found {describe(when)}")
-            else:
-                param.when = {str(k): (v if isinstance(v, list) else [v]) for k, v in when.items()}
-        space.params.append(param)
-    names = [p.name for p in space.params]
-    for name in names:
+            param = _parse_param(key, spec, bad)
+            if param is not None:
+                space.params.append(param)
+    _check_fixed_not_searched(space, bad)
+    _check_conditions(space, bad)
+    if not space.params and not space.python:
+        bad("", "the space has no parameters")
+    return space
+
+
+def _parse_python(spec: Any, base_dir: Path | None, bad: Callable[[str, str], None]) -> str | None:
+    """The `python: module:function` entry when its function imports; None (with the problem said) otherwise."""
+    if not isinstance(spec, str) or ":" not in spec:
+        bad("python", f"expected 'module:function', found {describe(spec)}")
+        return None
+    try:
+        _import_function(spec, base_dir)
+    except Exception as exc:  # noqa: BLE001 - any failure to import is the user's module
+        bad("python", f"cannot import {spec!r}: {type(exc).__name__}: {exc}")
+        return None
+    return spec
+
+
+def _parse_param(key: str, spec: Any, bad: Callable[[str, str], None]) -> Param | None:
+    """One searched key's parameter spec; None when the key or its type is refused."""
+    if key not in LEAF_FIELDS:
+        bad(key, f"not a train-config field{did_you_mean(key, LEAF_FIELDS)}")
+        return None
+    if not isinstance(spec, dict):
+        bad(key, f"expected a parameter spec such as {{type: float, low: 1e-5, high: 1e-3}}, found {describe(spec)}")
+        return None
+    kind = spec.get("type")
+    if kind is None and "choices" in spec:
+        kind = "categorical"
+    if kind not in TYPES:
+        bad(
+            f"{key}.type",
+            f"expected one of {', '.join(TYPES)}, found {describe(kind)}"
+            + (did_you_mean(kind, TYPES) if isinstance(kind, str) else ""),
+        )
+        return None
+    for extra in set(spec) - SPEC_KEYS[kind]:
+        bad(f"{key}.{extra}", f"unknown option for a {kind} parameter{did_you_mean(str(extra), SPEC_KEYS[kind])}")
+    param = Param(name=key, type=kind)
+    if kind == "categorical":
+        _parse_choices(param, spec, bad)
+    else:
+        _parse_range(param, spec, bad)
+    when = spec.get("when")
+    if when is not None:
+        if not isinstance(when, dict) or not when:
+            bad(f"{key}.when", f"expected a mapping {{parameter: value or [values]}}, found {describe(when)}")
+        else:
+            param.when = {str(k): (v if isinstance(v, list) else [v]) for k, v in when.items()}
+    return param
+
+
+def _parse_choices(param: Param, spec: dict[str, Any], bad: Callable[[str, str], None]) -> None:
+    """A categorical parameter's `choices`: a non-empty list of nulls, booleans, numbers or strings."""
+    key = param.name
+    choices = spec.get("choices")
+    if not isinstance(choices, list) or not choices:
+        bad(f"{key}.choices", f"expected a non-empty list, found {describe(choices)}")
+    elif not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+        bad(f"{key}.choices", "choices must be null, booleans, numbers or strings")
+    else:
+        param.choices = choices
+
+
+def _parse_range(param: Param, spec: dict[str, Any], bad: Callable[[str, str], None]) -> None:
+    """A float or int parameter's `low`, `high`, `log` and `step`, each checked, then checked together."""
+    key, kind = param.name, param.type
+    low, high = spec.get("low"), spec.get("high")
+    ok = _parse_bounds(param, low, high, bad)
+    ok = _parse_log_and_step(param, spec, bad) and ok
+    if ok and not all(math.isfinite(v) for v in param.bounds()):
+        bad(key, f"low and high must be finite numbers, found (low={low}, high={high})")
+        ok = False
+    if kind == "float" and _is_int_field(key):
+        bad(
+            f"{key}.type",
+            f"{key} is an integer field, so a float parameter would give it values like "
+            "4.7; use type: int (or categorical choices)",
+        )
+        ok = False
+    if ok:
+        p_low, p_high = param.bounds()
+        if p_low > p_high:
+            bad(key, f"`low <= high` must hold, but got (low={p_low}, high={p_high})")
+        if param.log and p_low <= 0:
+            bad(key, f"log scale needs low > 0, but got low={p_low}")
+        if param.log and param.step is not None:
+            bad(key, "`step` and `log: true` cannot be used together")
+        elif param.step is not None and p_low <= p_high:
+            _check_step(param, key, bad)
+
+
+def _parse_bounds(param: Param, low: Any, high: Any, bad: Callable[[str, str], None]) -> bool:
+    """Set `low` and `high` (numbers, whole for an int parameter); False when either is refused."""
+    key, kind = param.name, param.type
+    ok = True
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if not _number(v):
+            bad(f"{key}.{name}", f"expected a number, found {describe(v)}")
+            ok = False
+        elif kind == "int" and not float(cast(float, v)).is_integer():
+            bad(f"{key}.{name}", f"expected an integer for an int parameter, found {v!r}")
+            ok = False
+        else:
+            setattr(param, name, float(cast(float, v)) if kind == "float" else int(cast(float, v)))
+    return ok
+
+
+def _parse_log_and_step(param: Param, spec: dict[str, Any], bad: Callable[[str, str], None]) -> bool:
+    """Set `log` (a boolean) and `step` (a number > 0, whole for an int parameter); False when either is refused."""
+    key, kind = param.name, param.type
+    ok = True
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        bad(f"{key}.log", f"expected true/false, found {describe(log)}")
+        ok = False
+    param.log = bool(log)
+    step = spec.get("step")
+    if step is not None and (not _number(step) or not math.isfinite(float(step)) or step <= 0):
+        bad(f"{key}.step", f"expected a number > 0, found {describe(step)}")
+        ok = False
+    elif step is not None and kind == "int" and not float(step).is_integer():
+        bad(f"{key}.step", f"an int parameter needs a whole step, found {step!r}")
+        ok = False
+    elif step is not None and kind == "int":
+        step = int(step)
+    param.step = step
+    return ok
+
+
+def _check_fixed_not_searched(space: Space, bad: Callable[[str, str], None]) -> None:
+    """No key is both fixed and searched."""
+    for name in [p.name for p in space.params]:
         if name in space.fixed:
             bad(
                 f"fixed.{name}",
                 f"{name} is both fixed and searched; keep one (fixed: one value for every trial, "
                 "or a parameter spec to search it)",
             )
+
+
+def _check_conditions(space: Space, bad: Callable[[str, str], None]) -> None:
+    """Each `when:` names a searched parameter that comes before it, with values that parameter can take."""
+    names = [p.name for p in space.params]
     for i, param in enumerate(space.params):
         for cond in param.when:
             if cond in space.fixed:
@@ -319,9 +370,6 @@ def parse_space(data: Any, *, source: str, base_dir: Path | None, problems: list
                 bad(f"{param.name}.when", f"parameter '{cond}' must come before '{param.name}' in the space")
             else:
                 _check_when_values(param, space.params[names.index(cond)], bad)
-    if not space.params and not space.python:
-        bad("", "the space has no parameters")
-    return space
 
 
 STUDY_SET = {
