@@ -186,6 +186,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `sftune` parser: its own options, then one subcommand per command, in the order `--help` lists them."""
     parser = argparse.ArgumentParser(
         prog="sftune",
         description="Find the best hyperparameters for supervised fine-tuning of transformer models.",
@@ -197,7 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", help="one of the commands below; `sftune COMMAND --help` for its options"
     )
     sub.required = True
+    _add_train(sub)
+    _add_run(sub)
+    _add_status(sub)
+    _add_export(sub)
+    _add_plot(sub)
+    _add_report(sub)
+    _add_dashboard(sub)
+    _add_data(sub)
+    _add_test(sub)
+    _add_spaces(sub)
+    return parser
 
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sftune train CONFIG`: one fine-tuning job."""
     p = sub.add_parser(
         "train",
         help="run one fine-tuning job from a train config",
@@ -213,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sftune run STUDY`: create or resume a study and run its trials."""
     p = sub.add_parser(
         "run",
         help="run (or resume) a study: trials through Ray Tune, sampled and pruned by Optuna",
@@ -248,12 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sftune status STUDY`: a study's trials by state, its best ones and its failures."""
     p = sub.add_parser("status", help="counts by state, the best and top trials, why trials failed")
     _study_options(p)
     p.add_argument("--top", type=int, default=5, help="how many of the best trials to list (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_status)
 
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sftune export STUDY --out PATH`: a trial's train config and its stored files."""
     p = sub.add_parser(
         "export", help="write a trial's complete train config (the best by default) and its stored adapter or model"
     )
@@ -267,22 +291,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sftune plot STUDY`: a study's pictures as PNGs."""
     p = sub.add_parser("plot", help="save PNG pictures: optimization history, learning curves, importances")
     _study_options(p)
     p.add_argument("--out", default=None, help="folder for the PNGs (default: <output_dir>/plots)")
     p.set_defaults(func=cmd_plot)
 
+
+def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sftune report STUDY`: a study as one HTML file."""
     p = sub.add_parser("report", help="write one self-contained HTML report of a study (opens with no network)")
     _study_options(p)
     p.add_argument("--out", default=None, help="the HTML file to write (default: <name>-report.html here)")
     p.set_defaults(func=cmd_report)
 
+
+def _add_dashboard(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sftune dashboard STUDY`: optuna-dashboard served on a study."""
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study's storage and artifacts")
     _study_options(p)
     p.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine only)")
     p.set_defaults(func=cmd_dashboard)
 
+
+def _add_data(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sftune data CONFIG`: a report on a config's data before training."""
     p = sub.add_parser(
         "data",
         help="report on a config's data before training: sizes, labels, duplicates, leakage, token lengths",
@@ -300,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_data)
 
+
+def _add_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sftune test STUDY`: the best trials retrained and evaluated once on the test split."""
     p = sub.add_parser(
         "test",
         help="retrain the best trial (or top K) and evaluate it once on the held-out test split",
@@ -310,9 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=1, help="how many of the best trials to test (default 1)")
     p.set_defaults(func=cmd_test)
 
+
+def _add_spaces(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sftune spaces`: the shipped search spaces and studies."""
     p = sub.add_parser("spaces", help="list the search spaces and studies that ship with sftune")
     p.set_defaults(func=cmd_spaces)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
