@@ -113,13 +113,17 @@ class LearningCurvePruner(optuna.pruners.BasePruner):
         self.min_completed = min_completed
         self.n_warmup_steps = n_warmup_steps
         self.max_resource = max_resource
-        self._why = ""
         self.reasons: dict[int, str] = {}
         """Why each trial this pruner stopped was stopped, by trial number (the driver records it on the trial)."""
 
     def chance(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
         """The probability that `trial` ends at least as good as the best finished trial, or None while the rule
         does not judge it yet (too few evaluations or finished trials, warm-up, at the end)."""
+        judged = self._judge(study, trial)
+        return None if judged is None else judged[0]
+
+    def _judge(self, study: optuna.Study, trial: FrozenTrial) -> tuple[float, str] | None:
+        """`chance`, with the sentence that explains it (the prediction, its spread and the best)."""
         if len(study.directions) != 1:
             return None
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
@@ -138,28 +142,27 @@ class LearningCurvePruner(optuna.pruners.BasePruner):
             return None
         best = max(sign * t.value for t in done if t.value is not None)
         if values[-1] >= best:
-            return 1.0
+            return 1.0, "as good as the best finished trial already"
         predicted, spread = extrapolate(steps, values, end)
         residuals = []
         for t in done:
             s, v = _curve(t, sign, up_to=steps[-1])
-            if len(s) >= min(self.min_points, len(steps)) and t.value is not None:
+            if len(s) >= self.min_points and t.value is not None:
                 residuals.append(sign * t.value - extrapolate(s, v, end)[0])
         bias = sum(residuals) / (len(residuals) + 1)
         noise = sum((r - bias) ** 2 for r in residuals) / max(len(residuals), 1)
         shape = max(spread, abs(predicted - values[-1]))  # how unsure this curve's own extrapolation is
         sigma = math.sqrt(shape**2 + noise + 1e-18)
         chance = _normal_sf((best - predicted - bias) / sigma)
-        self._why = (
+        why = (
             f"{chance:.1%} chance to end at or above the best finished trial's {sign * best:.4g}: its curve "
             f"extrapolates to {sign * (predicted + bias):.4g} +- {sigma:.2g} at step {end:g}"
         )
-        return chance
+        return chance, why
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        self._why = ""
-        chance = self.chance(study, trial)
-        if chance is not None and chance < self.threshold:
-            self.reasons[trial.number] = self._why
+        judged = self._judge(study, trial)
+        if judged is not None and judged[0] < self.threshold:
+            self.reasons[trial.number] = judged[1]
             return True
         return False
