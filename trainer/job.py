@@ -496,6 +496,10 @@ def _train(
         say(f"early evaluations score a fixed sample of {len(early)} of {len(prep.validation)} validation rows")
 
     class _TimedTrainer(Trainer):
+        def at_last_evaluation(self) -> bool:
+            """This evaluation is the run's last: at its last step, or the one after training stopped between."""
+            return bool(state_box.get("final")) or self.state.global_step >= last_step
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.get("labels")
             out = super().compute_loss(
@@ -512,7 +516,7 @@ def _train(
             prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
             split = "test" if state_box.get("testing") else "validation"
             generator = generating.get(split)
-            final = split == "test" or state_box.get("final") or self.state.global_step >= last_step
+            final = split == "test" or self.at_last_evaluation()
             if generator is not None and generator.due(final):
                 scores, samples, seconds = generator.run(self.model, self.compute_loss_context_manager())
                 output.metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
@@ -527,7 +531,7 @@ def _train(
             return output
 
         def evaluate(self, *args, **kwargs):
-            final = state_box.get("final") or self.state.global_step >= last_step
+            final = self.at_last_evaluation()
             if early is not None and not args and kwargs.get("eval_dataset") is None and not final:
                 kwargs["eval_dataset"] = early  # an early evaluation: the fixed sample (`eval.early_sample`)
             state_box["eval_start"] = time.perf_counter()
