@@ -1,7 +1,7 @@
 """Pruning studies with several objectives: `pruner: {name: mo-successive-halving}`.
 
 Optuna prunes single-objective studies only (`Trial.report` takes one value), so a multi-objective study's
-evaluations are judged here, by the driver (`search._driver.Driver._judge`), with successive halving over
+evaluations are judged here, by the driver (`search._driver.judge.Judge`), with successive halving over
 Pareto fronts as MO-ASHA does (Schmucker et al., 2021):
 
 - Rungs are at steps `min_resource * reduction_factor ** (min_early_stopping_rate + k)`, k = 0, 1, ...

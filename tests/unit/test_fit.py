@@ -196,7 +196,7 @@ def test_out_of_memory_ends_the_job_with_its_step_and_peak(tmp_path: Path, llama
 
 
 def test_a_worker_killed_for_memory_fails_without_a_retry() -> None:
-    from search._outcome import failure, killed_for_memory
+    from search._driver.outcome import failure, killed_for_memory
 
     class OutOfMemoryError(Exception):  # ray.exceptions' name for what its memory monitor kills
         pass

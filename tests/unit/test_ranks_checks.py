@@ -10,7 +10,7 @@ import tiny
 import yaml
 from optuna.trial import TrialState
 
-from search._outcome import failure, outcome_state
+from search._driver.outcome import failure, outcome_state
 from search._ray.ranks import judge_failure, placement_problem
 from search._ray.resources import local_cluster_cpus
 from search._trial_result import lost_report

@@ -9,7 +9,7 @@ import pytest
 import tiny
 from optuna.trial import TrialState
 
-from search._outcome import outcome_state
+from search._driver.outcome import outcome_state
 from search._trial_result import DONE_KEY, ERROR_KEY
 from search.cli import main
 from search.config import load_study
