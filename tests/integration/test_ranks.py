@@ -114,8 +114,9 @@ def test_a_killed_rank_fails_its_trial_naming_the_rank_and_its_params_run_again(
     import ray
 
     space = {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
-    # A sampler with more to propose (grid's space would be spent), and ~10 s of steps to kill a rank in.
-    path = _study_file(tmp_path, bert_dir, "rkill", space, sampler="tpe", max_steps=400, eval_every=20)
+    # A sampler with more to propose (grid's space would be spent), and 120 steps (two ranks on two cores: ~12 s,
+    # the rank is killed at the first evaluation, step 20, polled every 0.2 s) that the retry trains again.
+    path = _study_file(tmp_path, bert_dir, "rkill", space, sampler="tpe", max_steps=120, eval_every=20)
     storage = f"sqlite:///{tmp_path / 'rkill.db'}"
     killed: list[int] = []
 
