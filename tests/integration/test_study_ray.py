@@ -145,7 +145,10 @@ def test_export_then_train_reproduces_the_trial(tmp_path: Path, bert_dir: Path, 
     assert (tmp_path / "plots" / "learning_curves.png").exists()
 
 
-def test_sigkilled_driver_resumes_to_n_trials(tmp_path: Path, bert_dir: Path) -> None:
+def test_sigkilled_driver_resumes_to_n_trials(tmp_path: Path, bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Heartbeats every second, stale after 3 s (not 5 s and 20 s): the rerun takes the dead driver's trials sooner.
+    monkeypatch.setenv("SFTUNE_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SFTUNE_HEARTBEAT_GRACE", "3")
     path = tiny.study_file(tmp_path, bert_dir, name="killed", n_trials=4, max_steps=120, concurrency=2)
     cmd = [sys.executable, "-m", "search", "run", str(path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
