@@ -1,4 +1,9 @@
-"""Ctrl-C while the driver starts Ray: held until the start ends, then raised once (`search._ray.interrupts`)."""
+"""Ctrl-C while the driver starts Ray: held until the start ends, then raised once (`search._ray.interrupts`).
+
+Every test here puts SIGINT where a terminal's Ctrl-C finds it (Python's handler in this process, the default
+disposition in a process it starts): a test run started as a script's background job or under `nohup`
+inherits SIGINT as ignored, and a held Ctrl-C is then rightly dropped.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,19 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import pytest
 
 from search._ray.interrupts import interrupts_held
+
+
+@pytest.fixture(autouse=True)
+def python_handles_sigint() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this process for the test, as in a terminal; restored after."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 def test_a_ctrl_c_inside_is_raised_at_the_end_and_the_handler_is_restored() -> None:
@@ -70,9 +84,11 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("held", [True, False], ids=["held", "bare"])
 def test_a_ctrl_c_during_a_fork_no_longer_leaves_loggings_lock_held(held: bool) -> None:
     """The deadlock CI met: without holding, the interrupt is lost and logging's lock stays held."""
+    from _servers import sigint_default  # tests/ (conftest.py puts it on the path)
+
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, "held" if held else "bare"],
+        sigint_default([sys.executable, "-c", SCRIPT, "held" if held else "bare"]),
         capture_output=True,
         text=True,
         timeout=120,
