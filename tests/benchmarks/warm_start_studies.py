@@ -6,6 +6,8 @@ another data subset reach 99% of its best sooner than a cold one?
 
 Per seed: an earlier study on training subset A (`--n-trials` trials), then the same study on subset B (same
 validation rows, a disjoint training sample) twice: cold, and warm-started from the earlier one's `--top` best.
+The earlier study's sampler seed is the seed + 100 (another search path); the cold and warm studies share the
+seed.
 Each of the two is scored against the better final best of the pair: the trials and the seconds (from the
 first trial's start) until a complete trial reached 99% of it. Prints each seed's figures and the medians.
 The runs are real `sftune run` commands, one after another (2 at a time within each).
@@ -145,7 +147,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="sftune-warmstart-") as tmp:
             out = Path(tmp)
             model, files = write_subsets(out, args.quick, seed, args.train_samples, args.eval_samples)
-            run(study(out, "earlier", model, files["a"], files["val"], args, seed), out)
+            # The earlier study samples with another seed: with the same seed the cold study's first trials
+            # would be the earlier study's, so it would meet the very config the warm start carries.
+            run(study(out, "earlier", model, files["a"], files["val"], args, seed + 100), out)
             run(study(out, "cold", model, files["b"], files["val"], args, seed), out)
             run(study(out, "warm", model, files["b"], files["val"], args, seed, warm="earlier"), out)
             cold, warm = curve(out, "cold"), curve(out, "warm")
