@@ -76,7 +76,7 @@ SCRIPT = textwrap.dedent("""
         print("interrupted", flush=True)
     logger = threading.Thread(target=lambda: logging.getLogger("after"), daemon=True)
     logger.start()
-    logger.join(timeout=10)
+    logger.join(timeout=4)
     print("logging works" if not logger.is_alive() else "logging is stuck", flush=True)
 """)
 
