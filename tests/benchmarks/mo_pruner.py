@@ -17,86 +17,15 @@ hypervolume of the pair. Then the medians over the seeds. The runs are real `sft
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
+from _sst2_studies import run_study, sample_rows, study_file, write_rows
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-SHARED = REPO.parent / "shared" / "data"
+OBJECTIVES = [{"metric": "accuracy", "direction": "maximize"}, {"metric": "eval_loss", "direction": "minimize"}]
 PRUNERS = {"none": {"name": "none"}, "mo-sha": {"name": "mo-successive-halving", "reduction_factor": 3}}
-
-
-def write_data(out: Path, quick: bool, seed: int, n_train: int, n_val: int) -> tuple[str, Path, Path]:
-    """The model, and training and validation files (a seeded sample of SST-2, or tiny synthetic rows)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if quick:
-        import tiny
-
-        model = str(tiny.make_model(out / "model", "bert"))
-        train = [json.dumps(r) for r in tiny.sentiment_rows(n_train, seed=seed + 10)]
-        val = [json.dumps(r) for r in tiny.sentiment_rows(n_val, seed=seed + 99)]
-    else:
-        model = "minilm-l6"  # the quickstart's bundled model
-        rng = random.Random(seed)
-        train = rng.sample((SHARED / "sst2" / "train.jsonl").read_text().splitlines(), n_train)
-        val = (SHARED / "sst2" / "validation.jsonl").read_text().splitlines()
-        val = rng.sample(val, min(n_val, len(val)))
-    (out / "train.jsonl").write_text("\n".join(train) + "\n")
-    (out / "val.jsonl").write_text("\n".join(val) + "\n")
-    return model, out / "train.jsonl", out / "val.jsonl"
-
-
-def study(out: Path, name: str, model: str, train: Path, val: Path, args: argparse.Namespace, seed: int) -> Path:
-    data: dict[str, Any] = {
-        "name": name,
-        "storage": f"sqlite:///{out / 'studies.db'}",
-        "objective": [
-            {"metric": "accuracy", "direction": "maximize"},
-            {"metric": "eval_loss", "direction": "minimize"},
-        ],
-        "sampler": {"name": "tpe", "seed": seed},
-        "pruner": PRUNERS[name],
-        "budget": {"n_trials": args.n_trials, "concurrency": 2},
-        "resources": {"cpu": 1},
-        "base": {
-            "model": model,
-            "task": "classification",
-            "data": {"train": str(train), "validation": str(val)},
-            "peft": {"method": "lora", "r": 8, "alpha": 16},
-            "train": {
-                "learning_rate": 3e-4,
-                "batch_size": 16,
-                "max_steps": args.max_steps,
-                "eval_every": args.eval_every,
-                "max_length": 64,
-                "seed": 0,
-            },
-        },
-        "space": "lora-classification"
-        if not args.quick
-        else {
-            "train.learning_rate": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True},
-            "peft.r": {"type": "int", "low": 2, "high": 16},
-        },
-        "output_dir": str(out / "runs" / name),
-    }
-    path = out / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def run(path: Path, out: Path) -> None:
-    with (out / f"{path.stem}.log").open("w") as log:
-        cmd = [sys.executable, "-m", "search", "run", str(path)]
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=out)
 
 
 def trials(out: Path, name: str) -> tuple[list[tuple[float, float, float]], float, int]:
@@ -153,10 +82,25 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         with tempfile.TemporaryDirectory(prefix="sftune-mo-") as tmp:
             out = Path(args.keep) / f"seed{seed}" if args.keep else Path(tmp)
-            model, train, val = write_data(out, args.quick, seed, args.train_samples, args.eval_samples)
+            model, train_rows, val_rows = sample_rows(out, args.quick, seed, args.train_samples, args.eval_samples)
+            train, val = write_rows(out / "train.jsonl", train_rows), write_rows(out / "val.jsonl", val_rows)
             got = {}
             for name in PRUNERS:
-                run(study(out, name, model, train, val, args, seed), out)
+                path = study_file(
+                    out,
+                    name,
+                    model,
+                    train,
+                    val,
+                    seed=seed,
+                    objective=OBJECTIVES,
+                    pruner=PRUNERS[name],
+                    n_trials=args.n_trials,
+                    max_steps=args.max_steps,
+                    eval_every=args.eval_every,
+                    quick=args.quick,
+                )
+                run_study(path, out)
                 got[name] = trials(out, name)
             ref_loss = 1.1 * max(loss for done, *_ in got.values() for *_, loss in done)
             finals = {k: hypervolume([(a, loss) for _, a, loss in done], ref_loss) for k, (done, *_) in got.items()}

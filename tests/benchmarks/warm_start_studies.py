@@ -16,102 +16,39 @@ The runs are real `sftune run` commands, one after another (2 at a time within e
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-SHARED = REPO.parent / "shared" / "data"
+from _sst2_studies import run_study, sample_rows, study_file, write_rows
 
 
 def write_subsets(out: Path, quick: bool, seed: int, n_train: int, n_val: int) -> tuple[str, dict[str, Path]]:
     """The model, and the validation rows with two disjoint training subsets (A for the earlier study, B for
     the new one)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if quick:
-        import tiny
-
-        model = str(tiny.make_model(out / "model", "bert"))
-        train = [json.dumps(r) for r in tiny.sentiment_rows(2 * n_train, seed=seed + 10)]
-        val = [json.dumps(r) for r in tiny.sentiment_rows(n_val, seed=seed + 99)]
-    else:
-        model = "minilm-l6"  # the quickstart's bundled model
-        train = (SHARED / "sst2" / "train.jsonl").read_text().splitlines()
-        val = (SHARED / "sst2" / "validation.jsonl").read_text().splitlines()
-        rng = random.Random(seed)
-        train = rng.sample(train, 2 * n_train)
-        val = rng.sample(val, min(n_val, len(val)))
-    files = {}
-    for name, rows in (("a", train[:n_train]), ("b", train[n_train : 2 * n_train]), ("val", val)):
-        files[name] = out / f"{name}.jsonl"
-        files[name].write_text("\n".join(rows) + "\n")
-    return model, files
+    model, train, val = sample_rows(out, quick, seed, 2 * n_train, n_val)
+    rows = {"a": train[:n_train], "b": train[n_train : 2 * n_train], "val": val}
+    return model, {name: write_rows(out / f"{name}.jsonl", r) for name, r in rows.items()}
 
 
 def study(
-    out: Path,
-    name: str,
-    model: str,
-    train: Path,
-    val: Path,
-    args: argparse.Namespace,
-    seed: int,
-    warm: str | None = None,
+    out: Path, name: str, model: str, train: Path, val: Path, args: argparse.Namespace, seed: int, warm: str = ""
 ) -> Path:
-    data: dict[str, Any] = {
-        "name": name,
-        "storage": f"sqlite:///{out / 'studies.db'}",
-        "objective": {"metric": "accuracy", "direction": "maximize"},
-        "sampler": {"name": "tpe", "seed": seed},
-        "pruner": {"name": "none"},
-        "budget": {"n_trials": args.n_trials, "concurrency": 2},
-        "resources": {"cpu": 1},
-        "base": {
-            "model": model,
-            "task": "classification",
-            "data": {"train": str(train), "validation": str(val)},
-            "peft": {"method": "lora", "r": 8, "alpha": 16},
-            "train": {
-                "learning_rate": 3e-4,
-                "batch_size": 16,
-                "max_steps": args.max_steps,
-                "eval_every": args.max_steps // 2,
-                "max_length": 64,
-                "seed": 0,
-            },
-        },
-        "space": "lora-classification"
-        if not args.quick
-        else {
-            "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
-            "peft.r": {"type": "int", "low": 2, "high": 16},
-        },
-        "output_dir": str(out / "runs" / name),
-    }
-    if warm:
-        data["warm_start"] = [{"study": warm, "top": args.top}]
-    path = out / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def run(path: Path, out: Path) -> None:
-    with (out / f"{path.stem}.log").open("w") as log:
-        subprocess.run(
-            [sys.executable, "-m", "search", "run", str(path)],
-            check=True,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=out,
-        )
+    return study_file(
+        out,
+        name,
+        model,
+        train,
+        val,
+        seed=seed,
+        objective={"metric": "accuracy", "direction": "maximize"},
+        pruner={"name": "none"},
+        n_trials=args.n_trials,
+        max_steps=args.max_steps,
+        eval_every=args.max_steps // 2,
+        quick=args.quick,
+        **({"warm_start": [{"study": warm, "top": args.top}]} if warm else {}),
+    )
 
 
 def curve(out: Path, name: str) -> list[tuple[int, float, float]]:
@@ -149,9 +86,9 @@ def main() -> None:
             model, files = write_subsets(out, args.quick, seed, args.train_samples, args.eval_samples)
             # The earlier study samples with another seed: with the same seed the cold study's first trials
             # would be the earlier study's, so it would meet the very config the warm start carries.
-            run(study(out, "earlier", model, files["a"], files["val"], args, seed + 100), out)
-            run(study(out, "cold", model, files["b"], files["val"], args, seed), out)
-            run(study(out, "warm", model, files["b"], files["val"], args, seed, warm="earlier"), out)
+            run_study(study(out, "earlier", model, files["a"], files["val"], args, seed + 100), out)
+            run_study(study(out, "cold", model, files["b"], files["val"], args, seed), out)
+            run_study(study(out, "warm", model, files["b"], files["val"], args, seed, warm="earlier"), out)
             cold, warm = curve(out, "cold"), curve(out, "warm")
             target = 0.99 * max(v for *_, v in cold + warm)
             row = {
