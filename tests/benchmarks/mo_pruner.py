@@ -25,7 +25,10 @@ from typing import Any
 from _sst2_studies import run_study, sample_rows, study_file, write_rows
 
 OBJECTIVES = [{"metric": "accuracy", "direction": "maximize"}, {"metric": "eval_loss", "direction": "minimize"}]
-PRUNERS = {"none": {"name": "none"}, "mo-sha": {"name": "mo-successive-halving", "reduction_factor": 3}}
+PRUNERS: dict[str, dict[str, Any]] = {
+    "none": {"name": "none"},
+    "mo-sha": {"name": "mo-successive-halving", "reduction_factor": 3},
+}
 
 
 def trials(out: Path, name: str) -> tuple[list[tuple[float, float, float]], float, int]:
