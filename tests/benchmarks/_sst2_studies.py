@@ -4,6 +4,7 @@ synthetic rows and a tiny random model), a classification study file over the sh
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import subprocess
@@ -15,6 +16,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "tests"))  # tests/tiny.py, for --quick
+
+
+def add_arguments(parser: argparse.ArgumentParser, max_steps: int) -> None:
+    """The options every study benchmark has: seeds, --quick, trials per study, steps per trial, data sizes."""
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data")
+    parser.add_argument("--n-trials", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, default=max_steps)
+    parser.add_argument("--train-samples", type=int, default=800)
+    parser.add_argument("--eval-samples", type=int, default=300)
 
 
 def sample_rows(out: Path, quick: bool, seed: int, n_train: int, n_val: int) -> tuple[str, list[str], list[str]]:
@@ -22,7 +34,6 @@ def sample_rows(out: Path, quick: bool, seed: int, n_train: int, n_val: int) -> 
     or tiny synthetic rows and a tiny random model written under `out` with `quick`)."""
     out.mkdir(parents=True, exist_ok=True)
     if quick:
-        sys.path.insert(0, str(REPO / "tests"))
         import tiny
 
         model = str(tiny.make_model(out / "model", "bert"))
@@ -46,26 +57,25 @@ def study_file(
     model: str,
     train: Path,
     val: Path,
+    args: argparse.Namespace,
     *,
     seed: int,
     objective: Any,
     pruner: dict[str, Any],
-    n_trials: int,
-    max_steps: int,
     eval_every: int,
-    quick: bool,
     **extra: Any,
 ) -> Path:
     """`out/<name>.yaml`: a study of MiniLM + LoRA (batch 16, lr 3e-4, r 8 in the base) over the shipped
-    `lora-classification` space (a two-param space with `quick`), 2 one-CPU trials at a time, TPE with `seed`,
-    its database `out/studies.db`; `extra` adds top-level keys (`warm_start`)."""
+    `lora-classification` space (a two-param space with `--quick`), `--n-trials` trials of `--max-steps` steps,
+    2 one-CPU trials at a time, TPE with `seed`, its database `out/studies.db`; `extra` adds top-level keys
+    (`warm_start`)."""
     data: dict[str, Any] = {
         "name": name,
         "storage": f"sqlite:///{out / 'studies.db'}",
         "objective": objective,
         "sampler": {"name": "tpe", "seed": seed},
         "pruner": pruner,
-        "budget": {"n_trials": n_trials, "concurrency": 2},
+        "budget": {"n_trials": args.n_trials, "concurrency": 2},
         "resources": {"cpu": 1},
         "base": {
             "model": model,
@@ -75,14 +85,14 @@ def study_file(
             "train": {
                 "learning_rate": 3e-4,
                 "batch_size": 16,
-                "max_steps": max_steps,
+                "max_steps": args.max_steps,
                 "eval_every": eval_every,
                 "max_length": 64,
                 "seed": 0,
             },
         },
         "space": "lora-classification"
-        if not quick
+        if not args.quick
         else {
             "train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
             "peft.r": {"type": "int", "low": 2, "high": 16},

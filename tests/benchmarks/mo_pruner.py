@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _sst2_studies import run_study, sample_rows, study_file, write_rows
+from _sst2_studies import add_arguments, run_study, sample_rows, study_file, write_rows
 
 OBJECTIVES = [{"metric": "accuracy", "direction": "maximize"}, {"metric": "eval_loss", "direction": "minimize"}]
 PRUNERS: dict[str, dict[str, Any]] = {
@@ -72,13 +72,8 @@ def reach(done: list[tuple[float, float, float]], target: float, ref_loss: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data")
-    parser.add_argument("--n-trials", type=int, default=8)
-    parser.add_argument("--max-steps", type=int, default=90)
+    add_arguments(parser, max_steps=90)
     parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--train-samples", type=int, default=800)
-    parser.add_argument("--eval-samples", type=int, default=300)
     parser.add_argument("--keep", default=None, help="a folder to keep each seed's studies and logs in")
     args = parser.parse_args()
     rows = []
@@ -95,13 +90,11 @@ def main() -> None:
                     model,
                     train,
                     val,
+                    args,
                     seed=seed,
                     objective=OBJECTIVES,
                     pruner=PRUNERS[name],
-                    n_trials=args.n_trials,
-                    max_steps=args.max_steps,
                     eval_every=args.eval_every,
-                    quick=args.quick,
                 )
                 run_study(path, out)
                 got[name] = trials(out, name)

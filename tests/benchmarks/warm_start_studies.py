@@ -20,7 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _sst2_studies import run_study, sample_rows, study_file, write_rows
+from _sst2_studies import add_arguments, run_study, sample_rows, study_file, write_rows
 
 
 def write_subsets(out: Path, quick: bool, seed: int, n_train: int, n_val: int) -> tuple[str, dict[str, Path]]:
@@ -40,13 +40,11 @@ def study(
         model,
         train,
         val,
+        args,
         seed=seed,
         objective={"metric": "accuracy", "direction": "maximize"},
         pruner={"name": "none"},
-        n_trials=args.n_trials,
-        max_steps=args.max_steps,
         eval_every=args.max_steps // 2,
-        quick=args.quick,
         **({"warm_start": [{"study": warm, "top": args.top}]} if warm else {}),
     )
 
@@ -71,13 +69,8 @@ def reach(points: list[tuple[int, float, float]], target: float) -> tuple[int, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data")
-    parser.add_argument("--n-trials", type=int, default=8)
+    add_arguments(parser, max_steps=60)
     parser.add_argument("--top", type=int, default=2)
-    parser.add_argument("--max-steps", type=int, default=60)
-    parser.add_argument("--train-samples", type=int, default=800)
-    parser.add_argument("--eval-samples", type=int, default=300)
     args = parser.parse_args()
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
